@@ -1,0 +1,183 @@
+"""The ``zturbo`` command. Every subcommand builds Settings and Requests through config.py.
+
+Errors a user can fix print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .config import bucket_size, load_settings, make_request
+from .errors import ZTurboError
+
+app = typer.Typer(
+    help="zturbo: generate images with Z-Image-Turbo, replay them exactly, serve them.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+def friendly_errors(fn):
+    """Turn a ZTurboError into one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ZTurboError as exc:
+            typer.echo(f"zturbo: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("zturbo: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+Model = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local diffusers folder, or demo / demo-small / demo-medium. [env: ZTURBO_MODEL]")]
+Profile = Annotated[str | None, typer.Option("--profile", help="Named table of config.toml to apply over [default]. [env: ZTURBO_PROFILE]")]
+Device = Annotated[str | None, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
+Dtype = Annotated[str | None, typer.Option("--dtype", help="auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16, float16.")]
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), transient=True,
+                    console=__import__("rich.console").console.Console(stderr=True))
+
+
+def _request_fields(from_image: Path | None, given: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Request fields: flags given over the parameters stored in ``--from IMAGE``."""
+    if from_image is None:
+        return given, None
+    from .metadata import read
+
+    stored = read(from_image)
+    fields = {k: v for k, v in stored.get("request", {}).items() if k != "num_images"}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    return fields, stored.get("model")
+
+
+@app.command()
+@friendly_errors
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="What to draw.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="Read the prompt from a file.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="Used only with guidance > 0.")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Seed; repeat for one image per seed. Default: random, always printed.")] = None,
+    num_images: Annotated[int | None, typer.Option("--num-images", "-n", help="Images per seed (seeds seed, seed+1, ...).")] = None,
+    width: Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels, a multiple of 16. [default: 1024]")] = None,
+    height: Annotated[int | None, typer.Option("--height", "-H", help="Height in pixels, a multiple of 16. [default: 1024]")] = None,
+    aspect: Annotated[str | None, typer.Option("--aspect", help="Official bucket aspect: 1:1 9:7 7:9 4:3 3:4 3:2 2:3 16:9 9:16 21:9 9:21.")] = None,
+    bucket: Annotated[int, typer.Option("--bucket", help="Bucket for --aspect: 1024, 1280 or 1536.")] = 1024,
+    steps: Annotated[int | None, typer.Option("--steps", "-s", help="DiT passes, 1-100. Turbo: 8 (diffusers 0.42 counts passes; older guides say 9). [default: 8]")] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", "-g", help="Guidance scale; Turbo is distilled for 0. [default: 0]")] = None,
+    shift: Annotated[float | None, typer.Option("--shift", help="Flow-matching timestep shift. [default: 3.0]")] = None,
+    max_sequence_length: Annotated[int | None, typer.Option("--max-sequence-length", help="Text token limit. [default: 512]")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="PNG path; {seed} is replaced; never overwrites (adds -1, -2...). [default: <state>/outputs/zturbo-{seed}.png]")] = None,
+    from_image: Annotated[Path | None, typer.Option("--from", help="Re-run the parameters stored in a zturbo (or A1111) PNG; flags override.")] = None,
+    teleport: Annotated[bool | None, typer.Option("--teleport/--no-teleport", help="Exact-replay cache: resume a seen trajectory. [default: on]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
+    model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
+) -> None:
+    """Generate images and save them as PNGs with their parameters embedded."""
+    from . import models
+
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_text().strip()
+        except OSError as exc:
+            raise ZTurboError(f"cannot read --prompt-file: {exc}") from None
+    if aspect:
+        width, height = (width, height) if width and height else bucket_size(aspect, bucket)
+    given = dict(prompt=prompt, negative_prompt=negative_prompt, num_images=num_images,
+                 width=width, height=height, steps=steps, guidance=guidance, shift=shift,
+                 max_sequence_length=max_sequence_length, teleport=teleport)
+    fields, stored_model = _request_fields(from_image, given)
+    if not fields.get("prompt"):
+        raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
+    settings, _ = load_settings(profile, {"model": model or stored_model, "device": device,
+                                          "dtype": dtype})
+    seeds = seed or [fields.pop("seed", None)]
+    requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
+    engine = models.load(settings=settings)
+    pattern = output or str(settings.outputs / "zturbo-{seed}.png")
+    for request in requests:
+        with _progress() as bar:
+            task = bar.add_task(f"seed {request.seed}", total=request.steps * request.num_images)
+            result = engine.generate(**request.model_dump(),
+                                     on_step=lambda *_: bar.advance(task))
+        for warning in result.warnings:
+            typer.echo(f"zturbo: warning: {warning}", err=True)
+        for path, image_seed in zip(result.save(pattern), result.seeds, strict=True):
+            t = result.timings
+            if as_json:
+                typer.echo(json.dumps({"path": str(path), "seed": image_seed, "timings": t,
+                                       "teleport": result.teleport}))
+            else:
+                typer.echo(f"{path}  seed {image_seed}  encode {t['encode']:.2f}s  "
+                           f"denoise {t['denoise']:.2f}s  decode {t['decode']:.2f}s  "
+                           f"total {t['total']:.2f}s")
+
+
+@app.command()
+@friendly_errors
+def info(
+    image: Annotated[Path | None, typer.Argument(help="A PNG made by zturbo (or with A1111 parameters).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
+) -> None:
+    """Print the parameters stored in IMAGE, or load a model and print its fingerprint."""
+    if image is not None:
+        from .metadata import read
+
+        data = read(image)
+        typer.echo(json.dumps(data, indent=2) if as_json else data["parameters"])
+        return
+    from . import models
+
+    settings, _ = load_settings(profile, {"model": model, "device": device, "dtype": dtype})
+    details = models.load(settings=settings).info()
+    if as_json:
+        typer.echo(json.dumps(details, indent=2))
+    else:
+        for key, value in details.items():
+            typer.echo(f"{key:26} {value}")
+
+
+@config_app.command("show")
+@friendly_errors
+def config_show(
+    profile: Profile = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print every setting's effective value and where it came from."""
+    from .config import config_path
+
+    settings, sources = load_settings(profile)
+    values = settings.model_dump(mode="json")
+    if as_json:
+        typer.echo(json.dumps({k: {"value": values[k], "source": sources[k]} for k in values},
+                              indent=2))
+        return
+    typer.echo(f"# config file: {config_path()}")
+    for key, value in values.items():
+        shown = "***" if key == "api_key" and value else value
+        typer.echo(f"{key:22} {json.dumps(shown):40} {sources[key]}")
+
+
+def main() -> None:
+    app(prog_name="zturbo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Settings (one per process) and Request (one per image), validated once for every front end.
+
+Precedence, highest first: CLI flags > environment (``ZTURBO_*``) > ``config.toml`` profile
+table > ``config.toml`` ``[default]`` table > built-in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import ZTurboError
+
+DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
+MAX_STEPS = 100
+SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes any int64
+
+# Official resolution buckets (Tongyi-MAI's Z-Image demo), keyed by bucket then aspect.
+ASPECTS = ("1:1", "9:7", "7:9", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")
+_BUCKET_SIZES = {
+    1024: "1024x1024 1152x896 896x1152 1152x864 864x1152 1248x832 832x1248 1280x720 720x1280 "
+    "1344x576 576x1344",
+    1280: "1280x1280 1440x1120 1120x1440 1472x1104 1104x1472 1536x1024 1024x1536 1536x864 864x1536 "
+    "1680x720 720x1680",
+    1536: "1536x1536 1728x1344 1344x1728 1728x1296 1296x1728 1872x1248 1248x1872 2048x1152 "
+    "1152x2048 2016x864 864x2016",
+}
+BUCKETS: dict[int, dict[str, tuple[int, int]]] = {
+    bucket: {
+        aspect: tuple(int(v) for v in size.split("x"))  # type: ignore[misc]
+        for aspect, size in zip(ASPECTS, sizes.split(), strict=True)
+    }
+    for bucket, sizes in _BUCKET_SIZES.items()
+}
+
+
+def bucket_size(aspect: str, bucket: int = 1024) -> tuple[int, int]:
+    """(width, height) of an official bucket, e.g. ``bucket_size("16:9") == (1280, 720)``."""
+    if bucket not in BUCKETS:
+        raise ZTurboError(f"unknown bucket {bucket}: choose one of {', '.join(map(str, BUCKETS))}")
+    if aspect not in BUCKETS[bucket]:
+        raise ZTurboError(f"unknown aspect {aspect!r}: choose one of {', '.join(ASPECTS)}")
+    return BUCKETS[bucket][aspect]
+
+
+def nearest_multiples(value: int, multiple: int = 16) -> tuple[int, int]:
+    """The valid sizes either side of ``value`` (the lower one is at least ``multiple``)."""
+    lower = max(multiple, value // multiple * multiple)
+    return lower, lower + multiple
+
+
+def state_dir() -> Path:
+    """The state dir (demo models, caches, outputs): ``$ZTURBO_HOME`` or the user data dir."""
+    home = os.environ.get("ZTURBO_HOME")
+    return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("zturbo"))
+
+
+def config_path() -> Path:
+    """``$ZTURBO_CONFIG`` or ``<state dir>/config.toml``."""
+    path = os.environ.get("ZTURBO_CONFIG")
+    return Path(path).expanduser() if path else state_dir() / "config.toml"
+
+
+class Settings(BaseSettings):
+    """What lives for the whole process. Every field is a config key and a ``ZTURBO_`` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="ZTURBO_", extra="forbid", populate_by_name=True)
+
+    # model
+    model: str = Field(DEFAULT_MODEL, description="Hub id, local diffusers folder or demo name")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on cuda, float32 elsewhere"
+    )
+    # request defaults
+    width: int = Field(1024, description="default image width")
+    height: int = Field(1024, description="default image height")
+    steps: int = Field(8, description="default DiT passes (Turbo: 8)")
+    guidance: float = Field(0.0, description="default guidance scale (Turbo: 0)")
+    shift: float = Field(3.0, description="default flow-matching shift")
+    max_sequence_length: int = Field(512, description="default text token limit")
+    # limits
+    max_pixels: int = Field(4096 * 4096, description="largest width*height accepted")
+    max_prompt_chars: int = Field(20_000, description="longest prompt accepted, in characters")
+    max_images: int = Field(16, description="most images in one request")
+    # outputs
+    output_dir: str | None = Field(None, description="where images go (default <state>/outputs)")
+    # caches (teleport issue)
+    teleport: bool = Field(True, description="store and resume trajectories (exact replay)")
+    teleport_start_step: int = Field(
+        7,
+        validation_alias=AliasChoices(
+            "ZTURBO_TELEPORT_START_STEP", "LATENT_TELEPORT_START_STEP"  # the name operators know
+        ),
+        description="a hit resumes at this step (0-based): 7 of 8 reruns the last step",
+    )
+    teleport_store_steps: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="extra steps to store, e.g. 2,4,6"
+    )
+    memory_cache_mb: float = Field(512.0, description="memory tier cap in MiB (0: off)")
+    disk_cache_mb: float = Field(4096.0, description="disk tier cap in MiB (0: off)")
+    redis_url: str | None = Field(None, description="Redis tier, e.g. redis://127.0.0.1:6379/0")
+    redis_ttl_s: int = Field(7 * 24 * 3600, description="Redis entry lifetime in seconds")
+    redis_timeout_s: float = Field(0.5, description="Redis socket timeout in seconds")
+    # server (HTTP issue)
+    host: str = Field("127.0.0.1", description="address the server binds")
+    port: int = Field(8000, description="port the server binds")
+    api_key: str | None = Field(None, description="Bearer key required by the server when set")
+
+    @field_validator("teleport_store_steps", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [int(v) for v in value.replace(" ", "").split(",") if v]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @property
+    def home(self) -> Path:
+        return state_dir()
+
+    @property
+    def outputs(self) -> Path:
+        return Path(self.output_dir).expanduser() if self.output_dir else state_dir() / "outputs"
+
+
+# The config-file layer of the settings being built (set by load_settings, read by the source).
+_CONFIG_LAYER: ContextVar[dict[str, Any]] = ContextVar("_CONFIG_LAYER", default={})
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _CONFIG_LAYER.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_CONFIG_LAYER.get())
+
+
+def read_config(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The tables of a config file: ``{"default": {...}, "<profile>": {...}}`` ({} if absent)."""
+    path = path or config_path()
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ZTurboError(f"cannot read config {path}: {exc}") from None
+    fields = set(Settings.model_fields)
+    for table, values in data.items():
+        if not isinstance(values, dict):
+            raise ZTurboError(f"{path}: top-level key {table!r} must be a table like [default]")
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ZTurboError(f"{path}: unknown key(s) in [{table}]: {', '.join(unknown)}")
+    return data
+
+
+def load_settings(
+    profile: str | None = None, flags: dict[str, Any] | None = None, path: Path | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """Settings from every layer, and where each value came from (for ``zturbo config show``)."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    path = path or config_path()
+    tables = read_config(path)
+    profile = profile or os.environ.get("ZTURBO_PROFILE")
+    if profile and profile != "default" and profile not in tables:
+        known = ", ".join(t for t in tables if t != "default") or "none"
+        raise ZTurboError(f"unknown profile {profile!r} (profiles in {path}: {known})")
+    layer = {**tables.get("default", {}), **(tables.get(profile, {}) if profile else {})}
+    token = _CONFIG_LAYER.set(layer)
+    try:
+        settings = Settings(**flags)
+        env = EnvSettingsSource(Settings)()
+    except ValidationError as exc:
+        raise ZTurboError(f"invalid setting: {first_error(exc)}") from None
+    finally:
+        _CONFIG_LAYER.reset(token)
+    sources = {}
+    for name in Settings.model_fields:
+        if name in flags:
+            sources[name] = "flag"
+        elif _env_names(name) & {k.lower() for k in env}:
+            sources[name] = "env"
+        elif profile and name in tables.get(profile, {}):
+            sources[name] = f"{path.name} [{profile}]"
+        elif name in tables.get("default", {}):
+            sources[name] = f"{path.name} [default]"
+        else:
+            sources[name] = "default"
+    return settings, sources
+
+
+def _env_names(field: str) -> set[str]:
+    alias = Settings.model_fields[field].validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else []
+    return {field, *(str(c).lower() for c in choices)}
+
+
+def first_error(exc: ValidationError) -> str:
+    """One line from a pydantic error: ``width: width 1000 is not a multiple of 16 ...``."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    msg = err.get("msg", str(exc)).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where and not msg.startswith(where) else msg
+
+
+class Request(BaseModel):
+    """One generation. Every front end builds exactly this, once, with ``make_request``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    width: int = 1024
+    height: int = 1024
+    steps: int = Field(8, ge=1, le=MAX_STEPS)
+    guidance: float = Field(0.0, ge=0.0, le=30.0)
+    shift: float = Field(3.0, gt=0.0, le=50.0)
+    max_sequence_length: int = Field(512, ge=1, le=1504)
+    num_images: int = Field(1, ge=1)
+    teleport: bool = True
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("prompt is empty")
+        limit = (info.context or {}).get("max_prompt_chars")
+        if limit and len(value) > limit:
+            raise ValueError(f"prompt has {len(value)} characters; the limit is {limit}")
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, value: int, info: ValidationInfo) -> int:
+        if value < 16:
+            raise ValueError(f"{info.field_name} {value} is too small: the smallest is 16")
+        if value % 16:
+            lo, hi = nearest_multiples(value)
+            raise ValueError(
+                f"{info.field_name} {value} is not a multiple of 16: nearest valid sizes are "
+                f"{lo} or {hi}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self, info: ValidationInfo) -> Request:
+        ctx = info.context or {}
+        if ctx.get("max_pixels") and self.width * self.height > ctx["max_pixels"]:
+            raise ValueError(
+                f"{self.width}x{self.height} is {self.width * self.height} pixels; the limit "
+                f"is {ctx['max_pixels']} (setting max_pixels)"
+            )
+        if ctx.get("max_images") and self.num_images > ctx["max_images"]:
+            raise ValueError(f"num_images {self.num_images} is above the limit {ctx['max_images']}")
+        return self
+
+    def seeds(self) -> list[int]:
+        """One seed per image: ``seed, seed+1, ...`` (the seed must be resolved)."""
+        assert self.seed is not None, "resolve the seed first (make_request does)"
+        return [(self.seed + i) % SEED_LIMIT for i in range(self.num_images)]
+
+
+def make_request(settings: Settings, **fields: Any) -> Request:
+    """A validated Request: fields given (None = unset) over the settings' defaults.
+
+    A missing seed becomes a random one here, so it can always be reported.
+    """
+    values = {k: v for k, v in fields.items() if v is not None}
+    for name in ("width", "height", "steps", "guidance", "shift", "max_sequence_length"):
+        values.setdefault(name, getattr(settings, name))
+    values.setdefault("teleport", settings.teleport)
+    if values.get("seed") is None:
+        values["seed"] = secrets.randbelow(2**32)
+    context = {
+        "max_pixels": settings.max_pixels,
+        "max_prompt_chars": settings.max_prompt_chars,
+        "max_images": settings.max_images,
+    }
+    try:
+        return Request.model_validate(values, context=context)
+    except ValidationError as exc:
+        raise ZTurboError(first_error(exc)) from None

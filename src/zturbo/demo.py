@@ -1,0 +1,157 @@
+"""Tiny randomly initialised Z-Image models built from the real classes.
+
+They run the exact code path of the real model (diffusers' ZImagePipeline, transformers'
+Qwen3, a byte-level BPE tokenizer trained here with ``tokenizers``), are saved with
+``save_pretrained`` into the state dir once, and are then loaded like real weights.
+Their images are noise: they exist for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+RECIPE = 1  # bump when a recipe changes: the folder name changes, so old builds are not reused
+
+
+@dataclass(frozen=True)
+class Recipe:
+    dim: int
+    layers: int
+    refiner_layers: int
+    heads: int
+    axes_dims: tuple[int, int, int]
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    vae_channels: tuple[int, int, int, int]
+    vae_groups: int
+
+
+RECIPES = {
+    "demo": Recipe(32, 2, 1, 2, (8, 4, 4), 16, 2, 2, (8, 16, 16, 16), 8),
+    "demo-small": Recipe(256, 8, 2, 4, (16, 24, 24), 64, 2, 4, (16, 32, 32, 32), 16),
+    "demo-medium": Recipe(768, 12, 2, 6, (32, 48, 48), 128, 4, 4, (32, 64, 64, 64), 32),
+}
+
+NOTICE = "zturbo: using the demo model {name!r}: random weights, so its images are noise"
+
+_CORPUS_EXTRA = """
+a photo of a cat sitting on a windowsill in the morning light, a red robot in the rain,
+portrait of an old fisherman, cinematic lighting, anime style, watercolor painting of a
+mountain lake, product shot of a glass bottle on marble, neon city at night, 35mm film,
+the quick brown fox jumps over the lazy dog, highly detailed, sharp focus, soft shadows
+"""
+
+
+def is_demo(name: str) -> bool:
+    return name in RECIPES
+
+
+def _corpus() -> list[str]:
+    lines = [line for line in _CORPUS_EXTRA.splitlines() if line.strip()]
+    # printable ASCII so every byte-level base symbol appears early and the merges are stable
+    lines.append("".join(chr(c) for c in range(32, 127)))
+    return lines * 4
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+def build_tokenizer(vocab_size: int = 600):
+    """A Qwen2Tokenizer over a byte-level BPE trained locally (deterministic)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = Qwen2Tokenizer(vocab=model["vocab"], merges=merges)
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.model_max_length = 131072
+    return tokenizer
+
+
+def build_pipeline(name: str):
+    """The demo pipeline in memory, with deterministic random weights."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3Model
+
+    r = RECIPES[name]
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=r.dim,
+        n_layers=r.layers, n_refiner_layers=r.refiner_layers, n_heads=r.heads,
+        n_kv_heads=r.heads, cap_feat_dim=r.text_hidden, axes_dims=list(r.axes_dims),
+        axes_lens=[1536, 512, 512],
+    )
+    with torch.no_grad():  # created with torch.empty upstream: give them defined values
+        transformer.x_pad_token.copy_(torch.randn_like(transformer.x_pad_token) * 0.02)
+        transformer.cap_pad_token.copy_(torch.randn_like(transformer.cap_pad_token) * 0.02)
+    torch.manual_seed(1)
+    text_encoder = Qwen3Model(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=r.text_hidden, intermediate_size=r.text_hidden * 2,
+        num_hidden_layers=r.text_layers, num_attention_heads=r.text_heads,
+        num_key_value_heads=r.text_heads, head_dim=r.text_hidden // r.text_heads,
+        max_position_embeddings=4096, rope_theta=1_000_000.0, tie_word_embeddings=False,
+    ))
+    torch.manual_seed(2)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=r.vae_channels, layers_per_block=1, norm_num_groups=r.vae_groups,
+        scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                          tokenizer=tokenizer, transformer=transformer)
+
+
+def ensure(name: str, models_dir: Path) -> Path:
+    """The demo model's folder, building it once (atomically, safe across processes)."""
+    target = models_dir / f"{name}-r{RECIPE}"
+    if (target / "model_index.json").exists():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
+    try:
+        build_pipeline(name).save_pretrained(tmp)
+        (tmp / "zturbo_demo.json").write_text(json.dumps({"name": name, "recipe": RECIPE}))
+        try:
+            os.rename(tmp, target)  # atomic; fails if another process got there first
+        except OSError:
+            if not (target / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

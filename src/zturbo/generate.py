@@ -1,0 +1,186 @@
+"""Generation as a few named functions: embed -> noise -> denoise(sigmas[k:]) -> decode.
+
+Sigmas are data: ``sigmas(steps)`` is the unshifted schedule diffusers uses for Z-Image
+(``linspace(1, 1/N, N)``); the scheduler applies the shift element-wise, so resuming after
+step k with ``sigmas[k+1:]`` continues the very same trajectory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .config import Request
+from .errors import ZTurboError
+
+# on_step(done, total, latents): called after each DiT pass; raise Cancelled to stop.
+StepCallback = Callable[[int, int, torch.Tensor], None]
+LATENT_CHANNELS = 16
+
+
+class Cancelled(ZTurboError):
+    """Raised from a step callback to stop a generation at the next step."""
+
+
+@dataclass
+class Embedding:
+    """Prompt embeddings as the DiT takes them: one [tokens, hidden] tensor per prompt."""
+
+    tensors: list[torch.Tensor]
+    token_count: int  # tokens of the templated prompt before truncation
+    truncated: bool
+
+
+@dataclass
+class Result:
+    images: list[Image.Image]
+    seeds: list[int]
+    request: Request
+    model: str
+    fingerprint: str
+    timings: dict[str, float]
+    token_count: int
+    warnings: list[str] = field(default_factory=list)
+    teleport: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, pattern: str | Path) -> list[Path]:
+        """Save each image as PNG with its parameters; ``{seed}`` in the pattern is filled."""
+        from .metadata import save_png
+
+        return [save_png(self, i, pattern) for i in range(len(self.images))]
+
+
+def sigmas(steps: int) -> list[float]:
+    """The unshifted Z-Image schedule: ``steps`` DiT passes from sigma 1 down to 1/steps."""
+    return torch.linspace(1.0, 1.0 / steps, steps).tolist()
+
+
+def _chat(tokenizer, prompt: str) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True,
+        enable_thinking=True,
+    )
+
+
+@torch.no_grad()
+def embed(engine, prompt: str, max_sequence_length: int = 512, hidden_layer: int = -2) -> Embedding:
+    """Qwen3 hidden states of the chat-templated prompt, padding stripped (as diffusers does)."""
+    pipe = engine.pipe
+    text = _chat(pipe.tokenizer, prompt)
+    token_count = len(pipe.tokenizer(text).input_ids)
+    inputs = pipe.tokenizer(text, padding="max_length", max_length=max_sequence_length,
+                            truncation=True, return_tensors="pt")
+    mask = inputs.attention_mask.to(engine.device).bool()
+    out = pipe.text_encoder(input_ids=inputs.input_ids.to(engine.device), attention_mask=mask,
+                            output_hidden_states=True)
+    hidden = out.hidden_states[hidden_layer]
+    return Embedding([hidden[0][mask[0]]], token_count, token_count > max_sequence_length)
+
+
+def noise(seed: int, width: int, height: int) -> torch.Tensor:
+    """Initial latents from a CPU generator: the same seed gives the same noise on any device."""
+    shape = (1, LATENT_CHANNELS, 2 * (height // 16), 2 * (width // 16))
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed),
+                       dtype=torch.float32)
+
+
+def _pipeline_view(engine, shift: float):
+    """A pipeline over the engine's loaded modules with its own scheduler and call state.
+
+    diffusers pipelines keep per-call state (guidance, interrupt flag, scheduler steps) on
+    the pipeline object; a view per call keeps that state out of the shared engine.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    base = engine.pipe
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(base.scheduler.config, shift=shift)
+    view = type(base)(**{**base.components, "scheduler": scheduler})
+    view.set_progress_bar_config(disable=True)
+    return view
+
+
+@torch.no_grad()
+def denoise(
+    engine,
+    embeds: list[torch.Tensor],
+    latents: torch.Tensor,
+    sigma_list: list[float],
+    *,
+    guidance: float = 0.0,
+    shift: float = 3.0,
+    negative: list[torch.Tensor] | None = None,
+    on_step: StepCallback | None = None,
+    first_step: int = 0,
+    total_steps: int | None = None,
+) -> torch.Tensor:
+    """Run the DiT over ``sigma_list`` from ``latents``; returns the final float32 latents.
+
+    ``first_step`` and ``total_steps`` only number the steps reported to ``on_step``
+    (a resumed run starts part-way through its trajectory).
+    """
+    total = total_steps or first_step + len(sigma_list)
+    view = _pipeline_view(engine, shift)
+
+    def callback(pipe, i, t, kwargs):
+        if on_step is not None:
+            on_step(first_step + i + 1, total, kwargs["latents"])
+        return {}
+
+    height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
+    out = view(
+        prompt_embeds=embeds, negative_prompt_embeds=negative if guidance > 0 else None,
+        latents=latents.to(engine.device), sigmas=sigma_list, guidance_scale=guidance,
+        height=height, width=width, output_type="latent", callback_on_step_end=callback,
+        return_dict=False,
+    )
+    return out[0]
+
+
+@torch.no_grad()
+def decode(engine, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE decode of final latents into PIL images."""
+    vae = engine.pipe.vae
+    latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    pixels = vae.decode(latents, return_dict=False)[0]
+    return engine.pipe.image_processor.postprocess(pixels, output_type="pil")
+
+
+def generate(engine, request: Request, on_step: StepCallback | None = None) -> Result:
+    """Run one Request: one image per seed, each exactly what a single-seed run gives."""
+    timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
+    started = time.perf_counter()
+    images: list[Image.Image] = []
+    with engine.lock:
+        t = time.perf_counter()
+        emb = embed(engine, request.prompt, request.max_sequence_length)
+        negative = None
+        if request.guidance > 0:
+            negative = embed(engine, request.negative_prompt, request.max_sequence_length).tensors
+        timings["encode"] = time.perf_counter() - t
+        for seed in request.seeds():
+            t = time.perf_counter()
+            latents = denoise(
+                engine, emb.tensors, noise(seed, request.width, request.height),
+                sigmas(request.steps), guidance=request.guidance, shift=request.shift,
+                negative=negative, on_step=on_step,
+            )
+            timings["denoise"] += time.perf_counter() - t
+            t = time.perf_counter()
+            images.extend(decode(engine, latents))
+            timings["decode"] += time.perf_counter() - t
+    timings["total"] = time.perf_counter() - started
+    warnings = []
+    if emb.truncated:
+        warnings.append(
+            f"prompt is {emb.token_count} tokens; truncated to max_sequence_length "
+            f"{request.max_sequence_length}"
+        )
+    return Result(images=images, seeds=request.seeds(), request=request, model=engine.spec,
+                  fingerprint=engine.fingerprint, timings=timings,
+                  token_count=emb.token_count, warnings=warnings)

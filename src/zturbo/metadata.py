@@ -1,0 +1,136 @@
+"""Parameters written into each PNG and read back to re-run it.
+
+Two text chunks: ``parameters`` (the A1111 convention other tools read) and ``zturbo``
+(JSON with the exact Request, model and fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from .config import Request
+from .errors import ZTurboError
+
+JSON_KEY = "zturbo"
+SCHEMA = 1
+
+
+def image_request(request: Request, seed: int) -> Request:
+    """The Request that reproduces one image of a (possibly multi-image) Request."""
+    return request.model_copy(update={"seed": seed, "num_images": 1})
+
+
+def a1111_text(request: Request, model: str, fingerprint: str) -> str:
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(f"Negative prompt: {request.negative_prompt}")
+    lines.append(", ".join([
+        f"Steps: {request.steps}",
+        "Sampler: Euler (flow matching)",
+        f"Shift: {request.shift:g}",
+        f"CFG scale: {request.guidance:g}",
+        f"Seed: {request.seed}",
+        f"Size: {request.width}x{request.height}",
+        f"Model: {model}",
+        f"Model hash: {fingerprint[:12]}",
+        f"Version: zturbo {version('zturbo')}",
+    ]))
+    return "\n".join(lines)
+
+
+def pnginfo(request: Request, model: str, fingerprint: str, extra: dict | None = None):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_text(request, model, fingerprint))
+    payload = {"schema": SCHEMA, "request": request.model_dump(mode="json"), "model": model,
+               "fingerprint": fingerprint, "zturbo": version("zturbo"), **(extra or {})}
+    info.add_text(JSON_KEY, json.dumps(payload, sort_keys=True))
+    return info
+
+
+def free_path(path: Path) -> Path:
+    """``path``, or ``name-1.png``, ``name-2.png``... whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def write_png_atomic(image: Image.Image, path: Path, info) -> Path:
+    """Write to a temp file, then hard-link it into a free name: no half file, no overwrite."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".zturbo-", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+        while True:
+            target = free_path(path)
+            try:
+                os.link(tmp, target)  # fails if another writer took the name meanwhile
+                return target
+            except FileExistsError:
+                continue
+    finally:
+        os.unlink(tmp)
+
+
+def save_png(result, index: int, pattern: str | Path) -> Path:
+    seed = result.seeds[index]
+    path = Path(str(pattern).replace("{seed}", str(seed))).expanduser()
+    if path.suffix.lower() != ".png":
+        path = path.with_suffix(path.suffix + ".png") if path.suffix else path.with_suffix(".png")
+    extra = {"timings": {k: round(v, 4) for k, v in result.timings.items()}}
+    info = pnginfo(image_request(result.request, seed), result.model, result.fingerprint, extra)
+    return write_png_atomic(result.images[index], path, info)
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """The parameters in a PNG: ``{"request": {...}, "model": ..., "parameters": "..."}``."""
+    try:
+        with Image.open(path) as im:
+            text = dict(getattr(im, "text", {}) or {})
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ZTurboError(f"cannot read image {path}: {exc}") from None
+    if JSON_KEY in text:
+        try:
+            data = json.loads(text[JSON_KEY])
+        except ValueError:
+            raise ZTurboError(f"{path}: the zturbo metadata chunk is not valid JSON") from None
+        data["parameters"] = text.get("parameters", "")
+        return data
+    if "parameters" in text:
+        return {"parameters": text["parameters"], "request": parse_a1111(text["parameters"])}
+    raise ZTurboError(f"{path} holds no generation parameters (no 'parameters' or 'zturbo' chunk)")
+
+
+def parse_a1111(text: str) -> dict[str, Any]:
+    """Best-effort Request fields from an A1111 ``parameters`` text (for other tools' PNGs)."""
+    lines = text.strip().split("\n")
+    settings_line = lines[-1] if len(lines) > 1 and "Steps:" in lines[-1] else ""
+    body = lines[:-1] if settings_line else lines
+    negative = [ln for ln in body if ln.startswith("Negative prompt:")]
+    prompt = "\n".join(ln for ln in body if not ln.startswith("Negative prompt:"))
+    fields: dict[str, Any] = {"prompt": prompt}
+    if negative:
+        fields["negative_prompt"] = negative[0].removeprefix("Negative prompt:").strip()
+    pairs = dict(p.split(": ", 1) for p in settings_line.split(", ") if ": " in p)
+    conv = {"Steps": ("steps", int), "CFG scale": ("guidance", float), "Seed": ("seed", int),
+            "Shift": ("shift", float)}
+    for key, (name, fn) in conv.items():
+        if key in pairs:
+            try:
+                fields[name] = fn(pairs[key])
+            except ValueError:
+                pass
+    if "Size" in pairs and "x" in pairs["Size"]:
+        w, h = pairs["Size"].split("x", 1)
+        if w.isdigit() and h.isdigit():
+            fields["width"], fields["height"] = int(w), int(h)
+    return fields

@@ -1,0 +1,275 @@
+"""Loading Z-Image (Hub id, local diffusers folder, or a demo model) and fingerprinting it.
+
+The fingerprint is a stable digest of everything that decides the pixels: the weights'
+identity (Hub revision, or hashes of local weight files), dtype, device type, library
+versions, and extras that later features add (quantisation, LoRAs, attention backend).
+Every cache keys on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from . import demo
+from .config import DEFAULT_MODEL, Settings, load_settings, state_dir
+from .errors import ModelUnavailable, ZTurboError
+
+COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model", ".jinja")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def quiet_libraries() -> None:
+    """Turn off the libraries' own progress bars and chatter (we show our own progress)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ZTurboError(f"device {name!r} asked for, but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def digest(data: Any) -> str:
+    """sha256 of a JSON-able value in canonical form."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered in the state dir by (path, size, mtime) so it runs once."""
+    stat = path.stat()
+    memo_key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = state_dir() / "file_hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo_key in memo:
+        return memo[memo_key]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    memo[memo_key] = h.hexdigest()
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass  # a memo is an optimisation only
+    return memo[memo_key]
+
+
+def weights_identity(folder: Path, component: str) -> str:
+    """What identifies one component's weights: a Hub revision, or hashes of its files."""
+    parts = folder.resolve().parts
+    if "snapshots" in parts:  # a Hugging Face cache snapshot: the folder name is the commit
+        i = parts.index("snapshots")
+        repo = parts[i - 1].removeprefix("models--").replace("--", "/")
+        return f"hub:{repo}@{parts[i + 1]}/{component}"
+    sub = folder / component
+    files = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    return digest({str(p.relative_to(sub)): _file_sha256(p) for p in files})
+
+
+def resolve_folder(spec: str, settings: Settings) -> Path:
+    """The local diffusers folder for a model spec, or a clear ModelUnavailable within seconds."""
+    if demo.is_demo(spec):
+        return demo.ensure(spec, state_dir() / "models")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise ModelUnavailable(
+                f"{path} is a folder but not a diffusers model (no model_index.json); point "
+                f"--model at the folder holding model_index.json, or use --model demo"
+            )
+        return path
+    if path.exists() or not _HUB_ID.fullmatch(spec):
+        what = "is a file, not a model folder" if path.exists() else "is no such folder"
+        raise ModelUnavailable(
+            f"model {spec!r} {what}, and not a Hub id like {DEFAULT_MODEL!r} "
+            f"(or a demo model: {', '.join(demo.RECIPES)})"
+        )
+    return _hub_snapshot(spec, settings.revision)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    advice = (
+        f"use a local folder (--model /path/to/{repo_id.split('/')[-1]}), download it on a "
+        f"connected machine (`hf download {repo_id}`), set HF_HUB_OFFLINE=1 to use only the "
+        f"local cache, or try --model demo"
+    )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub is unreachable"
+        raise ModelUnavailable(f"model {repo_id!r} is not in the local cache and {why}: {advice}")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelUnavailable(f"cannot download {repo_id!r}: {exc}. Or {advice}") from None
+
+
+@dataclass
+class Engine:
+    """Loaded components, their fingerprints and the process-wide generation lock."""
+
+    pipe: Any
+    spec: str
+    folder: Path
+    device: torch.device
+    dtype: torch.dtype
+    settings: Settings
+    identity: dict[str, str]
+    extras: dict[str, Any] = field(default_factory=dict)  # quantisation, loras, attention...
+    load_seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def is_demo(self) -> bool:
+        return demo.is_demo(self.spec)
+
+    def _runtime(self) -> dict[str, Any]:
+        import diffusers
+        import transformers
+
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device.type,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        }
+
+    def component_fingerprint(self, *components: str) -> str:
+        """Digest of the named components' weights plus runtime and extras."""
+        return digest({
+            "weights": {c: self.identity[c] for c in components},
+            "runtime": self._runtime(),
+            "extras": {c: self.extras.get(c) for c in components if self.extras.get(c)},
+        })
+
+    @property
+    def text_fingerprint(self) -> str:
+        return self.component_fingerprint("text_encoder", "tokenizer")
+
+    @property
+    def vae_fingerprint(self) -> str:
+        return self.component_fingerprint("vae")
+
+    @property
+    def fingerprint(self) -> str:
+        """The model fingerprint: every component, the runtime and every extra."""
+        return digest({"weights": self.identity, "runtime": self._runtime(),
+                       "extras": self.extras})
+
+    def info(self) -> dict[str, Any]:
+        n_params = sum(p.numel() for p in self.pipe.transformer.parameters())
+        return {
+            "model": self.spec,
+            "folder": str(self.folder),
+            "fingerprint": self.fingerprint,
+            "text_encoder_fingerprint": self.text_fingerprint,
+            "vae_fingerprint": self.vae_fingerprint,
+            "transformer_params": n_params,
+            "load_seconds": round(self.load_seconds, 3),
+            **self._runtime(),
+            "extras": self.extras,
+        }
+
+    def generate(self, prompt: str | None = None, *, on_step=None, **fields: Any):
+        """``engine.generate("a cat", seed=42)``: build a Request and run it."""
+        from .config import make_request
+        from .generate import generate
+
+        if prompt is not None:
+            fields["prompt"] = prompt
+        return generate(self, make_request(self.settings, **fields), on_step=on_step)
+
+
+def load(
+    model: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    settings: Settings | None = None,
+) -> Engine:
+    """Load a model: ``zturbo.load("demo")``, a Hub id, or a local diffusers folder."""
+    if settings is None:
+        settings, _ = load_settings(flags={"model": model, "device": device, "dtype": dtype})
+    spec = model or settings.model
+    started = time.perf_counter()
+    quiet_libraries()
+    from diffusers import ZImagePipeline
+
+    folder = resolve_folder(spec, settings)
+    torch_device = pick_device(device or settings.device)
+    torch_dtype = pick_dtype(dtype or settings.dtype, torch_device)
+    if demo.is_demo(spec):
+        print(demo.NOTICE.format(name=spec), file=sys.stderr)
+    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    if missing:
+        raise ModelUnavailable(f"{folder} lacks component folder(s): {', '.join(missing)}")
+    try:
+        pipe = ZImagePipeline.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelUnavailable(f"cannot load the model in {folder}: {exc}") from None
+    pipe.to(torch_device)
+    pipe.set_progress_bar_config(disable=True)
+    identity = {c: weights_identity(folder, c) for c in COMPONENTS}
+    return Engine(
+        pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
+        settings=settings.model_copy(update={"model": spec}), identity=identity,
+        load_seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,84 @@
+"""Every test runs on the tiny demo Z-Image, built once per session into a temp dir.
+
+An autouse fixture points ZTURBO_HOME at a fresh temp state dir for each test (the demo
+models are linked in), clears ZTURBO_* variables and keeps the Hub offline.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zturbo import demo
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models")
+    demo.ensure("demo", path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def zturbo_home(tmp_path, monkeypatch, models_dir) -> Path:
+    for name in list(os.environ):
+        if name.startswith("ZTURBO_") or name == "LATENT_TELEPORT_START_STEP":
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(models_dir)
+    monkeypatch.setenv("ZTURBO_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def engine(models_dir, tmp_path_factory):
+    """One loaded demo engine shared by the session (loading costs seconds)."""
+    import zturbo
+
+    home = tmp_path_factory.mktemp("engine-home")
+    (home / "models").symlink_to(models_dir)
+    old = os.environ.get("ZTURBO_HOME")
+    os.environ["ZTURBO_HOME"] = str(home)
+    try:
+        return zturbo.load("demo")
+    finally:
+        if old is None:
+            os.environ.pop("ZTURBO_HOME")
+        else:
+            os.environ["ZTURBO_HOME"] = old
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image).copy()
+
+
+@dataclass
+class CliOutput:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict | None = None) -> CliOutput:
+    """Run the ``zturbo`` CLI in this process (fast: the libraries are imported once)."""
+    from typer.testing import CliRunner
+
+    from zturbo.cli import app
+
+    out = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    return CliOutput(out.exit_code, out.stdout, out.stderr)
+
+
+def run_cli_process(*args: str, env: dict | None = None, cwd: Path | None = None):
+    """Run ``zturbo`` in a new process (what a person at a terminal does)."""
+    cmd = [sys.executable, "-m", "zturbo.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd, timeout=300)
