@@ -1,0 +1,68 @@
+"""Cache entries as safetensors bytes: tensors plus string metadata, never pickle.
+
+Every entry carries the schema version and a sha256 of its tensors' bytes, so an entry
+that was altered anywhere (a flipped bit in Redis, a half-written file) unpacks as None
+(a miss) instead of a wrong image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import torch
+from safetensors.torch import load, save
+
+from .base import SCHEMA
+
+_SCHEMA_FIELD = "zturbo_schema"
+_DIGEST_FIELD = "zturbo_sha256"
+_RESERVED = (_SCHEMA_FIELD, _DIGEST_FIELD)
+
+
+def pack(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    """safetensors bytes of ``tensors`` (any dtype, any device) with ``meta`` in the header."""
+    clash = [k for k in meta if k in _RESERVED]
+    if clash:
+        raise ValueError(f"metadata keys {clash} are reserved")
+    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    header = {**{str(k): str(v) for k, v in meta.items()}, _SCHEMA_FIELD: str(SCHEMA),
+              _DIGEST_FIELD: tensor_digest(cpu)}
+    return save(cpu, metadata=header)
+
+
+def unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """(tensors, meta) from ``pack`` bytes; None when corrupt, truncated or of another schema."""
+    try:
+        meta = _header_metadata(data)
+        if meta.get(_SCHEMA_FIELD) != str(SCHEMA):
+            return None
+        tensors = load(bytes(data))
+        if tensor_digest(tensors) != meta.get(_DIGEST_FIELD):
+            return None
+    except Exception:  # noqa: BLE001 - any malformed input is a miss, by contract
+        return None
+    return tensors, {k: v for k, v in meta.items() if k not in _RESERVED}
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and raw bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` table of a safetensors buffer (8-byte length + JSON header)."""
+    (length,) = struct.unpack_from("<Q", data, 0)
+    if length > len(data) - 8:
+        raise ValueError("truncated header")
+    header = json.loads(bytes(data[8:8 + length]))
+    meta = header.get("__metadata__") or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ValueError("metadata must be strings")
+    return meta
