@@ -1,0 +1,88 @@
+"""A throwaway ``redis-server`` on a free loopback port, for tests and benchmarks.
+
+It keeps nothing (no RDB, no AOF) and lives in a folder of its own. ``pause``/``resume``
+(SIGSTOP/SIGCONT) make it hang like an overloaded server: the connection opens, replies
+never come.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+class LocalRedis:
+    """``with LocalRedis(tmp) as server: server.url``."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, wait_s: float = 10.0) -> LocalRedis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: apt-get install redis-server "
+                               "(scripts/system-deps does it)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir),
+             "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                client.ping()
+                client.close()
+                return self
+            except redis.RedisError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    log = (self.workdir / "redis.log")
+                    tail = log.read_text()[-500:] if log.exists() else ""
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on {self.port}: {tail}")
+                time.sleep(0.02)
+
+    def pause(self) -> None:
+        """Freeze the server: clients connect but time out waiting for replies."""
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self._proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self.resume()  # a stopped process can't act on SIGTERM
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
