@@ -175,6 +175,11 @@ def config_show(
         typer.echo(f"{key:22} {json.dumps(shown):40} {sources[key]}")
 
 
+from .caches.cli import cache_app  # noqa: E402 - needs friendly_errors and Profile above
+
+app.add_typer(cache_app(friendly_errors, Profile), name="cache")
+
+
 def main() -> None:
     app(prog_name="zturbo")
 
