@@ -13,3 +13,7 @@ test: setup
 
 docs: setup
 	.venv/bin/python scripts/gen_cli_docs.py
+
+bench: setup
+	@scripts/system-deps
+	.venv/bin/python benchmarks/cache_tiers.py
