@@ -24,6 +24,7 @@ class LocalRedis:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self._pick_port = port is None  # a port we picked may be taken before we bind it
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -31,10 +32,20 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, wait_s: float = 10.0) -> LocalRedis:
+        for attempt in range(3 if self._pick_port else 1):
+            try:
+                return self._start(wait_s)
+            except RuntimeError:
+                if attempt == 2 or not self._pick_port:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, wait_s: float) -> LocalRedis:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server not found: apt-get install redis-server "
-                               "(scripts/system-deps does it)")
+            raise FileNotFoundError("redis-server not found: apt-get install redis-server "
+                                    "(scripts/system-deps does it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -50,7 +61,7 @@ class LocalRedis:
                 return self
             except redis.RedisError:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
-                    log = (self.workdir / "redis.log")
+                    log = self.workdir / "redis.log"
                     tail = log.read_text()[-500:] if log.exists() else ""
                     self.stop()
                     raise RuntimeError(f"redis-server did not start on {self.port}: {tail}")
