@@ -87,3 +87,15 @@ def test_config_show_names_sources(zturbo_home):
     assert data["steps"] == {"value": 6, "source": "config.toml [default]"}
     assert data["width"] == {"value": 512, "source": "env"}
     assert data["height"]["source"] == "default"
+
+
+def test_second_cli_run_reports_a_teleport_hit_with_equal_pixels(tmp_path):
+    args = ["generate", "a cat", "--model", "demo", "--seed", "1", "-W", "256", "-H", "256",
+            "-o", str(tmp_path / "cat.png")]
+    first, second = run_cli(*args), run_cli(*args)
+    assert "teleport: miss, stored step(s) 7" in first.stdout
+    assert "teleport: hit at step 7 (disk)" in second.stdout
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cat.png")),
+                          np.asarray(Image.open(tmp_path / "cat-1.png")))
+    third = run_cli(*args, "--no-teleport", "--json")
+    assert json.loads(third.stdout)["teleport"]["bypass"] == "teleport is off"

@@ -19,7 +19,7 @@ def test_round_trip(engine, tmp_path):
     assert "Steps: 8" in data["parameters"] and "Seed: 43" in data["parameters"]
     assert "Size: 64x64" in data["parameters"] and "CFG scale: 0" in data["parameters"]
     again = make_request(engine.settings, **data["request"])
-    assert again == metadata.image_request(result.request, 43)
+    assert again == result.request.for_seed(43)
 
 
 def test_never_overwrites_and_leaves_no_temp_file(engine, tmp_path):

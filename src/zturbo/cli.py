@@ -86,6 +86,9 @@ def generate(
     output: Annotated[str | None, typer.Option("--output", "-o", help="PNG path; {seed} is replaced; never overwrites (adds -1, -2...). [default: <state>/outputs/zturbo-{seed}.png]")] = None,
     from_image: Annotated[Path | None, typer.Option("--from", help="Re-run the parameters stored in a zturbo (or A1111) PNG; flags override.")] = None,
     teleport: Annotated[bool | None, typer.Option("--teleport/--no-teleport", help="Exact-replay cache: resume a seen trajectory. [default: on]")] = None,
+    teleport_start_step: Annotated[int | None, typer.Option("--teleport-start-step", help="A hit resumes at this step (stores the latent after step N-1). [env: ZTURBO_TELEPORT_START_STEP or LATENT_TELEPORT_START_STEP; default: 7]")] = None,
+    teleport_store_steps: Annotated[str | None, typer.Option("--teleport-store-steps", help="More resume points, e.g. 2,4,6; the deepest present wins.")] = None,
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="Add a Redis cache tier, e.g. redis://127.0.0.1:6379/0. [env: ZTURBO_REDIS_URL]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
@@ -105,28 +108,38 @@ def generate(
     fields, stored_model = _request_fields(from_image, given)
     if not fields.get("prompt"):
         raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
-    settings, _ = load_settings(profile, {"model": model or stored_model, "device": device,
-                                          "dtype": dtype})
+    settings, _ = load_settings(profile, {
+        "model": model or stored_model, "device": device, "dtype": dtype, "redis_url": redis_url,
+        "teleport_start_step": teleport_start_step, "teleport_store_steps": teleport_store_steps})
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
     engine = models.load(settings=settings)
     pattern = output or str(settings.outputs / "zturbo-{seed}.png")
     for request in requests:
         with _progress() as bar:
-            task = bar.add_task(f"seed {request.seed}", total=request.steps * request.num_images)
+            task = bar.add_task(f"seed {request.seed}", total=request.steps)
             result = engine.generate(**request.model_dump(),
-                                     on_step=lambda *_: bar.advance(task))
+                                     on_step=lambda done, *_: bar.update(task, completed=done))
         for warning in result.warnings:
             typer.echo(f"zturbo: warning: {warning}", err=True)
-        for path, image_seed in zip(result.save(pattern), result.seeds, strict=True):
+        paths = result.save(pattern)
+        for path, image_seed, replay in zip(paths, result.seeds, result.teleport, strict=True):
             t = result.timings
             if as_json:
                 typer.echo(json.dumps({"path": str(path), "seed": image_seed, "timings": t,
-                                       "teleport": result.teleport}))
+                                       "teleport": replay}))
             else:
                 typer.echo(f"{path}  seed {image_seed}  encode {t['encode']:.2f}s  "
                            f"denoise {t['denoise']:.2f}s  decode {t['decode']:.2f}s  "
-                           f"total {t['total']:.2f}s")
+                           f"total {t['total']:.2f}s  {_teleport_text(replay)}")
+
+
+def _teleport_text(replay: dict) -> str:
+    if replay["hit"]:
+        return f"teleport: hit at step {replay['resumed_at_step']} ({replay['tier']})"
+    if replay["bypass"]:
+        return f"teleport: bypassed ({replay['bypass']})"
+    return f"teleport: miss, stored step(s) {','.join(map(str, replay['stored'])) or 'none'}"
 
 
 @app.command()

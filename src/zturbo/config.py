@@ -291,6 +291,10 @@ class Request(BaseModel):
             raise ValueError(f"num_images {self.num_images} is above the limit {ctx['max_images']}")
         return self
 
+    def for_seed(self, seed: int) -> Request:
+        """The Request that reproduces one image of this (possibly multi-image) Request."""
+        return self.model_copy(update={"seed": seed, "num_images": 1})
+
     def seeds(self) -> list[int]:
         """One seed per image: ``seed, seed+1, ...`` (the seed must be resolved)."""
         assert self.seed is not None, "resolve the seed first (make_request does)"

@@ -151,26 +151,63 @@ def decode(engine, latents: torch.Tensor) -> list[Image.Image]:
     return engine.pipe.image_processor.postprocess(pixels, output_type="pil")
 
 
+def embed_params(request: Request, negative: bool = False) -> dict[str, Any]:
+    """The arguments of ``embed`` for a request: exactly what decides its embedding (and key)."""
+    return {"prompt": request.negative_prompt if negative else request.prompt,
+            "max_sequence_length": request.max_sequence_length}
+
+
+def embed_request(engine, request: Request) -> tuple[Embedding, list[torch.Tensor] | None, str]:
+    """The prompt embedding, the negative one (guidance > 0 only), and a digest of both.
+
+    Both go through the embedding cache; the digest identifies the embedding bit for bit in
+    the teleport key.
+    """
+    from .caches.encoders import cached_embed
+    from .caches.packing import tensor_digest
+
+    emb, _ = cached_embed(engine, embed_params(request))
+    negative = None
+    if request.guidance > 0:
+        negative = cached_embed(engine, embed_params(request, negative=True))[0].tensors
+    digest = tensor_digest({f"p{i}": x for i, x in enumerate(emb.tensors)}
+                           | {f"n{i}": x for i, x in enumerate(negative or [])})
+    return emb, negative, digest
+
+
 def generate(engine, request: Request, on_step: StepCallback | None = None) -> Result:
-    """Run one Request: one image per seed, each exactly what a single-seed run gives."""
+    """Run one Request: one image per seed, each exactly what a single-seed run gives.
+
+    With teleport on, each image first looks for a stored latent of its trajectory and
+    resumes from the deepest one; otherwise it runs in full and stores its resume points.
+    """
+    from .caches import teleport
+
     timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
     started = time.perf_counter()
     images: list[Image.Image] = []
+    replays: list[dict[str, Any]] = []
     with engine.lock:
         t = time.perf_counter()
-        emb = embed(engine, request.prompt, request.max_sequence_length)
-        negative = None
-        if request.guidance > 0:
-            negative = embed(engine, request.negative_prompt, request.max_sequence_length).tensors
+        emb, negative, digest = embed_request(engine, request)
         timings["encode"] = time.perf_counter() - t
+        schedule = sigmas(request.steps)
         for seed in request.seeds():
+            replay = teleport.plan(engine, request.for_seed(seed), seed, digest)
+            x = noise(seed, request.width, request.height)
             t = time.perf_counter()
+            resumed = teleport.lookup(engine, replay, tuple(x.shape))
+            first = 0 if resumed is None else replay.hit_step
             latents = denoise(
-                engine, emb.tensors, noise(seed, request.width, request.height),
-                sigmas(request.steps), guidance=request.guidance, shift=request.shift,
-                negative=negative, on_step=on_step,
+                engine, emb.tensors, x if resumed is None else resumed, schedule[first:],
+                guidance=request.guidance, shift=request.shift, negative=negative,
+                on_step=replay.capturing(on_step), first_step=first, total_steps=request.steps,
             )
-            timings["denoise"] += time.perf_counter() - t
+            elapsed = time.perf_counter() - t
+            timings["denoise"] += elapsed
+            if replay.captured:  # a resumed run may still fill deeper resume points
+                teleport.store(engine, replay, elapsed / (request.steps - first))
+            replays.append(replay.report())
             t = time.perf_counter()
             images.extend(decode(engine, latents))
             timings["decode"] += time.perf_counter() - t
@@ -183,4 +220,4 @@ def generate(engine, request: Request, on_step: StepCallback | None = None) -> R
         )
     return Result(images=images, seeds=request.seeds(), request=request, model=engine.spec,
                   fingerprint=engine.fingerprint, timings=timings,
-                  token_count=emb.token_count, warnings=warnings)
+                  token_count=emb.token_count, warnings=warnings, teleport=replays)

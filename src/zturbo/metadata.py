@@ -22,11 +22,6 @@ JSON_KEY = "zturbo"
 SCHEMA = 1
 
 
-def image_request(request: Request, seed: int) -> Request:
-    """The Request that reproduces one image of a (possibly multi-image) Request."""
-    return request.model_copy(update={"seed": seed, "num_images": 1})
-
-
 def a1111_text(request: Request, model: str, fingerprint: str) -> str:
     lines = [request.prompt]
     if request.negative_prompt:
@@ -87,7 +82,7 @@ def save_png(result, index: int, pattern: str | Path) -> Path:
     if path.suffix.lower() != ".png":
         path = path.with_suffix(path.suffix + ".png") if path.suffix else path.with_suffix(".png")
     extra = {"timings": {k: round(v, 4) for k, v in result.timings.items()}}
-    info = pnginfo(image_request(result.request, seed), result.model, result.fingerprint, extra)
+    info = pnginfo(result.request.for_seed(seed), result.model, result.fingerprint, extra)
     return write_png_atomic(result.images[index], path, info)
 
 

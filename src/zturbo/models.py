@@ -174,7 +174,13 @@ class Engine:
     identity: dict[str, str]
     extras: dict[str, Any] = field(default_factory=dict)  # quantisation, loras, attention...
     load_seconds: float = 0.0
+    caches: Any = None  # zturbo.caches.TieredCache: teleport, embeddings, VAE latents
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def close(self) -> None:
+        """Release the cache tiers (a server calls this at shutdown)."""
+        if self.caches is not None:
+            self.caches.close()
 
     @property
     def is_demo(self) -> bool:
@@ -267,9 +273,11 @@ def load(
         raise ModelUnavailable(f"cannot load the model in {folder}: {exc}") from None
     pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
+    from .caches import build_cache
+
     identity = {c: weights_identity(folder, c) for c in COMPONENTS}
     return Engine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
         settings=settings.model_copy(update={"model": spec}), identity=identity,
-        load_seconds=time.perf_counter() - started,
+        caches=build_cache(settings), load_seconds=time.perf_counter() - started,
     )

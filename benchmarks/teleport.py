@@ -1,0 +1,113 @@
+"""Teleport benchmark: replay time per resume step vs the full run, exactness, and the floor.
+
+    python benchmarks/teleport.py [--quick] [--model demo-small] [--size 512] [--repeat 5]
+
+On the demo model at 512x512, 8 steps: for every resume step 1..7 the mean replay time
+(through the real ``generate()`` path, memory tier), its ratio to the full run, and whether
+its pixels equal the full run's; the floor (one transformer step + decode, measured in the
+same run, no cache); and the lookup latency per tier for a 1 MiB latent (from
+benchmarks/cache_tiers.py when present). Measurements are interleaved so machine noise hits
+every row alike. Prints a markdown table and writes benchmarks/results/teleport.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (CI)")
+    ap.add_argument("--model", default="demo-small")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    repeat = 2 if args.quick else args.repeat
+
+    import zturbo
+    from zturbo.config import load_settings, make_request
+    from zturbo.generate import decode, denoise, embed_request, noise, sigmas
+
+    steps = args.steps
+    settings, _ = load_settings(flags={"teleport_store_steps": list(range(1, steps)),
+                                       "disk_cache_mb": 0, "memory_cache_mb": 1024})
+    engine = zturbo.load(args.model, settings=settings)
+    fields = dict(prompt="a red robot in the rain", seed=42, width=args.size, height=args.size,
+                  steps=steps)
+    request = make_request(engine.settings, **fields)
+
+    def run(teleport: bool, start: int | None = None):
+        if start is not None:
+            engine.settings = settings.model_copy(update={"teleport_start_step": start,
+                                                          "teleport_store_steps": []})
+        t = time.perf_counter()
+        result = engine.generate(**fields, teleport=teleport)
+        return time.perf_counter() - t, result
+
+    _, stored = run(True)  # stores every resume point 1..steps-1, warms the embedding cache
+    reference = np.asarray(stored.images[0])
+    emb, negative, _ = embed_request(engine, request)
+    x = noise(42, args.size, args.size)
+
+    def floor() -> float:
+        t = time.perf_counter()
+        out = denoise(engine, emb.tensors, x, sigmas(steps)[steps - 1:], first_step=steps - 1)
+        decode(engine, out)
+        return time.perf_counter() - t
+
+    times: dict[str, list[float]] = {"full": [], "floor": []}
+    identical: dict[int, bool] = {}
+    for _ in range(repeat):  # interleaved: every row sees the same machine
+        times["full"].append(run(False)[0])
+        times["floor"].append(floor())
+        for start in range(1, steps):
+            seconds, result = run(True, start)
+            assert result.teleport[0]["resumed_at_step"] == start, result.teleport
+            times.setdefault(start, []).append(seconds)
+            same = np.array_equal(np.asarray(result.images[0]), reference)
+            identical[start] = identical.get(start, True) and same
+    full, fl = statistics.mean(times["full"]), statistics.mean(times["floor"])
+    rows = [{"resume_step": s, "replay_s": statistics.mean(times[s]),
+             "ratio_to_full": statistics.mean(times[s]) / full,
+             "ratio_to_floor": statistics.mean(times[s]) / fl, "pixel_identical": identical[s]}
+            for s in range(1, steps)]
+    lookup_rows = []
+    sys.path.insert(0, str(HERE))
+    try:
+        import cache_tiers  # noqa: PLC0415 - the tiers benchmark, when present
+
+        lookup_rows = cache_tiers.lookup_rows(gets=50 if args.quick else 300)
+    except ImportError:
+        pass
+    report = {"model": args.model, "size": args.size, "steps": steps, "repeat": repeat,
+              "full_s": full, "floor_s": fl, "rows": rows, "lookup": lookup_rows}
+    print(f"\n## Teleport: {args.model}, {args.size}x{args.size}, {steps} steps, "
+          f"mean of {repeat}\n")
+    print(f"full run {full:.3f} s; floor (1 DiT step + decode, no cache) {fl:.3f} s\n")
+    print("| resume at step | replay s | x full | x floor | pixel-identical |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['resume_step']} | {r['replay_s']:.3f} | {r['ratio_to_full']:.3f} | "
+              f"{r['ratio_to_floor']:.3f} | {'yes' if r['pixel_identical'] else 'NO'} |")
+    if lookup_rows:
+        print("\n| tier | 1 MiB lookup (ms, p50) |\n| --- | --- |")
+        for r in lookup_rows:
+            print(f"| {r['tier']} | {r.get('p50_ms', float('nan')):.3f} |")
+    out = HERE / "results" / "teleport.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

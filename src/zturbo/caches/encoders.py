@@ -1,0 +1,100 @@
+"""Memoised encoders: prompt embeddings (text encoder) and source-image latents (VAE encoder).
+
+Both go through ``engine.caches`` (the tiers) as safetensors bytes. An entry that fails to
+unpack, or whose stored key or shape does not match, is a miss and is deleted: never a wrong
+result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import torch
+from PIL import Image
+
+from .keys import embedding_key, vae_latent_key
+from .packing import pack, unpack
+
+
+def _fetch(engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str], str] | None:
+    cache = getattr(engine, "caches", None)
+    if cache is None:
+        return None
+    got = cache.get(kind, key)
+    if got is None:
+        return None
+    data, tier = got
+    unpacked = unpack(data)
+    if unpacked is None or unpacked[1].get("key") != key:
+        cache.delete(kind, key)
+        return None
+    return unpacked[0], unpacked[1], tier
+
+
+def _keep(engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    cache = getattr(engine, "caches", None)
+    if cache is not None:
+        cache.put(kind, key, pack(tensors, {**meta, "key": key}))
+
+
+def cached_embed(engine, params: dict):
+    """``generate.embed(engine, **params)`` through the embedding cache -> (Embedding, tier)."""
+    from ..generate import Embedding, embed
+
+    key = embedding_key(engine, params)
+    hit = _fetch(engine, "embedding", key)
+    if hit is not None:
+        tensors, meta, tier = hit
+        emb = Embedding([tensors[str(i)].to(engine.device) for i in range(len(tensors))],
+                        int(meta["token_count"]), meta["truncated"] == "1")
+        engine.caches.record_saved("embedding", float(meta.get("cost_s", 0.0)))
+        return emb, tier
+    started = time.perf_counter()
+    emb = embed(engine, **params)
+    cost = time.perf_counter() - started
+    _keep(engine, "embedding", key, {str(i): t for i, t in enumerate(emb.tensors)},
+          {"token_count": str(emb.token_count), "truncated": "1" if emb.truncated else "0",
+           "cost_s": f"{cost:.6f}"})
+    return emb, None
+
+
+def image_sha256(image: Image.Image) -> str:
+    """Content hash of a source image: its decoded RGB pixels and size (not the file bytes)."""
+    rgb = image.convert("RGB")
+    h = hashlib.sha256(f"{rgb.width}x{rgb.height}|".encode())
+    h.update(rgb.tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[torch.Tensor, str | None]:
+    """The VAE posterior of ``image`` resized to width x height, through the VAE latent cache.
+
+    Returns the distribution's parameters (mean and log-variance, concatenated on the channel
+    axis, as diffusers' ``DiagonalGaussianDistribution`` takes them) and the tier of a hit.
+    Caching the posterior rather than one sample keeps img2img exact: the caller samples it
+    with the request's generator just as diffusers' img2img pipeline does.
+    """
+    key = vae_latent_key(engine, image_sha256(image), width, height)
+    hit = _fetch(engine, "vae_latent", key)
+    if hit is not None:
+        tensors, meta, tier = hit
+        engine.caches.record_saved("vae_latent", float(meta.get("cost_s", 0.0)))
+        return tensors["moments"].to(engine.device), tier
+    started = time.perf_counter()
+    vae = engine.pipe.vae
+    pixels = engine.pipe.image_processor.preprocess(image, height=height, width=width)
+    pixels = pixels.to(device=engine.device, dtype=vae.dtype)
+    moments = vae.encode(pixels).latent_dist.parameters
+    cost = time.perf_counter() - started
+    _keep(engine, "vae_latent", key, {"moments": moments}, {"cost_s": f"{cost:.6f}"})
+    return moments, None
+
+
+def vae_posterior(engine, image: Image.Image, width: int, height: int):
+    """``DiagonalGaussianDistribution`` of the source image (cached), ready to ``.sample(gen)``."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    moments, _ = vae_moments(engine, image, width, height)
+    return DiagonalGaussianDistribution(moments)

@@ -1,0 +1,50 @@
+"""Canonical, versioned cache keys. A wrong hit is the worst bug this product can have.
+
+The teleport key digests everything that decides a trajectory:
+- the model fingerprint (weights identity, dtype, device type, library versions, and
+  ``engine.extras``: quantisation, LoRAs, attention backend, step caching, compile...);
+- the prompt embedding itself (a digest of its tensors: covers prompt, template, hidden
+  layer, long-prompt mode, max length, and embeddings loaded from a file);
+- **every field of the Request** except the few listed in ``NOT_IN_TRAJECTORY`` (so a knob
+  added to Request later enters the key without anyone remembering to add it);
+- the image's own seed, the sigma schedule, the stored step and the key version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Request
+from ..generate import sigmas
+from ..models import digest
+
+KEY_VERSION = 1
+# Request fields that provably do not change one image's trajectory: how many images the
+# request asked for (each image is computed alone, with its own seed, which is keyed), and
+# whether to use teleport at all. ``seed`` is replaced by the image's own seed.
+NOT_IN_TRAJECTORY = frozenset({"num_images", "teleport", "seed"})
+
+
+def trajectory_fields(request: Request) -> dict[str, Any]:
+    return request.model_dump(mode="json", exclude=set(NOT_IN_TRAJECTORY))
+
+
+def teleport_key(engine, request: Request, embedding_digest: str, step: int, seed: int) -> str:
+    """Key of the latent after 0-based step ``step`` of image ``seed`` of ``request``."""
+    return digest({
+        "kind": "teleport", "v": KEY_VERSION, "model": engine.fingerprint,
+        "embedding": embedding_digest, "request": trajectory_fields(request), "seed": seed,
+        "sigmas": sigmas(request.steps), "step": step,
+    })
+
+
+def embedding_key(engine, params: dict[str, Any]) -> str:
+    """Key of a prompt embedding: the text encoder's fingerprint + what decides the embedding."""
+    return digest({"kind": "embedding", "v": KEY_VERSION, "text": engine.text_fingerprint,
+                   "params": params})
+
+
+def vae_latent_key(engine, image_sha256: str, width: int, height: int) -> str:
+    """Key of a VAE-encoded source image: its content hash, the target size, the VAE."""
+    return digest({"kind": "vae_latent", "v": KEY_VERSION, "vae": engine.vae_fingerprint,
+                   "image": image_sha256, "size": [width, height]})

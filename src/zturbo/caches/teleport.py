@@ -1,0 +1,110 @@
+"""Latent teleport: store a trajectory's latent after step k, resume it later exactly.
+
+A generation stores x_k (float32, as computed) after each configured step k. The same
+request later looks up the deepest stored k, and resumes with ``latents=x_k`` and the
+unshifted ``sigmas[k+1:]``: the scheduler shifts element-wise, so the remaining steps
+compute exactly what the full run computed, and the pixels are identical.
+
+``teleport_start_step`` s (default 7) means "a hit resumes at step s": the latent stored is
+the one after 0-based step s-1, so with 8 steps a hit reruns only the last step and the
+decode. ``teleport_store_steps`` adds more resume points; the deepest one present wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .keys import teleport_key
+from .packing import pack, unpack
+
+log = logging.getLogger("zturbo.teleport")
+
+
+def resume_points(start_step: int, store_steps: list[int], steps: int) -> list[int]:
+    """The steps a hit may resume at (1..steps-1), deepest first; start steps past the end clamp."""
+    wanted = {min(start_step, steps - 1), *store_steps}
+    return sorted((s for s in wanted if 1 <= s <= steps - 1), reverse=True)
+
+
+def bypass_reason(engine, request) -> str | None:
+    """Why an exact resume is impossible for this engine/request, or None when it is exact."""
+    if getattr(engine, "caches", None) is None:
+        return "no cache tiers configured"
+    check = getattr(engine, "teleport_exact", None)  # engine-level accelerations decide
+    if check is not None:
+        ok, reason = check()
+        if not ok:
+            return reason
+    return None
+
+
+@dataclass
+class Replay:
+    """Teleport state of one image: where it may resume, what it captured, what it found."""
+
+    keys: dict[int, str]  # resume step s -> key of the latent after 0-based step s-1
+    bypass: str | None = None
+    captured: dict[int, torch.Tensor] = field(default_factory=dict)
+    hit_step: int | None = None
+    tier: str | None = None
+
+    def report(self) -> dict:
+        return {"hit": self.hit_step is not None, "resumed_at_step": self.hit_step,
+                "tier": self.tier, "stored": sorted(self.captured), "bypass": self.bypass}
+
+    def capturing(self, on_step: Callable | None) -> Callable:
+        """Wrap a step callback so the latents after the stored steps are kept (float32, CPU)."""
+        def callback(done: int, total: int, latents: torch.Tensor) -> None:
+            if done in self.keys and done not in self.captured:  # after step done-1 => resume at done
+                self.captured[done] = latents.detach().to("cpu", copy=True)
+            if on_step is not None:
+                on_step(done, total, latents)
+        return callback
+
+
+def plan(engine, request, seed: int, embedding_digest: str) -> Replay:
+    """Resume points and keys for one image (``request`` is that image's own Request)."""
+    if not request.teleport or not engine.settings.teleport:
+        return Replay({}, bypass="teleport is off")
+    reason = bypass_reason(engine, request)
+    if reason:
+        log.info("teleport bypassed: %s", reason)
+        return Replay({}, bypass=reason)
+    points = resume_points(engine.settings.teleport_start_step,
+                           engine.settings.teleport_store_steps, request.steps)
+    return Replay({s: teleport_key(engine, request, embedding_digest, s - 1, seed)
+                   for s in points})
+
+
+def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The deepest stored latent for this image, or None. A bad entry is a miss and is removed."""
+    cache = engine.caches if replay.keys else None
+    for step, key in replay.keys.items():  # deepest first
+        got = cache.get("teleport", key)
+        if got is None:
+            continue
+        data, tier = got
+        unpacked = unpack(data)
+        latents = unpacked[0].get("latents") if unpacked else None
+        valid = (unpacked is not None and unpacked[1].get("key") == key and latents is not None
+                 and tuple(latents.shape) == shape and latents.dtype == torch.float32
+                 and bool(torch.isfinite(latents).all()))
+        if not valid:
+            log.warning("teleport entry %s is invalid: treated as a miss and removed", key[:12])
+            cache.delete("teleport", key)
+            continue
+        replay.hit_step, replay.tier = step, tier
+        cache.record_saved("teleport", float(unpacked[1].get("saved_s", 0.0)))
+        return latents
+    return None
+
+
+def store(engine, replay: Replay, step_seconds: float) -> None:
+    """Write the captured latents; ``step_seconds`` estimates the time a later hit saves."""
+    for step, latents in replay.captured.items():
+        meta = {"key": replay.keys[step], "step": str(step), "saved_s": f"{step * step_seconds:.6f}"}
+        engine.caches.put("teleport", replay.keys[step], pack({"latents": latents}, meta))
