@@ -38,6 +38,15 @@ def zturbo_home(tmp_path, monkeypatch, models_dir) -> Path:
     return home
 
 
+@pytest.fixture
+def server(tmp_path):
+    """A real throwaway redis-server on a free loopback port."""
+    from zturbo.caches.localredis import LocalRedis
+
+    with LocalRedis(tmp_path / "redis") as srv:
+        yield srv
+
+
 @pytest.fixture(scope="session")
 def engine(models_dir, tmp_path_factory):
     """One loaded demo engine shared by the session (loading costs seconds)."""

@@ -10,7 +10,6 @@ import pytest
 import redis
 
 from zturbo.caches import DiskTier, MemoryTier, RedisTier, TieredCache
-from zturbo.caches.localredis import LocalRedis
 from zturbo.errors import ZTurboError
 
 TIMEOUT_S, RETRY_S = 0.2, 0.4
@@ -18,12 +17,6 @@ TIMEOUT_S, RETRY_S = 0.2, 0.4
 
 def key(i) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
-
-
-@pytest.fixture
-def server(tmp_path):
-    with LocalRedis(tmp_path / "redis") as srv:
-        yield srv
 
 
 @pytest.fixture

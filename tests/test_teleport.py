@@ -206,3 +206,23 @@ def test_vae_latent_cache_skips_the_encoder_and_stays_exact(fresh):
     direct = fresh.pipe.vae.encode(pixels_in).latent_dist.sample(torch.Generator().manual_seed(3))
     cached = vae_posterior(fresh, image, 64, 64).sample(torch.Generator().manual_seed(3))
     assert torch.equal(direct, cached)
+
+
+def test_replay_through_redis_alone(server):
+    """Two replicas with no local tiers share trajectories through Redis."""
+    first = load(memory_cache_mb=0, disk_cache_mb=0, redis_url=server.url)
+    a = first.generate("a lamp", seed=12, **SIZE)
+    replica = load(memory_cache_mb=0, disk_cache_mb=0, redis_url=server.url)
+    b = replica.generate("a lamp", seed=12, **SIZE)
+    assert b.teleport[0]["tier"] == "redis" and b.teleport[0]["resumed_at_step"] == 7
+    assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))
+
+
+def test_dead_redis_degrades_to_local_tiers(caplog):
+    engine = load(redis_url="redis://127.0.0.1:9/0", redis_timeout_s=0.2)
+    a = engine.generate("a lamp", seed=13, **SIZE)
+    b = engine.generate("a lamp", seed=13, **SIZE)
+    assert b.teleport[0]["tier"] == "memory"
+    assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))
+    assert sum("redis" in r.getMessage().lower() for r in caplog.records
+               if r.levelname == "WARNING") == 1
