@@ -192,6 +192,10 @@ from .caches.cli import cache_app  # noqa: E402 - needs friendly_errors and Prof
 
 app.add_typer(cache_app(friendly_errors, Profile), name="cache")
 
+from .server.command import serve  # noqa: E402  (zturbo serve; FastAPI loads only when run)
+
+app.command()(friendly_errors(serve))
+
 
 def main() -> None:
     app(prog_name="zturbo")

@@ -131,12 +131,28 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the server binds")
     port: int = Field(8000, description="port the server binds")
     api_key: str | None = Field(None, description="Bearer key required by the server when set")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins CORS allows, e.g. https://a.example (none: off)"
+    )
+    queue_depth: int = Field(16, ge=1, description="most jobs waiting in the server queue (more: 429)")
+    request_timeout_s: float = Field(600.0, gt=0, description="a server job's limit, queue wait included")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on shutdown, how long a running job may finish")
+    max_upload_mb: float = Field(20.0, gt=0, description="largest upload (image edits, PNG drop) in MiB")
+    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS, description="most DiT passes a request may ask")
+    preview_every: int = Field(2, ge=0, description="server: a latent preview every N steps (0: none)")
 
     @field_validator("teleport_store_steps", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [int(v) for v in value.replace(" ", "").split(",") if v]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_strings(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v for v in value.replace(" ", "").split(",") if v]
         return value
 
     @classmethod
@@ -287,6 +303,10 @@ class Request(BaseModel):
                 f"{self.width}x{self.height} is {self.width * self.height} pixels; the limit "
                 f"is {ctx['max_pixels']} (setting max_pixels)"
             )
+        if ctx.get("max_steps") and self.steps > ctx["max_steps"]:
+            raise ValueError(
+                f"steps {self.steps} is above the limit {ctx['max_steps']} (setting max_steps)"
+            )
         if ctx.get("max_images") and self.num_images > ctx["max_images"]:
             raise ValueError(f"num_images {self.num_images} is above the limit {ctx['max_images']}")
         return self
@@ -316,6 +336,7 @@ def make_request(settings: Settings, **fields: Any) -> Request:
         "max_pixels": settings.max_pixels,
         "max_prompt_chars": settings.max_prompt_chars,
         "max_images": settings.max_images,
+        "max_steps": settings.max_steps,
     }
     try:
         return Request.model_validate(values, context=context)

@@ -1,0 +1,190 @@
+"""The FastAPI app: ``create_app(settings, engine=None)``.
+
+The model is loaded in the lifespan, in a thread, never at import: ``/api/health``
+answers at once and ``/api/ready`` says when the model is in. One worker thread (jobs.py)
+owns the device; handlers only submit jobs and await their events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..config import Settings, state_dir
+from . import errors
+from .errors import error_response
+from .history import History
+from .jobs import JobQueue
+from .metrics import Metrics
+from .uploads import MIB, max_upload_bytes
+
+log = logging.getLogger("zturbo.server")
+# No API key needed: health, and the page's own code (no data in it; the page asks for the
+# key and sends it with every API call).
+OPEN_PATHS = ("/api/health", "/")
+
+
+@dataclass
+class ServerState:
+    """What the handlers share: settings, the engine once loaded, the queue, history, metrics."""
+
+    settings: Settings
+    history: History | None  # opened by the lifespan
+    jobs: JobQueue
+    metrics: Metrics
+    engine: Any = None
+    load_error: str | None = None
+    started: float = field(default_factory=time.time)
+
+
+def state(request: Request) -> ServerState:
+    return request.app.state.zturbo
+
+
+def history_path():
+    """The history database: ``<state dir>/server/history.sqlite3``."""
+    return state_dir() / "server" / "history.sqlite3"
+
+
+def create_app(settings: Settings, engine=None) -> FastAPI:
+    """The server app. With ``engine=None`` the lifespan loads ``settings.model``."""
+    holder: dict[str, Any] = {"engine": engine}
+    metrics = Metrics(lambda: holder["engine"])
+    jobs = JobQueue(engine, settings, None, settings.outputs / "server", metrics)
+    st = ServerState(settings=settings, history=None, jobs=jobs, metrics=metrics,
+                     engine=engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        history = History(history_path())  # opened per run: an app may be started again
+        st.history = jobs.history = history
+        history.interrupt_unfinished()
+        loop = asyncio.get_running_loop()
+        loader = asyncio.create_task(_load(st, holder, loop))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await asyncio.to_thread(jobs.shutdown, settings.shutdown_grace_s)
+            _flush_caches(st.engine)
+            history.close()
+
+    app = FastAPI(
+        title="zturbo", summary="Z-Image-Turbo: OpenAI-compatible images API, jobs, history",
+        lifespan=lifespan, max_body_size=max_upload_bytes(settings) + MIB,
+    )
+    app.state.zturbo = st
+    errors.install(app)
+    _middleware(app, settings, metrics)
+    from .routes import generate, images, jobs as jobs_routes, openai_images, ops
+
+    for module in (openai_images, generate, jobs_routes, images, ops):
+        app.include_router(module.router)
+    static = files("zturbo").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(str(static.joinpath("index.html")), media_type="text/html")
+
+    return app
+
+
+async def _load(st: ServerState, holder: dict[str, Any], loop) -> None:
+    """Load the model in a thread (unless given), then start the worker."""
+    if st.engine is None:
+        from ..models import load
+        from ..errors import ZTurboError
+
+        try:
+            st.engine = await asyncio.to_thread(load, settings=st.settings)
+        except ZTurboError as exc:
+            st.load_error = str(exc)
+            log.error("zturbo: cannot load the model: %s", exc)
+            return
+        except Exception as exc:  # an operator must see why the server never gets ready
+            st.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("zturbo: model load failed")
+            return
+    holder["engine"] = st.engine
+    st.jobs.start(st.engine, loop)
+
+
+def _flush_caches(engine) -> None:
+    """On shutdown, let the engine's caches write what they hold (when they can)."""
+    caches = getattr(engine, "caches", None)
+    flush = getattr(caches, "flush", None) or getattr(caches, "close", None)
+    if flush is not None:
+        try:
+            flush()
+        except Exception:  # shutting down anyway: log, don't raise
+            log.exception("flushing caches failed")
+
+
+class Guard:
+    """Pure ASGI middleware: the API key check and per-route request metrics.
+
+    Pure ASGI (not BaseHTTPMiddleware) so streaming responses and client-disconnect
+    messages pass through untouched.
+    """
+
+    def __init__(self, app, settings: Settings, metrics: Metrics) -> None:
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            key = self.settings.api_key
+            if key and not _open(scope["path"]) and not _authorised(scope, key):
+                response = error_response(
+                    401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                    "authentication_error", headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            name = route or ("static" if scope["path"].startswith("/static/") else "unmatched")
+            self.metrics.observe_request(scope["method"], name, status["code"],
+                                         time.perf_counter() - started)
+
+
+def _middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """API key and metrics; CORS (outermost, so preflights need no key) only when configured."""
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+
+def _open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith("/static/")
+
+
+def _authorised(scope, key: str) -> bool:
+    headers = dict(scope.get("headers") or [])
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(),
+                                                                 key.encode())

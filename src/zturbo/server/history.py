@@ -1,0 +1,129 @@
+"""The server's history: SQLite under the state dir, one row per job and one per image.
+
+SQLite is the embedded default: no service to run, survives a restart, and one file an
+operator can copy. One connection shared by the worker thread and the request threads,
+guarded by a lock (SQLite serialises writers anyway; the lock keeps the Python object safe).
+Rows hold JSON text, never pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    created REAL NOT NULL,
+    prompt TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    request TEXT NOT NULL,
+    model TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    timings TEXT NOT NULL,
+    teleport TEXT NOT NULL,
+    path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_created ON images (created DESC);
+"""
+TERMINAL = ("done", "error", "cancelled")
+
+
+class History:
+    """Jobs and images of this server, newest first; safe to use from any thread."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _run(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def interrupt_unfinished(self, reason: str = "the server stopped before it finished") -> int:
+        """Mark jobs a crashed server left queued or running as errors (none stay 'running')."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE jobs SET status='error', error=?, finished=? WHERE status NOT IN (?,?,?)",
+                (reason, time.time(), *TERMINAL),
+            )
+            return cur.rowcount
+
+    def add_job(self, job_id: str, request: dict[str, Any], created: float) -> None:
+        self._run("INSERT INTO jobs (id, status, request, created) VALUES (?, 'queued', ?, ?)",
+                  (job_id, json.dumps(request), created))
+
+    def set_job(self, job_id: str, status: str, *, started: float | None = None,
+                finished: float | None = None, error: str | None = None) -> None:
+        self._run(
+            "UPDATE jobs SET status=?, started=COALESCE(?, started), "
+            "finished=COALESCE(?, finished), error=COALESCE(?, error) WHERE id=?",
+            (status, started, finished, error, job_id),
+        )
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._run("SELECT * FROM jobs WHERE id=?", (job_id,))
+        if not rows:
+            return None
+        job = dict(rows[0])
+        job["request"] = json.loads(job["request"])
+        job["images"] = [r["id"] for r in self._run(
+            "SELECT id FROM images WHERE job_id=? ORDER BY idx", (job_id,))]
+        return job
+
+    def add_image(self, row: dict[str, Any]) -> None:
+        """One generated image; ``row`` has the columns of ``images`` (JSON fields as values)."""
+        values = {**row, **{k: json.dumps(row[k]) for k in ("request", "timings", "teleport")}}
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        self._run(f"INSERT INTO images ({cols}) VALUES ({marks})", tuple(values.values()))
+
+    def image(self, image_id: str) -> dict[str, Any] | None:
+        rows = self._run("SELECT * FROM images WHERE id=?", (image_id,))
+        return _image(rows[0]) if rows else None
+
+    def images(self, *, query: str = "", limit: int = 24, offset: int = 0
+               ) -> tuple[list[dict[str, Any]], int]:
+        """A page of images, newest first, whose prompt contains ``query`` (any case)."""
+        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = "WHERE prompt LIKE ? ESCAPE '\\'"
+        total = self._run(f"SELECT COUNT(*) FROM images {where}", (pattern,))[0][0]
+        rows = self._run(
+            f"SELECT * FROM images {where} ORDER BY created DESC, idx LIMIT ? OFFSET ?",
+            (pattern, limit, offset),
+        )
+        return [_image(r) for r in rows], total
+
+
+def _image(row: sqlite3.Row) -> dict[str, Any]:
+    data = dict(row)
+    for key in ("request", "timings", "teleport"):
+        data[key] = json.loads(data[key])
+    return data

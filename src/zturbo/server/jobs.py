@@ -1,0 +1,399 @@
+"""The job queue: one worker thread owns the device and runs jobs one at a time.
+
+The event loop never runs a generation: HTTP handlers submit a ``Job`` and await its
+events. Job state is changed only under ``JobQueue._lock``; events cross from the worker
+thread to the event loop with ``call_soon_threadsafe``.
+
+Batch size is 1 on purpose: every image must equal its single-seed run exactly (the
+replay rule), and a batch of two differs from two single runs by up to one uint8 level
+on CPU, so compatible requests are queued, not merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Request
+from ..errors import ZTurboError
+from ..generate import Cancelled, Result, generate
+from ..metadata import image_request, save_png
+from .history import TERMINAL, History
+from .preview import preview_data_url
+
+log = logging.getLogger("zturbo.server")
+KEEP_FINISHED = 256  # finished jobs kept in memory for GET /api/jobs/{id}; older ones: history
+
+
+class QueueFull(ZTurboError):
+    """The queue holds ``queue_depth`` jobs already; the client should retry later."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotAccepting(ZTurboError):
+    """The server is loading its model or shutting down."""
+
+
+@dataclass
+class Job:
+    """One submitted Request and everything a client may ask about it."""
+
+    id: str
+    request: Request
+    created: float
+    deadline: float  # time.monotonic() after which the job times out
+    status: str = "queued"  # queued | running | done | error | cancelled
+    started: float | None = None
+    finished: float | None = None
+    step: int = 0
+    error: str | None = None
+    timed_out: bool = False
+    bad_input: bool = False  # failed with a ZTurboError: the request, not the server
+    cancel_reason: str | None = None
+    images: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    teleport: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def total(self) -> int:
+        return self.request.steps * self.request.num_images
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def image_url(image_id: str) -> str:
+    return f"/api/images/{image_id}"
+
+
+class JobQueue:
+    """An in-process FIFO of jobs with admission control, cancel, timeouts and progress."""
+
+    def __init__(self, engine, settings, history: History, outputs: Path, metrics=None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.history = history
+        self.outputs = outputs
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: collections.deque[Job] = collections.deque()
+        self._jobs: dict[str, Job] = {}
+        self._finished: collections.deque[str] = collections.deque()
+        self._running: Job | None = None
+        self._accepting = False
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._mean_run_s = 1.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self, engine, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the worker with a loaded engine; events are delivered on ``loop``."""
+        self.engine = engine
+        self._loop = loop
+        self._accepting = True
+        self._thread = threading.Thread(target=self._work, name="zturbo-worker", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, grace_s: float) -> None:
+        """Stop accepting, cancel what waits, let the running job finish within ``grace_s``
+        (then cancel it at its next step), and leave no job unfinished in the history."""
+        with self._lock:
+            self._accepting = False
+            waiting = list(self._queue)
+            self._queue.clear()
+            for job in waiting:
+                self._finish(job, "cancelled", error="the server is shutting down")
+            running = self._running
+        if running is not None and not self._wait_idle(grace_s):
+            self.cancel(running.id, "the server is shutting down")
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=max(grace_s, 1.0) + 60.0)
+        self.history.interrupt_unfinished("the server shut down before it finished")
+
+    def _wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._running is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(left)
+        return True
+
+    # -- submit / query / cancel ---------------------------------------------------------
+    def submit(self, request: Request) -> Job:
+        """Queue a request, or raise QueueFull (-> 429) / NotAccepting (-> 503)."""
+        now = time.time()
+        job = Job(id=uuid.uuid4().hex, request=request, created=now,
+                  deadline=time.monotonic() + self.settings.request_timeout_s)
+        with self._lock:
+            if not self._accepting:
+                raise NotAccepting("the server is not accepting jobs (loading or shutting down)")
+            if len(self._queue) >= self.settings.queue_depth:
+                retry = self._retry_after()
+                raise QueueFull(f"the queue is full ({self.settings.queue_depth} jobs waiting); "
+                                f"retry in {retry} s", retry)
+            self.history.add_job(job.id, request.model_dump(mode="json"), now)
+            self._queue.append(job)
+            self._jobs[job.id] = job
+            self._publish(job, "queued", {"position": len(self._queue)})
+            self._wake.notify_all()
+        self._gauges()
+        return job
+
+    def _retry_after(self) -> int:
+        return max(1, math.ceil(self._mean_run_s * (len(self._queue) + 1)))
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def position(self, job: Job) -> int | None:
+        """1 for the next job to run, None once it left the queue."""
+        with self._lock:
+            try:
+                return self._queue.index(job) + 1
+            except ValueError:
+                return None
+
+    def active(self) -> list[Job]:
+        """The running job, then the queued ones in order."""
+        with self._lock:
+            return ([self._running] if self._running else []) + list(self._queue)
+
+    def cancel(self, job_id: str, reason: str = "cancelled by the client") -> Job | None:
+        """Cancel a queued job now, or a running one at its next step (None: unknown id)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.terminal:
+                return job
+            if job.status == "queued":
+                self._queue.remove(job)
+                self._finish(job, "cancelled", error=reason)
+                self._publish_positions()
+            else:
+                job.cancel_reason = reason
+        self._gauges()
+        return job
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        """What GET /api/jobs/{id} returns."""
+        with self._lock:
+            return {
+                "id": job.id, "status": job.status, "queue_position": self._position(job),
+                "step": job.step, "total": job.total, "created": job.created,
+                "started": job.started, "finished": job.finished, "error": job.error,
+                "request": job.request.model_dump(mode="json"), "images": list(job.images),
+                "timings": dict(job.timings), "teleport": list(job.teleport),
+            }
+
+    def _position(self, job: Job) -> int | None:
+        return self._queue.index(job) + 1 if job.status == "queued" else None
+
+    # -- events --------------------------------------------------------------------------
+    def _publish(self, job: Job, event: str, data: dict[str, Any]) -> None:
+        """Append an event (caller holds the lock) and wake the loop's subscribers."""
+        job.events.append({"event": event, "data": {"id": job.id, **data}})
+        self._notify(job)
+
+    def _notify(self, job: Job) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(_set_events, job)
+        except RuntimeError:  # the loop closed meanwhile: no one is listening
+            pass
+
+    def events_since(self, job: Job, index: int) -> list[dict[str, Any]]:
+        """Copies of the events from ``index`` on (the worker may still edit the originals)."""
+        with self._lock:
+            return [{"event": e["event"], "data": dict(e["data"])} for e in job.events[index:]]
+
+    def _publish_positions(self) -> None:
+        for i, queued in enumerate(self._queue):
+            self._publish(queued, "queued", {"position": i + 1})
+
+    # -- worker --------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                job = self._queue.popleft()
+                job.status, job.started = "running", time.time()
+                self._running = job
+                self._publish(job, "started", {"total": job.total})
+                self._publish_positions()
+            self._gauges()
+            self.history.set_job(job.id, "running", started=job.started)
+            if self.metrics:
+                self.metrics.observe_stage("queue", job.started - job.created)
+            try:
+                self._run(job)
+            finally:
+                with self._lock:
+                    self._running = None
+                    self._wake.notify_all()
+                self._gauges()
+
+    def _run(self, job: Job) -> None:
+        started = time.monotonic()
+        try:
+            if started > job.deadline:
+                job.timed_out = True
+                raise Cancelled("timed out in the queue")
+            result = generate(self.engine, job.request, on_step=self._on_step(job))
+            images = self._save(job, result)
+        except Cancelled:
+            with self._lock:
+                if job.timed_out:
+                    self._finish(job, "error", error=self._timeout_message())
+                else:
+                    self._finish(job, "cancelled", error=job.cancel_reason or "cancelled")
+            return
+        except ZTurboError as exc:
+            with self._lock:
+                job.bad_input = True
+                self._finish(job, "error", error=str(exc))
+            return
+        except Exception as exc:  # a bug or the device failing: report it, keep serving
+            log.exception("job %s failed", job.id)
+            with self._lock:
+                self._finish(job, "error", error=f"generation failed: {type(exc).__name__}: {exc}")
+            return
+        run_s = time.monotonic() - started
+        with self._lock:
+            self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * run_s
+            job.images = images
+            job.timings = {k: round(v, 6) for k, v in result.timings.items()}
+            job.teleport = list(result.teleport)
+            job.step = job.total
+            self._finish(job, "done")
+        if self.metrics:
+            self.metrics.job_result(result)
+
+    def _timeout_message(self) -> str:
+        return f"timed out after {self.settings.request_timeout_s:g} s (setting request_timeout_s)"
+
+    def _on_step(self, job: Job):
+        """The step callback: cancel and timeout checks, progress, a preview every few steps."""
+        steps, every = job.request.steps, self.settings.preview_every
+        state = {"image": 0, "last": 0}
+
+        def on_step(done: int, total: int, latents) -> None:
+            if job.cancel_reason:
+                raise Cancelled(job.cancel_reason)
+            if time.monotonic() > job.deadline:
+                job.timed_out = True
+                raise Cancelled("timed out")
+            if done <= state["last"]:
+                state["image"] += 1
+            state["last"] = done
+            data = {"step": state["image"] * steps + done, "total": job.total,
+                    "image": state["image"]}
+            if every and (done % every == 0 or done == total):
+                data["preview"] = preview_data_url(latents)
+            with self._lock:
+                job.step = data["step"]
+                self._publish(job, "step", data)
+
+        return on_step
+
+    def _save(self, job: Job, result: Result) -> list[dict[str, Any]]:
+        """Write each image as a PNG with its parameters and record it in the history."""
+        saved = []
+        t = time.perf_counter()
+        for i, seed in enumerate(result.seeds):
+            image_id = uuid.uuid4().hex
+            path = save_png(result, i, self.outputs / f"{image_id}.png")
+            teleport = result.teleport[i] if i < len(result.teleport) else {}
+            self.history.add_image({
+                "id": image_id, "job_id": job.id, "idx": i, "created": time.time(),
+                "prompt": result.request.prompt, "seed": seed, "width": result.request.width,
+                "height": result.request.height,
+                "request": image_request(result.request, seed).model_dump(mode="json"),
+                "model": result.model, "fingerprint": result.fingerprint,
+                "timings": {k: round(v, 6) for k, v in result.timings.items()},
+                "teleport": teleport, "path": str(path),
+            })
+            saved.append({"id": image_id, "seed": seed, "url": image_url(image_id),
+                          "teleport": teleport})
+        result.timings["save"] = time.perf_counter() - t
+        return saved
+
+    def _finish(self, job: Job, status: str, error: str | None = None) -> None:
+        """Make a job terminal (caller holds the lock): history, event, memory bound."""
+        job.status, job.finished, job.error = status, time.time(), error
+        self.history.set_job(job.id, status, finished=job.finished, error=error)
+        if status == "done":
+            self._publish(job, "done", {"images": job.images, "timings": job.timings,
+                                        "teleport": job.teleport, "seeds": job.request.seeds()})
+        elif status == "cancelled":
+            self._publish(job, "cancelled", {"reason": error, "step": job.step})
+        else:
+            self._publish(job, "error", {"message": error, "timeout": job.timed_out})
+        for event in job.events:  # previews are for live watchers only: free them
+            event["data"].pop("preview", None)
+        self._finished.append(job.id)
+        while len(self._finished) > KEEP_FINISHED:
+            self._jobs.pop(self._finished.popleft(), None)
+        if self.metrics:
+            self.metrics.job_finished(status, timed_out=job.timed_out)
+        self._loop_call(job)
+
+    def _loop_call(self, job: Job) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(job.ended.set)
+        except RuntimeError:
+            pass
+
+    def _gauges(self) -> None:
+        if self.metrics:
+            with self._lock:
+                queued, running = len(self._queue), int(self._running is not None)
+            self.metrics.set_queue(queued, running)
+
+
+def _set_events(job: Job) -> None:
+    job.changed.set()
+
+
+async def follow(queue: JobQueue, job: Job):
+    """Yield a job's events as they happen, from the first, until it ends."""
+    index = 0
+    while True:
+        job.changed.clear()
+        events = queue.events_since(job, index)
+        index += len(events)
+        for event in events:
+            yield event
+            if event["event"] in ("done", "error", "cancelled"):
+                return
+        if not events:
+            await job.changed.wait()

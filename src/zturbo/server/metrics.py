@@ -1,0 +1,106 @@
+"""Prometheus metrics: one registry per app (tests build many apps in one process).
+
+Request counts and latency per route, latency per generation stage, queue depth, job
+outcomes, teleport hits per tier, and the engine caches' hit ratios per kind and tier
+(read from ``engine.caches.stats()`` at scrape time, so the caches own their counters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+# Generations take milliseconds (demo model) to minutes (large images on CPU).
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+STAGES = ("encode", "denoise", "decode", "save", "total")
+
+
+class Metrics:
+    """The server's metrics, registered in their own registry."""
+
+    def __init__(self, engine_ref) -> None:
+        """``engine_ref()`` returns the engine once loaded (None before)."""
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("zturbo_http_requests", "HTTP requests",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("zturbo_http_request_seconds", "HTTP request latency",
+                                 ["route"], buckets=STAGE_BUCKETS, registry=r)
+        self.stages = Histogram("zturbo_stage_seconds", "Time per generation stage (queue: "
+                                "wait before the worker starts a job)", ["stage"],
+                                buckets=STAGE_BUCKETS, registry=r)
+        self.queue = Gauge("zturbo_queue_depth", "Jobs waiting in the queue", registry=r)
+        self.running = Gauge("zturbo_jobs_running", "Jobs running (0 or 1)", registry=r)
+        self.jobs = Counter("zturbo_jobs", "Finished jobs by outcome", ["status"], registry=r)
+        self.images = Counter("zturbo_images", "Images generated", registry=r)
+        self.errors = Counter("zturbo_errors", "Errors by kind (http_4xx, http_5xx, job, "
+                              "timeout, rejected)", ["kind"], registry=r)
+        self.teleport = Counter("zturbo_teleport_lookups", "Teleport lookups per image by "
+                                "outcome and tier", ["outcome", "tier"], registry=r)
+        r.register(_CacheCollector(engine_ref))
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+        if status == 429:
+            self.errors.labels("rejected").inc()
+        elif 400 <= status < 500:
+            self.errors.labels("http_4xx").inc()
+        elif status >= 500:
+            self.errors.labels("http_5xx").inc()
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stages.labels(stage).observe(seconds)
+
+    def set_queue(self, queued: int, running: int) -> None:
+        self.queue.set(queued)
+        self.running.set(running)
+
+    def job_finished(self, status: str, timed_out: bool = False) -> None:
+        self.jobs.labels(status).inc()
+        if status == "error":
+            self.errors.labels("timeout" if timed_out else "job").inc()
+
+    def job_result(self, result) -> None:
+        """Stage timings, image count and teleport outcomes of a finished generation."""
+        for stage in STAGES:
+            if stage in result.timings:
+                self.observe_stage(stage, result.timings[stage])
+        self.images.inc(len(result.images))
+        for hit in result.teleport:
+            outcome = "hit" if hit.get("hit") else "miss"
+            self.teleport.labels(outcome, str(hit.get("tier") or "none")).inc()
+
+
+def cache_stats(engine) -> dict[str, Any] | None:
+    """``engine.caches.stats()`` when the engine has caches, else None."""
+    caches = getattr(engine, "caches", None) if engine is not None else None
+    return caches.stats() if caches is not None else None
+
+
+class _CacheCollector:
+    """Reads the caches' own counters at scrape time: hits, misses, ratio, seconds saved."""
+
+    def __init__(self, engine_ref) -> None:
+        self.engine_ref = engine_ref
+
+    def collect(self):
+        stats = cache_stats(self.engine_ref()) or {}
+        hits = CounterMetricFamily("zturbo_cache_hits", "Cache hits", labels=["kind", "tier"])
+        misses = CounterMetricFamily("zturbo_cache_misses", "Cache misses",
+                                     labels=["kind", "tier"])
+        ratio = GaugeMetricFamily("zturbo_cache_hit_ratio", "Hits / lookups",
+                                  labels=["kind", "tier"])
+        saved = CounterMetricFamily("zturbo_cache_saved_seconds", "Compute time saved by hits",
+                                    labels=["kind"])
+        for kind, data in (stats.get("kinds") or {}).items():
+            rows = [("all", data)] + list((data.get("tiers") or {}).items())
+            for tier, row in rows:
+                h, m = int(row.get("hits", 0)), int(row.get("misses", 0))
+                hits.add_metric([kind, tier], h)
+                misses.add_metric([kind, tier], m)
+                ratio.add_metric([kind, tier], h / (h + m) if h + m else 0.0)
+            saved.add_metric([kind], float(data.get("saved_s", 0.0)))
+        yield from (hits, misses, ratio, saved)

@@ -1,0 +1,1 @@
+"""Routers by resource: OpenAI images, native generate, jobs, images/history, operations."""

@@ -1,0 +1,38 @@
+"""POST /api/generate: one synchronous generation, answered with the PNG (or JSON)."""
+
+from __future__ import annotations
+
+import base64
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from .. import sync
+from ..app import state
+from ..errors import ApiError
+from ..schemas import GenerateBody, request_from_body
+from .images import image_path
+
+router = APIRouter(tags=["native"])
+
+
+@router.post("/api/generate", responses={200: {"content": {"image/png": {}}}})
+async def generate(body: GenerateBody, request: Request):
+    """Generate and answer with the PNG (``format: png``, one image) or JSON with base64
+    PNGs (``format: json``). Headers name the image, its seed and the job."""
+    st = state(request)
+    req = request_from_body(st.settings, body)
+    if body.format == "png" and req.num_images > 1:
+        raise ApiError(400, 'num_images > 1 needs "format": "json" (a PNG answer holds one image)')
+    job = await sync.run(st, req, request)
+    if body.format == "png":
+        image = job.images[0]
+        return Response(image_path(st, image["id"]).read_bytes(), media_type="image/png",
+                        headers={"X-Zturbo-Image-Id": image["id"],
+                                 "X-Zturbo-Seed": str(image["seed"]), "X-Zturbo-Job-Id": job.id})
+    return {
+        "job_id": job.id,
+        "images": [{**image, "b64_png": base64.b64encode(
+            image_path(st, image["id"]).read_bytes()).decode()} for image in job.images],
+        "timings": job.timings, "teleport": job.teleport,
+    }

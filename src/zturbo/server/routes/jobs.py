@@ -1,0 +1,77 @@
+"""The job API: submit (202), status, Server-Sent Events, cancel, and the active queue."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from .. import sync
+from ..app import ServerState, state
+from ..errors import ApiError
+from ..jobs import Job, follow
+from ..schemas import JobBody, request_from_body
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _stored(st: ServerState, job_id: str) -> dict | None:
+    return st.history.job(job_id) if JOB_ID.fullmatch(job_id) else None
+
+
+def live_job(job_id: str, request: Request) -> Job | dict:
+    """The job in memory, else its history row (a finished job of an earlier run), else 404."""
+    st = state(request)
+    job = st.jobs.get(job_id) or _stored(st, job_id)
+    if job is None:
+        raise ApiError(404, f"no job {job_id!r}", "not_found")
+    return job
+
+
+@router.post("", status_code=202)
+async def submit(body: JobBody, request: Request):
+    """Queue a generation; follow it at ``events``. 429 with Retry-After when the queue is full."""
+    st = state(request)
+    job = sync.submit(st, request_from_body(st.settings, body))
+    summary = st.jobs.summary(job)
+    return {"id": job.id, "status": summary["status"], "queue_position": summary["queue_position"],
+            "url": f"/api/jobs/{job.id}", "events": f"/api/jobs/{job.id}/events"}
+
+
+@router.get("")
+async def active(request: Request):
+    """The running job and the queued ones, in order."""
+    st = state(request)
+    return {"jobs": [st.jobs.summary(job) for job in st.jobs.active()]}
+
+
+@router.get("/{job_id}")
+async def status(request: Request, job: Job | dict = Depends(live_job)):
+    """Status, progress, queue position, and the images once done."""
+    return state(request).jobs.summary(job) if isinstance(job, Job) else job
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
+async def events(request: Request, job: Job | dict = Depends(live_job)
+                 ) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events from the start: ``queued`` (position), ``started``, ``step`` (with a
+    preview data URL every few steps), then one of ``done``, ``error``, ``cancelled``."""
+    if not isinstance(job, Job):  # finished in an earlier run: its final state only
+        yield ServerSentEvent(event=job["status"], data=job)
+        return
+    async for event in follow(state(request).jobs, job):
+        yield ServerSentEvent(event=event["event"], data=event["data"])
+
+
+@router.post("/{job_id}/cancel")
+async def cancel(request: Request, job: Job | dict = Depends(live_job)):
+    """Cancel: a queued job at once, a running one at its next step. 409 once it ended."""
+    st = state(request)
+    if not isinstance(job, Job) or job.terminal:
+        raise ApiError(409, f"job {job['id'] if isinstance(job, dict) else job.id} already "
+                            "ended", "conflict")
+    st.jobs.cancel(job.id)
+    return st.jobs.summary(job)

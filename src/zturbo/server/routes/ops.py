@@ -1,0 +1,72 @@
+"""Operations and page support: health, readiness, Prometheus metrics, cache stats, options."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ...config import ASPECTS, BUCKETS
+from ..app import state
+from ..metrics import cache_stats
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/api/health")
+async def health():
+    """Alive (no API key needed)."""
+    return {"status": "ok"}
+
+
+@router.get("/api/ready")
+async def ready(request: Request):
+    """200 once the model is loaded and the worker runs; 503 (with the reason) before."""
+    st = state(request)
+    if st.engine is None:
+        return JSONResponse({"ready": False, "error": st.load_error or "loading the model"},
+                            status_code=503)
+    return {"ready": True, "model": st.engine.spec, "fingerprint": st.engine.fingerprint}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request):
+    """Prometheus text format."""
+    return Response(generate_latest(state(request).metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/cache/stats")
+async def caches(request: Request):
+    """The engine caches' counters per kind and tier (``available: false`` without caches)."""
+    stats = cache_stats(state(request).engine)
+    if stats is None:
+        return {"available": False, "kinds": {}, "tiers": {}}
+    return {"available": True, **stats}
+
+
+@router.get("/api/options")
+async def options(request: Request):
+    """What the web page needs: defaults, limits, aspects and buckets, templates."""
+    s = state(request).settings
+    return {
+        "defaults": {"width": s.width, "height": s.height, "steps": s.steps},
+        "limits": {"max_pixels": s.max_pixels, "max_steps": s.max_steps,
+                   "max_images": s.max_images, "max_prompt_chars": s.max_prompt_chars,
+                   "max_upload_mb": s.max_upload_mb},
+        "aspects": list(ASPECTS),
+        "buckets": {str(b): {a: list(size) for a, size in sizes.items()}
+                    for b, sizes in BUCKETS.items()},
+        "templates": templates(s),
+        "preview_every": s.preview_every,
+    }
+
+
+def templates(settings) -> list[dict[str, str]]:
+    """Prompt templates by name and description ([] in a build without templates)."""
+    try:
+        from ... import prompt_templates
+    except ImportError:
+        return []
+    return [{"name": t.name, "description": t.description}
+            for t in prompt_templates.available(settings).values()]

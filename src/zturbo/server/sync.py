@@ -1,0 +1,58 @@
+"""Synchronous requests over the job queue: submit, await the end, cancel if the client goes.
+
+A client that disconnects from ``/api/generate`` or ``/v1/images/generations`` cancels its
+job (at the next step); the worker enforces the per-request timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from fastapi import Request as HttpRequest
+
+from ..config import Request
+from .app import ServerState
+from .errors import ApiError
+from .jobs import Job
+
+
+def submit(st: ServerState, request: Request) -> Job:
+    """Queue a request (503 while the model loads or after it failed to load)."""
+    if st.engine is None or st.history is None:
+        raise ApiError(503, st.load_error and f"the model failed to load: {st.load_error}"
+                       or "the model is still loading; see /api/ready", "unavailable")
+    return st.jobs.submit(request)
+
+
+async def _disconnected(http: HttpRequest) -> None:
+    """Return when the client hangs up (the body is already read, so only that can come)."""
+    while True:
+        message = await http.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run(st: ServerState, request: Request, http: HttpRequest) -> Job:
+    """Submit and wait for the job to end; raise the ApiError its failure maps to."""
+    job = submit(st, request)
+    ended = asyncio.ensure_future(job.ended.wait())
+    gone = asyncio.ensure_future(_disconnected(http))
+    try:
+        await asyncio.wait({ended, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server is stopping this request
+        st.jobs.cancel(job.id, "the request was cancelled")
+        raise
+    finally:
+        for task in (ended, gone):
+            task.cancel()
+    if not job.ended.is_set():
+        st.jobs.cancel(job.id, "the client disconnected")
+        raise ApiError(499, "client disconnected")
+    if job.status == "done":
+        return job
+    if job.status == "cancelled":
+        raise ApiError(409, f"job {job.id} was cancelled: {job.error}", "cancelled")
+    if job.timed_out:
+        raise ApiError(504, job.error or "timed out", "timeout")
+    if job.bad_input:
+        raise ApiError(400, job.error or "bad request")
+    raise ApiError(500, job.error or "generation failed", "server_error")

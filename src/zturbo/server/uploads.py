@@ -1,0 +1,60 @@
+"""Uploaded images, read with limits: bytes first, then the header's size, then pixels.
+
+The whole request body is capped by the app (``max_body_size``); here each file is capped
+again, Pillow's decompression-bomb guard is turned into a 413, and the decoded size is
+checked against ``max_pixels`` before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from fastapi import UploadFile
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ApiError
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Upload:
+    """A decoded upload and the sha256 that names its content (requests reference it so)."""
+
+    image: Image.Image
+    data: bytes
+    sha256: str
+
+
+def max_upload_bytes(settings) -> int:
+    return int(settings.max_upload_mb * MIB)
+
+
+async def read_image(upload: UploadFile, settings, *, decode: bool = True) -> Upload:
+    """Read one uploaded image, or raise a 4xx ApiError that says what is wrong."""
+    limit = max_upload_bytes(settings)
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, f"{upload.filename or 'upload'} is larger than "
+                            f"{settings.max_upload_mb:g} MiB (setting max_upload_mb)")
+    if not data:
+        raise ApiError(400, f"{upload.filename or 'upload'} is empty")
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, f"image refused: {exc}") from None
+    except (UnidentifiedImageError, OSError):
+        raise ApiError(400, f"{upload.filename or 'upload'} is not an image Pillow can read "
+                            "(PNG, JPEG, WebP...)") from None
+    width, height = image.size
+    if width * height > settings.max_pixels:
+        raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is "
+                            f"{settings.max_pixels} (setting max_pixels)")
+    if decode:
+        try:
+            image.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ApiError(400, f"cannot decode {upload.filename or 'upload'}: {exc}") from None
+    return Upload(image=image, data=data, sha256=hashlib.sha256(data).hexdigest())

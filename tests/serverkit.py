@@ -1,0 +1,116 @@
+"""Helpers for the server tests: an app on the session's demo engine, a real uvicorn server
+on a free loopback port, and a gate that holds the DiT at a chosen pass (a forward
+pre-hook on the real transformer, so cancel and shutdown tests are deterministic)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import httpx
+import torch
+
+from zturbo.config import load_settings
+from zturbo.server import create_app
+
+SMALL = {"width": 64, "height": 64, "steps": 2}
+
+
+def settings(**flags):
+    return load_settings(flags={"model": "demo", "width": 64, "height": 64, "steps": 2,
+                                **flags})[0]
+
+
+def app_for(engine, **flags):
+    return create_app(settings(**flags), engine=engine)
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Gate:
+    """Blocks the transformer's ``at``-th forward pass until ``release()``."""
+
+    def __init__(self, engine, at: int = 2) -> None:
+        self.calls, self.at = 0, at
+        self.reached, self.go = threading.Event(), threading.Event()
+        self._handle = engine.pipe.transformer.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.calls += 1
+        if self.calls == self.at:
+            self.reached.set()
+            if not self.go.wait(60):
+                raise RuntimeError("gate never released")
+
+    def wait(self, timeout: float = 60.0) -> None:
+        assert self.reached.wait(timeout), "the DiT never reached the gate"
+
+    def release(self) -> None:
+        self.go.set()
+
+    def remove(self) -> None:
+        self.go.set()
+        self._handle.remove()
+
+
+@contextlib.contextmanager
+def gate(engine, at: int = 2):
+    g = Gate(engine, at)
+    try:
+        yield g
+    finally:
+        g.remove()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread: on a shared 2-core box, 2 threads per process contend badly."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """A real uvicorn server on a free 127.0.0.1 port, in a thread; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(base), 60, "the server to be ready")
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/api/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
