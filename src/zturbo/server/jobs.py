@@ -330,17 +330,17 @@ class JobQueue:
             image_id = uuid.uuid4().hex
             path = save_png(result, i, self.outputs / f"{image_id}.png")
             teleport = result.teleport[i] if i < len(result.teleport) else {}
+            request = image_request(result.request, seed).model_dump(mode="json")
             self.history.add_image({
                 "id": image_id, "job_id": job.id, "idx": i, "created": time.time(),
                 "prompt": result.request.prompt, "seed": seed, "width": result.request.width,
-                "height": result.request.height,
-                "request": image_request(result.request, seed).model_dump(mode="json"),
-                "model": result.model, "fingerprint": result.fingerprint,
+                "height": result.request.height, "request": request, "model": result.model,
+                "fingerprint": result.fingerprint,
                 "timings": {k: round(v, 6) for k, v in result.timings.items()},
                 "teleport": teleport, "path": str(path),
             })
             saved.append({"id": image_id, "seed": seed, "url": image_url(image_id),
-                          "teleport": teleport})
+                          "teleport": teleport, "request": request})
         result.timings["save"] = time.perf_counter() - t
         return saved
 

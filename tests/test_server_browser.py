@@ -1,0 +1,90 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright) against a real
+uvicorn server on a free loopback port with the demo model: type a prompt, generate, watch
+progress and previews, see the image, reload, find it in the gallery, restore parameters
+by clicking it and by dropping its PNG on the page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from serverkit import app_for, live_server, one_thread
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason="needs Debian's chromium (scripts/system-deps installs it)")
+
+WATCH_STATUS = """() => {
+  window.seen = [];
+  new MutationObserver(() => window.seen.push(document.getElementById('status').textContent))
+    .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+}"""
+
+DROP_PNG = """async (url) => {
+  const blob = await (await fetch(url)).blob();
+  const data = new DataTransfer();
+  data.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+  window.dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+}"""
+
+
+def test_the_page_generates_shows_progress_and_keeps_history(engine, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with one_thread(), live_server(app_for(engine, preview_every=1)) as base, \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(base + "/")
+            expect(page.locator("#model")).to_have_text("model demo", timeout=30_000)
+            expect(page.locator("#aspect option")).to_have_count(12)  # custom + 11 aspects
+
+            page.fill("#prompt", "a lighthouse at dusk")
+            page.fill("#width", "64")
+            page.fill("#height", "64")
+            page.fill("#steps", "4")
+            page.check("input[name=seedmode][value=fixed]")
+            page.fill("#seed", "1234")
+            page.evaluate(WATCH_STATUS)
+            page.click("#generate")
+
+            expect(page.locator("#status")).to_have_text("done", timeout=60_000)
+            seen = page.evaluate("window.seen")
+            assert "step 1/4" in seen and "step 4/4" in seen, seen
+            assert page.get_attribute("#preview", "src").startswith("data:image/jpeg;base64,")
+            page.wait_for_function("document.getElementById('result-image').naturalWidth === 64",
+                                   timeout=30_000)
+            assert '"seed": 1234' in page.text_content("#params")
+            assert page.get_attribute("#download", "download") == "zturbo-1234.png"
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+            page.reload()
+            figure = page.locator("#gallery figure").first
+            expect(figure).to_contain_text("a lighthouse at dusk", timeout=30_000)
+            image_id = figure.get_attribute("data-image-id")
+
+            page.fill("#prompt", "")
+            page.fill("#seed", "")
+            figure.click()  # a gallery image restores its parameters
+            expect(page.locator("#prompt")).to_have_value("a lighthouse at dusk")
+            expect(page.locator("#seed")).to_have_value("1234")
+            expect(page.locator("#steps")).to_have_value("4")
+
+            page.fill("#prompt", "")
+            page.fill("#seed", "")
+            page.evaluate(DROP_PNG, f"/api/images/{image_id}")  # drop its PNG on the page
+            expect(page.locator("#prompt")).to_have_value("a lighthouse at dusk", timeout=30_000)
+            expect(page.locator("#seed")).to_have_value("1234")
+            assert not errors, errors
+        finally:
+            browser.close()
+    if os.environ.get("KEEP_PAGE_SCREENSHOT"):
+        shutil.copy(tmp_path / "page.png", os.environ["KEEP_PAGE_SCREENSHOT"])
