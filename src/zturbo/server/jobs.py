@@ -65,6 +65,7 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)
     teleport: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    watchers: int = 0  # event-stream subscribers: previews are made only when someone looks
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -230,6 +231,10 @@ class JobQueue:
         with self._lock:
             return [{"event": e["event"], "data": dict(e["data"])} for e in job.events[index:]]
 
+    def watch(self, job: Job, delta: int) -> None:
+        with self._lock:
+            job.watchers += delta
+
     def _publish_positions(self) -> None:
         for i, queued in enumerate(self._queue):
             self._publish(queued, "queued", {"position": i + 1})
@@ -314,7 +319,7 @@ class JobQueue:
             state["last"] = done
             data = {"step": state["image"] * steps + done, "total": job.total,
                     "image": state["image"]}
-            if every and (done % every == 0 or done == total):
+            if every and job.watchers and (done % every == 0 or done == total):
                 data["preview"] = preview_data_url(latents)
             with self._lock:
                 job.step = data["step"]
@@ -386,14 +391,18 @@ def _set_events(job: Job) -> None:
 
 async def follow(queue: JobQueue, job: Job):
     """Yield a job's events as they happen, from the first, until it ends."""
-    index = 0
-    while True:
-        job.changed.clear()
-        events = queue.events_since(job, index)
-        index += len(events)
-        for event in events:
-            yield event
-            if event["event"] in ("done", "error", "cancelled"):
-                return
-        if not events:
-            await job.changed.wait()
+    queue.watch(job, +1)
+    try:
+        index = 0
+        while True:
+            job.changed.clear()
+            events = queue.events_since(job, index)
+            index += len(events)
+            for event in events:
+                yield event
+                if event["event"] in ("done", "error", "cancelled"):
+                    return
+            if not events:
+                await job.changed.wait()
+    finally:
+        queue.watch(job, -1)
