@@ -12,8 +12,9 @@ import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..config import Settings, state_dir
+from ..errors import ZTurboError
 from . import errors
 from .errors import error_response
 from .history import History
@@ -45,23 +47,21 @@ class ServerState:
     metrics: Metrics
     engine: Any = None
     load_error: str | None = None
-    started: float = field(default_factory=time.time)
 
 
 def state(request: Request) -> ServerState:
     return request.app.state.zturbo
 
 
-def history_path():
+def history_path() -> Path:
     """The history database: ``<state dir>/server/history.sqlite3``."""
     return state_dir() / "server" / "history.sqlite3"
 
 
 def create_app(settings: Settings, engine=None) -> FastAPI:
     """The server app. With ``engine=None`` the lifespan loads ``settings.model``."""
-    holder: dict[str, Any] = {"engine": engine}
-    metrics = Metrics(lambda: holder["engine"])
-    jobs = JobQueue(engine, settings, None, settings.outputs / "server", metrics)
+    metrics = Metrics(lambda: st.engine)
+    jobs = JobQueue(settings, None, settings.outputs / "server", metrics)
     st = ServerState(settings=settings, history=None, jobs=jobs, metrics=metrics,
                      engine=engine)
 
@@ -70,8 +70,7 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
         history = History(history_path())  # opened per run: an app may be started again
         st.history = jobs.history = history
         history.interrupt_unfinished()
-        loop = asyncio.get_running_loop()
-        loader = asyncio.create_task(_load(st, holder, loop))
+        loader = asyncio.create_task(_load(st))
         try:
             yield
         finally:
@@ -101,11 +100,10 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     return app
 
 
-async def _load(st: ServerState, holder: dict[str, Any], loop) -> None:
+async def _load(st: ServerState) -> None:
     """Load the model in a thread (unless given), then start the worker."""
     if st.engine is None:
         from ..models import load
-        from ..errors import ZTurboError
 
         try:
             st.engine = await asyncio.to_thread(load, settings=st.settings)
@@ -117,8 +115,7 @@ async def _load(st: ServerState, holder: dict[str, Any], loop) -> None:
             st.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("zturbo: model load failed")
             return
-    holder["engine"] = st.engine
-    st.jobs.start(st.engine, loop)
+    st.jobs.start(st.engine, asyncio.get_running_loop())
 
 
 def _flush_caches(engine) -> None:

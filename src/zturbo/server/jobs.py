@@ -85,8 +85,8 @@ def image_url(image_id: str) -> str:
 class JobQueue:
     """An in-process FIFO of jobs with admission control, cancel, timeouts and progress."""
 
-    def __init__(self, engine, settings, history: History, outputs: Path, metrics=None) -> None:
-        self.engine = engine
+    def __init__(self, settings, history: History | None, outputs: Path, metrics=None) -> None:
+        self.engine = None  # set by start()
         self.settings = settings
         self.history = history
         self.outputs = outputs
@@ -215,14 +215,15 @@ class JobQueue:
     def _publish(self, job: Job, event: str, data: dict[str, Any]) -> None:
         """Append an event (caller holds the lock) and wake the loop's subscribers."""
         job.events.append({"event": event, "data": {"id": job.id, **data}})
-        self._notify(job)
+        self._in_loop(job.changed.set)
 
-    def _notify(self, job: Job) -> None:
+    def _in_loop(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the event loop (asyncio objects are not thread-safe)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         try:
-            loop.call_soon_threadsafe(_set_events, job)
+            loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop closed meanwhile: no one is listening
             pass
 
@@ -367,26 +368,13 @@ class JobQueue:
             self._jobs.pop(self._finished.popleft(), None)
         if self.metrics:
             self.metrics.job_finished(status, timed_out=job.timed_out)
-        self._loop_call(job)
-
-    def _loop_call(self, job: Job) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(job.ended.set)
-        except RuntimeError:
-            pass
+        self._in_loop(job.ended.set)
 
     def _gauges(self) -> None:
         if self.metrics:
             with self._lock:
                 queued, running = len(self._queue), int(self._running is not None)
             self.metrics.set_queue(queued, running)
-
-
-def _set_events(job: Job) -> None:
-    job.changed.set()
 
 
 async def follow(queue: JobQueue, job: Job):

@@ -22,7 +22,7 @@ def _optional_request_fields() -> dict[str, Any]:
         if name == "prompt":
             fields[name] = (str, Field(..., description="what to draw"))
         else:
-            fields[name] = (info.annotation | None, Field(None, description=f"default: {info.default}"))
+            fields[name] = (info.annotation | None, Field(None, description=info.description))
     return fields
 
 

@@ -17,9 +17,10 @@ from .jobs import Job
 
 def submit(st: ServerState, request: Request) -> Job:
     """Queue a request (503 while the model loads or after it failed to load)."""
+    if st.load_error:
+        raise ApiError(503, f"the model failed to load: {st.load_error}", "unavailable")
     if st.engine is None or st.history is None:
-        raise ApiError(503, st.load_error and f"the model failed to load: {st.load_error}"
-                       or "the model is still loading; see /api/ready", "unavailable")
+        raise ApiError(503, "the model is still loading; see /api/ready", "unavailable")
     return st.jobs.submit(request)
 
 
