@@ -39,8 +39,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def ms(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(pct(values, 0.5) * 1000, 2), "p95_ms": round(pct(values, 0.95) * 1000, 2),
-            "n": len(values)}
+    return {"p50_ms": round(pct(values, 0.5) * 1000, 2),
+            "p95_ms": round(pct(values, 0.95) * 1000, 2), "n": len(values)}
 
 
 def latency(engine, base: str, fields: dict, runs: int) -> dict:

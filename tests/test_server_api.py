@@ -116,7 +116,8 @@ def test_bad_input_is_a_clear_4xx(client):
         r = client.post("/api/generate", json=body)
         assert r.status_code == status, (body, r.text)
         assert message in r.json()["error"]["message"], (body, r.text)
-    r = client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"})
+    r = client.post("/api/generate", content=b"{not json",
+                    headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["message"]
 
 
@@ -211,7 +212,8 @@ def test_api_key(engine):
 def test_cors_is_off_unless_configured(engine):
     preflight = {"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"}
     with TestClient(app_for(engine)) as c:
-        assert "access-control-allow-origin" not in c.options("/api/generate", headers=preflight).headers
+        r = c.options("/api/generate", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
     with TestClient(app_for(engine, cors_origins="https://ui.example", api_key="k")) as c:
         r = c.options("/api/generate", headers=preflight)
         assert r.status_code == 200
@@ -228,7 +230,8 @@ def test_health_ready_options_metrics_cache_stats(engine, client):
     client.post("/api/generate", json={"prompt": "x", "seed": 1, **SMALL})
     client.post("/api/generate", json={"prompt": "x", "width": 1000})
     text = client.get("/metrics").text
-    assert 'zturbo_http_requests_total{method="POST",route="/api/generate",status="200"} 1.0' in text
+    assert ('zturbo_http_requests_total{method="POST",route="/api/generate",status="200"} 1.0'
+            in text)
     assert 'zturbo_errors_total{kind="http_4xx"} 1.0' in text
     assert 'zturbo_stage_seconds_count{stage="denoise"} 1.0' in text
     assert 'zturbo_stage_seconds_count{stage="queue"} 1.0' in text

@@ -1,7 +1,7 @@
 """The web page in a real headless Chromium (Debian's, driven by Playwright) against a real
 uvicorn server on a free loopback port with the demo model: type a prompt, generate, watch
 progress and previews, see the image, reload, find it in the gallery, restore parameters
-by clicking it and by dropping its PNG on the page."""
+by clicking it and by dropping its PNG on the page, and cancel a running job."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from serverkit import app_for, live_server, one_thread
+from serverkit import app_for, gate, live_server, one_thread, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -22,22 +22,25 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 WATCH_STATUS = """() => {
   window.seen = [];
   new MutationObserver(() => window.seen.push(document.getElementById('status').textContent))
-    .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+    .observe(document.getElementById('status'),
+             {childList: true, characterData: true, subtree: true});
 }"""
 
 DROP_PNG = """async (url) => {
   const blob = await (await fetch(url)).blob();
   const data = new DataTransfer();
   data.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
-  window.dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+  window.dispatchEvent(new DragEvent('drop',
+                                    {dataTransfer: data, bubbles: true, cancelable: true}));
 }"""
 
 
 def test_the_page_generates_shows_progress_and_keeps_history(engine, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    with one_thread(), live_server(app_for(engine, preview_every=1)) as base, \
-            sync_playwright() as pw:
+    app = app_for(engine, preview_every=1)
+    jobs = app.state.zturbo.jobs
+    with one_thread(), live_server(app) as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
@@ -83,6 +86,15 @@ def test_the_page_generates_shows_progress_and_keeps_history(engine, tmp_path):
             page.evaluate(DROP_PNG, f"/api/images/{image_id}")  # drop its PNG on the page
             expect(page.locator("#prompt")).to_have_value("a lighthouse at dusk", timeout=30_000)
             expect(page.locator("#seed")).to_have_value("1234")
+
+            with gate(engine, at=2) as g:  # cancel from the page while the DiT is in pass 2
+                page.click("#generate")
+                g.wait()
+                expect(page.locator("#cancel")).to_be_enabled()
+                page.click("#cancel")
+                wait_for(lambda: any(j.cancel_reason for j in jobs.active()), 30, "the cancel")
+                g.release()
+                expect(page.locator("#status")).to_have_text("cancelled", timeout=30_000)
             assert not errors, errors
         finally:
             browser.close()
