@@ -14,6 +14,8 @@ from .app import ServerState
 from .errors import ApiError
 from .jobs import Job
 
+HUNG_MARGIN_S = 30.0
+
 
 def submit(st: ServerState, request: Request) -> Job:
     """Queue a request (503 while the model loads or after it failed to load)."""
@@ -37,8 +39,10 @@ async def run(st: ServerState, request: Request, http: HttpRequest) -> Job:
     job = submit(st, request)
     ended = asyncio.ensure_future(job.ended.wait())
     gone = asyncio.ensure_future(_disconnected(http))
+    # the worker enforces the timeout at each step; this bound only guards a hung device
+    limit = st.settings.request_timeout_s + HUNG_MARGIN_S
     try:
-        await asyncio.wait({ended, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({ended, gone}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # the server is stopping this request
         st.jobs.cancel(job.id, "the request was cancelled")
         raise
@@ -46,8 +50,11 @@ async def run(st: ServerState, request: Request, http: HttpRequest) -> Job:
         for task in (ended, gone):
             task.cancel()
     if not job.ended.is_set():
-        st.jobs.cancel(job.id, "the client disconnected")
-        raise ApiError(499, "client disconnected")
+        if gone.done() and not gone.cancelled():
+            st.jobs.cancel(job.id, "the client disconnected")
+            raise ApiError(499, "client disconnected")
+        st.jobs.cancel(job.id, "timed out waiting for the device")
+        raise ApiError(504, f"no answer from the device within {limit:g} s", "timeout")
     if job.status == "done":
         return job
     if job.status == "cancelled":
