@@ -273,3 +273,22 @@ def test_preview_projection():
     assert url.startswith("data:image/jpeg;base64,")
     preview = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert preview.size == (128, 85)
+
+
+def test_a_repeated_request_teleports_with_the_same_pixels(client):
+    body = {"prompt": "a teleporting lighthouse", "seed": 99, **SMALL, "steps": 4,
+            "format": "json"}
+    first, again = (client.post("/api/generate", json=body).json() for _ in range(2))
+    assert first["teleport"][0]["hit"] is False and again["teleport"][0]["hit"] is True
+    assert again["teleport"][0]["resumed_at_step"] == 3
+    a, b = (Image.open(io.BytesIO(base64.b64decode(r["images"][0]["b64_png"])))
+            for r in (first, again))
+    assert np.array_equal(pixels(a), pixels(b))
+    assert again["images"][0]["teleport"]["hit"] is True
+    history = client.get("/api/history", params={"q": "teleporting"}).json()["items"]
+    assert [i["teleport"]["hit"] for i in history] == [True, False]
+    text = client.get("/metrics").text
+    assert 'zturbo_teleport_lookups_total{outcome="hit",tier="memory"} 1.0' in text
+    stats = client.get("/api/cache/stats").json()
+    assert stats["available"] and stats["kinds"]["teleport"]["hits"] >= 1
+    assert 'zturbo_cache_hits_total{kind="teleport",tier="all"}' in text

@@ -66,7 +66,8 @@ def test_sse_progress_with_previews(engine):
 
 def test_cancel_a_running_job_stops_at_the_next_step(engine):
     with TestClient(app_for(engine)) as c, gate(engine, at=2) as g:
-        job_id = c.post("/api/jobs", json={"prompt": "x", "seed": 1, **SMALL, "steps": 6}
+        job_id = c.post("/api/jobs", json={"prompt": "x", "seed": 1, **SMALL, "steps": 6,
+                                                "teleport": False}
                         ).json()["id"]
         g.wait()  # the DiT is in pass 2
         r = c.post(f"/api/jobs/{job_id}/cancel")
@@ -114,7 +115,7 @@ def test_timeout_is_a_504(engine):
 
 def test_a_client_that_disconnects_cancels_its_job(engine):
     app = app_for(engine)
-    body = json.dumps({"prompt": "x", "seed": 2, **SMALL, "steps": 6}).encode()
+    body = json.dumps({"prompt": "x", "seed": 2, **SMALL, "steps": 6, "teleport": False}).encode()
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
              "scheme": "http", "path": "/api/generate", "raw_path": b"/api/generate",
              "query_string": b"", "root_path": "", "headers": [
@@ -153,7 +154,8 @@ def test_graceful_shutdown_leaves_no_job_running(engine, zturbo_home):
     app = app_for(engine, shutdown_grace_s=0)
     with gate(engine, at=2) as g:
         with TestClient(app) as c:
-            running = c.post("/api/jobs", json={"prompt": "x", **SMALL, "steps": 4}).json()["id"]
+            running = c.post("/api/jobs", json={"prompt": "x", **SMALL, "steps": 4,
+                                                "teleport": False}).json()["id"]
             waiting = c.post("/api/jobs", json={"prompt": "y", **SMALL}).json()["id"]
             g.wait()
             job = app.state.zturbo.jobs.get(running)

@@ -76,7 +76,10 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
         finally:
             loader.cancel()
             await asyncio.to_thread(jobs.shutdown, settings.shutdown_grace_s)
-            _flush_caches(st.engine)
+            if engine is None and st.engine is not None:
+                st.engine.close()  # loaded here: release its cache tiers
+            else:
+                _flush_caches(st.engine)  # the caller owns the engine: only flush
             history.close()
 
     app = FastAPI(
@@ -119,9 +122,8 @@ async def _load(st: ServerState) -> None:
 
 
 def _flush_caches(engine) -> None:
-    """On shutdown, let the engine's caches write what they hold (when they can)."""
-    caches = getattr(engine, "caches", None)
-    flush = getattr(caches, "flush", None) or getattr(caches, "close", None)
+    """On shutdown, let the engine's caches write what they hold."""
+    flush = getattr(getattr(engine, "caches", None), "flush", None)
     if flush is not None:
         try:
             flush()

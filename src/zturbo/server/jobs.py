@@ -25,7 +25,7 @@ from typing import Any
 from ..config import Request
 from ..errors import ZTurboError
 from ..generate import Cancelled, Result, generate
-from ..metadata import image_request, save_png
+from ..metadata import save_png
 from .history import TERMINAL, History
 from .preview import preview_data_url
 
@@ -336,7 +336,7 @@ class JobQueue:
             image_id = uuid.uuid4().hex
             path = save_png(result, i, self.outputs / f"{image_id}.png")
             teleport = result.teleport[i] if i < len(result.teleport) else {}
-            request = image_request(result.request, seed).model_dump(mode="json")
+            request = result.request.for_seed(seed).model_dump(mode="json")
             self.history.add_image({
                 "id": image_id, "job_id": job.id, "idx": i, "created": time.time(),
                 "prompt": result.request.prompt, "seed": seed, "width": result.request.width,
