@@ -45,7 +45,7 @@ class NotAccepting(ZTurboError):
     """The server is loading its model or shutting down."""
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: the queue finds and removes it by identity
 class Job:
     """One submitted Request and everything a client may ask about it."""
 
@@ -168,14 +168,6 @@ class JobQueue:
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             return self._jobs.get(job_id)
-
-    def position(self, job: Job) -> int | None:
-        """1 for the next job to run, None once it left the queue."""
-        with self._lock:
-            try:
-                return self._queue.index(job) + 1
-            except ValueError:
-                return None
 
     def active(self) -> list[Job]:
         """The running job, then the queued ones in order."""
