@@ -17,3 +17,4 @@ docs: setup
 bench: setup
 	@scripts/system-deps
 	.venv/bin/python benchmarks/cache_tiers.py
+	.venv/bin/python benchmarks/server.py --quick

@@ -15,9 +15,11 @@ Prints markdown tables and writes benchmarks/results/server.json (atomically).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import statistics
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -143,6 +145,34 @@ def repeated(base: str, fields: dict, prompts: int, repeats: int) -> dict:
             "first_run": ms(first), "repeats": ms(again), "cache_stats": stats}
 
 
+@contextlib.contextmanager
+def server_process(args):
+    """``zturbo serve`` in its own process (its own GIL, like a deployment); yields its URL."""
+    from serverkit import free_port, wait_for
+
+    port = free_port()
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zturbo.cli", "serve", "--model", args.model, "--port", str(port),
+         "--queue-depth", str(args.queue_depth)], env=env, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            sys.exit(f"zturbo serve exited with status {proc.returncode}")
+        try:
+            return httpx.get(base + "/api/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, 120, "zturbo serve")
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+
+
 def table(rows: list[tuple], header: tuple) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -163,15 +193,18 @@ def main() -> None:
     ap.add_argument("--model", default="demo")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--runs", type=int, help="latency pairs (default 40, quick 15)")
+    ap.add_argument("--runs", type=int, help="latency pairs (default 40, quick 12)")
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--seconds", type=float, help="load duration (default 30, quick 8)")
+    ap.add_argument("--seconds", type=float, help="load duration (default 30, quick 6)")
     ap.add_argument("--queue-depth", type=int, default=4, help="server queue (small: 429s)")
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, help="torch threads, here and in the server "
+                    "(default: torch's)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the server in a thread of this process (shares its GIL)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "server.json")
     args = ap.parse_args()
-    runs = args.runs or (15 if args.quick else 40)
-    seconds = args.seconds or (8.0 if args.quick else 30.0)
+    runs = args.runs or (12 if args.quick else 40)
+    seconds = args.seconds or (6.0 if args.quick else 30.0)
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("ZTURBO_HOME", tempfile.mkdtemp(prefix="zturbo-bench-"))
@@ -186,19 +219,22 @@ def main() -> None:
     fields = {"prompt": "a red robot", "width": args.size, "height": args.size,
               "steps": args.steps}
     started = time.monotonic()
-    with live_server(create_app(settings, engine=engine)) as base:
+    server = (live_server(create_app(settings, engine=engine)) if args.in_process
+              else server_process(args))
+    with server as base:
         lat = latency(engine, base, fields, runs)
         flood = load(base, fields, args.clients, seconds, cap=2000)
         rep = repeated(base, fields, prompts=4, repeats=3 if args.quick else 5)
     result = {
         "model": args.model, "size": f"{args.size}x{args.size}", "steps": args.steps,
+        "server": "in-process thread" if args.in_process else "zturbo serve process",
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "latency": lat, "load": flood, "repeated_prompts": rep,
         "wall_s": round(time.monotonic() - started, 1),
     }
     write_json(args.out, result)
     print(f"## server benchmark: {args.model}, {args.size}x{args.size}, {args.steps} steps, "
-          f"torch threads {result['torch_threads']}\n")
+          f"torch threads {result['torch_threads']}, server: {result['server']}\n")
     print(table([
         ("direct generate()", lat["direct"]["p50_ms"], lat["direct"]["p95_ms"], lat["direct"]["n"]),
         ("HTTP POST /api/generate", lat["http"]["p50_ms"], lat["http"]["p95_ms"], lat["http"]["n"]),
