@@ -47,9 +47,10 @@ async def get_image(image_id: str, request: Request):
 
 
 @router.get("/api/history")
-async def history(request: Request, q: str = Query("", max_length=1000),
-                  limit: int = Query(24, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)):
-    """Images, newest first; ``q`` searches the prompts (any case)."""
+def history(request: Request, q: str = Query("", max_length=1000),
+            limit: int = Query(24, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)):
+    """Images, newest first; ``q`` searches the prompts (any case). A plain ``def``: FastAPI
+    runs it in its thread pool, so a search over a long history never stalls the loop."""
     rows, total = state(request).history.images(query=q, limit=limit, offset=offset)
     return {"items": [public(r) for r in rows], "total": total, "limit": limit,
             "offset": offset}
