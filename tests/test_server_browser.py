@@ -57,9 +57,12 @@ def test_the_page_generates_shows_progress_and_keeps_history(engine, tmp_path):
             page.check("input[name=seedmode][value=fixed]")
             page.fill("#seed", "1234")
             page.evaluate(WATCH_STATUS)
-            page.click("#generate")
-
-            expect(page.locator("#status")).to_have_text("done", timeout=60_000)
+            with gate(engine, at=1) as g:  # previews are made only for watchers
+                page.click("#generate")
+                g.wait()
+                wait_for(lambda: any(j.watchers for j in jobs.active()), 30, "the page's stream")
+                g.release()
+                expect(page.locator("#status")).to_have_text("done", timeout=60_000)
             seen = page.evaluate("window.seen")
             assert "step 1/4" in seen and "step 4/4" in seen, seen
             assert page.get_attribute("#preview", "src").startswith("data:image/jpeg;base64,")

@@ -45,10 +45,20 @@ def status(client, job_id):
 
 
 def test_sse_progress_with_previews(engine):
-    with TestClient(app_for(engine, preview_every=2)) as c:
-        r = c.post("/api/jobs", json={"prompt": "a red robot", "seed": 4, **SMALL, "steps": 4})
+    app = app_for(engine, preview_every=2)
+    with TestClient(app) as c, gate(engine, at=1) as g:
+        r = c.post("/api/jobs", json={"prompt": "a red robot", "seed": 4, **SMALL, "steps": 4,
+                                      "teleport": False})
         assert r.status_code == 202 and r.json()["queue_position"] in (1, None)
-        events = sse(c, r.json()["id"])
+        got = {}
+        reader = threading.Thread(target=lambda: got.update(events=sse(c, r.json()["id"])))
+        reader.start()
+        g.wait()  # previews are made only for watchers: let the stream attach first
+        job = app.state.zturbo.jobs.get(r.json()["id"])
+        wait_for(lambda: job.watchers == 1, what="the event stream to attach")
+        g.release()
+        reader.join(60)
+        events = got["events"]
         names = [e for e, _ in events]
         assert names[0] == "queued" and names[1] == "started" and names[-1] == "done"
         steps = [d for e, d in events if e == "step"]
