@@ -6,10 +6,11 @@ Two text chunks: ``parameters`` (the A1111 convention other tools read) and ``zt
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
-from importlib.metadata import version
+from importlib import metadata as _dist
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ from .errors import ZTurboError
 
 JSON_KEY = "zturbo"
 SCHEMA = 1
+
+
+@functools.cache
+def version(package: str = "zturbo") -> str:
+    """The installed version (looked up once: the lookup costs ~1 ms per call)."""
+    return _dist.version(package)
 
 
 def a1111_text(request: Request, model: str, fingerprint: str) -> str:
