@@ -2,11 +2,17 @@
 
 An autouse fixture points ZTURBO_HOME at a fresh temp state dir for each test (the demo
 models are linked in), clears ZTURBO_* variables and keeps the Hub offline.
+
+Torch runs one intra-op thread here and in the processes tests start: the demo model's ops
+are tiny, and on a busy 2-core machine two spinning threads per process made them 10-20x
+slower. Tests check pixels, never speed.
 """
 
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported (subprocesses too)
 import subprocess
 import sys
 from dataclasses import dataclass
