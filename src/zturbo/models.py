@@ -220,6 +220,11 @@ class Engine:
         return digest({"weights": self.identity, "runtime": self._runtime(),
                        "extras": self.extras})
 
+    @property
+    def has_text_encoder(self) -> bool:
+        """False for a generator-only engine (``load(..., text_encoder=False)``)."""
+        return self.pipe.text_encoder is not None
+
     def info(self) -> dict[str, Any]:
         n_params = sum(p.numel() for p in self.pipe.transformer.parameters())
         return {
@@ -234,14 +239,34 @@ class Engine:
             "extras": self.extras,
         }
 
-    def generate(self, prompt: str | None = None, *, on_step=None, **fields: Any):
-        """``engine.generate("a cat", seed=42)``: build a Request and run it."""
+    def generate(self, prompt: str | None = None, *, on_step=None, embeddings=None,
+                 **fields: Any):
+        """``engine.generate("a cat", seed=42)``: build a Request and run it.
+
+        ``embeddings`` (an ``embedfile.EmbeddingFile``) replaces the text encoder: its prompt,
+        its content digest and how it was encoded go into the Request.
+        """
         from .config import make_request
         from .generate import generate
 
         if prompt is not None:
             fields["prompt"] = prompt
-        return generate(self, make_request(self.settings, **fields), on_step=on_step)
+        if embeddings is not None:
+            fields = {**fields, **embeddings.request_fields()}
+        return generate(self, make_request(self.settings, **fields), on_step=on_step,
+                        embeddings=embeddings)
+
+
+def text_token_limit(transformer) -> int:
+    """The most prompt tokens the DiT can place: 1504 for Z-Image (axes_lens[0] = 1536).
+
+    ``ZImageTransformer2DModel.patchify_and_embed`` pads the caption to P, a multiple of
+    ``SEQ_MULTI_OF`` (32), gives it RoPE positions 1..P and the image frame position P + 1,
+    which must stay below ``axes_lens[0]``: P <= axes_lens[0] - 2, rounded down to 32.
+    """
+    from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF
+
+    return (int(transformer.config.axes_lens[0]) - 2) // SEQ_MULTI_OF * SEQ_MULTI_OF
 
 
 def load(
@@ -250,8 +275,13 @@ def load(
     device: str | None = None,
     dtype: str | None = None,
     settings: Settings | None = None,
+    text_encoder: bool = True,
 ) -> Engine:
-    """Load a model: ``zturbo.load("demo")``, a Hub id, or a local diffusers folder."""
+    """Load a model: ``zturbo.load("demo")``, a Hub id, or a local diffusers folder.
+
+    ``text_encoder=False`` makes a generator-only engine: the Qwen3 encoder and tokenizer
+    are never loaded (prompt embeddings then come from ``zturbo encode`` files).
+    """
     if settings is None:
         settings, _ = load_settings(flags={"model": model, "device": device, "dtype": dtype})
     spec = model or settings.model
@@ -268,7 +298,9 @@ def load(
     if missing:
         raise ModelUnavailable(f"{folder} lacks component folder(s): {', '.join(missing)}")
     try:
-        pipe = ZImagePipeline.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
+        skip = {} if text_encoder else {"text_encoder": None, "tokenizer": None}
+        pipe = ZImagePipeline.from_pretrained(folder, dtype=torch_dtype, local_files_only=True,
+                                              **skip)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelUnavailable(f"cannot load the model in {folder}: {exc}") from None
     pipe.to(torch_device)
