@@ -1,0 +1,94 @@
+"""DyPE and skip-layer guidance on the demo model: off is exact, on changes the output."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import pixels
+from zturbo import ZTurboError
+from zturbo.config import make_request
+from zturbo.dype import DyPE, DypeRope, axis_frequencies
+from zturbo.generate import denoise, embed, generate, noise, sigmas
+from zturbo.slg import SLG
+
+
+def run(engine, **kw):
+    fields = {"prompt": "a red robot", "seed": 42, "width": 64, "height": 64, "steps": 4, **kw}
+    return pixels(generate(engine, make_request(engine.settings, **fields)).images[0])
+
+
+def hooks_left(engine):
+    modules = [engine.pipe.transformer, *engine.pipe.transformer.layers]
+    return [m for m in modules if getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks]
+
+
+def test_knobs_off_are_pixel_identical_to_the_pipeline(engine):
+    base = run(engine)
+    theirs = engine.pipe("a red robot", height=64, width=64, num_inference_steps=4,
+                         guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(42))
+    assert np.array_equal(base, pixels(theirs.images[0]))
+    # off knobs with other parameters are canonical: same request, same pixels
+    off = make_request(engine.settings, prompt="x", seed=1, dype_scale=5.0, slg_layers=[0])
+    assert off == make_request(engine.settings, prompt="x", seed=1)
+    # a DyPE at or below its base resolution changes nothing
+    assert np.array_equal(base, run(engine, dype="vision_yarn"))
+
+
+def test_dype_changes_output_above_base_and_is_restored(engine):
+    size = {"width": 288, "height": 64, "steps": 2}  # 18 tokens wide: above a 256 px base
+    base = run(engine, **size)
+    outs = [run(engine, dype=method, dype_base=256, **size)
+            for method in ("ntk", "yarn", "vision_yarn")]
+    for i, out in enumerate(outs):
+        assert not np.array_equal(base, out)
+        assert all(not np.array_equal(out, other) for other in outs[i + 1:])
+    assert not hooks_left(engine)
+    assert type(engine.pipe.transformer.rope_embedder).__name__ == "RopeEmbedder"
+    assert np.array_equal(base, run(engine, **size))
+
+
+def test_dype_fades_to_plain_rope_frequencies(engine):
+    rope = engine.pipe.transformer.rope_embedder
+    base = rope.theta ** -(torch.arange(0, 4, 2, dtype=torch.float64) / 4)
+    for method in ("ntk", "yarn"):
+        late = axis_frequencies(DyPE(method), 4, rope.theta, 64, 2.0, 2.0, sigma=0.0)
+        early = axis_frequencies(DyPE(method), 4, rope.theta, 64, 2.0, 2.0, sigma=1.0)
+        assert not torch.allclose(early, base)
+        assert torch.all(early <= base + 1e-12)  # extrapolation lowers frequencies
+    assert torch.allclose(axis_frequencies(DyPE("ntk"), 4, rope.theta, 64, 2.0, 2.0, 0.0), base)
+    ids = torch.tensor([[1, 0, 0], [5, 3, 7]])
+    same = DypeRope(rope, DyPE("yarn"), (32, 32), 1.0)(ids)  # 512 px: below the 1024 base
+    assert torch.equal(same, rope(ids))
+
+
+def test_dype_2048_square_runs(engine):
+    emb = embed(engine, "a red robot")
+    latents = denoise(engine, emb.tensors, noise(1, 2048, 2048), sigmas(1),
+                      dype=DyPE("vision_yarn"))
+    assert latents.shape == (1, 16, 256, 256) and torch.isfinite(latents).all()
+
+
+def test_slg_changes_output_only_where_active(engine):
+    base = run(engine)
+    on = run(engine, slg_scale=3.0, slg_layers=[1], slg_start=0.0, slg_stop=0.5)
+    assert not np.array_equal(base, on)
+    assert not hooks_left(engine)
+    # a window holding no step (4 steps: 0.3 <= i/4 < 0.45 is empty) changes nothing
+    assert np.array_equal(base, run(engine, slg_scale=3.0, slg_layers=[1], slg_start=0.3,
+                                    slg_stop=0.45))
+    assert SLG(1.0, (0,), 0.25, 0.5).active(1, 4) and not SLG(1.0, (0,), 0.25, 0.5).active(2, 4)
+    with pytest.raises(ZTurboError, match="slg_layers 5 out of range"):
+        run(engine, slg_scale=1.0, slg_layers=[5])
+    with pytest.raises(ZTurboError, match="slg_start 0.5 must be below slg_stop 0.2"):
+        make_request(engine.settings, prompt="x", slg_scale=1.0, slg_start=0.5)
+
+
+def test_slg_window_is_exact_when_resumed(engine):
+    """Resuming at step k with sigmas[k:] (teleport) gives the full run's latents."""
+    emb = embed(engine, "a red robot").tensors
+    slg = SLG(2.0, (0,), 0.0, 0.75)  # steps 0, 1, 2 of 4
+    seen = []
+    full = denoise(engine, emb, noise(3, 64, 64), sigmas(4), slg=slg,
+                   on_step=lambda d, t, lat: seen.append(lat.clone()))
+    resumed = denoise(engine, emb, seen[1], sigmas(4)[2:], slg=slg, first_step=2, total_steps=4)
+    assert torch.equal(full, resumed)
