@@ -45,6 +45,9 @@ Model = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local 
 Profile = Annotated[str | None, typer.Option("--profile", help="Named table of config.toml to apply over [default]. [env: ZTURBO_PROFILE]")]
 Device = Annotated[str | None, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 Dtype = Annotated[str | None, typer.Option("--dtype", help="auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16, float16.")]
+Template = Annotated[str | None, typer.Option("--template", help="Prompt template by name (`zturbo templates list`); none: off.")]
+HiddenLayer = Annotated[int | None, typer.Option("--hidden-layer", help="Qwen3 hidden state fed to the DiT. [default: -2, the penultimate]")]
+LongPrompt = Annotated[str | None, typer.Option("--long-prompt", help="Over max-sequence-length: truncate, interpolate, pool, attention_pool. [default: truncate]")]
 
 
 def _progress():
@@ -89,11 +92,22 @@ def generate(
     teleport_start_step: Annotated[int | None, typer.Option("--teleport-start-step", help="A hit resumes at this step (stores the latent after step N-1). [env: ZTURBO_TELEPORT_START_STEP or LATENT_TELEPORT_START_STEP; default: 7]")] = None,
     teleport_store_steps: Annotated[str | None, typer.Option("--teleport-store-steps", help="More resume points, e.g. 2,4,6; the deepest present wins.")] = None,
     redis_url: Annotated[str | None, typer.Option("--redis-url", help="Add a Redis cache tier, e.g. redis://127.0.0.1:6379/0. [env: ZTURBO_REDIS_URL]")] = None,
+    template: Template = None, hidden_layer: HiddenLayer = None, long_prompt: LongPrompt = None,
+    embeddings: Annotated[Path | None, typer.Option("--embeddings", help="Prompt embeddings from `zturbo encode` (safetensors); the text encoder is not loaded.")] = None,
+    dype: Annotated[str | None, typer.Option("--dype", help="DyPE position extrapolation for 2K-4K: off, vision_yarn, yarn, ntk. [default: off]")] = None,
+    dype_scale: Annotated[float | None, typer.Option("--dype-scale", help="DyPE lambda_s (extrapolation strength). [default: 2.0]")] = None,
+    dype_exponent: Annotated[float | None, typer.Option("--dype-exponent", help="DyPE lambda_t (how fast it fades). [default: 2.0]")] = None,
+    dype_base: Annotated[int | None, typer.Option("--dype-base", help="DyPE training resolution in pixels. [default: 1024]")] = None,
+    slg_scale: Annotated[float | None, typer.Option("--slg-scale", help="Skip-layer guidance scale; 0 is off. [default: 0]")] = None,
+    slg_layers: Annotated[str | None, typer.Option("--slg-layers", help="DiT layers SLG skips, comma-separated. [default: 7,8,9]")] = None,
+    slg_start: Annotated[float | None, typer.Option("--slg-start", help="SLG starts at this fraction of the steps. [default: 0.01]")] = None,
+    slg_stop: Annotated[float | None, typer.Option("--slg-stop", help="SLG stops at this fraction of the steps. [default: 0.2]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Generate images and save them as PNGs with their parameters embedded."""
     from . import models
+    from .prompt_cli import embeddings_fields, layer_list
 
     if prompt_file is not None:
         try:
@@ -104,8 +118,17 @@ def generate(
         width, height = (width, height) if width and height else bucket_size(aspect, bucket)
     given = dict(prompt=prompt, negative_prompt=negative_prompt, num_images=num_images,
                  width=width, height=height, steps=steps, guidance=guidance, shift=shift,
-                 max_sequence_length=max_sequence_length, teleport=teleport)
+                 max_sequence_length=max_sequence_length, teleport=teleport, template=template,
+                 hidden_layer=hidden_layer, long_prompt=long_prompt, dype=dype,
+                 dype_scale=dype_scale, dype_exponent=dype_exponent, dype_base=dype_base,
+                 slg_scale=slg_scale, slg_layers=layer_list(slg_layers), slg_start=slg_start,
+                 slg_stop=slg_stop)
     fields, stored_model = _request_fields(from_image, given)
+    if template is not None:
+        fields.pop("template_body", None)  # a template given now replaces a stored one
+    file = None
+    if embeddings is not None:
+        file, fields = embeddings_fields(embeddings, fields, prompt_given=prompt is not None)
     if not fields.get("prompt"):
         raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
     settings, _ = load_settings(profile, {
@@ -113,12 +136,12 @@ def generate(
         "teleport_start_step": teleport_start_step, "teleport_store_steps": teleport_store_steps})
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
-    engine = models.load(settings=settings)
+    engine = models.load(settings=settings, text_encoder=file is None)
     pattern = output or str(settings.outputs / "zturbo-{seed}.png")
     for request in requests:
         with _progress() as bar:
             task = bar.add_task(f"seed {request.seed}", total=request.steps)
-            result = engine.generate(**request.model_dump(),
+            result = engine.generate(**request.model_dump(), embeddings=file,
                                      on_step=lambda done, *_: bar.update(task, completed=done))
         for warning in result.warnings:
             typer.echo(f"zturbo: warning: {warning}", err=True)
@@ -196,10 +219,14 @@ from .server.command import serve  # noqa: E402  (zturbo serve; FastAPI loads on
 
 app.command()(friendly_errors(serve))
 
+from . import prompt_cli  # noqa: E402,F401  (registers `zturbo encode` and `zturbo templates`)
+
 
 def main() -> None:
     app(prog_name="zturbo")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m zturbo.cli`: run the module the commands registered on
+    from zturbo.cli import main as registered_main
+
+    sys.exit(registered_main())

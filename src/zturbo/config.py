@@ -38,6 +38,15 @@ from .errors import ZTurboError
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 MAX_STEPS = 100
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes any int64
+# Z-Image's DiT text-position limit: axes_lens[0] = 1536 RoPE positions; captions sit at
+# positions 1..P (P = tokens padded to a multiple of 32) and the image at P + 1, so P + 1
+# <= 1535 and P <= 1504 (models.text_token_limit derives it from a loaded model's config).
+TEXT_TOKEN_LIMIT = 1504
+LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
+DYPE_METHODS = ("off", "vision_yarn", "yarn", "ntk")
+LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]
+DypeMethod = Literal["off", "vision_yarn", "yarn", "ntk"]
+MAX_TEMPLATE_CHARS = 4000
 
 # Official resolution buckets (Tongyi-MAI's Z-Image demo), keyed by bucket then aspect.
 ASPECTS = ("1:1", "9:7", "7:9", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")
@@ -103,7 +112,30 @@ class Settings(BaseSettings):
     steps: int = Field(8, description="default DiT passes (Turbo: 8)")
     guidance: float = Field(0.0, description="default guidance scale (Turbo: 0)")
     shift: float = Field(3.0, description="default flow-matching shift")
-    max_sequence_length: int = Field(512, description="default text token limit")
+    max_sequence_length: int = Field(
+        512, ge=1, le=TEXT_TOKEN_LIMIT,
+        description=f"default text token limit (the DiT takes at most {TEXT_TOKEN_LIMIT})",
+    )
+    # prompt side (docs/knobs.md)
+    template: str | None = Field(None, description="default prompt template name (none: off)")
+    templates_dir: str | None = Field(
+        None, description="user prompt templates, *.toml (default <state>/templates)"
+    )
+    hidden_layer: int = Field(-2, description="Qwen3 hidden state fed to the DiT (-2: penultimate)")
+    long_prompt: LongPromptMode = Field(
+        "truncate", description="prompts over max_sequence_length: truncate, interpolate, pool, "
+        "attention_pool"
+    )
+    # transformer research knobs (docs/knobs.md)
+    dype: DypeMethod = Field("off", description="DyPE for 2K-4K: off, vision_yarn, yarn, ntk")
+    dype_scale: float = Field(2.0, description="DyPE lambda_s: extrapolation strength")
+    dype_exponent: float = Field(2.0, description="DyPE lambda_t: how fast it fades over steps")
+    slg_scale: float = Field(0.0, description="skip-layer guidance scale (0: off)")
+    slg_layers: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [7, 8, 9], description="DiT layers skipped by SLG, e.g. 7,8,9"
+    )
+    slg_start: float = Field(0.01, description="SLG starts at this fraction of the steps")
+    slg_stop: float = Field(0.2, description="SLG stops at this fraction of the steps")
     # limits
     max_pixels: int = Field(4096 * 4096, description="largest width*height accepted")
     max_prompt_chars: int = Field(20_000, description="longest prompt accepted, in characters")
@@ -141,7 +173,7 @@ class Settings(BaseSettings):
     max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS, description="most DiT passes a request may ask")
     preview_every: int = Field(2, ge=0, description="server: a latent preview every N steps (0: none)")
 
-    @field_validator("teleport_store_steps", mode="before")
+    @field_validator("teleport_store_steps", "slg_layers", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -165,6 +197,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @property
+    def templates(self) -> Path:
+        """The user templates dir (``templates_dir`` or ``<state>/templates``)."""
+        return Path(self.templates_dir).expanduser() if self.templates_dir else state_dir() / "templates"
 
     @property
     def home(self) -> Path:
@@ -268,9 +305,55 @@ class Request(BaseModel):
     steps: int = Field(8, ge=1, le=MAX_STEPS)
     guidance: float = Field(0.0, ge=0.0, le=30.0)
     shift: float = Field(3.0, gt=0.0, le=50.0)
-    max_sequence_length: int = Field(512, ge=1, le=1504)
+    max_sequence_length: int = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
     num_images: int = Field(1, ge=1)
     teleport: bool = True
+    # Prompt side. The template body (not only its name) is kept so replay is exact and the
+    # embedding key sees an edited template; ``embeddings_sha256`` names precomputed prompt
+    # embeddings (``zturbo encode``) by content.
+    template: str | None = Field(None, max_length=100)
+    template_body: str | None = Field(None, max_length=MAX_TEMPLATE_CHARS)
+    hidden_layer: int = Field(-2, ge=-100, le=100)
+    long_prompt: LongPromptMode = "truncate"
+    embeddings_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # Transformer research knobs: DyPE (position extrapolation) and skip-layer guidance.
+    dype: DypeMethod = "off"
+    dype_scale: float = Field(2.0, ge=0.0, le=16.0)
+    dype_exponent: float = Field(2.0, ge=0.0, le=16.0)
+    dype_base: int = Field(1024, ge=256, le=4096, multiple_of=16)
+    slg_scale: float = Field(0.0, ge=0.0, le=20.0)
+    slg_layers: tuple[int, ...] = Field((7, 8, 9), max_length=64)
+    slg_start: float = Field(0.01, ge=0.0, le=1.0)
+    slg_stop: float = Field(0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _knobs_off_are_canonical(cls, data: Any) -> Any:
+        """A knob that is off carries its default parameters, so it can't split the cache keys."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("dype", "off") == "off":
+            for name in ("dype_scale", "dype_exponent", "dype_base"):
+                data.pop(name, None)
+        if not data.get("slg_scale"):
+            for name in ("slg_layers", "slg_start", "slg_stop"):
+                data.pop(name, None)
+        return data
+
+    @field_validator("slg_layers")
+    @classmethod
+    def _layers(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(v < 0 for v in value):
+            raise ValueError("slg_layers are DiT layer indices, 0 or more")
+        return tuple(sorted(set(value)))
+
+    @field_validator("template_body")
+    @classmethod
+    def _template_body(cls, value: str | None) -> str | None:
+        if value is not None and "{prompt}" not in value:
+            raise ValueError("a template body must contain {prompt}")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -309,6 +392,12 @@ class Request(BaseModel):
             )
         if ctx.get("max_images") and self.num_images > ctx["max_images"]:
             raise ValueError(f"num_images {self.num_images} is above the limit {ctx['max_images']}")
+        if self.slg_scale and self.slg_start >= self.slg_stop:
+            raise ValueError(f"slg_start {self.slg_start} must be below slg_stop {self.slg_stop}")
+        if self.template and not self.template_body:
+            raise ValueError(f"template {self.template!r} has no body (make_request resolves it)")
+        if self.slg_scale and not self.slg_layers:
+            raise ValueError("slg_layers is empty: name the DiT layers to skip, e.g. 7,8,9")
         return self
 
     def for_seed(self, seed: int) -> Request:
@@ -321,14 +410,27 @@ class Request(BaseModel):
         return [(self.seed + i) % SEED_LIMIT for i in range(self.num_images)]
 
 
+# Settings that are per-request defaults of the prompt-side and transformer knobs.
+KNOB_SETTINGS = ("template", "hidden_layer", "long_prompt", "dype", "dype_scale",
+                 "dype_exponent", "slg_scale", "slg_layers", "slg_start", "slg_stop")
+
+
 def make_request(settings: Settings, **fields: Any) -> Request:
     """A validated Request: fields given (None = unset) over the settings' defaults.
 
     A missing seed becomes a random one here, so it can always be reported.
     """
     values = {k: v for k, v in fields.items() if v is not None}
-    for name in ("width", "height", "steps", "guidance", "shift", "max_sequence_length"):
+    for name in ("width", "height", "steps", "guidance", "shift", "max_sequence_length",
+                 *KNOB_SETTINGS):
         values.setdefault(name, getattr(settings, name))
+    if values.get("template") in ("", "none"):
+        values.pop("template")
+        values.pop("template_body", None)
+    if values.get("template") and not values.get("template_body"):
+        from .prompt_templates import find
+
+        values["template_body"] = find(values["template"], settings).body
     values.setdefault("teleport", settings.teleport)
     if values.get("seed") is None:
         values["seed"] = secrets.randbelow(2**32)

@@ -16,8 +16,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from . import dype as dype_rope
+from . import long_prompts, slg as skip_layer
 from .config import Request
 from .errors import ZTurboError
+from .prompt_templates import apply_template
 
 # on_step(done, total, latents): called after each DiT pass; raise Cancelled to stop.
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -68,12 +71,50 @@ def _chat(tokenizer, prompt: str) -> str:
     )
 
 
+def check_text_limit(engine, max_sequence_length: int) -> None:
+    """A clear error when the DiT cannot place that many prompt tokens."""
+    from .models import text_token_limit
+
+    limit = text_token_limit(engine.pipe.transformer)
+    if max_sequence_length > limit:
+        raise ZTurboError(
+            f"max_sequence_length {max_sequence_length} is above this model's text-position "
+            f"limit {limit} (axes_lens[0] = {engine.pipe.transformer.config.axes_lens[0]})"
+        )
+
+
+def _check_hidden_layer(text_encoder, layer: int) -> None:
+    n = int(text_encoder.config.num_hidden_layers)
+    if not -(n + 1) <= layer <= n:
+        raise ZTurboError(f"hidden_layer {layer} is out of range for this text encoder "
+                          f"({n} layers: use {-(n + 1)}..{n}; -2 is the default)")
+
+
 @torch.no_grad()
-def embed(engine, prompt: str, max_sequence_length: int = 512, hidden_layer: int = -2) -> Embedding:
-    """Qwen3 hidden states of the chat-templated prompt, padding stripped (as diffusers does)."""
+def embed(engine, prompt: str, max_sequence_length: int = 512, hidden_layer: int = -2, *,
+          long_prompt: str = "truncate", template_body: str | None = None) -> Embedding:
+    """Qwen3 hidden states of the chat-templated prompt, padding stripped (as diffusers does).
+
+    ``template_body`` wraps the prompt first; ``hidden_layer`` picks the encoder layer
+    (-2, the default, is diffusers' choice); a prompt over ``max_sequence_length`` tokens
+    is truncated or, with another ``long_prompt`` mode, encoded whole and reduced
+    (``long_prompts.reduce``).
+    """
     pipe = engine.pipe
+    if pipe.text_encoder is None:
+        raise ZTurboError("this engine was loaded without a text encoder (generator-only): "
+                          "give prompt embeddings from `zturbo encode` (--embeddings FILE)")
+    check_text_limit(engine, max_sequence_length)
+    _check_hidden_layer(pipe.text_encoder, hidden_layer)
+    if template_body:
+        prompt = apply_template(template_body, prompt)
     text = _chat(pipe.tokenizer, prompt)
-    token_count = len(pipe.tokenizer(text).input_ids)
+    ids = pipe.tokenizer(text).input_ids
+    token_count = len(ids)
+    if token_count > max_sequence_length and long_prompt != "truncate":
+        hidden = long_prompts.encode_all(pipe.text_encoder, ids, hidden_layer, engine.device)
+        reduced = long_prompts.reduce(hidden, max_sequence_length, long_prompt)
+        return Embedding([reduced], token_count, False)
     inputs = pipe.tokenizer(text, padding="max_length", max_length=max_sequence_length,
                             truncation=True, return_tensors="pt")
     mask = inputs.attention_mask.to(engine.device).bool()
@@ -118,11 +159,14 @@ def denoise(
     on_step: StepCallback | None = None,
     first_step: int = 0,
     total_steps: int | None = None,
+    dype: dype_rope.DyPE | None = None,
+    slg: skip_layer.SLG | None = None,
 ) -> torch.Tensor:
     """Run the DiT over ``sigma_list`` from ``latents``; returns the final float32 latents.
 
-    ``first_step`` and ``total_steps`` only number the steps reported to ``on_step``
-    (a resumed run starts part-way through its trajectory).
+    ``first_step`` and ``total_steps`` number the steps reported to ``on_step`` (a resumed
+    run starts part-way through its trajectory) and place SLG's active window. ``dype`` and
+    ``slg`` hook the shared transformer for this call only (the engine lock is held).
     """
     total = total_steps or first_step + len(sigma_list)
     view = _pipeline_view(engine, shift)
@@ -133,12 +177,15 @@ def denoise(
         return {}
 
     height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
-    out = view(
-        prompt_embeds=embeds, negative_prompt_embeds=negative if guidance > 0 else None,
-        latents=latents.to(engine.device), sigmas=sigma_list, guidance_scale=guidance,
-        height=height, width=width, output_type="latent", callback_on_step_end=callback,
-        return_dict=False,
-    )
+    transformer = engine.pipe.transformer
+    with dype_rope.applied(transformer, dype), \
+            skip_layer.applied(transformer, slg, first_step, total):
+        out = view(
+            prompt_embeds=embeds, negative_prompt_embeds=negative if guidance > 0 else None,
+            latents=latents.to(engine.device), sigmas=sigma_list, guidance_scale=guidance,
+            height=height, width=width, output_type="latent", callback_on_step_end=callback,
+            return_dict=False,
+        )
     return out[0]
 
 
@@ -152,34 +199,52 @@ def decode(engine, latents: torch.Tensor) -> list[Image.Image]:
 
 
 def embed_params(request: Request, negative: bool = False) -> dict[str, Any]:
-    """The arguments of ``embed`` for a request: exactly what decides its embedding (and key)."""
+    """The arguments of ``embed`` for a request: exactly what decides its embedding (and key).
+
+    The template wraps the prompt only, never the negative prompt.
+    """
     return {"prompt": request.negative_prompt if negative else request.prompt,
-            "max_sequence_length": request.max_sequence_length}
+            "max_sequence_length": request.max_sequence_length,
+            "hidden_layer": request.hidden_layer, "long_prompt": request.long_prompt,
+            "template_body": None if negative else request.template_body}
 
 
-def embed_request(engine, request: Request) -> tuple[Embedding, list[torch.Tensor] | None, str]:
+def embed_request(engine, request: Request, embeddings=None
+                  ) -> tuple[Embedding, list[torch.Tensor] | None, str]:
     """The prompt embedding, the negative one (guidance > 0 only), and a digest of both.
 
     Both go through the embedding cache; the digest identifies the embedding bit for bit in
-    the teleport key.
+    the teleport key. A request naming precomputed embeddings (``embeddings_sha256``) takes
+    them from ``embeddings`` (an ``embedfile.EmbeddingFile``), never from the encoder.
     """
     from .caches.encoders import cached_embed
     from .caches.packing import tensor_digest
 
-    emb, _ = cached_embed(engine, embed_params(request))
-    negative = None
-    if request.guidance > 0:
-        negative = cached_embed(engine, embed_params(request, negative=True))[0].tensors
+    if request.embeddings_sha256 is not None:
+        if embeddings is None or embeddings.sha256 != request.embeddings_sha256:
+            raise ZTurboError(
+                f"this request uses prompt embeddings sha256 {request.embeddings_sha256[:12]}...: "
+                f"give that embeddings file (--embeddings FILE)"
+            )
+        emb, negative = embeddings.for_engine(engine, need_negative=request.guidance > 0)
+    else:
+        emb, _ = cached_embed(engine, embed_params(request))
+        negative = None
+        if request.guidance > 0:
+            negative = cached_embed(engine, embed_params(request, negative=True))[0].tensors
     digest = tensor_digest({f"p{i}": x for i, x in enumerate(emb.tensors)}
                            | {f"n{i}": x for i, x in enumerate(negative or [])})
     return emb, negative, digest
 
 
-def generate(engine, request: Request, on_step: StepCallback | None = None) -> Result:
+def generate(engine, request: Request, on_step: StepCallback | None = None, *,
+             embeddings=None) -> Result:
     """Run one Request: one image per seed, each exactly what a single-seed run gives.
 
     With teleport on, each image first looks for a stored latent of its trajectory and
     resumes from the deepest one; otherwise it runs in full and stores its resume points.
+    ``embeddings`` (an ``embedfile.EmbeddingFile``) is required when the request names
+    precomputed prompt embeddings (``request.embeddings_sha256``).
     """
     from .caches import teleport
 
@@ -187,9 +252,10 @@ def generate(engine, request: Request, on_step: StepCallback | None = None) -> R
     started = time.perf_counter()
     images: list[Image.Image] = []
     replays: list[dict[str, Any]] = []
+    dype, slg = dype_rope.DyPE.from_request(request), skip_layer.SLG.from_request(request)
     with engine.lock:
         t = time.perf_counter()
-        emb, negative, digest = embed_request(engine, request)
+        emb, negative, digest = embed_request(engine, request, embeddings)
         timings["encode"] = time.perf_counter() - t
         schedule = sigmas(request.steps)
         for seed in request.seeds():
@@ -202,6 +268,7 @@ def generate(engine, request: Request, on_step: StepCallback | None = None) -> R
                 engine, emb.tensors, x if resumed is None else resumed, schedule[first:],
                 guidance=request.guidance, shift=request.shift, negative=negative,
                 on_step=replay.capturing(on_step), first_step=first, total_steps=request.steps,
+                dype=dype, slg=slg,
             )
             elapsed = time.perf_counter() - t
             timings["denoise"] += elapsed
