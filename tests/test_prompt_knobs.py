@@ -60,6 +60,18 @@ def test_template_body_enters_request_and_embedding(engine, zturbo_home):
     assert edited.template == photo.template and embed_params(edited) != embed_params(photo)
 
 
+def test_default_template_setting_and_explicit_none_survive_revalidation(monkeypatch):
+    monkeypatch.setenv("ZTURBO_TEMPLATE", "anime")
+    settings, _ = load_settings()
+    assert make_request(settings, prompt="a cat").template == "anime"
+    off = make_request(settings, prompt="a cat", template="none")
+    assert off.template == "none" and off.template_body is None
+    again = make_request(settings, **off.model_dump())  # what --from and engine.generate do
+    assert again == off
+    custom = make_request(settings, prompt="a cat", template_body="{prompt}, oil on canvas")
+    assert custom.template == "custom" and make_request(settings, **custom.model_dump()) == custom
+
+
 def test_hidden_layer_default_is_diffusers_and_others_change_pixels(engine):
     assert torch.equal(embed(engine, "a cat").tensors[0],
                        embed(engine, "a cat", hidden_layer=-2).tensors[0])

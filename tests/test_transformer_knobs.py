@@ -73,6 +73,9 @@ def test_slg_changes_output_only_where_active(engine):
     on = run(engine, slg_scale=3.0, slg_layers=[1], slg_start=0.0, slg_stop=0.5)
     assert not np.array_equal(base, on)
     assert not hooks_left(engine)
+    cfg = run(engine, guidance=2.0, negative_prompt="blurry")
+    assert not np.array_equal(cfg, run(engine, guidance=2.0, negative_prompt="blurry",
+                                       slg_scale=3.0, slg_layers=[1], slg_stop=0.5))
     # a window holding no step (4 steps: 0.3 <= i/4 < 0.45 is empty) changes nothing
     assert np.array_equal(base, run(engine, slg_scale=3.0, slg_layers=[1], slg_start=0.3,
                                     slg_stop=0.45))

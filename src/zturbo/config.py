@@ -394,7 +394,7 @@ class Request(BaseModel):
             raise ValueError(f"num_images {self.num_images} is above the limit {ctx['max_images']}")
         if self.slg_scale and self.slg_start >= self.slg_stop:
             raise ValueError(f"slg_start {self.slg_start} must be below slg_stop {self.slg_stop}")
-        if self.template and not self.template_body:
+        if self.template not in (None, "none") and not self.template_body:
             raise ValueError(f"template {self.template!r} has no body (make_request resolves it)")
         if self.slg_scale and not self.slg_layers:
             raise ValueError("slg_layers is empty: name the DiT layers to skip, e.g. 7,8,9")
@@ -421,13 +421,17 @@ def make_request(settings: Settings, **fields: Any) -> Request:
     A missing seed becomes a random one here, so it can always be reported.
     """
     values = {k: v for k, v in fields.items() if v is not None}
+    if values.get("template_body") and not values.get("template"):
+        values["template"] = "custom"  # a body given directly (Python API, HTTP)
     for name in ("width", "height", "steps", "guidance", "shift", "max_sequence_length",
                  *KNOB_SETTINGS):
         values.setdefault(name, getattr(settings, name))
-    if values.get("template") in ("", "none"):
-        values.pop("template")
+    # The outcome is always written down ("none" or name + body) so that re-validating a
+    # dumped Request (replay, --from) cannot pick up a different default template.
+    if values.get("template") in (None, "", "none"):
+        values["template"] = "none"
         values.pop("template_body", None)
-    if values.get("template") and not values.get("template_body"):
+    elif not values.get("template_body"):
         from .prompt_templates import find
 
         values["template_body"] = find(values["template"], settings).body

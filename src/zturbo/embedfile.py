@@ -23,7 +23,7 @@ import torch
 
 from .config import Request
 from .errors import ZTurboError
-from .generate import Embedding, embed
+from .generate import Embedding, embed_params
 
 FORMAT = "zturbo-embeddings"
 VERSION = "1"
@@ -83,15 +83,16 @@ def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def encode(engine, request: Request) -> EmbeddingFile:
-    """The request's prompt (and negative prompt, if any) through the engine's encoder."""
-    options = {"max_sequence_length": request.max_sequence_length,
-               "hidden_layer": request.hidden_layer, "long_prompt": request.long_prompt}
+    """The request's prompt (and negative prompt, if any) through the engine's encoder
+    (and its embedding cache)."""
+    from .caches.encoders import cached_embed
+
     with engine.lock:
-        emb = embed(engine, request.prompt, template_body=request.template_body, **options)
+        emb, _ = cached_embed(engine, embed_params(request))
         tensors = {"prompt": emb.tensors[0].detach().cpu().contiguous()}
         if request.negative_prompt:
-            tensors["negative"] = embed(engine, request.negative_prompt,
-                                        **options).tensors[0].detach().cpu().contiguous()
+            negative, _ = cached_embed(engine, embed_params(request, negative=True))
+            tensors["negative"] = negative.tensors[0].detach().cpu().contiguous()
     meta = {
         "format": FORMAT, "version": VERSION, "model": engine.spec,
         "encoder_fingerprint": engine.text_fingerprint,
