@@ -122,6 +122,11 @@ def test_bypass_when_the_engine_says_resume_is_inexact(fresh):
 ALTERNATIVES = {
     "prompt": "another prompt", "negative_prompt": "blurry", "width": 80, "height": 80,
     "steps": 6, "guidance": 1.5, "shift": 2.0, "max_sequence_length": 256,
+    # prompt side and transformer knobs (docs/knobs.md)
+    "template": "photo", "template_body": "{prompt}, photo", "hidden_layer": -3,
+    "long_prompt": "pool", "embeddings_sha256": "ab" * 32, "dype": "yarn", "dype_scale": 3.0,
+    "dype_exponent": 1.0, "dype_base": 768, "slg_scale": 2.0, "slg_layers": (1,),
+    "slg_start": 0.1, "slg_stop": 0.5,
 }
 
 
