@@ -69,19 +69,20 @@ def test_dype_2048_square_runs(engine):
 
 
 def test_slg_changes_output_only_where_active(engine):
-    base = run(engine)
-    on = run(engine, slg_scale=3.0, slg_layers=[1], slg_start=0.0, slg_stop=0.5)
+    two = {"steps": 2}
+    base = run(engine, **two)
+    on = run(engine, slg_scale=3.0, slg_layers=[1], slg_start=0.0, slg_stop=0.5, **two)
     assert not np.array_equal(base, on)
     assert not hooks_left(engine)
-    cfg = run(engine, guidance=2.0, negative_prompt="blurry")
+    cfg = run(engine, guidance=2.0, negative_prompt="blurry", **two)
     assert not np.array_equal(cfg, run(engine, guidance=2.0, negative_prompt="blurry",
-                                       slg_scale=3.0, slg_layers=[1], slg_stop=0.5))
-    # a window holding no step (4 steps: 0.3 <= i/4 < 0.45 is empty) changes nothing
-    assert np.array_equal(base, run(engine, slg_scale=3.0, slg_layers=[1], slg_start=0.3,
-                                    slg_stop=0.45))
+                                       slg_scale=3.0, slg_layers=[1], slg_stop=0.6, **two))
+    # a window holding no step (2 steps: 0.1 <= i/2 < 0.45 is empty) changes nothing
+    assert np.array_equal(base, run(engine, slg_scale=3.0, slg_layers=[1], slg_start=0.1,
+                                    slg_stop=0.45, **two))
     assert SLG(1.0, (0,), 0.25, 0.5).active(1, 4) and not SLG(1.0, (0,), 0.25, 0.5).active(2, 4)
     with pytest.raises(ZTurboError, match="slg_layers 5 out of range"):
-        run(engine, slg_scale=1.0, slg_layers=[5])
+        run(engine, slg_scale=1.0, slg_layers=[5], **two)
     with pytest.raises(ZTurboError, match="slg_start 0.5 must be below slg_stop 0.2"):
         make_request(engine.settings, prompt="x", slg_scale=1.0, slg_start=0.5)
 
