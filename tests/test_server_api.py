@@ -292,3 +292,23 @@ def test_a_repeated_request_teleports_with_the_same_pixels(client):
     stats = client.get("/api/cache/stats").json()
     assert stats["available"] and stats["kinds"]["teleport"]["hits"] >= 1
     assert 'zturbo_cache_hits_total{kind="teleport",tier="all"}' in text
+
+
+def test_encode_endpoint_feeds_a_generator_only_engine(engine, client):
+    """POST /api/encode -> safetensors; a generator-only engine makes the same image from it."""
+    import zturbo
+    from zturbo import embedfile
+
+    resp = client.post("/api/encode", json={"prompt": "a red robot"})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/octet-stream"
+    file = embedfile.from_bytes(resp.content)
+    assert file.metadata["encoder_fingerprint"] == engine.text_fingerprint
+    generator_only = zturbo.load("demo", text_encoder=False)
+    assert generator_only.pipe.text_encoder is None
+    ours = generator_only.generate(embeddings=file, seed=4, width=64, height=64)
+    full = engine.generate("a red robot", seed=4, width=64, height=64)
+    assert np.array_equal(pixels(ours.images[0]), pixels(full.images[0]))
+    bad = client.post("/api/encode", json={"prompt": "x", "hidden_layer": 99})
+    assert bad.status_code == 400 and "hidden" in bad.json()["error"]["message"]
+    assert client.post("/api/encode", json={"prompt": "x", "nope": 1}).status_code in (400, 422)

@@ -89,9 +89,9 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     app.state.zturbo = st
     errors.install(app)
     _middleware(app, settings, metrics)
-    from .routes import generate, images, jobs as jobs_routes, openai_images, ops
+    from .routes import encode, generate, images, jobs as jobs_routes, openai_images, ops
 
-    for module in (openai_images, generate, jobs_routes, images, ops):
+    for module in (openai_images, generate, encode, jobs_routes, images, ops):
         app.include_router(module.router)
     static = files("zturbo").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

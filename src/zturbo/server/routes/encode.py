@@ -1,0 +1,48 @@
+"""POST /api/encode: prompt embeddings as a safetensors file (the encode/generate split).
+
+A text-encoder machine answers this; a generator-only machine (``zturbo generate
+--embeddings``) turns the file into images without ever loading the text encoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ... import embedfile
+from ...config import make_request
+from ..app import state
+from ..errors import ApiError
+
+router = APIRouter(tags=["native"])
+
+
+class EncodeBody(BaseModel):
+    """The request fields that decide an embedding."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    negative_prompt: str | None = None
+    template: str | None = None
+    hidden_layer: int | None = None
+    long_prompt: str | None = None
+    max_sequence_length: int | None = Field(None, ge=1)
+
+
+@router.post("/api/encode", responses={200: {"content": {"application/octet-stream": {}}}})
+async def encode(body: EncodeBody, request: Request):
+    """Encode the prompt; answers the safetensors bytes, metadata in the file's header."""
+    st = state(request)
+    if st.engine is None:
+        raise ApiError(503, st.load_error or "the model is still loading")
+    if getattr(st.engine.pipe, "text_encoder", None) is None:
+        raise ApiError(409, "this server runs generator-only (no text encoder): encode elsewhere")
+    req = make_request(st.settings, **body.model_dump(exclude_none=True))
+    file = await asyncio.to_thread(embedfile.encode, st.engine, req)  # takes the engine lock
+    return Response(embedfile.to_bytes(file), media_type="application/octet-stream",
+                    headers={"X-Zturbo-Token-Count": file.metadata["token_count"],
+                             "X-Zturbo-Encoder": file.metadata["encoder_fingerprint"][:16]})
