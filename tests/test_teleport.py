@@ -8,7 +8,7 @@ import zturbo
 from conftest import pixels
 from zturbo.caches import teleport
 from zturbo.caches.keys import NOT_IN_TRAJECTORY, teleport_key
-from zturbo.config import Request, load_settings, make_request
+from zturbo.config import Pass, Request, load_settings, make_request
 from zturbo.generate import embed_request, decode, denoise, noise, sigmas
 
 SIZE = {"width": 64, "height": 64}
@@ -122,6 +122,9 @@ def test_bypass_when_the_engine_says_resume_is_inexact(fresh):
 ALTERNATIVES = {
     "prompt": "another prompt", "negative_prompt": "blurry", "width": 80, "height": 80,
     "steps": 6, "guidance": 1.5, "shift": 2.0, "max_sequence_length": 256,
+    "image": "ab" * 32, "strength": 0.3, "mask": "cd" * 32, "vae_tiling": True,
+    "vae_tile_size": 256, "vae_tile_overlap": 0.5,
+    "passes": (Pass(scale=0.5, steps=4, strength=1.0), Pass(scale=1.0, steps=2, strength=0.5)),
 }
 
 

@@ -13,6 +13,7 @@ import time
 import torch
 from PIL import Image
 
+from ..placement import component_device
 from .keys import embedding_key, vae_latent_key
 from .packing import pack, unpack
 
@@ -81,11 +82,11 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     if hit is not None:
         tensors, meta, tier = hit
         engine.caches.record_saved("vae_latent", float(meta.get("cost_s", 0.0)))
-        return tensors["moments"].to(engine.device), tier
+        return tensors["moments"].to(component_device(engine, "vae")), tier
     started = time.perf_counter()
     vae = engine.pipe.vae
     pixels = engine.pipe.image_processor.preprocess(image, height=height, width=width)
-    pixels = pixels.to(device=engine.device, dtype=vae.dtype)
+    pixels = pixels.to(device=component_device(engine, "vae"), dtype=vae.dtype)
     moments = vae.encode(pixels).latent_dist.parameters
     cost = time.perf_counter() - started
     _keep(engine, "vae_latent", key, {"moments": moments}, {"cost_s": f"{cost:.6f}"})
