@@ -5,7 +5,7 @@ import pytest
 
 import zturbo
 from conftest import pixels
-from knob_files import make_foreign_lora, make_lora, to_kohya
+from knob_files import make_foreign_lora, make_gguf, make_lora, to_kohya
 from zturbo.errors import ZTurboError
 from zturbo.lora import list_loras, parse_lora, resolve_lora
 
@@ -59,3 +59,12 @@ def test_parse_and_resolve_by_name_only(tmp_path, lora_file):
             resolve_lora(bad, [str(folder)])
     with pytest.raises(ZTurboError, match="no LoRA named"):
         resolve_lora("other", [str(folder)])
+
+
+def test_lora_on_a_gguf_transformer_stays_unfused_and_scales(engine, lora_file, tmp_path):
+    q8 = str(make_gguf(engine, tmp_path / "q8.gguf", "Q8_0"))
+    base = image(zturbo.load("demo", transformer_file=q8))
+    zero = zturbo.load("demo", transformer_file=q8, loras=[f"{lora_file}:0"])
+    one = zturbo.load("demo", transformer_file=q8, loras=[f"{lora_file}:1"])
+    assert one.extras["loras"][0]["fused"] is False
+    assert np.array_equal(image(zero), base) and not np.array_equal(image(one), base)

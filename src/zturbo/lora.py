@@ -4,7 +4,7 @@
 common non-diffusers layouts (``diffusion_model.`` prefixes, kohya ``lora_unet_`` names
 with ``lora_down``/``lora_up`` and alphas, dotted ``lora.down``). The LoRAs are fused with
 their scales and the adapter layers dropped, so generation runs the plain (faster)
-weights. LoRAs are therefore engine-level: a different set is a different engine, and
+weights (on a GGUF transformer they stay unfused: quantised weights take no delta). LoRAs are therefore engine-level: a different set is a different engine, and
 their identity (file sha256 and scale) goes into ``engine.extras["loras"]``, which the
 model fingerprint digests.
 
@@ -85,8 +85,12 @@ def _adapter_modules(transformer, adapter: str) -> int:
                if adapter in (getattr(m, "lora_A", None) or {}))
 
 
-def fuse_loras(pipe, specs: list[LoraSpec]) -> list[dict[str, Any]]:
-    """Load, check, scale and fuse LoRAs into ``pipe.transformer``; their identities."""
+def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str, Any]]:
+    """Load, check and scale LoRAs on ``pipe.transformer``; their identities.
+
+    Fused (the default) they cost nothing per step. Quantised (GGUF) weights cannot take a
+    fused delta, so there the adapters stay as active peft layers with their scales.
+    """
     from .models import _file_sha256
 
     if len(specs) > MAX_LORAS:
@@ -109,9 +113,10 @@ def fuse_loras(pipe, specs: list[LoraSpec]) -> list[dict[str, Any]]:
                               f"(a LoRA for another model?)")
         names.append(adapter)
         identities.append({"file": spec.path.name, "sha256": _file_sha256(spec.path),
-                           "scale": spec.scale})
+                           "scale": spec.scale, "fused": fuse})
     if names:
         pipe.set_adapters(names, adapter_weights=[s.scale for s in specs])
-        pipe.fuse_lora(components=["transformer"], adapter_names=names)
-        pipe.unload_lora_weights()
+        if fuse:
+            pipe.fuse_lora(components=["transformer"], adapter_names=names)
+            pipe.unload_lora_weights()
     return identities

@@ -300,7 +300,7 @@ def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype
     a single-file/GGUF transformer, a quantised text encoder, LoRAs, placement."""
     from diffusers import ZImagePipeline
 
-    from .lora import fuse_loras, parse_lora
+    from .lora import apply_loras, parse_lora
     from .placement import place
     from .quant import load_transformer_file, text_encoder_quant_config
 
@@ -323,7 +323,8 @@ def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelUnavailable(f"cannot load the model in {folder}: {exc}") from None
     if specs:
-        extras["loras"] = fuse_loras(pipe, specs)
+        gguf = extras.get("transformer", {}).get("format") == "gguf"
+        extras["loras"] = apply_loras(pipe, specs, fuse=not gguf)
     for name, value in place(pipe, device, offload=settings.offload,
                              text_encoder_device=settings.text_encoder_device,
                              vae_device=settings.vae_device).items():
