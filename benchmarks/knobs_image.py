@@ -50,6 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     size = {"width": args.size, "height": args.size}
     base = zturbo.load(args.model)
+    timed(base, 1, **size)  # warm-up: first-call costs are not the knob's
     rows = []
     t_base, ref = timed(base, args.repeat, **size)
     rows.append(("txt2img, 8 steps", t_base, ref))
@@ -72,6 +73,7 @@ def main() -> None:
         for qtype in ("F32", "Q8_0"):
             path = write_gguf(state, Path(tmp) / f"t-{qtype}.gguf", qtype)
             engine = zturbo.load(args.model, transformer_file=str(path))
+            timed(engine, 1, **size)  # warm-up
             mib = path.stat().st_size / 2**20
             t, im = timed(engine, args.repeat, **size)
             rows.append((f"GGUF {qtype} transformer ({mib:.1f} MiB)", t, im))
