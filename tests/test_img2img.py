@@ -141,3 +141,12 @@ def test_output_size_defaults_to_the_source_size(engine):
     assert (result.request.width, result.request.height) == (96, 32)
     with pytest.raises(ZTurboError, match="is a hash here"):
         engine.generate("a red robot", image=image_sha256(wide))
+
+
+def test_a_cached_posterior_keeps_the_encoders_layout(engine):
+    """The layout picks the exp kernel of the posterior sample: a cache hit must match."""
+    from zturbo.img2img import encode_image
+
+    image = source_image(5)
+    fresh, cached = encode_image(engine, image, SIZE, SIZE), encode_image(engine, image, SIZE, SIZE)
+    assert torch.equal(fresh, cached) and fresh.stride() == cached.stride()
