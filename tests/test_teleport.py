@@ -8,7 +8,7 @@ import zturbo
 from conftest import pixels
 from zturbo.caches import teleport
 from zturbo.caches.keys import NOT_IN_TRAJECTORY, teleport_key
-from zturbo.config import Request, load_settings, make_request
+from zturbo.config import Pass, Request, load_settings, make_request
 from zturbo.generate import embed_request, decode, denoise, noise, sigmas
 
 SIZE = {"width": 64, "height": 64}
@@ -127,6 +127,9 @@ ALTERNATIVES = {
     "long_prompt": "pool", "embeddings_sha256": "ab" * 32, "dype": "yarn", "dype_scale": 3.0,
     "dype_exponent": 1.0, "dype_base": 768, "slg_scale": 2.0, "slg_layers": (1,),
     "slg_start": 0.1, "slg_stop": 0.5,
+    "image": "ab" * 32, "strength": 0.3, "mask": "cd" * 32, "vae_tiling": True,
+    "vae_tile_size": 256, "vae_tile_overlap": 0.5,
+    "passes": (Pass(scale=0.5, steps=4, strength=1.0), Pass(scale=1.0, steps=2, strength=0.5)),
 }
 
 

@@ -48,6 +48,20 @@ Dtype = Annotated[str | None, typer.Option("--dtype", help="auto (bfloat16 on cu
 Template = Annotated[str | None, typer.Option("--template", help="Prompt template by name (`zturbo templates list`); none: off.")]
 HiddenLayer = Annotated[int | None, typer.Option("--hidden-layer", help="Qwen3 hidden state fed to the DiT. [default: -2, the penultimate]")]
 LongPrompt = Annotated[str | None, typer.Option("--long-prompt", help="Over max-sequence-length: truncate, interpolate, pool, attention_pool. [default: truncate]")]
+Lora = Annotated[list[str] | None, typer.Option("--lora", help="LoRA file fused at load, PATH[:SCALE] (scale 1 by default); repeat for several. [env: ZTURBO_LORAS]")]
+TransformerFile = Annotated[str | None, typer.Option("--transformer-file", help="Single-file transformer (.gguf Q8_0/Q4_K/..., or .safetensors) used over the model's own. [env: ZTURBO_TRANSFORMER_FILE]")]
+TextEncoderQuant = Annotated[str | None, typer.Option("--text-encoder-quant", help="none, 8bit or 4bit (bitsandbytes; CUDA only).")]
+Offload = Annotated[str | None, typer.Option("--offload", help="none, model or sequential CPU offload (needs an accelerator).")]
+TextEncoderDevice = Annotated[str | None, typer.Option("--text-encoder-device", help="Device for the text encoder, e.g. cpu (default: --device).")]
+VaeDevice = Annotated[str | None, typer.Option("--vae-device", help="Device for the VAE (default: --device).")]
+
+
+def _engine_flags(lora, transformer_file, text_encoder_quant, offload, text_encoder_device,
+                  vae_device) -> dict[str, Any]:
+    """Settings flags for the engine-level knobs (weights, quantisation, placement)."""
+    return {"loras": lora or None, "transformer_file": transformer_file,
+            "text_encoder_quant": text_encoder_quant, "offload": offload,
+            "text_encoder_device": text_encoder_device, "vae_device": vae_device}
 
 
 def _progress():
@@ -103,11 +117,23 @@ def generate(
     slg_start: Annotated[float | None, typer.Option("--slg-start", help="SLG starts at this fraction of the steps. [default: 0.01]")] = None,
     slg_stop: Annotated[float | None, typer.Option("--slg-stop", help="SLG stops at this fraction of the steps. [default: 0.2]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
+    image: Annotated[Path | None, typer.Option("--image", help="Source image for img2img; the output size defaults to its size (multiples of 16).")] = None,
+    strength: Annotated[float | None, typer.Option("--strength", help="img2img/inpaint strength, the share of steps run (0-1]. [default: 0.6]")] = None,
+    mask: Annotated[Path | None, typer.Option("--mask", help="Inpaint mask for --image: white is repainted, black kept.")] = None,
+    passes: Annotated[str | None, typer.Option("--passes", help="Multi-pass SCALE:STEPS:STRENGTH,... e.g. 0.5:8:1.0,1.0:4:0.45 (last scale 1.0).")] = None,
+    vae_tiling: Annotated[bool | None, typer.Option("--vae-tiling/--no-vae-tiling", help="Tiled VAE. [default: on above vae_tiling_pixels]")] = None,
+    vae_tile_size: Annotated[int | None, typer.Option("--vae-tile-size", help="VAE tile size in pixels. [default: 512]")] = None,
+    vae_tile_overlap: Annotated[float | None, typer.Option("--vae-tile-overlap", help="VAE tile overlap, 0-0.5 of a tile. [default: 0.25]")] = None,
+    lora: Lora = None, transformer_file: TransformerFile = None,
+    text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
+    text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Generate images and save them as PNGs with their parameters embedded."""
     from . import models
     from .prompt_cli import embeddings_fields, layer_list
+    from .generate import generate as run, steps_run
+    from .img2img import as_source, source_size
 
     if prompt_file is not None:
         try:
@@ -122,7 +148,8 @@ def generate(
                  hidden_layer=hidden_layer, long_prompt=long_prompt, dype=dype,
                  dype_scale=dype_scale, dype_exponent=dype_exponent, dype_base=dype_base,
                  slg_scale=slg_scale, slg_layers=layer_list(slg_layers), slg_start=slg_start,
-                 slg_stop=slg_stop)
+                 slg_stop=slg_stop, strength=strength, passes=passes, vae_tiling=vae_tiling,
+                 vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap)
     fields, stored_model = _request_fields(from_image, given)
     if template is not None:
         fields.pop("template_body", None)  # a template given now replaces a stored one
@@ -133,16 +160,22 @@ def generate(
         raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
     settings, _ = load_settings(profile, {
         "model": model or stored_model, "device": device, "dtype": dtype, "redis_url": redis_url,
-        "teleport_start_step": teleport_start_step, "teleport_store_steps": teleport_store_steps})
+        "teleport_start_step": teleport_start_step, "teleport_store_steps": teleport_store_steps,
+        **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
+                        text_encoder_device, vae_device)})
+    source, hashes = as_source(image, mask, max_pixels=settings.max_pixels)
+    fields.update(hashes)
+    for name, value in source_size(source).items():  # img2img: the source's size by default
+        fields[name] = value if fields.get(name) is None else fields[name]
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
     engine = models.load(settings=settings, text_encoder=file is None)
     pattern = output or str(settings.outputs / "zturbo-{seed}.png")
     for request in requests:
         with _progress() as bar:
-            task = bar.add_task(f"seed {request.seed}", total=request.steps)
-            result = engine.generate(**request.model_dump(), embeddings=file,
-                                     on_step=lambda done, *_: bar.update(task, completed=done))
+            task = bar.add_task(f"seed {request.seed}", total=steps_run(request))
+            result = run(engine, request, source=source, embeddings=file,
+                         on_step=lambda done, *_: bar.update(task, completed=done))
         for warning in result.warnings:
             typer.echo(f"zturbo: warning: {warning}", err=True)
         paths = result.save(pattern)
@@ -170,6 +203,9 @@ def _teleport_text(replay: dict) -> str:
 def info(
     image: Annotated[Path | None, typer.Argument(help="A PNG made by zturbo (or with A1111 parameters).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    lora: Lora = None, transformer_file: TransformerFile = None,
+    text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
+    text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Print the parameters stored in IMAGE, or load a model and print its fingerprint."""
@@ -181,7 +217,10 @@ def info(
         return
     from . import models
 
-    settings, _ = load_settings(profile, {"model": model, "device": device, "dtype": dtype})
+    settings, _ = load_settings(profile, {
+        "model": model, "device": device, "dtype": dtype,
+        **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
+                        text_encoder_device, vae_device)})
     details = models.load(settings=settings).info()
     if as_json:
         typer.echo(json.dumps(details, indent=2))

@@ -172,6 +172,30 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20.0, gt=0, description="largest upload (image edits, PNG drop) in MiB")
     max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS, description="most DiT passes a request may ask")
     preview_every: int = Field(2, ge=0, description="server: a latent preview every N steps (0: none)")
+    # image side and weights (issue 5, docs/knobs.md)
+    strength: float = Field(0.6, description="default img2img/inpaint strength (share of steps run)")
+    loras: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="LoRA files fused at load, PATH[:SCALE], comma-separated"
+    )
+    lora_dirs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="folders the server may pick LoRAs from by name"
+    )
+    transformer_file: str | None = Field(
+        None, description="single-file transformer (.gguf or .safetensors) over the base model's"
+    )
+    text_encoder_quant: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes text-encoder quantisation (CUDA only)"
+    )
+    offload: Literal["none", "model", "sequential"] = Field(
+        "none", description="CPU offload: model (whole components) or sequential (layers)"
+    )
+    text_encoder_device: str | None = Field(None, description="text encoder device (default: device)")
+    vae_device: str | None = Field(None, description="VAE device (default: device)")
+    vae_tiling_pixels: int = Field(
+        2048 * 2048, description="tile the VAE automatically above this many pixels (0: never)"
+    )
+    vae_tile_size: int = Field(512, description="VAE tile size in pixels")
+    vae_tile_overlap: float = Field(0.25, description="VAE tile overlap, a fraction of a tile")
 
     @field_validator("teleport_store_steps", "slg_layers", mode="before")
     @classmethod
@@ -180,11 +204,11 @@ class Settings(BaseSettings):
             return [int(v) for v in value.replace(" ", "").split(",") if v]
         return value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "loras", "lora_dirs", mode="before")
     @classmethod
     def _comma_strings(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [v for v in value.replace(" ", "").split(",") if v]
+            return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
     @classmethod
@@ -292,6 +316,35 @@ def first_error(exc: ValidationError) -> str:
     return f"{where}: {msg}" if where and not msg.startswith(where) else msg
 
 
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
+class Pass(BaseModel):
+    """One pass of a multi-pass generation: a fraction of the final size, its steps, strength."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float = Field(gt=0.0, le=1.0)
+    steps: int = Field(ge=1, le=MAX_STEPS)
+    strength: float = Field(gt=0.0, le=1.0)
+
+
+def parse_passes(text: str) -> tuple[Pass, ...]:
+    """``"0.5:8:1.0,1.0:4:0.45"`` -> passes of (scale, steps, strength)."""
+    passes = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise ZTurboError(f"pass {item!r} is not SCALE:STEPS:STRENGTH (e.g. 0.5:8:1.0)")
+        try:
+            passes.append(Pass(scale=float(parts[0]), steps=int(parts[1]),
+                               strength=float(parts[2])))
+        except (ValueError, ValidationError) as exc:
+            msg = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise ZTurboError(f"pass {item!r}: {msg}") from None
+    return tuple(passes)
+
+
 class Request(BaseModel):
     """One generation. Every front end builds exactly this, once, with ``make_request``."""
 
@@ -308,6 +361,14 @@ class Request(BaseModel):
     max_sequence_length: int = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
     num_images: int = Field(1, ge=1)
     teleport: bool = True
+    # img2img / inpaint: content hashes of the pixels passed alongside (image_sha256)
+    image: str | None = Field(None, pattern=SHA256_HEX)
+    strength: float | None = Field(None, gt=0.0, le=1.0)
+    mask: str | None = Field(None, pattern=SHA256_HEX)
+    passes: tuple[Pass, ...] = Field((), max_length=8)
+    vae_tiling: bool = False
+    vae_tile_size: int = Field(512, ge=64, le=4096)
+    vae_tile_overlap: float = Field(0.25, ge=0.0, le=0.5)
     # Prompt side. The template body (not only its name) is kept so replay is exact and the
     # embedding key sees an edited template; ``embeddings_sha256`` names precomputed prompt
     # embeddings (``zturbo encode``) by content.
@@ -398,6 +459,12 @@ class Request(BaseModel):
             raise ValueError(f"template {self.template!r} has no body (make_request resolves it)")
         if self.slg_scale and not self.slg_layers:
             raise ValueError("slg_layers is empty: name the DiT layers to skip, e.g. 7,8,9")
+        if self.image is None and (self.strength is not None or self.mask is not None):
+            raise ValueError("strength and mask need a source image (--image)")
+        if self.passes and self.passes[-1].scale != 1.0:
+            raise ValueError("the last pass must have scale 1.0 (the final size)")
+        if self.vae_tile_size % 16:
+            raise ValueError(f"vae_tile_size {self.vae_tile_size} is not a multiple of 16")
         return self
 
     def for_seed(self, seed: int) -> Request:
@@ -413,6 +480,13 @@ class Request(BaseModel):
 # Settings that are per-request defaults of the prompt-side and transformer knobs.
 KNOB_SETTINGS = ("template", "hidden_layer", "long_prompt", "dype", "dype_scale",
                  "dype_exponent", "slg_scale", "slg_layers", "slg_start", "slg_stop")
+
+
+def img2img_start_step(steps: int, strength: float) -> int:
+    """Steps an img2img run skips: diffusers' ``get_timesteps`` rule, kept identical
+    (any strength > 0 leaves at least one step)."""
+    init = min(steps * strength, steps)
+    return int(max(steps - init, 0))
 
 
 def make_request(settings: Settings, **fields: Any) -> Request:
@@ -436,6 +510,18 @@ def make_request(settings: Settings, **fields: Any) -> Request:
 
         values["template_body"] = find(values["template"], settings).body
     values.setdefault("teleport", settings.teleport)
+    if values.get("image") is not None:
+        values.setdefault("strength", settings.strength)
+    if isinstance(values.get("passes"), str):
+        values["passes"] = parse_passes(values["passes"])
+    values.setdefault("vae_tile_size", settings.vae_tile_size)
+    values.setdefault("vae_tile_overlap", settings.vae_tile_overlap)
+    if "vae_tiling" not in values:
+        try:
+            pixels = int(values["width"]) * int(values["height"])
+        except (TypeError, ValueError):
+            pixels = 0  # the validator reports the bad size
+        values["vae_tiling"] = 0 < settings.vae_tiling_pixels < pixels
     if values.get("seed") is None:
         values["seed"] = secrets.randbelow(2**32)
     context = {

@@ -18,12 +18,17 @@ from PIL import Image
 
 from . import dype as dype_rope
 from . import long_prompts, slg as skip_layer
-from .config import Request
+from .config import Request, img2img_start_step
 from .errors import ZTurboError
+from .img2img import Source, Start, check_source, image_start
+from .placement import component_device
 from .prompt_templates import apply_template
+from .vae import vae_tiling
 
 # on_step(done, total, latents): called after each DiT pass; raise Cancelled to stop.
 StepCallback = Callable[[int, int, torch.Tensor], None]
+# blend(step, latents) -> latents: applied after each DiT pass (inpaint keeps the source).
+StepBlend = Callable[[int, torch.Tensor], torch.Tensor]
 LATENT_CHANNELS = 16
 
 
@@ -117,16 +122,24 @@ def embed(engine, prompt: str, max_sequence_length: int = 512, hidden_layer: int
         return Embedding([reduced], token_count, False)
     inputs = pipe.tokenizer(text, padding="max_length", max_length=max_sequence_length,
                             truncation=True, return_tensors="pt")
-    mask = inputs.attention_mask.to(engine.device).bool()
-    out = pipe.text_encoder(input_ids=inputs.input_ids.to(engine.device), attention_mask=mask,
+    device = component_device(engine, "text_encoder")
+    mask = inputs.attention_mask.to(device).bool()
+    out = pipe.text_encoder(input_ids=inputs.input_ids.to(device), attention_mask=mask,
                             output_hidden_states=True)
     hidden = out.hidden_states[hidden_layer]
-    return Embedding([hidden[0][mask[0]]], token_count, token_count > max_sequence_length)
+    return Embedding([hidden[0][mask[0]].to(engine.device)], token_count,
+                     token_count > max_sequence_length)
+
+
+
+def latent_shape(width: int, height: int) -> tuple[int, int, int, int]:
+    """Shape of one image's latents (the VAE downsamples 8x, the DiT patches 2x2)."""
+    return (1, LATENT_CHANNELS, 2 * (height // 16), 2 * (width // 16))
 
 
 def noise(seed: int, width: int, height: int) -> torch.Tensor:
     """Initial latents from a CPU generator: the same seed gives the same noise on any device."""
-    shape = (1, LATENT_CHANNELS, 2 * (height // 16), 2 * (width // 16))
+    shape = latent_shape(width, height)
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed),
                        dtype=torch.float32)
 
@@ -161,20 +174,26 @@ def denoise(
     total_steps: int | None = None,
     dype: dype_rope.DyPE | None = None,
     slg: skip_layer.SLG | None = None,
+    blend: StepBlend | None = None,
 ) -> torch.Tensor:
     """Run the DiT over ``sigma_list`` from ``latents``; returns the final float32 latents.
 
     ``first_step`` and ``total_steps`` number the steps reported to ``on_step`` (a resumed
-    run starts part-way through its trajectory) and place SLG's active window. ``dype`` and
-    ``slg`` hook the shared transformer for this call only (the engine lock is held).
+    run starts part-way through its trajectory) and place SLG's active window; ``blend``
+    gets the same step numbers (0-based), so a resumed inpaint blends exactly as the full
+    run did. ``dype`` and ``slg`` hook the shared transformer for this call only (the engine
+    lock is held).
     """
     total = total_steps or first_step + len(sigma_list)
     view = _pipeline_view(engine, shift)
 
     def callback(pipe, i, t, kwargs):
+        out = {}
+        if blend is not None:
+            out["latents"] = blend(first_step + i, kwargs["latents"])
         if on_step is not None:
-            on_step(first_step + i + 1, total, kwargs["latents"])
-        return {}
+            on_step(first_step + i + 1, total, out.get("latents", kwargs["latents"]))
+        return out
 
     height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
     transformer = engine.pipe.transformer
@@ -193,7 +212,8 @@ def denoise(
 def decode(engine, latents: torch.Tensor) -> list[Image.Image]:
     """VAE decode of final latents into PIL images."""
     vae = engine.pipe.vae
-    latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    latents = latents.to(component_device(engine, "vae"), vae.dtype)
+    latents = latents / vae.config.scaling_factor + vae.config.shift_factor
     pixels = vae.decode(latents, return_dict=False)[0]
     return engine.pipe.image_processor.postprocess(pixels, output_type="pil")
 
@@ -237,47 +257,92 @@ def embed_request(engine, request: Request, embeddings=None
     return emb, negative, digest
 
 
-def generate(engine, request: Request, on_step: StepCallback | None = None, *,
-             embeddings=None) -> Result:
+def trajectory_sigmas(request: Request) -> list[float]:
+    """The unshifted sigmas one image runs: all of them, or the tail that strength keeps."""
+    full = sigmas(request.steps)
+    if request.image is None or request.strength is None:
+        return full
+    return full[img2img_start_step(request.steps, request.strength):]
+
+
+def steps_run(request: Request) -> int:
+    """DiT passes one image of ``request`` runs (strength runs fewer, passes more)."""
+    from .multipass import pass_steps
+
+    return pass_steps(request) if request.passes else len(trajectory_sigmas(request))
+
+
+def start(engine, request: Request, seed: int, source: Source) -> Start:
+    """Where one image's trajectory begins: noise (txt2img), or the noised source image
+    with the inpaint blend (img2img, inpaint)."""
+    if request.image is None:
+        return Start(noise(seed, request.width, request.height))
+    return image_start(engine, request, seed, source, trajectory_sigmas(request))
+
+
+def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, digest: str,
+             source: Source, timings: dict[str, float],
+             on_step: StepCallback | None = None) -> tuple[Image.Image, dict[str, Any]]:
+    """One image through teleport: resume a stored latent of its trajectory, or run it in
+    full and store its resume points; then decode. The engine lock must be held."""
+    from .caches import teleport
+
+    schedule = trajectory_sigmas(request)
+    replay = teleport.plan(engine, request.for_seed(seed), seed, digest, steps=len(schedule))
+    t = time.perf_counter()
+    resumed = teleport.lookup(engine, replay, latent_shape(request.width, request.height))
+    first = 0 if resumed is None else replay.hit_step
+    begin = None
+    if resumed is None or request.mask is not None:  # a resumed inpaint still blends
+        begin = start(engine, request, seed, source)
+    if request.image is not None:
+        timings["vae_encode"] = timings.get("vae_encode", 0.0) + time.perf_counter() - t
+    t = time.perf_counter()
+    latents = denoise(
+        engine, emb.tensors, begin.latents if resumed is None else resumed, schedule[first:],
+        guidance=request.guidance, shift=request.shift, negative=negative,
+        on_step=replay.capturing(on_step), first_step=first, total_steps=len(schedule),
+        blend=begin.blend if begin is not None else None,
+        dype=dype_rope.DyPE.from_request(request), slg=skip_layer.SLG.from_request(request),
+    )
+    elapsed = time.perf_counter() - t
+    timings["denoise"] += elapsed
+    if replay.captured:  # a resumed run may still fill deeper resume points
+        teleport.store(engine, replay, elapsed / (len(schedule) - first))
+    t = time.perf_counter()
+    image = decode(engine, latents)[0]
+    timings["decode"] += time.perf_counter() - t
+    return image, replay.report()
+
+
+def generate(engine, request: Request, on_step: StepCallback | None = None,
+             source: Source | None = None, *, embeddings=None) -> Result:
     """Run one Request: one image per seed, each exactly what a single-seed run gives.
 
     With teleport on, each image first looks for a stored latent of its trajectory and
     resumes from the deepest one; otherwise it runs in full and stores its resume points.
+    ``source`` carries the pixels that ``request.image`` / ``request.mask`` name by hash;
     ``embeddings`` (an ``embedfile.EmbeddingFile``) is required when the request names
     precomputed prompt embeddings (``request.embeddings_sha256``).
     """
-    from .caches import teleport
+    from .multipass import run_passes
 
+    source = source or Source()
+    check_source(request, source)
     timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
     started = time.perf_counter()
     images: list[Image.Image] = []
     replays: list[dict[str, Any]] = []
-    dype, slg = dype_rope.DyPE.from_request(request), skip_layer.SLG.from_request(request)
-    with engine.lock:
+    with engine.lock, vae_tiling(engine.pipe.vae, request):
         t = time.perf_counter()
         emb, negative, digest = embed_request(engine, request, embeddings)
         timings["encode"] = time.perf_counter() - t
-        schedule = sigmas(request.steps)
+        run = run_passes if request.passes else run_seed
         for seed in request.seeds():
-            replay = teleport.plan(engine, request.for_seed(seed), seed, digest)
-            x = noise(seed, request.width, request.height)
-            t = time.perf_counter()
-            resumed = teleport.lookup(engine, replay, tuple(x.shape))
-            first = 0 if resumed is None else replay.hit_step
-            latents = denoise(
-                engine, emb.tensors, x if resumed is None else resumed, schedule[first:],
-                guidance=request.guidance, shift=request.shift, negative=negative,
-                on_step=replay.capturing(on_step), first_step=first, total_steps=request.steps,
-                dype=dype, slg=slg,
-            )
-            elapsed = time.perf_counter() - t
-            timings["denoise"] += elapsed
-            if replay.captured:  # a resumed run may still fill deeper resume points
-                teleport.store(engine, replay, elapsed / (request.steps - first))
-            replays.append(replay.report())
-            t = time.perf_counter()
-            images.extend(decode(engine, latents))
-            timings["decode"] += time.perf_counter() - t
+            image, replay = run(engine, request, seed, emb, negative, digest, source, timings,
+                                on_step)
+            images.append(image)
+            replays.append(replay)
     timings["total"] = time.perf_counter() - started
     warnings = []
     if emb.truncated:

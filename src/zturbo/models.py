@@ -239,21 +239,27 @@ class Engine:
             "extras": self.extras,
         }
 
-    def generate(self, prompt: str | None = None, *, on_step=None, embeddings=None,
-                 **fields: Any):
+    def generate(self, prompt: str | None = None, *, on_step=None, image=None, mask=None,
+                 embeddings=None, **fields: Any):
         """``engine.generate("a cat", seed=42)``: build a Request and run it.
 
+        ``image`` / ``mask`` (a PIL image or a file path) make it img2img / inpaint.
         ``embeddings`` (an ``embedfile.EmbeddingFile``) replaces the text encoder: its prompt,
         its content digest and how it was encoded go into the Request.
         """
         from .config import make_request
         from .generate import generate
+        from .img2img import as_source, source_size
 
         if prompt is not None:
             fields["prompt"] = prompt
         if embeddings is not None:
             fields = {**fields, **embeddings.request_fields()}
-        return generate(self, make_request(self.settings, **fields), on_step=on_step,
+        source, hashes = as_source(image, mask, max_pixels=self.settings.max_pixels)
+        for name, value in source_size(source).items():  # output size: the source's
+            fields[name] = value if fields.get(name) is None else fields[name]
+        request = make_request(self.settings, **{**fields, **hashes})
+        return generate(self, request, on_step=on_step, source=source,
                         embeddings=embeddings)
 
 
@@ -275,20 +281,25 @@ def load(
     device: str | None = None,
     dtype: str | None = None,
     settings: Settings | None = None,
+    loras: list[str] | None = None,
+    transformer_file: str | None = None,
     text_encoder: bool = True,
 ) -> Engine:
     """Load a model: ``zturbo.load("demo")``, a Hub id, or a local diffusers folder.
 
+    ``loras`` (``PATH[:SCALE]``) are fused at load; ``transformer_file`` (.gguf or
+    .safetensors) replaces the folder's transformer. Both default to the settings.
     ``text_encoder=False`` makes a generator-only engine: the Qwen3 encoder and tokenizer
     are never loaded (prompt embeddings then come from ``zturbo encode`` files).
     """
     if settings is None:
         settings, _ = load_settings(flags={"model": model, "device": device, "dtype": dtype})
+    overrides = {k: v for k, v in (("loras", loras), ("transformer_file", transformer_file))
+                 if v is not None}
+    settings = settings.model_copy(update=overrides)
     spec = model or settings.model
     started = time.perf_counter()
     quiet_libraries()
-    from diffusers import ZImagePipeline
-
     folder = resolve_folder(spec, settings)
     torch_device = pick_device(device or settings.device)
     torch_dtype = pick_dtype(dtype or settings.dtype, torch_device)
@@ -297,19 +308,52 @@ def load(
     missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
     if missing:
         raise ModelUnavailable(f"{folder} lacks component folder(s): {', '.join(missing)}")
-    try:
-        skip = {} if text_encoder else {"text_encoder": None, "tokenizer": None}
-        pipe = ZImagePipeline.from_pretrained(folder, dtype=torch_dtype, local_files_only=True,
-                                              **skip)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise ModelUnavailable(f"cannot load the model in {folder}: {exc}") from None
-    pipe.to(torch_device)
+    pipe, identity, extras = _load_pipeline(folder, settings, torch_device, torch_dtype,
+                                            text_encoder=text_encoder)
     pipe.set_progress_bar_config(disable=True)
     from .caches import build_cache
 
-    identity = {c: weights_identity(folder, c) for c in COMPONENTS}
     return Engine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
         settings=settings.model_copy(update={"model": spec}), identity=identity,
-        caches=build_cache(settings), load_seconds=time.perf_counter() - started,
+        extras=extras, caches=build_cache(settings),
+        load_seconds=time.perf_counter() - started,
     )
+
+
+def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype: torch.dtype,
+                   text_encoder: bool = True):
+    """The pipeline with the settings' weight knobs applied, its identity and extras:
+    a single-file/GGUF transformer, a quantised text encoder, LoRAs, placement."""
+    from diffusers import ZImagePipeline
+
+    from .lora import apply_loras, parse_lora
+    from .placement import place
+    from .quant import load_transformer_file, text_encoder_quant_config
+
+    identity = {c: weights_identity(folder, c) for c in COMPONENTS}
+    extras: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if text_encoder else {"text_encoder": None, "tokenizer": None}
+    specs = [parse_lora(t) for t in settings.loras]  # parse errors before the slow part
+    quant = text_encoder_quant_config(settings.text_encoder_quant, device, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        extras["text_encoder"] = {"quant": settings.text_encoder_quant}
+    if settings.transformer_file:
+        transformer, extras["transformer"] = load_transformer_file(
+            Path(settings.transformer_file), folder, dtype)
+        kwargs["transformer"] = transformer
+        identity["transformer"] = f"file:{extras['transformer']['sha256']}"
+    try:
+        pipe = ZImagePipeline.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                                              **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelUnavailable(f"cannot load the model in {folder}: {exc}") from None
+    if specs:
+        gguf = extras.get("transformer", {}).get("format") == "gguf"
+        extras["loras"] = apply_loras(pipe, specs, fuse=not gguf)
+    for name, value in place(pipe, device, offload=settings.offload,
+                             text_encoder_device=settings.text_encoder_device,
+                             vae_device=settings.vae_device).items():
+        extras[name] = {**extras.get(name, {}), **value} if isinstance(value, dict) else value
+    return pipe, identity, extras

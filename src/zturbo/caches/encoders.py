@@ -13,6 +13,7 @@ import time
 import torch
 from PIL import Image
 
+from ..placement import component_device
 from .keys import embedding_key, vae_latent_key
 from .packing import pack, unpack
 
@@ -78,18 +79,32 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     """
     key = vae_latent_key(engine, image_sha256(image), width, height)
     hit = _fetch(engine, "vae_latent", key)
-    if hit is not None:
+    if hit is not None and hit[1].get("layout") in _LAYOUTS:
         tensors, meta, tier = hit
         engine.caches.record_saved("vae_latent", float(meta.get("cost_s", 0.0)))
-        return tensors["moments"].to(engine.device), tier
+        moments = tensors["moments"].to(component_device(engine, "vae"))
+        return moments.contiguous(memory_format=_LAYOUTS[meta["layout"]]), tier
     started = time.perf_counter()
     vae = engine.pipe.vae
     pixels = engine.pipe.image_processor.preprocess(image, height=height, width=width)
-    pixels = pixels.to(device=engine.device, dtype=vae.dtype)
+    pixels = pixels.to(device=component_device(engine, "vae"), dtype=vae.dtype)
     moments = vae.encode(pixels).latent_dist.parameters
     cost = time.perf_counter() - started
-    _keep(engine, "vae_latent", key, {"moments": moments}, {"cost_s": f"{cost:.6f}"})
+    layout = "channels_last" if _is_channels_last(moments) else "contiguous"
+    _keep(engine, "vae_latent", key, {"moments": moments},
+          {"cost_s": f"{cost:.6f}", "layout": layout})
     return moments, None
+
+
+# The VAE's conv output layout (channels-last on CPU here) decides which exp kernel
+# DiagonalGaussianDistribution runs (vectorised or not), and so the last bit of a sample:
+# a cached posterior comes back in the layout the encoder gave, or inpaint drifts a level.
+_LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return (t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
 
 
 def vae_posterior(engine, image: Image.Image, width: int, height: int):

@@ -66,8 +66,12 @@ class Replay:
         return callback
 
 
-def plan(engine, request, seed: int, embedding_digest: str) -> Replay:
-    """Resume points and keys for one image (``request`` is that image's own Request)."""
+def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = None) -> Replay:
+    """Resume points and keys for one image (``request`` is that image's own Request).
+
+    ``steps``: the trajectory's length when it is not ``request.steps`` (img2img runs the
+    tail that strength keeps; resume points number steps of that tail).
+    """
     if not request.teleport or not engine.settings.teleport:
         return Replay({}, bypass="teleport is off")
     reason = bypass_reason(engine, request)
@@ -75,7 +79,7 @@ def plan(engine, request, seed: int, embedding_digest: str) -> Replay:
         log.info("teleport bypassed: %s", reason)
         return Replay({}, bypass=reason)
     points = resume_points(engine.settings.teleport_start_step,
-                           engine.settings.teleport_store_steps, request.steps)
+                           engine.settings.teleport_store_steps, steps or request.steps)
     return Replay({s: teleport_key(engine, request, embedding_digest, s - 1, seed)
                    for s in points})
 

@@ -1,0 +1,122 @@
+"""LoRAs, fused into the transformer at load through diffusers' Z-Image LoRA loader.
+
+``ZImageLoraLoaderMixin.load_lora_weights`` reads diffusers-format files and converts the
+common non-diffusers layouts (``diffusion_model.`` prefixes, kohya ``lora_unet_`` names
+with ``lora_down``/``lora_up`` and alphas, dotted ``lora.down``). The LoRAs are fused with
+their scales and the adapter layers dropped, so generation runs the plain (faster)
+weights (on a GGUF transformer they stay unfused: quantised weights take no delta). LoRAs are therefore engine-level: a different set is a different engine, and
+their identity (file sha256 and scale) goes into ``engine.extras["loras"]``, which the
+model fingerprint digests.
+
+Over HTTP a LoRA is picked by *name* from the configured ``lora_dirs`` (``resolve_lora``),
+never by a path a client sends.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ZTurboError
+
+MAX_LORAS = 8
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA file and the scale it is fused with."""
+
+    path: Path
+    scale: float = 1.0
+
+
+def parse_lora(text: str | LoraSpec) -> LoraSpec:
+    """``PATH[:SCALE]`` -> LoraSpec (a path may itself hold ':' when no scale follows)."""
+    if isinstance(text, LoraSpec):
+        return text
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            pass  # no scale: the ':' belongs to the path
+    if not -10.0 <= scale <= 10.0:
+        raise ZTurboError(f"LoRA scale {scale} for {path} is outside -10..10")
+    return LoraSpec(Path(path).expanduser(), scale)
+
+
+def resolve_lora(name: str, lora_dirs: list[str]) -> Path:
+    """The file for a LoRA *name* (``anime`` or ``anime.safetensors``) in ``lora_dirs``.
+
+    Names only: separators, ``..`` and absolute paths are refused, so an HTTP client
+    can never reach a file outside the configured folders.
+    """
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ZTurboError(f"invalid LoRA name {name!r}: use a file name from the LoRA folders")
+    if not lora_dirs:
+        raise ZTurboError("no LoRA folders configured (setting lora_dirs)")
+    filename = name if name.endswith(".safetensors") else f"{name}.safetensors"
+    for folder in lora_dirs:
+        root = Path(folder).expanduser().resolve()
+        candidate = (root / filename).resolve()
+        if candidate.parent == root and candidate.is_file():
+            return candidate
+    raise ZTurboError(f"no LoRA named {name!r} in the LoRA folders")
+
+
+def list_loras(lora_dirs: list[str]) -> list[str]:
+    """The LoRA names ``resolve_lora`` accepts (for a server's listing)."""
+    names = set()
+    for folder in lora_dirs:
+        root = Path(folder).expanduser()
+        if root.is_dir():
+            names.update(p.stem for p in root.glob("*.safetensors")
+                         if _NAME.fullmatch(p.name) and p.is_file())
+    return sorted(names)
+
+
+def _adapter_modules(transformer, adapter: str) -> int:
+    """How many modules of ``transformer`` carry the adapter (0: its keys matched nothing)."""
+    return sum(1 for m in transformer.modules()
+               if adapter in (getattr(m, "lora_A", None) or {}))
+
+
+def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str, Any]]:
+    """Load, check and scale LoRAs on ``pipe.transformer``; their identities.
+
+    Fused (the default) they cost nothing per step. Quantised (GGUF) weights cannot take a
+    fused delta, so there the adapters stay as active peft layers with their scales.
+    """
+    from .models import _file_sha256
+
+    if len(specs) > MAX_LORAS:
+        raise ZTurboError(f"{len(specs)} LoRAs given; the limit is {MAX_LORAS}")
+    names, identities = [], []
+    for i, spec in enumerate(specs):
+        if not spec.path.is_file():
+            raise ZTurboError(f"LoRA file {spec.path} does not exist")
+        if spec.path.suffix != ".safetensors":
+            raise ZTurboError(f"LoRA file {spec.path} is not .safetensors (pickle files are "
+                              f"refused)")
+        adapter = f"lora{i}"
+        try:
+            pipe.load_lora_weights(str(spec.path), adapter_name=adapter, use_safetensors=True)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise ZTurboError(f"cannot load LoRA {spec.path}: {exc}") from None
+        if _adapter_modules(pipe.transformer, adapter) == 0:
+            pipe.delete_adapters(adapter)
+            raise ZTurboError(f"LoRA {spec.path}: none of its keys match this transformer "
+                              f"(a LoRA for another model?)")
+        names.append(adapter)
+        identities.append({"file": spec.path.name, "sha256": _file_sha256(spec.path),
+                           "scale": spec.scale, "fused": fuse})
+    if names:
+        pipe.set_adapters(names, adapter_weights=[s.scale for s in specs])
+        if fuse:
+            pipe.fuse_lora(components=["transformer"], adapter_names=names)
+            pipe.unload_lora_weights()
+    return identities

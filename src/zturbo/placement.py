@@ -1,0 +1,57 @@
+"""Where the components live: one device, per-component devices, or CPU offload.
+
+The usual VRAM budgets for Z-Image-Turbo in bfloat16 (DiT ~12 GB, Qwen3-4B ~8 GB, VAE
+~0.2 GB, plus activations): 24 GB holds everything; at 16 GB put the text encoder on
+the CPU (``text_encoder_device cpu``, its one pass per prompt is cheap there); at 8 GB
+use ``offload sequential`` (layers stream from RAM; slow but it runs). ``offload model``
+moves whole components in and out of the accelerator as they are used.
+
+diffusers' offload needs an accelerator: on a CPU-only engine it is a clear error,
+since everything already lives in RAM there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .errors import ZTurboError
+
+
+def component_device(engine, name: str) -> torch.device:
+    """Where inputs for component ``name`` go: its own device, or under offload the
+    engine's (accelerate's hooks bring the weights there; sequential offload leaves
+    them on the meta device in between)."""
+    if engine.extras.get("offload"):
+        return engine.device
+    return next(getattr(engine.pipe, name).parameters()).device
+
+
+def place(pipe, device: torch.device, *, offload: str = "none",
+          text_encoder_device: str | None = None, vae_device: str | None = None) -> dict[str, Any]:
+    """Move ``pipe``'s components; returns the placement extras for the fingerprint
+    (another device for a component can change its numerics)."""
+    from .models import pick_device
+
+    if offload != "none":
+        if device.type == "cpu":
+            raise ZTurboError(f"offload {offload} needs an accelerator (cuda, xpu or mps); on "
+                              f"cpu every weight is already in RAM: use offload none")
+        if text_encoder_device or vae_device:
+            raise ZTurboError("offload and per-component devices do not combine: choose one")
+        if offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=device)
+        return {"offload": offload}
+    pipe.to(device)
+    extras: dict[str, Any] = {}
+    for name, spec in (("text_encoder", text_encoder_device), ("vae", vae_device)):
+        if spec is None or getattr(pipe, name, None) is None:  # generator-only: no encoder
+            continue
+        target = pick_device(spec)
+        getattr(pipe, name).to(target)
+        if target != device:
+            extras[name] = {"device": str(target)}
+    return extras
