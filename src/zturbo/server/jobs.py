@@ -65,13 +65,16 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)
     teleport: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    source: Any = None  # img2img pixels (zturbo.img2img.Source) the request names by hash
     watchers: int = 0  # event-stream subscribers: previews are made only when someone looks
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def total(self) -> int:
-        return self.request.steps * self.request.num_images
+        from ..generate import steps_run
+
+        return steps_run(self.request) * self.request.num_images
 
     @property
     def terminal(self) -> bool:
@@ -142,11 +145,11 @@ class JobQueue:
         return True
 
     # -- submit / query / cancel ---------------------------------------------------------
-    def submit(self, request: Request) -> Job:
+    def submit(self, request: Request, source: Any = None) -> Job:
         """Queue a request, or raise QueueFull (-> 429) / NotAccepting (-> 503)."""
         now = time.time()
         job = Job(id=uuid.uuid4().hex, request=request, created=now,
-                  deadline=time.monotonic() + self.settings.request_timeout_s)
+                  deadline=time.monotonic() + self.settings.request_timeout_s, source=source)
         with self._lock:
             if not self._accepting:
                 raise NotAccepting("the server is not accepting jobs (loading or shutting down)")
@@ -263,7 +266,8 @@ class JobQueue:
             if started > job.deadline:
                 job.timed_out = True
                 raise Cancelled("timed out in the queue")
-            result = generate(self.engine, job.request, on_step=self._on_step(job))
+            result = generate(self.engine, job.request, on_step=self._on_step(job),
+                              source=job.source)
             images = self._save(job, result)
         except Cancelled:
             with self._lock:

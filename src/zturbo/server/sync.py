@@ -17,13 +17,13 @@ from .jobs import Job
 HUNG_MARGIN_S = 30.0
 
 
-def submit(st: ServerState, request: Request) -> Job:
+def submit(st: ServerState, request: Request, source=None) -> Job:
     """Queue a request (503 while the model loads or after it failed to load)."""
     if st.load_error:
         raise ApiError(503, f"the model failed to load: {st.load_error}", "unavailable")
     if st.engine is None or st.history is None:
         raise ApiError(503, "the model is still loading; see /api/ready", "unavailable")
-    return st.jobs.submit(request)
+    return st.jobs.submit(request, source)
 
 
 async def _disconnected(http: HttpRequest) -> None:
@@ -34,9 +34,10 @@ async def _disconnected(http: HttpRequest) -> None:
             return
 
 
-async def run(st: ServerState, request: Request, http: HttpRequest) -> Job:
-    """Submit and wait for the job to end; raise the ApiError its failure maps to."""
-    job = submit(st, request)
+async def run(st: ServerState, request: Request, http: HttpRequest, source=None) -> Job:
+    """Submit and wait for the job to end; raise the ApiError its failure maps to.
+    ``source`` carries the img2img pixels the request names by hash."""
+    job = submit(st, request, source)
     ended = asyncio.ensure_future(job.ended.wait())
     gone = asyncio.ensure_future(_disconnected(http))
     # the worker enforces the timeout at each step; this bound only guards a hung device

@@ -8,6 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from ...config import make_request
+from ...img2img import as_source, source_size
 from .. import sync
 from ..app import state
 from ..errors import ApiError
@@ -23,11 +24,16 @@ async def generations(body: OpenAIGenerate, request: Request):
     """OpenAI's ``images.generate``: ``data`` holds ``b64_json`` PNGs or ``url``s."""
     st = state(request)
     job = await sync.run(st, request_from_openai(st.settings, body), request)
+    return _answer(st, job, request, body.response_format)
+
+
+def _answer(st, job, request: Request, response_format: str) -> dict:
+    """The OpenAI images response for a finished job."""
     base = str(request.base_url).rstrip("/")
     data = []
     for image in job.images:
         item = {"revised_prompt": None, "seed": image["seed"], "id": image["id"]}
-        if body.response_format == "url":
+        if response_format == "url":
             item["url"] = base + image["url"]
         else:
             item["b64_json"] = base64.b64encode(image_path(st, image["id"]).read_bytes()).decode()
@@ -36,7 +42,7 @@ async def generations(body: OpenAIGenerate, request: Request):
             "size": f"{job.request.width}x{job.request.height}"}
 
 
-@router.post("/edits", status_code=501)
+@router.post("/edits")
 async def edits(
     request: Request,
     image: UploadFile = File(..., description="the image to edit (PNG, JPEG, WebP)"),
@@ -49,14 +55,18 @@ async def edits(
     seed: int | None = Form(None),
     num_inference_steps: int | None = Form(None),
 ):
-    """OpenAI's ``images.edit``. The upload is read and checked (size, pixels, decompression
-    bombs); generation answers 501 until img2img exists in the engine."""
+    """OpenAI's ``images.edit``: img2img from the uploaded image (inpaint with a mask: white
+    is repainted). The upload is checked (size, pixels, decompression bombs); the output size
+    defaults to the image's (down to multiples of 16)."""
     st = state(request)
-    await read_image(image, st.settings)
-    if mask is not None:
-        await read_image(mask, st.settings)
+    source_upload = await read_image(image, st.settings)
+    mask_upload = await read_image(mask, st.settings) if mask is not None else None
+    source, hashes = as_source(source_upload.image, mask_upload.image if mask_upload else None,
+                               max_pixels=st.settings.max_pixels)
     width, height = parse_size(size)
-    make_request(st.settings, prompt=prompt, num_images=n, width=width, height=height,
-                 seed=seed, steps=num_inference_steps)  # the same checks a generation gets
-    raise ApiError(501, "image edits need img2img, which this server does not have yet; "
-                        "/v1/images/generations works", "not_implemented")
+    if width is None:
+        width, height = source_size(source)["width"], source_size(source)["height"]
+    req = make_request(st.settings, prompt=prompt, num_images=n, width=width, height=height,
+                       seed=seed, steps=num_inference_steps, strength=strength, **hashes)
+    job = await sync.run(st, req, request, source=source)
+    return _answer(st, job, request, response_format)
