@@ -14,7 +14,7 @@ test: setup
 docs: setup
 	.venv/bin/python scripts/gen_cli_docs.py
 
+# every script in benchmarks/; quick mode (< 5 min on 2 cores): make bench QUICK=1 or BENCH_QUICK=1
 bench: setup
 	@scripts/system-deps
-	.venv/bin/python benchmarks/cache_tiers.py
-	.venv/bin/python benchmarks/server.py --quick
+	.venv/bin/python benchmarks/run_all.py $(if $(QUICK),--quick,)

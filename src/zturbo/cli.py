@@ -64,6 +64,21 @@ def _engine_flags(lora, transformer_file, text_encoder_quant, offload, text_enco
             "text_encoder_device": text_encoder_device, "vae_device": vae_device}
 
 
+# acceleration (engine-level; docs/performance.md)
+StepCache = Annotated[str | None, typer.Option("--step-cache", help="cache-dit step caching: off, dbcache, taylorseer. [default: off]")]
+StepCachePreset = Annotated[str | None, typer.Option("--step-cache-preset", help="Static step mask from cache-dit's policies: slow, medium, fast, ultra.")]
+StepCacheMask = Annotated[str | None, typer.Option("--step-cache-mask", help="Explicit step mask, one digit per step (1 compute, 0 reuse), e.g. 11101001.")]
+CacheDitFn = Annotated[int | None, typer.Option("--cache-dit-fn", help="DBCache: first blocks always computed. [env: ZTURBO_CACHE_DIT_FN]")]
+CacheDitBn = Annotated[int | None, typer.Option("--cache-dit-bn", help="DBCache: last blocks always computed. [env: ZTURBO_CACHE_DIT_BN]")]
+CacheDitWarmup = Annotated[int | None, typer.Option("--cache-dit-warmup", help="DBCache: steps computed before any caching. [env: ZTURBO_CACHE_DIT_WARMUP]")]
+CacheDitRdt = Annotated[float | None, typer.Option("--cache-dit-rdt", help="DBCache: residual-diff threshold. [env: ZTURBO_CACHE_DIT_RDT]")]
+CacheDitMc = Annotated[int | None, typer.Option("--cache-dit-mc", help="Most consecutive cached steps, -1 no limit. [env: ZTURBO_CACHE_DIT_MC]")]
+TsOrder = Annotated[int | None, typer.Option("--ts-order", help="TaylorSeer order. [env: ZTURBO_CACHE_DIT_TS_ORDER]")]
+Attention = Annotated[str | None, typer.Option("--attention", help="Attention kernel: auto, native, flash, _flash_3, sage, xformers. [default: auto]")]
+Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the repeated transformer blocks (regional). [default: off]")]
+CompileMode = Annotated[str | None, typer.Option("--compile-mode", help="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs.")]
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -128,6 +143,11 @@ def generate(
     text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
     text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
+    step_cache: StepCache = None, step_cache_preset: StepCachePreset = None,
+    step_cache_mask: StepCacheMask = None, cache_dit_fn: CacheDitFn = None,
+    cache_dit_bn: CacheDitBn = None, cache_dit_warmup: CacheDitWarmup = None,
+    cache_dit_rdt: CacheDitRdt = None, cache_dit_mc: CacheDitMc = None, ts_order: TsOrder = None,
+    attention: Attention = None, compile_: Compile = None, compile_mode: CompileMode = None,
 ) -> None:
     """Generate images and save them as PNGs with their parameters embedded."""
     from . import models
@@ -162,7 +182,13 @@ def generate(
         "model": model or stored_model, "device": device, "dtype": dtype, "redis_url": redis_url,
         "teleport_start_step": teleport_start_step, "teleport_store_steps": teleport_store_steps,
         **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
-                        text_encoder_device, vae_device)})
+                        text_encoder_device, vae_device),
+        "step_cache": step_cache, "step_cache_preset": step_cache_preset,
+        "step_cache_mask": step_cache_mask, "cache_dit_fn": cache_dit_fn,
+        "cache_dit_bn": cache_dit_bn, "cache_dit_warmup": cache_dit_warmup,
+        "cache_dit_rdt": cache_dit_rdt, "cache_dit_mc": cache_dit_mc,
+        "cache_dit_ts_order": ts_order, "attention": attention, "compile": compile_,
+        "compile_mode": compile_mode})
     source, hashes = as_source(image, mask, max_pixels=settings.max_pixels)
     fields.update(hashes)
     for name, value in source_size(source).items():  # img2img: the source's size by default
@@ -259,6 +285,12 @@ from .server.command import serve  # noqa: E402  (zturbo serve; FastAPI loads on
 app.command()(friendly_errors(serve))
 
 from . import prompt_cli  # noqa: E402,F401  (registers `zturbo encode` and `zturbo templates`)
+
+
+from .profiler import command as profile_command  # noqa: E402 - takes the option types above
+
+app.command("profile")(friendly_errors(profile_command(
+    Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset, Compile)))
 
 
 def main() -> None:

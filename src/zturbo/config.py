@@ -159,6 +159,39 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis tier, e.g. redis://127.0.0.1:6379/0")
     redis_ttl_s: int = Field(7 * 24 * 3600, description="Redis entry lifetime in seconds")
     redis_timeout_s: float = Field(0.5, description="Redis socket timeout in seconds")
+    # acceleration (issue 6; see docs/performance.md). Engine-level: they enter the model
+    # fingerprint through engine.extras["transformer"], so every cache keys on them.
+    step_cache: Literal["off", "dbcache", "taylorseer"] = Field(
+        "off", description="cache-dit step caching: off, dbcache, or dbcache + taylorseer"
+    )
+    step_cache_preset: Literal["slow", "medium", "fast", "ultra"] | None = Field(
+        None, description="static step mask from cache-dit's policies for the step count"
+    )
+    step_cache_mask: str | None = Field(
+        None, description="explicit step mask, one digit per step: 1 compute, 0 cache (11101001)"
+    )
+    step_cache_policy: Literal["static", "dynamic"] = Field(
+        "static", description="masked steps: static always reuse, dynamic ask the threshold"
+    )
+    cache_dit_fn: int = Field(1, ge=0, description="DBCache: first blocks always computed (Fn)")
+    cache_dit_bn: int = Field(0, ge=0, description="DBCache: last blocks always computed (Bn)")
+    cache_dit_warmup: int = Field(2, ge=0, description="DBCache: steps computed before caching")
+    cache_dit_rdt: float = Field(
+        0.08, ge=0.0, description="DBCache: residual-diff threshold (higher caches more)"
+    )
+    cache_dit_max_cached: int = Field(-1, ge=-1, description="most cached steps (-1: no limit)")
+    cache_dit_mc: int = Field(
+        -1, ge=-1, description="most consecutive cached steps (-1: no limit)"
+    )
+    cache_dit_taylorseer: bool = Field(False, description="dbcache plus the TaylorSeer calibrator")
+    cache_dit_ts_order: int = Field(1, ge=1, le=4, description="TaylorSeer order")
+    attention: Literal["auto", "native", "flash", "_flash_3", "sage", "xformers"] = Field(
+        "auto", description="attention kernel; auto: the best exact one installed for the device"
+    )
+    compile: bool = Field(False, description="torch.compile the repeated transformer blocks")
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = Field("default", description="torch.compile mode for --compile")
     # server (HTTP issue)
     host: str = Field("127.0.0.1", description="address the server binds")
     port: int = Field(8000, description="port the server binds")
@@ -209,6 +242,18 @@ class Settings(BaseSettings):
     def _comma_strings(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("step_cache_mask")
+    @classmethod
+    def _step_mask(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        value = value.replace(",", "").replace(" ", "")
+        if not set(value) <= {"0", "1"} or len(value) > MAX_STEPS:
+            raise ValueError(f"step_cache_mask {value!r}: use 0/1 digits, one per step")
+        if not value.startswith("1"):
+            raise ValueError("step_cache_mask must compute the first step (start with 1)")
         return value
 
     @classmethod

@@ -18,6 +18,7 @@ from PIL import Image
 
 from . import dype as dype_rope
 from . import long_prompts, slg as skip_layer
+from .accel import prepare_denoise
 from .config import Request, img2img_start_step
 from .errors import ZTurboError
 from .img2img import Source, Start, check_source, image_start
@@ -185,6 +186,7 @@ def denoise(
     lock is held).
     """
     total = total_steps or first_step + len(sigma_list)
+    prepare_denoise(engine, first_step, total, guidance)  # fresh step-cache state per run
     view = _pipeline_view(engine, shift)
 
     def callback(pipe, i, t, kwargs):

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from . import demo
+from . import accel, demo
 from .config import DEFAULT_MODEL, Settings, load_settings, state_dir
 from .errors import ModelUnavailable, ZTurboError
 
@@ -303,6 +303,8 @@ def load(
     folder = resolve_folder(spec, settings)
     torch_device = pick_device(device or settings.device)
     torch_dtype = pick_dtype(dtype or settings.dtype, torch_device)
+    accel.check(settings, torch_device, torch_dtype)  # before any download or load
+    folder = resolve_folder(spec, settings)
     if demo.is_demo(spec):
         print(demo.NOTICE.format(name=spec), file=sys.stderr)
     missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
@@ -313,12 +315,14 @@ def load(
     pipe.set_progress_bar_config(disable=True)
     from .caches import build_cache
 
-    return Engine(
+    engine = Engine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
         settings=settings.model_copy(update={"model": spec}), identity=identity,
         extras=extras, caches=build_cache(settings),
-        load_seconds=time.perf_counter() - started,
     )
+    accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
+    engine.load_seconds = time.perf_counter() - started
+    return engine
 
 
 def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype: torch.dtype,
