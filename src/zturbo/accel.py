@@ -165,13 +165,23 @@ def set_step_cache(engine, spec: dict[str, Any] | None) -> None:
     Takes the engine's lock; the fingerprint follows through ``extras``.
     """
     with engine.lock:
-        extras = engine.extras.setdefault("transformer", {})
-        if extras.get("step_cache"):
+        if step_cache(engine):
             _import_cache_dit().disable_cache(engine.pipe.transformer)
-            extras["step_cache"] = None
         if spec:
             enable_step_cache(engine.pipe.transformer, spec)
-            extras["step_cache"] = spec
+        _record(engine, step_cache=spec)
+
+
+def _record(engine, **values: Any) -> None:
+    """Set (or, for None, remove) keys of ``engine.extras["transformer"]``."""
+    extras = engine.extras.setdefault("transformer", {})
+    for key, value in values.items():
+        if value is None:
+            extras.pop(key, None)
+        else:
+            extras[key] = value
+    if not extras:
+        del engine.extras["transformer"]
 
 
 def step_cache(engine) -> dict[str, Any] | None:
@@ -227,7 +237,7 @@ def prepare_denoise(engine, first_step: int, total_steps: int, guidance: float =
     mask's tail from ``first_step``. Also rejects what a chosen kernel cannot run.
     """
     extras = engine.extras.get("transformer", {})
-    backend = extras.get("attention")
+    backend = extras.get("attention", "native")
     if guidance > 0 and backend in NO_MASK_BACKENDS:
         raise ZTurboError(f"attention backend {backend!r} cannot run guidance > 0 (batched CFG "
                           f"needs an attention mask): load with --attention native")
@@ -264,8 +274,10 @@ def apply(engine) -> None:
     if settings.compile:
         transformer.compile_repeated_blocks(mode=settings.compile_mode)
         compiled = {"mode": settings.compile_mode, "regional": "ZImageTransformerBlock"}
-    engine.extras.setdefault("transformer", {}).update(
-        attention=backend, step_cache=spec, compile=compiled)
+    # the defaults (native kernel, no step cache, no compile) add nothing, so a plain
+    # engine's fingerprint, and every cache built on it, stays what it was
+    _record(engine, attention=None if backend == "native" else backend, step_cache=spec,
+            compile=compiled)
     # the teleport asks engine.teleport_exact() before resuming (caches/teleport.py)
     engine.teleport_exact = functools.partial(teleport_exact, engine)
 
