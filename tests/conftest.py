@@ -53,22 +53,26 @@ def server(tmp_path):
         yield srv
 
 
-@pytest.fixture(scope="session")
-def engine(models_dir, tmp_path_factory):
-    """One loaded demo engine shared by the session (loading costs seconds)."""
-    import zturbo
-
-    home = tmp_path_factory.mktemp("engine-home")
+@pytest.fixture(scope="session", autouse=True)
+def session_home(models_dir, tmp_path_factory) -> Path:
+    """The state dir outside single tests (session and module fixtures load engines there)."""
+    home = tmp_path_factory.mktemp("session-home")
     (home / "models").symlink_to(models_dir)
     old = os.environ.get("ZTURBO_HOME")
     os.environ["ZTURBO_HOME"] = str(home)
-    try:
-        return zturbo.load("demo")
-    finally:
-        if old is None:
-            os.environ.pop("ZTURBO_HOME")
-        else:
-            os.environ["ZTURBO_HOME"] = old
+    yield home
+    if old is None:
+        os.environ.pop("ZTURBO_HOME", None)
+    else:
+        os.environ["ZTURBO_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def engine(session_home):
+    """One loaded demo engine shared by the session (loading costs seconds)."""
+    import zturbo
+
+    return zturbo.load("demo")
 
 
 def pixels(image) -> np.ndarray:

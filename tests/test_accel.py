@@ -20,8 +20,9 @@ def load(**flags):
 
 
 def image(engine, seed=1, steps=8):
+    """A full run (teleport off: these tests look at what step caching computes)."""
     return pixels(engine.generate("a red robot", seed=seed, width=64, height=64,
-                                  steps=steps).images[0])
+                                  steps=steps, teleport=False).images[0])
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +178,14 @@ def test_generate_flags_reach_the_engine(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "flash-attn" in bad.stderr
 
 
-def test_the_teleport_bypasses_step_caching_with_the_reason(engine, cached):
-    plain = engine.generate("a red robot", seed=5, width=64, height=64)
-    assert plain.teleport[0]["bypass"] is None  # no step cache: the teleport stores
-    result = cached.generate("a red robot", seed=5, width=64, height=64)
-    assert "static step mask" in result.teleport[0]["bypass"]
-    assert not result.teleport[0]["hit"] and not result.teleport[0]["stored"]
+def test_teleport_with_step_caching_resumes_only_at_exact_points():
+    engine = load(step_cache="dbcache", step_cache_preset="fast")  # mask 11101001 for 8 steps
+    first = engine.generate("a red robot", seed=5, width=64, height=64)
+    assert first.teleport[0]["stored"] == [7]  # step 7 is computed: a resume there is exact
+    second = engine.generate("a red robot", seed=5, width=64, height=64)
+    assert second.teleport[0]["resumed_at_step"] == 7
+    assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
+    engine.settings = engine.settings.model_copy(update={"teleport_start_step": 6})
+    third = engine.generate("a red robot", seed=6, width=64, height=64)  # step 6 is cached
+    assert "reuses a residual" in third.teleport[0]["bypass"]
+    assert not third.teleport[0]["hit"] and not third.teleport[0]["stored"]

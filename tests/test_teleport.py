@@ -110,11 +110,17 @@ def test_a_corrupt_entry_is_a_miss_and_is_removed(zturbo_home):
 
 
 def test_bypass_when_the_engine_says_resume_is_inexact(fresh):
-    fresh.teleport_exact = lambda: (False, "step caching restarts its counters per call")
+    fresh.teleport_exact = lambda steps, start: (False, "step caching restarts its counters per call")
     result = fresh.generate("x", seed=8, **SIZE)
     assert result.teleport[0]["bypass"] == "step caching restarts its counters per call"
     assert result.teleport[0]["stored"] == []
     assert fresh.generate("x", seed=8, **SIZE).teleport[0]["hit"] is False
+    # only the inexact resume points are dropped
+    fresh.teleport_exact = lambda steps, start: (start != 7, f"step {start} is cached")
+    fresh.settings = fresh.settings.model_copy(update={"teleport_store_steps": [3]})
+    assert fresh.generate("x", seed=9, **SIZE).teleport[0]["stored"] == [3]
+    again = fresh.generate("x", seed=9, **SIZE).teleport[0]
+    assert again["resumed_at_step"] == 3 and again["bypass"] is None
 
 
 # -- the key matrix: change one thing, get a miss -------------------------------------------

@@ -30,16 +30,20 @@ def resume_points(start_step: int, store_steps: list[int], steps: int) -> list[i
     return sorted((s for s in wanted if 1 <= s <= steps - 1), reverse=True)
 
 
-def bypass_reason(engine, request) -> str | None:
-    """Why an exact resume is impossible for this engine/request, or None when it is exact."""
-    if getattr(engine, "caches", None) is None:
-        return "no cache tiers configured"
-    check = getattr(engine, "teleport_exact", None)  # engine-level accelerations decide
-    if check is not None:
-        ok, reason = check()
-        if not ok:
-            return reason
-    return None
+def exact_points(engine, points: list[int], steps: int) -> tuple[list[int], str | None]:
+    """The resume points an engine-level acceleration keeps exact, and why others are not.
+
+    ``engine.teleport_exact(steps=, start=)`` (set by accel when step caching is on) says
+    whether a run resumed at ``start`` computes what the full run computed.
+    """
+    check = getattr(engine, "teleport_exact", None)
+    if check is None:
+        return points, None
+    kept, reasons = [], []
+    for start in points:
+        ok, reason = check(steps=steps, start=start)
+        (kept if ok else reasons).append(start if ok else reason)
+    return kept, (reasons[0] if reasons else None)
 
 
 @dataclass
@@ -74,14 +78,16 @@ def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = 
     """
     if not request.teleport or not engine.settings.teleport:
         return Replay({}, bypass="teleport is off")
-    reason = bypass_reason(engine, request)
-    if reason:
-        log.info("teleport bypassed: %s", reason)
-        return Replay({}, bypass=reason)
+    if getattr(engine, "caches", None) is None:
+        return Replay({}, bypass="no cache tiers configured")
+    steps = steps or request.steps
     points = resume_points(engine.settings.teleport_start_step,
-                           engine.settings.teleport_store_steps, steps or request.steps)
+                           engine.settings.teleport_store_steps, steps)
+    points, reason = exact_points(engine, points, steps)
+    if reason:
+        log.info("teleport: %s", reason)
     return Replay({s: teleport_key(engine, request, embedding_digest, s - 1, seed)
-                   for s in points})
+                   for s in points}, bypass=None if points else reason)
 
 
 def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | None:

@@ -118,6 +118,11 @@ async def _load(st: ServerState) -> None:
             st.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("zturbo: model load failed")
             return
+    if st.settings.compile:  # compile now, not in the first request (ready stays 503 till then)
+        from ..accel import warmup
+
+        size = ((st.settings.width, st.settings.height),)
+        log.warning("zturbo: compile warm-up: %s", await asyncio.to_thread(warmup, st.engine, size))
     st.jobs.start(st.engine, asyncio.get_running_loop())
 
 

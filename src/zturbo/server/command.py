@@ -19,6 +19,11 @@ def serve(
     profile: Annotated[str | None, typer.Option("--profile", help="Named table of config.toml to apply over [default]. [env: ZTURBO_PROFILE]")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="auto, float32, bfloat16, float16.")] = None,
+    step_cache: Annotated[str | None, typer.Option("--step-cache", help="cache-dit step caching: off, dbcache, taylorseer (more knobs: config / ZTURBO_CACHE_DIT_*). [default: off]")] = None,
+    step_cache_preset: Annotated[str | None, typer.Option("--step-cache-preset", help="Static step mask: slow, medium, fast, ultra.")] = None,
+    attention: Annotated[str | None, typer.Option("--attention", help="Attention kernel: auto, native, flash, _flash_3, sage, xformers. [default: auto]")] = None,
+    compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Regional torch.compile, warmed up at start at the default size. [default: off]")] = None,
+    lora: Annotated[list[str] | None, typer.Option("--lora", help="LoRA fused at load, PATH[:SCALE]; repeat for several.")] = None,
 ) -> None:
     """Serve the OpenAI-compatible images API, the job API and the web page."""
     import uvicorn
@@ -29,7 +34,8 @@ def serve(
     settings, _ = load_settings(profile, {
         "host": host, "port": port, "model": model, "api_key": api_key,
         "queue_depth": queue_depth, "cors_origins": cors_origin, "device": device,
-        "dtype": dtype,
+        "dtype": dtype, "step_cache": step_cache, "step_cache_preset": step_cache_preset,
+        "attention": attention, "compile": compile_, "loras": lora or None,
     })
     resolve_folder(settings.model, settings)  # a model that can't be had fails here, in seconds
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
