@@ -19,11 +19,15 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason="needs Debian's chromium (scripts/system-deps installs it)")
 
+# Every status the page shows, in order. Each textContent assignment adds a new text node,
+# so reading the added nodes (not the element when the observer runs) keeps every value
+# even when several updates land in one batch of mutation records (a busy machine).
 WATCH_STATUS = """() => {
   window.seen = [];
-  new MutationObserver(() => window.seen.push(document.getElementById('status').textContent))
-    .observe(document.getElementById('status'),
-             {childList: true, characterData: true, subtree: true});
+  new MutationObserver((records) => {
+    for (const record of records)
+      for (const node of record.addedNodes) window.seen.push(node.textContent);
+  }).observe(document.getElementById('status'), {childList: true, subtree: true});
 }"""
 
 DROP_PNG = """async (url) => {
