@@ -183,6 +183,30 @@ def test_openai_edits_is_img2img_and_inpaint(engine, client):
     assert np.array_equal(pixels(inpainted), pixels(direct.images[0]))
 
 
+def test_img2img_job_with_progress(engine, client):
+    """POST /api/jobs/edit: an img2img job followed like any other; same pixels as the API."""
+    source = Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 64, 3), np.uint8))
+    buf = io.BytesIO()
+    source.save(buf, format="PNG")
+    fields = '{"prompt": "a red door", "seed": 11, "steps": 4, "strength": 0.5}'
+    r = client.post("/api/jobs/edit", data={"fields": fields},
+                    files={"image": ("s.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    events = client.get(f"/api/jobs/{job_id}/events").text
+    assert "event: step" in events and "event: done" in events
+    done = client.get(f"/api/jobs/{job_id}").json()
+    png = client.get(done["images"][0]["url"]).content
+    direct = engine.generate("a red door", image=source, strength=0.5, seed=11, steps=4)
+    assert np.array_equal(pixels(Image.open(io.BytesIO(png))), pixels(direct.images[0]))
+    bad = client.post("/api/jobs/edit", data={"fields": "[1]"},
+                      files={"image": ("s.png", buf.getvalue(), "image/png")})
+    assert bad.status_code == 400
+    bad = client.post("/api/jobs/edit", data={"fields": '{"strength": 3, "prompt": "x"}'},
+                      files={"image": ("s.png", buf.getvalue(), "image/png")})
+    assert bad.status_code == 400 and "strength" in bad.json()["error"]["message"]
+
+
 def test_metadata_of_a_dropped_png(client):
     png = client.post("/api/generate", json={"prompt": "a lighthouse", "seed": 5, **SMALL}).content
     r = client.post("/api/metadata", files={"image": ("x.png", png, "image/png")})

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from serverkit import app_for, gate, live_server, one_thread, wait_for
 
@@ -103,6 +105,20 @@ def test_the_page_generates_shows_progress_and_keeps_history(engine, tmp_path):
                 wait_for(lambda: any(j.cancel_reason for j in jobs.active()), 30, "the cancel")
                 g.release()
                 expect(page.locator("#status")).to_have_text("cancelled", timeout=30_000)
+
+            # img2img from the page: an init image (80x48) sets the size and makes a job
+            source = tmp_path / "init.png"
+            Image.fromarray(np.random.default_rng(2).integers(0, 255, (48, 80, 3), np.uint8)
+                            ).save(source)
+            page.set_input_files("#init", str(source))
+            expect(page.locator("#width")).to_have_value("80")
+            expect(page.locator("#height")).to_have_value("48")
+            page.fill("#strength", "0.5")
+            page.click("#generate")
+            expect(page.locator("#status")).to_have_text("done", timeout=60_000)
+            page.wait_for_function(
+                "document.getElementById('result-image').naturalWidth === 80", timeout=30_000)
+            assert '"strength": 0.5' in page.text_content("#params")
             assert not errors, errors
         finally:
             browser.close()

@@ -47,9 +47,15 @@ class GenerateBody(JobBody):
 SERVER_FIELDS = {"aspect", "bucket", "format"}
 
 
-def request_from_body(settings: Settings, body: BaseModel) -> Request:
-    """A validated Request from a native body (400 with the message on bad values)."""
-    fields = body.model_dump(exclude_none=True, exclude=SERVER_FIELDS)
+def request_from_body(settings: Settings, body: BaseModel, extra: dict | None = None,
+                      defaults: dict | None = None) -> Request:
+    """A validated Request from a native body (400 with the message on bad values).
+
+    ``extra`` adds fields the body cannot carry (img2img source hashes); ``defaults`` fill
+    fields the body left out (img2img: the source's size).
+    """
+    fields = {**(defaults or {}), **body.model_dump(exclude_none=True, exclude=SERVER_FIELDS),
+              **(extra or {})}
     aspect = getattr(body, "aspect", None)
     if aspect:
         if "width" in fields or "height" in fields:

@@ -111,8 +111,7 @@ async function generate() {
   showError("");
   $("generate").disabled = true;
   try {
-    const job = await (await api("/api/jobs", { method: "POST", body: JSON.stringify(fields()),
-      headers: { "Content-Type": "application/json" } })).json();
+    const job = await (await submitJob()).json();
     state.job = job.id;
     $("cancel").disabled = false;
     setProgress(0, 1, `queued (position ${job.queue_position ?? 1})`);
@@ -125,6 +124,32 @@ async function generate() {
     $("generate").disabled = false;
     $("cancel").disabled = true;
   }
+}
+
+function submitJob() {  // JSON for a prompt; multipart with the init image for img2img
+  const init = $("init").files[0];
+  if (!init) {
+    return api("/api/jobs", { method: "POST", body: JSON.stringify(fields()),
+      headers: { "Content-Type": "application/json" } });
+  }
+  const form = new FormData();
+  form.append("image", init);
+  form.append("fields", JSON.stringify({ ...fields(), strength: +$("strength").value }));
+  return api("/api/jobs/edit", { method: "POST", body: form });
+}
+
+function onInitChosen() {  // img2img: the output size follows the source image
+  const file = $("init").files[0];
+  $("clear-init").hidden = !file;
+  if (!file) return;
+  const probe = new Image();
+  probe.onload = () => {
+    $("width").value = Math.max(16, Math.floor(probe.naturalWidth / 16) * 16);
+    $("height").value = Math.max(16, Math.floor(probe.naturalHeight / 16) * 16);
+    matchAspect();
+    URL.revokeObjectURL(probe.src);
+  };
+  probe.src = URL.createObjectURL(file);
 }
 
 async function follow(jobId, handle) {  // Server-Sent Events over fetch
@@ -238,6 +263,8 @@ async function dropped(file) {
 function wire() {
   $("generate").addEventListener("click", generate);
   $("cancel").addEventListener("click", cancel);
+  $("init").addEventListener("change", onInitChosen);
+  $("clear-init").addEventListener("click", () => { $("init").value = ""; onInitChosen(); });
   $("aspect").addEventListener("change", applyAspect);
   $("bucket").addEventListener("change", applyAspect);
   for (const id of ["width", "height"]) $(id).addEventListener("change", matchAspect);

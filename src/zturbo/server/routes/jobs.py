@@ -5,14 +5,21 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request
+import json
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from .. import sync
 from ..app import ServerState, state
 from ..errors import ApiError
 from ..jobs import Job, follow
+from pydantic import ValidationError
+
+from ...config import first_error
+from ...img2img import as_source, source_size
 from ..schemas import JobBody, request_from_body
+from ..uploads import read_image
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -35,7 +42,38 @@ def live_job(job_id: str, request: Request) -> Job | dict:
 async def submit(body: JobBody, request: Request):
     """Queue a generation; follow it at ``events``. 429 with Retry-After when the queue is full."""
     st = state(request)
-    job = sync.submit(st, request_from_body(st.settings, body))
+    return _accepted(st, sync.submit(st, request_from_body(st.settings, body)))
+
+
+@router.post("/edit", status_code=202)
+async def submit_edit(
+    request: Request,
+    image: UploadFile = File(..., description="the source image (img2img)"),
+    fields: str = Form("{}", description="JSON object: the fields of a POST /api/jobs body (strength too)"),
+    mask: UploadFile | None = File(None, description="white where to repaint (inpaint)"),
+):
+    """img2img / inpaint as a job (multipart; the web page's init image): like ``POST
+    /api/jobs``, followed the same way. The size defaults to the image's."""
+    st = state(request)
+    try:
+        values = json.loads(fields)
+    except ValueError:
+        raise ApiError(400, "fields is not valid JSON") from None
+    if not isinstance(values, dict):
+        raise ApiError(400, "fields must be a JSON object")
+    try:
+        body = JobBody.model_validate(values)
+    except ValidationError as exc:
+        raise ApiError(422, f"fields: {first_error(exc)}") from None
+    source_upload = await read_image(image, st.settings)
+    mask_upload = await read_image(mask, st.settings) if mask is not None else None
+    source, hashes = as_source(source_upload.image, mask_upload.image if mask_upload else None,
+                               max_pixels=st.settings.max_pixels)
+    req = request_from_body(st.settings, body, extra=hashes, defaults=source_size(source))
+    return _accepted(st, sync.submit(st, req, source))
+
+
+def _accepted(st: ServerState, job: Job) -> dict:
     summary = st.jobs.summary(job)
     return {"id": job.id, "status": summary["status"], "queue_position": summary["queue_position"],
             "url": f"/api/jobs/{job.id}", "events": f"/api/jobs/{job.id}/events"}
