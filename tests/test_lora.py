@@ -68,3 +68,54 @@ def test_lora_on_a_gguf_transformer_stays_unfused_and_scales(engine, lora_file, 
     one = zturbo.load("demo", transformer_file=q8, loras=[f"{lora_file}:1"])
     assert one.extras["loras"][0]["fused"] is False
     assert np.array_equal(image(zero), base) and not np.array_equal(image(one), base)
+
+
+def test_per_request_loras_by_name_over_http(engine, tmp_path):
+    """HTTP picks LoRAs by name from lora_dirs: a LoRA changes the image, scale 0 equals the
+    base, the engine is restored afterwards, and paths or unknown names are refused."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from serverkit import app_for
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    make_lora(engine, folder, name="style")
+    fields = {"prompt": "a red robot", "seed": 21, "width": 64, "height": 64, "steps": 2,
+              "format": "json"}
+
+    def png(client, **extra):
+        r = client.post("/api/generate", json={**fields, **extra})
+        assert r.status_code == 200, r.text
+        data = base64.b64decode(r.json()["images"][0]["b64_png"])
+        return pixels(Image.open(io.BytesIO(data)))
+
+    with TestClient(app_for(engine, lora_dirs=str(folder))) as client:
+        base = png(client)
+        styled = png(client, loras=[{"name": "style", "scale": 1.0}])
+        zero = png(client, loras=[{"name": "style", "scale": 0.0}])
+        after = png(client, seed=21)  # the adapters are off again for a plain request
+        assert not np.array_equal(styled, base)
+        assert np.array_equal(zero, base) and np.array_equal(after, base)
+        assert np.array_equal(png(client, loras=[{"name": "style"}]), styled)  # replay
+        for bad in ("../style", "/etc/passwd", "nope"):
+            r = client.post("/api/generate", json={**fields, "loras": [{"name": bad}]})
+            assert r.status_code == 400, (bad, r.text)
+    assert engine.generate("a red robot", seed=21, width=64, height=64, steps=2).images[0]
+
+
+def test_request_loras_enter_the_teleport_key(engine, tmp_path):
+    from zturbo.caches.keys import teleport_key
+    from zturbo.config import make_request
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    make_lora(engine, folder, name="style")
+    settings = engine.settings.model_copy(update={"lora_dirs": [str(folder)]})
+    plain = make_request(settings, prompt="x", seed=1)
+    picked = make_request(settings, prompt="x", seed=1, loras=["style:0.5"])
+    assert picked.loras[0].sha256 and picked.loras[0].scale == 0.5
+    assert teleport_key(engine, plain, "e" * 64, 6, 1) != teleport_key(engine, picked, "e" * 64, 6, 1)

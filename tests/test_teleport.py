@@ -8,7 +8,7 @@ import zturbo
 from conftest import pixels
 from zturbo.caches import teleport
 from zturbo.caches.keys import NOT_IN_TRAJECTORY, teleport_key
-from zturbo.config import Pass, Request, load_settings, make_request
+from zturbo.config import LoraPick, Pass, Request, load_settings, make_request
 from zturbo.generate import embed_request, decode, denoise, noise, sigmas
 
 SIZE = {"width": 64, "height": 64}
@@ -136,6 +136,7 @@ ALTERNATIVES = {
     "image": "ab" * 32, "strength": 0.3, "mask": "cd" * 32, "vae_tiling": True,
     "vae_tile_size": 256, "vae_tile_overlap": 0.5,
     "passes": (Pass(scale=0.5, steps=4, strength=1.0), Pass(scale=1.0, steps=2, strength=0.5)),
+    "loras": (LoraPick(name="style", scale=0.5, sha256="ab" * 32),),
 }
 
 

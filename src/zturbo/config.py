@@ -374,6 +374,17 @@ class Pass(BaseModel):
     strength: float = Field(gt=0.0, le=1.0)
 
 
+class LoraPick(BaseModel):
+    """A LoRA chosen per request by *name* from ``lora_dirs``; ``make_request`` fills in the
+    file's sha256 so the teleport key follows the file's content, not its name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=128)
+    scale: float = Field(1.0, ge=-10.0, le=10.0)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
 def parse_passes(text: str) -> tuple[Pass, ...]:
     """``"0.5:8:1.0,1.0:4:0.45"`` -> passes of (scale, steps, strength)."""
     passes = []
@@ -411,6 +422,8 @@ class Request(BaseModel):
     strength: float | None = Field(None, gt=0.0, le=1.0)
     mask: str | None = Field(None, pattern=SHA256_HEX)
     passes: tuple[Pass, ...] = Field((), max_length=8)
+    # per-request LoRAs, by name from lora_dirs (engine-level ones: Settings.loras)
+    loras: tuple[LoraPick, ...] = Field((), max_length=8)
     vae_tiling: bool = False
     vae_tile_size: int = Field(512, ge=64, le=4096)
     vae_tile_overlap: float = Field(0.25, ge=0.0, le=0.5)
@@ -559,6 +572,10 @@ def make_request(settings: Settings, **fields: Any) -> Request:
         values.setdefault("strength", settings.strength)
     if isinstance(values.get("passes"), str):
         values["passes"] = parse_passes(values["passes"])
+    if values.get("loras"):
+        from .lora import pick_loras
+
+        values["loras"] = pick_loras(values["loras"], settings.lora_dirs)
     values.setdefault("vae_tile_size", settings.vae_tile_size)
     values.setdefault("vae_tile_overlap", settings.vae_tile_overlap)
     if "vae_tiling" not in values:

@@ -335,7 +335,9 @@ def generate(engine, request: Request, on_step: StepCallback | None = None,
     started = time.perf_counter()
     images: list[Image.Image] = []
     replays: list[dict[str, Any]] = []
-    with engine.lock, vae_tiling(engine.pipe.vae, request):
+    from .lora import request_loras
+
+    with engine.lock, vae_tiling(engine.pipe.vae, request), request_loras(engine, request.loras):
         t = time.perf_counter()
         emb, negative, digest = embed_request(engine, request, embeddings)
         timings["encode"] = time.perf_counter() - t

@@ -14,6 +14,7 @@ never by a path a client sends.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +121,75 @@ def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str
             pipe.fuse_lora(components=["transformer"], adapter_names=names)
             pipe.unload_lora_weights()
     return identities
+
+
+# -- per-request LoRAs (HTTP: by name from lora_dirs) ------------------------------------------
+
+MAX_REQUEST_ADAPTERS = 8  # adapters kept loaded for requests; the oldest is dropped past this
+# sha256 -> the file pick_loras resolved it to (content-addressed: a request names a LoRA by
+# the hash make_request put in it, so the worker finds the same file whatever settings it has)
+_PICKED: dict[str, Path] = {}
+
+
+def pick_loras(picks, lora_dirs: list[str]) -> tuple:
+    """Request LoRA picks (``{"name", "scale"}`` or ``"NAME[:SCALE]"``) resolved to files in
+    ``lora_dirs``, each with its sha256 (the teleport key follows content, not names)."""
+    from .config import LoraPick
+    from .models import _file_sha256
+
+    out = []
+    for pick in picks:
+        if isinstance(pick, str):
+            head, sep, tail = pick.rpartition(":")
+            pick = {"name": head, "scale": float(tail)} if sep and head else {"name": pick}
+        pick = LoraPick.model_validate(pick) if not isinstance(pick, LoraPick) else pick
+        path = resolve_lora(pick.name, lora_dirs)
+        sha = _file_sha256(path)
+        _PICKED[sha] = path
+        out.append(pick.model_copy(update={"sha256": sha}))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def request_loras(engine, picks):
+    """Activate a request's LoRAs (unfused peft adapters) for one generation, then restore
+    the engine's own adapter state. The engine lock must be held: adapters live on the
+    shared transformer."""
+    if not picks:
+        yield
+        return
+    pipe = engine.pipe
+    loaded: dict[str, str] = engine.__dict__.setdefault("_request_adapters", {})
+    names = []
+    for pick in picks:
+        if pick.sha256 not in loaded:
+            from .models import _file_sha256
+
+            path = _PICKED.get(pick.sha256) or resolve_lora(pick.name, engine.settings.lora_dirs)
+            if _file_sha256(path) != pick.sha256:
+                raise ZTurboError(f"LoRA {pick.name!r} changed since the request was made")
+            adapter = f"req_{pick.sha256[:16]}"
+            try:
+                pipe.load_lora_weights(str(path), adapter_name=adapter, use_safetensors=True)
+            except (ValueError, KeyError, RuntimeError, OSError) as exc:
+                raise ZTurboError(f"cannot load LoRA {pick.name!r}: {exc}") from None
+            if _adapter_modules(pipe.transformer, adapter) == 0:
+                pipe.delete_adapters(adapter)
+                raise ZTurboError(f"LoRA {pick.name!r}: none of its keys match this transformer")
+            loaded[pick.sha256] = adapter
+            while len(loaded) > MAX_REQUEST_ADAPTERS:
+                pipe.delete_adapters(loaded.pop(next(iter(loaded))))
+        names.append(loaded[pick.sha256])
+    # engine-level LoRAs that stay unfused (GGUF) are active adapters too: keep them on
+    own = [(f"lora{i}", e["scale"]) for i, e in enumerate(engine.extras.get("loras", []))
+           if not e.get("fused", True)]
+    pipe.enable_lora()
+    pipe.set_adapters(names + [n for n, _ in own],
+                      adapter_weights=[p.scale for p in picks] + [w for _, w in own])
+    try:
+        yield
+    finally:
+        if own:
+            pipe.set_adapters([n for n, _ in own], adapter_weights=[w for _, w in own])
+        else:
+            pipe.disable_lora()
