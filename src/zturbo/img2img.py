@@ -159,8 +159,10 @@ def mask_latents(engine, mask: Image.Image, width: int, height: int) -> torch.Te
     pipe = engine.pipe
     processor = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor * 2, do_normalize=False,
                                   do_binarize=True, do_convert_grayscale=True)
+    from .generate import latent_shape
+
     pixels = processor.preprocess(mask, height=height, width=width)
-    size = (2 * (height // 16), 2 * (width // 16))
+    size = latent_shape(width, height)[-2:]
     return torch.nn.functional.interpolate(pixels, size=size, mode="nearest").to(torch.float32)
 
 

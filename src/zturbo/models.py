@@ -300,7 +300,6 @@ def load(
     spec = model or settings.model
     started = time.perf_counter()
     quiet_libraries()
-    folder = resolve_folder(spec, settings)
     torch_device = pick_device(device or settings.device)
     torch_dtype = pick_dtype(dtype or settings.dtype, torch_device)
     accel.check(settings, torch_device, torch_dtype)  # before any download or load

@@ -8,6 +8,7 @@ result.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 
 import torch
@@ -17,8 +18,12 @@ from ..placement import component_device
 from .keys import embedding_key, vae_latent_key
 from .packing import pack, unpack
 
+log = logging.getLogger("zturbo.caches")
 
-def _fetch(engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str], str] | None:
+
+def fetch(engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str], str] | None:
+    """(tensors, meta, tier) of a cache entry; an entry that does not unpack or was stored
+    under another key is removed and read as a miss."""
     cache = getattr(engine, "caches", None)
     if cache is None:
         return None
@@ -28,12 +33,19 @@ def _fetch(engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[s
     data, tier = got
     unpacked = unpack(data)
     if unpacked is None or unpacked[1].get("key") != key:
-        cache.delete(kind, key)
+        drop(engine, kind, key)
         return None
     return unpacked[0], unpacked[1], tier
 
 
-def _keep(engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+def drop(engine, kind: str, key: str) -> None:
+    """Remove a bad entry from every tier (it is then a miss, never a wrong result)."""
+    log.warning("%s entry %s is invalid: treated as a miss and removed", kind, key[:12])
+    engine.caches.delete(kind, key)
+
+
+def keep(engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Store tensors under ``key`` in every tier (the key goes into the entry, checked on read)."""
     cache = getattr(engine, "caches", None)
     if cache is not None:
         cache.put(kind, key, pack(tensors, {**meta, "key": key}))
@@ -44,7 +56,7 @@ def cached_embed(engine, params: dict):
     from ..generate import Embedding, embed
 
     key = embedding_key(engine, params)
-    hit = _fetch(engine, "embedding", key)
+    hit = fetch(engine, "embedding", key)
     if hit is not None:
         tensors, meta, tier = hit
         emb = Embedding([tensors[str(i)].to(engine.device) for i in range(len(tensors))],
@@ -54,7 +66,7 @@ def cached_embed(engine, params: dict):
     started = time.perf_counter()
     emb = embed(engine, **params)
     cost = time.perf_counter() - started
-    _keep(engine, "embedding", key, {str(i): t for i, t in enumerate(emb.tensors)},
+    keep(engine, "embedding", key, {str(i): t for i, t in enumerate(emb.tensors)},
           {"token_count": str(emb.token_count), "truncated": "1" if emb.truncated else "0",
            "cost_s": f"{cost:.6f}"})
     return emb, None
@@ -78,7 +90,7 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     with the request's generator just as diffusers' img2img pipeline does.
     """
     key = vae_latent_key(engine, image_sha256(image), width, height)
-    hit = _fetch(engine, "vae_latent", key)
+    hit = fetch(engine, "vae_latent", key)
     if hit is not None and hit[1].get("layout") in _LAYOUTS:
         tensors, meta, tier = hit
         engine.caches.record_saved("vae_latent", float(meta.get("cost_s", 0.0)))
@@ -91,7 +103,7 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     moments = vae.encode(pixels).latent_dist.parameters
     cost = time.perf_counter() - started
     layout = "channels_last" if _is_channels_last(moments) else "contiguous"
-    _keep(engine, "vae_latent", key, {"moments": moments},
+    keep(engine, "vae_latent", key, {"moments": moments},
           {"cost_s": f"{cost:.6f}", "layout": layout})
     return moments, None
 

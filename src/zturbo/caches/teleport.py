@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .encoders import drop, fetch, keep
 from .keys import teleport_key
-from .packing import pack, unpack
 
 log = logging.getLogger("zturbo.teleport")
 
@@ -92,23 +92,18 @@ def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = 
 
 def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | None:
     """The deepest stored latent for this image, or None. A bad entry is a miss and is removed."""
-    cache = engine.caches if replay.keys else None
     for step, key in replay.keys.items():  # deepest first
-        got = cache.get("teleport", key)
-        if got is None:
+        hit = fetch(engine, "teleport", key)
+        if hit is None:
             continue
-        data, tier = got
-        unpacked = unpack(data)
-        latents = unpacked[0].get("latents") if unpacked else None
-        valid = (unpacked is not None and unpacked[1].get("key") == key and latents is not None
-                 and tuple(latents.shape) == shape and latents.dtype == torch.float32
-                 and bool(torch.isfinite(latents).all()))
-        if not valid:
-            log.warning("teleport entry %s is invalid: treated as a miss and removed", key[:12])
-            cache.delete("teleport", key)
+        tensors, meta, tier = hit
+        latents = tensors.get("latents")
+        if (latents is None or tuple(latents.shape) != shape or latents.dtype != torch.float32
+                or not bool(torch.isfinite(latents).all())):
+            drop(engine, "teleport", key)
             continue
         replay.hit_step, replay.tier = step, tier
-        cache.record_saved("teleport", float(unpacked[1].get("saved_s", 0.0)))
+        engine.caches.record_saved("teleport", float(meta.get("saved_s", 0.0)))
         return latents
     return None
 
@@ -116,5 +111,5 @@ def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | Non
 def store(engine, replay: Replay, step_seconds: float) -> None:
     """Write the captured latents; ``step_seconds`` estimates the time a later hit saves."""
     for step, latents in replay.captured.items():
-        meta = {"key": replay.keys[step], "step": str(step), "saved_s": f"{step * step_seconds:.6f}"}
-        engine.caches.put("teleport", replay.keys[step], pack({"latents": latents}, meta))
+        keep(engine, "teleport", replay.keys[step], {"latents": latents},
+             {"step": str(step), "saved_s": f"{step * step_seconds:.6f}"})
