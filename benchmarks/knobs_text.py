@@ -16,7 +16,8 @@ from pathlib import Path
 
 import zturbo
 from zturbo.config import make_request
-from zturbo.generate import embed, embed_params, generate
+from zturbo.generate import embed_params, generate
+from zturbo.steps import embed
 
 LONG = "a red robot walking through the rain at night, neon signs, puddles, reflections, " * 20
 

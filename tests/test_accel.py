@@ -11,7 +11,7 @@ from conftest import pixels, run_cli
 from zturbo import accel
 from zturbo.config import load_settings
 from zturbo.errors import ZTurboError
-from zturbo.generate import denoise, embed, noise, sigmas
+from zturbo.steps import denoise, embed, noise, sigmas
 
 
 def load(**flags):

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from zturbo import costmodel as cm
 from zturbo.errors import ZTurboError
-from zturbo.generate import decode, embed, noise
+from zturbo.steps import decode, embed, noise
 
 
 def test_real_configuration_matches_the_published_arithmetic():

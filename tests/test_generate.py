@@ -4,9 +4,10 @@ import torch
 
 from conftest import pixels
 from zturbo.config import make_request
-from zturbo.generate import Cancelled, embed, generate, noise, sigmas
+from zturbo.generate import generate
 
 # pixels [0, :3, 0] and [-1, -3:, 2] of the demo model, "a red robot", seed 42, 64x64
+from zturbo.steps import Cancelled, embed, noise, sigmas
 GOLDEN = np.array([136, 137, 136, 105, 114, 107])
 
 

@@ -8,7 +8,8 @@ from PIL import Image
 from conftest import pixels
 from zturbo.config import make_request
 from zturbo.errors import ZTurboError
-from zturbo.generate import denoise, embed, generate, trajectory_sigmas
+from zturbo.generate import generate, trajectory_sigmas
+from zturbo.steps import denoise, embed
 from zturbo.caches.encoders import image_sha256
 from zturbo.img2img import Source, as_source, image_start
 

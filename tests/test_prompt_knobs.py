@@ -7,9 +7,10 @@ import torch
 from conftest import pixels, run_cli
 from zturbo import ZTurboError
 from zturbo.config import TEXT_TOKEN_LIMIT, load_settings, make_request
-from zturbo.generate import embed, embed_params, generate
+from zturbo.generate import embed_params, generate
+from zturbo.steps import embed
 from zturbo.long_prompts import encode_all, reduce
-from zturbo.models import text_token_limit
+from zturbo.steps import text_token_limit
 from zturbo.prompt_templates import available, builtin, find
 
 LONG = "a red robot walking through the rain at night, neon signs, puddles, " * 6
@@ -112,7 +113,7 @@ def test_reduce_and_chunked_encoding_shapes(engine):
 
 def test_text_token_limit_is_1504_and_checked(engine):
     assert text_token_limit(engine.pipe.transformer) == TEXT_TOKEN_LIMIT == 1504
-    from zturbo.generate import denoise, noise, sigmas
+    from zturbo.steps import denoise, noise, sigmas
 
     denoise(engine, [torch.randn(1504, 16)], noise(1, 32, 32), sigmas(1))  # fits
     with pytest.raises(IndexError):  # what the limit protects against: one more token

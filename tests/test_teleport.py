@@ -9,7 +9,8 @@ from conftest import pixels
 from zturbo.caches import teleport
 from zturbo.caches.keys import NOT_IN_TRAJECTORY, teleport_key
 from zturbo.config import LoraPick, Pass, Request, load_settings, make_request
-from zturbo.generate import embed_request, decode, denoise, noise, sigmas
+from zturbo.generate import embed_request
+from zturbo.steps import decode, denoise, sigmas
 
 SIZE = {"width": 64, "height": 64}
 

@@ -8,7 +8,8 @@ from conftest import pixels
 from zturbo import ZTurboError
 from zturbo.config import make_request
 from zturbo.dype import DyPE, DypeRope, axis_frequencies
-from zturbo.generate import denoise, embed, generate, noise, sigmas
+from zturbo.generate import generate
+from zturbo.steps import denoise, embed, noise, sigmas
 from zturbo.slg import SLG
 
 
@@ -51,7 +52,7 @@ def test_dype_fades_to_plain_rope_frequencies(engine):
     rope = engine.pipe.transformer.rope_embedder
     base = rope.theta ** -(torch.arange(0, 4, 2, dtype=torch.float64) / 4)
     for method in ("ntk", "yarn"):
-        late = axis_frequencies(DyPE(method), 4, rope.theta, 64, 2.0, 2.0, sigma=0.0)
+        _late = axis_frequencies(DyPE(method), 4, rope.theta, 64, 2.0, 2.0, sigma=0.0)
         early = axis_frequencies(DyPE(method), 4, rope.theta, 64, 2.0, 2.0, sigma=1.0)
         assert not torch.allclose(early, base)
         assert torch.all(early <= base + 1e-12)  # extrapolation lowers frequencies

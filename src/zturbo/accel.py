@@ -34,7 +34,7 @@ BACKENDS = ("native", "flash", "_flash_3", "sage", "xformers")
 
 def attention_status(device: torch.device, dtype: torch.dtype) -> dict[str, str | None]:
     """Each backend zturbo offers: None when usable on this device and dtype, else why not."""
-    from diffusers.utils import import_utils as iu
+    from diffusers.utils import import_utils as iu  # lazy: keeps CLI start fast
 
     def need(installed: bool, package: str, cuda_only: bool = True, half: bool = True,
              hopper: bool = False) -> str | None:
@@ -121,7 +121,7 @@ def steps_mask(spec: dict[str, Any], steps: int) -> list[int] | None:
 def _import_cache_dit():
     os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # read once, at import
     try:
-        import cache_dit
+        import cache_dit  # lazy: keeps CLI start fast
     except ImportError:
         raise ZTurboError("step caching needs cache-dit: pip install 'zturbo[accel]'") from None
     return cache_dit
@@ -231,7 +231,7 @@ def teleport_exact(engine, steps: int | None = None, start: int | None = None) -
 
 
 def prepare_denoise(engine, first_step: int, total_steps: int, guidance: float = 0.0) -> None:
-    """Called by ``generate.denoise`` before each DiT run (under the engine's lock).
+    """Called by ``steps.denoise`` before each DiT run (under the engine's lock).
 
     Rebuilds cache-dit's context for this run: fresh counters and buffers, and the step
     mask's tail from ``first_step``. Also rejects what a chosen kernel cannot run.
@@ -280,23 +280,3 @@ def apply(engine) -> None:
             compile=compiled)
     # the teleport asks engine.teleport_exact() before resuming (caches/teleport.py)
     engine.teleport_exact = functools.partial(teleport_exact, engine)
-
-
-def warmup(engine, sizes: tuple[tuple[int, int], ...] = ((1024, 1024),), steps: int = 2) -> dict:
-    """Run a short generation per size so compile (and kernel autotuning) happens now, not
-    in the first request. Returns seconds per size; a server calls it at start."""
-    import time
-
-    from .generate import denoise, embed, noise, sigmas
-
-    spec = step_cache(engine)
-    if spec and spec.get("mask"):
-        steps = len(spec["mask"])  # an explicit mask fixes the step count
-    seconds = {}
-    with engine.lock:
-        emb = embed(engine, "warm-up", 32).tensors
-        for width, height in sizes:
-            started = time.perf_counter()
-            denoise(engine, emb, noise(0, width, height), sigmas(steps))
-            seconds[f"{width}x{height}"] = time.perf_counter() - started
-    return seconds

@@ -5,7 +5,6 @@ Errors a user can fix print one line on stderr and exit with status 2.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -15,7 +14,18 @@ import typer
 
 from .config import bucket_size, load_settings, make_request
 from .errors import ZTurboError
+from . import models, prompt_cli
+from .caches.cli import cache_app
+from .config import config_path
+from .generate import generate as run
+from .generate import steps_run
+from .img2img import as_source, source_size
+from .metadata import read
+from .profiler import command as profile_command
+from .prompt_cli import embeddings_fields, layer_list
+from .server.command import serve
 from .options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
+    friendly_errors,
     Model,
     Profile,
     Device,
@@ -51,25 +61,6 @@ config_app = typer.Typer(help="Show the effective configuration.", no_args_is_he
 app.add_typer(config_app, name="config")
 
 
-def friendly_errors(fn):
-    """Turn a ZTurboError into one line on stderr and exit status 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ZTurboError as exc:
-            typer.echo(f"zturbo: error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("zturbo: interrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-
-
 def _engine_flags(lora, transformer_file, text_encoder_quant, offload, text_encoder_device,
                   vae_device) -> dict[str, Any]:
     """Settings flags for the engine-level knobs (weights, quantisation, placement)."""
@@ -81,7 +72,7 @@ def _engine_flags(lora, transformer_file, text_encoder_quant, offload, text_enco
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E501 - lazy: keeps CLI start fast
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), transient=True,
@@ -92,8 +83,6 @@ def _request_fields(from_image: Path | None, given: dict[str, Any]) -> tuple[dic
     """Request fields: flags given over the parameters stored in ``--from IMAGE``."""
     if from_image is None:
         return given, None
-    from .metadata import read
-
     stored = read(from_image)
     fields = {k: v for k, v in stored.get("request", {}).items() if k != "num_images"}
     fields.update({k: v for k, v in given.items() if v is not None})
@@ -151,11 +140,6 @@ def generate(
     attention: Attention = None, compile_: Compile = None, compile_mode: CompileMode = None,
 ) -> None:
     """Generate images and save them as PNGs with their parameters embedded."""
-    from . import models
-    from .prompt_cli import embeddings_fields, layer_list
-    from .generate import generate as run, steps_run
-    from .img2img import as_source, source_size
-
     if prompt_file is not None:
         try:
             prompt = prompt_file.read_text().strip()
@@ -237,13 +221,9 @@ def info(
 ) -> None:
     """Print the parameters stored in IMAGE, or load a model and print its fingerprint."""
     if image is not None:
-        from .metadata import read
-
         data = read(image)
         typer.echo(json.dumps(data, indent=2) if as_json else data["parameters"])
         return
-    from . import models
-
     settings, _ = load_settings(profile, {
         "model": model, "device": device, "dtype": dtype,
         **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
@@ -263,8 +243,6 @@ def config_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print every setting's effective value and where it came from."""
-    from .config import config_path
-
     settings, sources = load_settings(profile)
     values = settings.model_dump(mode="json")
     if as_json:
@@ -277,19 +255,10 @@ def config_show(
         typer.echo(f"{key:22} {json.dumps(shown):40} {sources[key]}")
 
 
-from .caches.cli import cache_app  # noqa: E402 - needs friendly_errors and Profile above
-
 app.add_typer(cache_app(friendly_errors, Profile), name="cache")
-
-from .server.command import serve  # noqa: E402  (zturbo serve; FastAPI loads only when run)
-
-app.command()(friendly_errors(serve))
-
-from . import prompt_cli  # noqa: E402,F401  (registers `zturbo encode` and `zturbo templates`)
-
-
-from .profiler import command as profile_command  # noqa: E402 - takes the option types above
-
+app.command()(friendly_errors(serve))  # zturbo serve; FastAPI loads only when it runs
+app.add_typer(prompt_cli.templates_app, name="templates")
+app.command()(prompt_cli.encode)
 app.command("profile")(friendly_errors(profile_command(
     Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset, Compile)))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from .config import Settings
+
 
 def _rows(command) -> list[str]:
     rows = []
@@ -71,8 +73,6 @@ height = 768
 
 
 def render_settings() -> str:
-    from .config import Settings
-
     rows = []
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)

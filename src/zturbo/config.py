@@ -13,7 +13,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import platformdirs
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -34,19 +33,21 @@ from pydantic_settings import (
 )
 
 from .errors import ZTurboError
+from .lora import LoraPick, pick_loras
+from .paths import state_dir
+from .prompt_templates import MAX_TEMPLATE_CHARS, find
 
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 MAX_STEPS = 100
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes any int64
 # Z-Image's DiT text-position limit: axes_lens[0] = 1536 RoPE positions; captions sit at
 # positions 1..P (P = tokens padded to a multiple of 32) and the image at P + 1, so P + 1
-# <= 1535 and P <= 1504 (models.text_token_limit derives it from a loaded model's config).
+# <= 1535 and P <= 1504 (steps.text_token_limit derives it from a loaded model's config).
 TEXT_TOKEN_LIMIT = 1504
 LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 DYPE_METHODS = ("off", "vision_yarn", "yarn", "ntk")
 LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]
 DypeMethod = Literal["off", "vision_yarn", "yarn", "ntk"]
-MAX_TEMPLATE_CHARS = 4000
 
 # Official resolution buckets (Tongyi-MAI's Z-Image demo), keyed by bucket then aspect.
 ASPECTS = ("1:1", "9:7", "7:9", "4:3", "3:4", "3:2", "2:3", "16:9", "9:16", "21:9", "9:21")
@@ -80,12 +81,6 @@ def nearest_multiples(value: int, multiple: int = 16) -> tuple[int, int]:
     """The valid sizes either side of ``value`` (the lower one is at least ``multiple``)."""
     lower = max(multiple, value // multiple * multiple)
     return lower, lower + multiple
-
-
-def state_dir() -> Path:
-    """The state dir (demo models, caches, outputs): ``$ZTURBO_HOME`` or the user data dir."""
-    home = os.environ.get("ZTURBO_HOME")
-    return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("zturbo"))
 
 
 def config_path() -> Path:
@@ -374,17 +369,6 @@ class Pass(BaseModel):
     strength: float = Field(gt=0.0, le=1.0)
 
 
-class LoraPick(BaseModel):
-    """A LoRA chosen per request by *name* from ``lora_dirs``; ``make_request`` fills in the
-    file's sha256 so the teleport key follows the file's content, not its name."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, max_length=128)
-    scale: float = Field(1.0, ge=-10.0, le=10.0)
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-
-
 def parse_passes(text: str) -> tuple[Pass, ...]:
     """``"0.5:8:1.0,1.0:4:0.45"`` -> passes of (scale, steps, strength)."""
     passes = []
@@ -564,8 +548,6 @@ def make_request(settings: Settings, **fields: Any) -> Request:
         values["template"] = "none"
         values.pop("template_body", None)
     elif not values.get("template_body"):
-        from .prompt_templates import find
-
         values["template_body"] = find(values["template"], settings).body
     values.setdefault("teleport", settings.teleport)
     if values.get("image") is not None:
@@ -573,8 +555,6 @@ def make_request(settings: Settings, **fields: Any) -> Request:
     if isinstance(values.get("passes"), str):
         values["passes"] = parse_passes(values["passes"])
     if values.get("loras"):
-        from .lora import pick_loras
-
         values["loras"] = pick_loras(values["loras"], settings.lora_dirs)
     values.setdefault("vae_tile_size", settings.vae_tile_size)
     values.setdefault("vae_tile_overlap", settings.vae_tile_overlap)

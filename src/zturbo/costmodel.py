@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .errors import ZTurboError
+
 
 @dataclass(frozen=True)
 class DiTShape:
@@ -225,8 +227,6 @@ def estimate(gpu: str, width: int, height: int, steps: int = 8, dtype: str = "bf
              resume_from: int | None = None) -> dict:
     """FLOPs, bytes and floor seconds per stage on one GPU; ``resume_from`` k runs steps k.."""
     if gpu not in GPUS:
-        from .errors import ZTurboError
-
         raise ZTurboError(f"unknown GPU {gpu!r}: choose one of {', '.join(GPUS)}")
     card = GPUS[gpu]
     costs = stages(shape, width, height, steps, prompt_tokens, dtype=dtype)

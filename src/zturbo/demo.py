@@ -74,7 +74,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</t
 
 def build_tokenizer(vocab_size: int = 600):
     """A Qwen2Tokenizer over a byte-level BPE trained locally (deterministic)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # lazy: keeps CLI start fast
     from transformers import Qwen2Tokenizer
 
     bpe = Tokenizer(models.BPE())
@@ -97,13 +97,13 @@ def build_tokenizer(vocab_size: int = 600):
 
 def build_pipeline(name: str):
     """The demo pipeline in memory, with deterministic random weights."""
-    from diffusers import (
+    from diffusers import (  # lazy: keeps CLI start fast
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         ZImagePipeline,
         ZImageTransformer2DModel,
     )
-    from transformers import Qwen3Config, Qwen3Model
+    from transformers import Qwen3Config, Qwen3Model  # lazy: keeps CLI start fast
 
     r = RECIPES[name]
     tokenizer = build_tokenizer()

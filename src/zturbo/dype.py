@@ -120,7 +120,7 @@ class DypeRope:
 
 @functools.cache
 def _hook_class():
-    from diffusers.hooks import ModelHook
+    from diffusers.hooks import ModelHook  # lazy: keeps CLI start fast
 
     class DypeHook(ModelHook):
         """Per forward: read sigma and the latent grid, swap the rope embedder, restore it."""
@@ -149,7 +149,7 @@ def applied(transformer, dype: DyPE | None) -> Iterator[None]:
     if dype is None:
         yield
         return
-    from diffusers.hooks import HookRegistry
+    from diffusers.hooks import HookRegistry  # lazy: keeps CLI start fast
 
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(_hook_class()(dype), HOOK_NAME)

@@ -21,9 +21,11 @@ from typing import Any
 
 import torch
 
+from .caches.encoders import cached_embed
 from .config import Request
 from .errors import ZTurboError
-from .generate import Embedding, embed_params
+from .generate import embed_params
+from .steps import Embedding, text_token_limit
 
 FORMAT = "zturbo-embeddings"
 VERSION = "1"
@@ -85,8 +87,6 @@ def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
 def encode(engine, request: Request) -> EmbeddingFile:
     """The request's prompt (and negative prompt, if any) through the engine's encoder
     (and its embedding cache)."""
-    from .caches.encoders import cached_embed
-
     with engine.lock:
         emb, _ = cached_embed(engine, embed_params(request))
         tensors = {"prompt": emb.tensors[0].detach().cpu().contiguous()}
@@ -108,7 +108,7 @@ def encode(engine, request: Request) -> EmbeddingFile:
 
 def to_bytes(file: EmbeddingFile) -> bytes:
     """The safetensors bytes (what ``POST /api/encode`` returns)."""
-    from safetensors.torch import save
+    from safetensors.torch import save  # lazy: keeps CLI start fast
 
     return save(file.tensors, metadata=file.metadata)
 
@@ -132,7 +132,7 @@ def save(file: EmbeddingFile, path: str | Path) -> Path:
 
 def from_bytes(data: bytes, source: str = "embeddings") -> EmbeddingFile:
     """Parse and check safetensors bytes: known names, 2-D float tensors, our format tag."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError  # lazy: keeps CLI start fast
     from safetensors.torch import load
 
     if len(data) > MAX_FILE_BYTES:
@@ -178,8 +178,6 @@ def load(path: str | Path) -> EmbeddingFile:
 
 def check_compatible(file: EmbeddingFile, engine) -> None:
     """The DiT must take this hidden size and this many tokens, or a clear error."""
-    from .models import text_token_limit
-
     transformer = engine.pipe.transformer
     want = int(transformer.config.cap_feat_dim)
     for name, t in file.tensors.items():

@@ -1,14 +1,12 @@
-"""Generation as a few named functions: embed -> noise -> denoise(sigmas[k:]) -> decode.
+"""Generation of one Request: the orchestration over the steps (``steps.py``).
 
-Sigmas are data: ``sigmas(steps)`` is the unshifted schedule diffusers uses for Z-Image
-(``linspace(1, 1/N, N)``); the scheduler applies the shift element-wise, so resuming after
-step k with ``sigmas[k+1:]`` continues the very same trajectory.
+embedding cache -> teleport plan/lookup -> denoise the rest -> store resume points ->
+decode, one image per seed, under the engine lock and the request's LoRAs and VAE tiling.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,33 +15,31 @@ import torch
 from PIL import Image
 
 from . import dype as dype_rope
-from . import long_prompts, slg as skip_layer
-from .accel import prepare_denoise
+from . import slg as skip_layer
+from .caches import teleport
+from .caches.encoders import cached_embed
+from .caches.packing import tensor_digest
 from .config import Request, img2img_start_step
 from .errors import ZTurboError
 from .img2img import Source, Start, check_source, image_start
-from .placement import component_device
-from .prompt_templates import apply_template
+from .lora import request_loras
+from .metadata import save_png
+from .multipass import pass_request, pass_size, pass_steps
+from .steps import (  # noqa: F401 - the steps stay importable from here
+    LATENT_CHANNELS,
+    Cancelled,
+    Embedding,
+    StepBlend,
+    StepCallback,
+    check_text_limit,
+    decode,
+    denoise,
+    embed,
+    latent_shape,
+    noise,
+    sigmas,
+)
 from .vae import vae_tiling
-
-# on_step(done, total, latents): called after each DiT pass; raise Cancelled to stop.
-StepCallback = Callable[[int, int, torch.Tensor], None]
-# blend(step, latents) -> latents: applied after each DiT pass (inpaint keeps the source).
-StepBlend = Callable[[int, torch.Tensor], torch.Tensor]
-LATENT_CHANNELS = 16
-
-
-class Cancelled(ZTurboError):
-    """Raised from a step callback to stop a generation at the next step."""
-
-
-@dataclass
-class Embedding:
-    """Prompt embeddings as the DiT takes them: one [tokens, hidden] tensor per prompt."""
-
-    tensors: list[torch.Tensor]
-    token_count: int  # tokens of the templated prompt before truncation
-    truncated: bool
 
 
 @dataclass
@@ -60,164 +56,7 @@ class Result:
 
     def save(self, pattern: str | Path) -> list[Path]:
         """Save each image as PNG with its parameters; ``{seed}`` in the pattern is filled."""
-        from .metadata import save_png
-
         return [save_png(self, i, pattern) for i in range(len(self.images))]
-
-
-def sigmas(steps: int) -> list[float]:
-    """The unshifted Z-Image schedule: ``steps`` DiT passes from sigma 1 down to 1/steps."""
-    return torch.linspace(1.0, 1.0 / steps, steps).tolist()
-
-
-def _chat(tokenizer, prompt: str) -> str:
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True,
-        enable_thinking=True,
-    )
-
-
-def check_text_limit(engine, max_sequence_length: int) -> None:
-    """A clear error when the DiT cannot place that many prompt tokens."""
-    from .models import text_token_limit
-
-    limit = text_token_limit(engine.pipe.transformer)
-    if max_sequence_length > limit:
-        raise ZTurboError(
-            f"max_sequence_length {max_sequence_length} is above this model's text-position "
-            f"limit {limit} (axes_lens[0] = {engine.pipe.transformer.config.axes_lens[0]})"
-        )
-
-
-def _check_hidden_layer(text_encoder, layer: int) -> None:
-    n = int(text_encoder.config.num_hidden_layers)
-    if not -(n + 1) <= layer <= n:
-        raise ZTurboError(f"hidden_layer {layer} is out of range for this text encoder "
-                          f"({n} layers: use {-(n + 1)}..{n}; -2 is the default)")
-
-
-@torch.no_grad()
-def embed(engine, prompt: str, max_sequence_length: int = 512, hidden_layer: int = -2, *,
-          long_prompt: str = "truncate", template_body: str | None = None) -> Embedding:
-    """Qwen3 hidden states of the chat-templated prompt, padding stripped (as diffusers does).
-
-    ``template_body`` wraps the prompt first; ``hidden_layer`` picks the encoder layer
-    (-2, the default, is diffusers' choice); a prompt over ``max_sequence_length`` tokens
-    is truncated or, with another ``long_prompt`` mode, encoded whole and reduced
-    (``long_prompts.reduce``).
-    """
-    pipe = engine.pipe
-    if pipe.text_encoder is None:
-        raise ZTurboError("this engine was loaded without a text encoder (generator-only): "
-                          "give prompt embeddings from `zturbo encode` (--embeddings FILE)")
-    check_text_limit(engine, max_sequence_length)
-    _check_hidden_layer(pipe.text_encoder, hidden_layer)
-    if template_body:
-        prompt = apply_template(template_body, prompt)
-    text = _chat(pipe.tokenizer, prompt)
-    ids = pipe.tokenizer(text).input_ids
-    token_count = len(ids)
-    if token_count > max_sequence_length and long_prompt != "truncate":
-        hidden = long_prompts.encode_all(pipe.text_encoder, ids, hidden_layer, engine.device)
-        reduced = long_prompts.reduce(hidden, max_sequence_length, long_prompt)
-        return Embedding([reduced], token_count, False)
-    inputs = pipe.tokenizer(text, padding="max_length", max_length=max_sequence_length,
-                            truncation=True, return_tensors="pt")
-    device = component_device(engine, "text_encoder")
-    mask = inputs.attention_mask.to(device).bool()
-    out = pipe.text_encoder(input_ids=inputs.input_ids.to(device), attention_mask=mask,
-                            output_hidden_states=True)
-    hidden = out.hidden_states[hidden_layer]
-    return Embedding([hidden[0][mask[0]].to(engine.device)], token_count,
-                     token_count > max_sequence_length)
-
-
-
-def latent_shape(width: int, height: int) -> tuple[int, int, int, int]:
-    """Shape of one image's latents (the VAE downsamples 8x, the DiT patches 2x2)."""
-    return (1, LATENT_CHANNELS, 2 * (height // 16), 2 * (width // 16))
-
-
-def noise(seed: int, width: int, height: int) -> torch.Tensor:
-    """Initial latents from a CPU generator: the same seed gives the same noise on any device."""
-    shape = latent_shape(width, height)
-    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed),
-                       dtype=torch.float32)
-
-
-def _pipeline_view(engine, shift: float):
-    """A pipeline over the engine's loaded modules with its own scheduler and call state.
-
-    diffusers pipelines keep per-call state (guidance, interrupt flag, scheduler steps) on
-    the pipeline object; a view per call keeps that state out of the shared engine.
-    """
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    base = engine.pipe
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(base.scheduler.config, shift=shift)
-    view = type(base)(**{**base.components, "scheduler": scheduler})
-    view.set_progress_bar_config(disable=True)
-    return view
-
-
-@torch.no_grad()
-def denoise(
-    engine,
-    embeds: list[torch.Tensor],
-    latents: torch.Tensor,
-    sigma_list: list[float],
-    *,
-    guidance: float = 0.0,
-    shift: float = 3.0,
-    negative: list[torch.Tensor] | None = None,
-    on_step: StepCallback | None = None,
-    first_step: int = 0,
-    total_steps: int | None = None,
-    dype: dype_rope.DyPE | None = None,
-    slg: skip_layer.SLG | None = None,
-    blend: StepBlend | None = None,
-) -> torch.Tensor:
-    """Run the DiT over ``sigma_list`` from ``latents``; returns the final float32 latents.
-
-    ``first_step`` and ``total_steps`` number the steps reported to ``on_step`` (a resumed
-    run starts part-way through its trajectory) and place SLG's active window; ``blend``
-    gets the same step numbers (0-based), so a resumed inpaint blends exactly as the full
-    run did. ``dype`` and ``slg`` hook the shared transformer for this call only (the engine
-    lock is held).
-    """
-    total = total_steps or first_step + len(sigma_list)
-    prepare_denoise(engine, first_step, total, guidance)  # fresh step-cache state per run
-    view = _pipeline_view(engine, shift)
-
-    def callback(pipe, i, t, kwargs):
-        out = {}
-        if blend is not None:
-            out["latents"] = blend(first_step + i, kwargs["latents"])
-        if on_step is not None:
-            on_step(first_step + i + 1, total, out.get("latents", kwargs["latents"]))
-        return out
-
-    height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
-    transformer = engine.pipe.transformer
-    with dype_rope.applied(transformer, dype), \
-            skip_layer.applied(transformer, slg, first_step, total):
-        out = view(
-            prompt_embeds=embeds, negative_prompt_embeds=negative if guidance > 0 else None,
-            latents=latents.to(engine.device), sigmas=sigma_list, guidance_scale=guidance,
-            height=height, width=width, output_type="latent", callback_on_step_end=callback,
-            return_dict=False,
-        )
-    return out[0]
-
-
-@torch.no_grad()
-def decode(engine, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE decode of final latents into PIL images."""
-    vae = engine.pipe.vae
-    latents = latents.to(component_device(engine, "vae"), vae.dtype)
-    latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-    pixels = vae.decode(latents, return_dict=False)[0]
-    return engine.pipe.image_processor.postprocess(pixels, output_type="pil")
 
 
 def embed_params(request: Request, negative: bool = False) -> dict[str, Any]:
@@ -239,9 +78,6 @@ def embed_request(engine, request: Request, embeddings=None
     the teleport key. A request naming precomputed embeddings (``embeddings_sha256``) takes
     them from ``embeddings`` (an ``embedfile.EmbeddingFile``), never from the encoder.
     """
-    from .caches.encoders import cached_embed
-    from .caches.packing import tensor_digest
-
     if request.embeddings_sha256 is not None:
         if embeddings is None or embeddings.sha256 != request.embeddings_sha256:
             raise ZTurboError(
@@ -269,8 +105,6 @@ def trajectory_sigmas(request: Request) -> list[float]:
 
 def steps_run(request: Request) -> int:
     """DiT passes one image of ``request`` runs (strength runs fewer, passes more)."""
-    from .multipass import pass_steps
-
     return pass_steps(request) if request.passes else len(trajectory_sigmas(request))
 
 
@@ -287,8 +121,6 @@ def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, dige
              on_step: StepCallback | None = None) -> tuple[Image.Image, dict[str, Any]]:
     """One image through teleport: resume a stored latent of its trajectory, or run it in
     full and store its resume points; then decode. The engine lock must be held."""
-    from .caches import teleport
-
     schedule = trajectory_sigmas(request)
     replay = teleport.plan(engine, request.for_seed(seed), seed, digest, steps=len(schedule))
     t = time.perf_counter()
@@ -317,6 +149,31 @@ def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, dige
     return image, replay.report()
 
 
+def run_passes(engine, request: Request, seed: int, emb, negative, digest: str, source: Source,
+               timings: dict[str, float], on_step=None) -> tuple[Image.Image, dict]:
+    """One seed through every pass (each through teleport); the engine lock must be held.
+    Returns the image and the last pass's teleport report with every pass's under
+    ``passes``."""
+    if source.mask is not None:
+        raise ZTurboError("multi-pass does not combine with an inpaint mask")
+    total, done = pass_steps(request), 0
+
+    def step(n, _total, latents):
+        if on_step is not None:
+            on_step(done + n, total, latents)
+
+    image, reports = source.image, []
+    for p in request.passes:
+        if image is not None:
+            image = image.resize(pass_size(request, p), Image.Resampling.LANCZOS)
+        sub = pass_request(request, p, seed, image)
+        image, report = run_seed(engine, sub, seed, emb, negative, digest, Source(image=image),
+                                 timings, step)
+        reports.append(report)
+        done += steps_run(sub)
+    return image, {**reports[-1], "passes": reports}
+
+
 def generate(engine, request: Request, on_step: StepCallback | None = None,
              source: Source | None = None, *, embeddings=None) -> Result:
     """Run one Request: one image per seed, each exactly what a single-seed run gives.
@@ -327,16 +184,12 @@ def generate(engine, request: Request, on_step: StepCallback | None = None,
     ``embeddings`` (an ``embedfile.EmbeddingFile``) is required when the request names
     precomputed prompt embeddings (``request.embeddings_sha256``).
     """
-    from .multipass import run_passes
-
     source = source or Source()
     check_source(request, source)
     timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
     started = time.perf_counter()
     images: list[Image.Image] = []
     replays: list[dict[str, Any]] = []
-    from .lora import request_loras
-
     with engine.lock, vae_tiling(engine.pipe.vae, request), request_loras(engine, request.loras):
         t = time.perf_counter()
         emb, negative, digest = embed_request(engine, request, embeddings)

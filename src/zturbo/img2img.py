@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .config import SHA256_HEX, Request, img2img_start_step
+from .caches.encoders import image_sha256, vae_moments
+from .config import SHA256_HEX, Request
 from .errors import ZTurboError
+from .steps import latent_shape
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,6 @@ def as_source(image: Image.Image | str | Path | None, mask: Image.Image | str | 
             return value.convert(mode)
         return load_image(value, max_pixels=max_pixels, mode=mode)
 
-    from .caches.encoders import image_sha256  # caches import generate, which imports us
-
     source = Source(pixels(image, "RGB"), pixels(mask, "L"))
     fields = {name: image_sha256(im) for name, im in
               (("image", source.image), ("mask", source.mask)) if im is not None}
@@ -80,8 +80,6 @@ def source_size(source: Source) -> dict[str, int]:
 
 def check_source(request: Request, source: Source) -> None:
     """The pixels passed alongside must be the ones the Request names."""
-    from .caches.encoders import image_sha256
-
     for name in ("image", "mask"):
         want, given = getattr(request, name), getattr(source, name)
         if want is None and given is None:
@@ -100,14 +98,12 @@ def encode_image(engine, image: Image.Image, width: int, height: int) -> torch.T
     Every VAE encode of a source goes through here. The posterior, not a sample, is what
     is seed-independent and therefore cacheable.
     """
-    from .caches.encoders import vae_moments
-
     return vae_moments(engine, image, width, height)[0]
 
 
 def shifted_sigmas(engine, sigma_list: list[float], shift: float) -> torch.Tensor:
     """The sigmas the scheduler steps through for ``sigma_list`` (shifted, ending at 0)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler  # lazy: keeps CLI start fast
 
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(engine.pipe.scheduler.config,
                                                             shift=shift)
@@ -136,7 +132,7 @@ def start_latents(engine, posterior: torch.Tensor, seed: int, sigma_list: list[f
                   shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noised start latents, noise, clean image latents), drawn as diffusers draws them:
     one CPU generator seeded with ``seed`` samples the posterior, then the noise."""
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # lazy: CLI start
     from diffusers.utils.torch_utils import randn_tensor
 
     vae = engine.pipe.vae
@@ -154,13 +150,11 @@ def start_latents(engine, posterior: torch.Tensor, seed: int, sigma_list: list[f
 def mask_latents(engine, mask: Image.Image, width: int, height: int) -> torch.Tensor:
     """The inpaint mask at latent size (1 = repaint, 0 = keep), as ZImageInpaintPipeline
     makes it: grayscale, binarised at 0.5, nearest-neighbour down to the latent grid."""
-    from diffusers.image_processor import VaeImageProcessor
+    from diffusers.image_processor import VaeImageProcessor  # lazy: keeps CLI start fast
 
     pipe = engine.pipe
     processor = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor * 2, do_normalize=False,
                                   do_binarize=True, do_convert_grayscale=True)
-    from .generate import latent_shape
-
     pixels = processor.preprocess(mask, height=height, width=width)
     size = latent_shape(width, height)[-2:]
     return torch.nn.functional.interpolate(pixels, size=size, mode="nearest").to(torch.float32)

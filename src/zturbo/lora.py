@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from .errors import ZTurboError
+from .hashing import file_sha256
 
 MAX_LORAS = 8
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -92,8 +95,6 @@ def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str
     Fused (the default) they cost nothing per step. Quantised (GGUF) weights cannot take a
     fused delta, so there the adapters stay as active peft layers with their scales.
     """
-    from .models import _file_sha256
-
     if len(specs) > MAX_LORAS:
         raise ZTurboError(f"{len(specs)} LoRAs given; the limit is {MAX_LORAS}")
     names, identities = [], []
@@ -113,7 +114,7 @@ def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str
             raise ZTurboError(f"LoRA {spec.path}: none of its keys match this transformer "
                               f"(a LoRA for another model?)")
         names.append(adapter)
-        identities.append({"file": spec.path.name, "sha256": _file_sha256(spec.path),
+        identities.append({"file": spec.path.name, "sha256": file_sha256(spec.path),
                            "scale": spec.scale, "fused": fuse})
     if names:
         pipe.set_adapters(names, adapter_weights=[s.scale for s in specs])
@@ -125,6 +126,17 @@ def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str
 
 # -- per-request LoRAs (HTTP: by name from lora_dirs) ------------------------------------------
 
+class LoraPick(BaseModel):
+    """A LoRA chosen per request by *name* from ``lora_dirs``; ``make_request`` fills in the
+    file's sha256 so the teleport key follows the file's content, not its name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=128)
+    scale: float = Field(1.0, ge=-10.0, le=10.0)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
 MAX_REQUEST_ADAPTERS = 8  # adapters kept loaded for requests; the oldest is dropped past this
 # sha256 -> the file pick_loras resolved it to (content-addressed: a request names a LoRA by
 # the hash make_request put in it, so the worker finds the same file whatever settings it has)
@@ -134,9 +146,6 @@ _PICKED: dict[str, Path] = {}
 def pick_loras(picks, lora_dirs: list[str]) -> tuple:
     """Request LoRA picks (``{"name", "scale"}`` or ``"NAME[:SCALE]"``) resolved to files in
     ``lora_dirs``, each with its sha256 (the teleport key follows content, not names)."""
-    from .config import LoraPick
-    from .models import _file_sha256
-
     out = []
     for pick in picks:
         if isinstance(pick, str):
@@ -144,7 +153,7 @@ def pick_loras(picks, lora_dirs: list[str]) -> tuple:
             pick = {"name": head, "scale": float(tail)} if sep and head else {"name": pick}
         pick = LoraPick.model_validate(pick) if not isinstance(pick, LoraPick) else pick
         path = resolve_lora(pick.name, lora_dirs)
-        sha = _file_sha256(path)
+        sha = file_sha256(path)
         _PICKED[sha] = path
         out.append(pick.model_copy(update={"sha256": sha}))
     return tuple(out)
@@ -163,10 +172,8 @@ def request_loras(engine, picks):
     names = []
     for pick in picks:
         if pick.sha256 not in loaded:
-            from .models import _file_sha256
-
             path = _PICKED.get(pick.sha256) or resolve_lora(pick.name, engine.settings.lora_dirs)
-            if _file_sha256(path) != pick.sha256:
+            if file_sha256(path) != pick.sha256:
                 raise ZTurboError(f"LoRA {pick.name!r} changed since the request was made")
             adapter = f"req_{pick.sha256[:16]}"
             try:

@@ -1,7 +1,8 @@
 """Measuring: medians of repeated timings, peak memory, PSNR, markdown tables, JSON reports.
 
 Shared by ``zturbo profile`` and the scripts in benchmarks/, so every number in
-docs/performance.md is taken and printed the same way.
+docs/performance.md is taken and printed the same way; ``warmup`` runs the compile and
+kernel autotuning before a server's first request.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .accel import step_cache
+from .steps import denoise, embed, noise, sigmas
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -102,3 +106,19 @@ def report(path: Path, title: str, meta: dict[str, Any], rows: list[dict]) -> li
     write_json(path, {"meta": {**runtime, **meta}, "rows": rows})
     print(f"\n{title}\n\n{markdown_table(rows)}")
     return rows
+
+
+def warmup(engine, sizes: tuple[tuple[int, int], ...] = ((1024, 1024),), steps: int = 2) -> dict:
+    """Run a short generation per size so compile (and kernel autotuning) happens now, not
+    in the first request. Returns seconds per size; a server calls it at start."""
+    spec = step_cache(engine)
+    if spec and spec.get("mask"):
+        steps = len(spec["mask"])  # an explicit mask fixes the step count
+    seconds = {}
+    with engine.lock:
+        emb = embed(engine, "warm-up", 32).tensors
+        for width, height in sizes:
+            started = time.perf_counter()
+            denoise(engine, emb, noise(0, width, height), sigmas(steps))
+            seconds[f"{width}x{height}"] = time.perf_counter() - started
+    return seconds

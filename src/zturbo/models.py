@@ -8,8 +8,6 @@ Every cache keys on it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import socket
@@ -24,75 +22,31 @@ from urllib.parse import urlparse
 import torch
 
 from . import accel, demo
-from .config import DEFAULT_MODEL, Settings, load_settings, state_dir
-from .errors import ModelUnavailable, ZTurboError
+from .caches import build_cache
+from .config import DEFAULT_MODEL, Settings, load_settings, make_request, state_dir
+from .errors import ModelUnavailable
+from .generate import generate
+from .hashing import digest, file_sha256
+from .img2img import as_source, source_size
+from .lora import apply_loras, parse_lora
+from .placement import pick_device, pick_dtype, place
+from .quant import load_transformer_file, text_encoder_quant_config
+from .steps import text_token_limit  # noqa: F401 - documented here as well
 
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model", ".jinja")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def quiet_libraries() -> None:
     """Turn off the libraries' own progress bars and chatter (we show our own progress)."""
-    import diffusers
+    import diffusers  # lazy: keeps CLI start fast
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ZTurboError(f"device {name!r} asked for, but CUDA is not available here")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
-
-
-def digest(data: Any) -> str:
-    """sha256 of a JSON-able value in canonical form."""
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered in the state dir by (path, size, mtime) so it runs once."""
-    stat = path.stat()
-    memo_key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo_path = state_dir() / "file_hashes.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if memo_key in memo:
-        return memo[memo_key]
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    memo[memo_key] = h.hexdigest()
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass  # a memo is an optimisation only
-    return memo[memo_key]
 
 
 def weights_identity(folder: Path, component: str) -> str:
@@ -104,7 +58,7 @@ def weights_identity(folder: Path, component: str) -> str:
         return f"hub:{repo}@{parts[i + 1]}/{component}"
     sub = folder / component
     files = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
-    return digest({str(p.relative_to(sub)): _file_sha256(p) for p in files})
+    return digest({str(p.relative_to(sub)): file_sha256(p) for p in files})
 
 
 def resolve_folder(spec: str, settings: Settings) -> Path:
@@ -139,7 +93,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # lazy: keeps CLI start fast
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
@@ -187,7 +141,7 @@ class Engine:
         return demo.is_demo(self.spec)
 
     def _runtime(self) -> dict[str, Any]:
-        import diffusers
+        import diffusers  # lazy: keeps CLI start fast
         import transformers
 
         return {
@@ -247,10 +201,6 @@ class Engine:
         ``embeddings`` (an ``embedfile.EmbeddingFile``) replaces the text encoder: its prompt,
         its content digest and how it was encoded go into the Request.
         """
-        from .config import make_request
-        from .generate import generate
-        from .img2img import as_source, source_size
-
         if prompt is not None:
             fields["prompt"] = prompt
         if embeddings is not None:
@@ -261,18 +211,6 @@ class Engine:
         request = make_request(self.settings, **{**fields, **hashes})
         return generate(self, request, on_step=on_step, source=source,
                         embeddings=embeddings)
-
-
-def text_token_limit(transformer) -> int:
-    """The most prompt tokens the DiT can place: 1504 for Z-Image (axes_lens[0] = 1536).
-
-    ``ZImageTransformer2DModel.patchify_and_embed`` pads the caption to P, a multiple of
-    ``SEQ_MULTI_OF`` (32), gives it RoPE positions 1..P and the image frame position P + 1,
-    which must stay below ``axes_lens[0]``: P <= axes_lens[0] - 2, rounded down to 32.
-    """
-    from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF
-
-    return (int(transformer.config.axes_lens[0]) - 2) // SEQ_MULTI_OF * SEQ_MULTI_OF
 
 
 def load(
@@ -312,8 +250,6 @@ def load(
     pipe, identity, extras = _load_pipeline(folder, settings, torch_device, torch_dtype,
                                             text_encoder=text_encoder)
     pipe.set_progress_bar_config(disable=True)
-    from .caches import build_cache
-
     engine = Engine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
         settings=settings.model_copy(update={"model": spec}), identity=identity,
@@ -328,11 +264,7 @@ def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype
                    text_encoder: bool = True):
     """The pipeline with the settings' weight knobs applied, its identity and extras:
     a single-file/GGUF transformer, a quantised text encoder, LoRAs, placement."""
-    from diffusers import ZImagePipeline
-
-    from .lora import apply_loras, parse_lora
-    from .placement import place
-    from .quant import load_transformer_file, text_encoder_quant_config
+    from diffusers import ZImagePipeline  # lazy: keeps CLI start fast
 
     identity = {c: weights_identity(folder, c) for c in COMPONENTS}
     extras: dict[str, Any] = {}

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from .config import Pass, Request, img2img_start_step
-from .errors import ZTurboError
 from .caches.encoders import image_sha256
-from .img2img import Source
+from .config import Pass, Request, img2img_start_step
 
 
 def pass_size(request: Request, p: Pass) -> tuple[int, int]:
@@ -40,30 +38,3 @@ def pass_steps(request: Request) -> int:
         from_image = i > 0 or request.image is not None
         total += p.steps - (img2img_start_step(p.steps, p.strength) if from_image else 0)
     return total
-
-
-def run_passes(engine, request: Request, seed: int, emb, negative, digest: str, source: Source,
-               timings: dict[str, float], on_step=None) -> tuple[Image.Image, dict]:
-    """One seed through every pass (each through teleport); the engine lock must be held.
-    Returns the image and the last pass's teleport report with every pass's under
-    ``passes``."""
-    from .generate import run_seed, steps_run
-
-    if source.mask is not None:
-        raise ZTurboError("multi-pass does not combine with an inpaint mask")
-    total, done = pass_steps(request), 0
-
-    def step(n, _total, latents):
-        if on_step is not None:
-            on_step(done + n, total, latents)
-
-    image, reports = source.image, []
-    for p in request.passes:
-        if image is not None:
-            image = image.resize(pass_size(request, p), Image.Resampling.LANCZOS)
-        sub = pass_request(request, p, seed, image)
-        image, report = run_seed(engine, sub, seed, emb, negative, digest, Source(image=image),
-                                 timings, step)
-        reports.append(report)
-        done += steps_run(sub)
-    return image, {**reports[-1], "passes": reports}

@@ -1,4 +1,4 @@
-"""Option types shared by the commands (``zturbo generate``, ``serve``, ``profile``...).
+"""Option types and error handling shared by the commands (``zturbo generate``, ``serve``...).
 
 One definition per flag, so its help text is the same everywhere and docs/cli.md (rendered
 from the CLI) cannot disagree with itself.
@@ -6,9 +6,12 @@ from the CLI) cannot disagree with itself.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 import typer
+
+from .errors import ZTurboError
 
 Model = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local diffusers folder, or demo / demo-small / demo-medium. [env: ZTURBO_MODEL]")]
 Profile = Annotated[str | None, typer.Option("--profile", help="Named table of config.toml to apply over [default]. [env: ZTURBO_PROFILE]")]
@@ -35,3 +38,20 @@ TsOrder = Annotated[int | None, typer.Option("--ts-order", help="TaylorSeer orde
 Attention = Annotated[str | None, typer.Option("--attention", help="Attention kernel: auto, native, flash, _flash_3, sage, xformers. [default: auto]")]
 Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the repeated transformer blocks (regional). [default: off]")]
 CompileMode = Annotated[str | None, typer.Option("--compile-mode", help="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs.")]
+
+
+def friendly_errors(fn):
+    """Turn a ZTurboError into one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ZTurboError as exc:
+            typer.echo(f"zturbo: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("zturbo: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper

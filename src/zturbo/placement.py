@@ -18,6 +18,27 @@ import torch
 
 from .errors import ZTurboError
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ZTurboError(f"device {name!r} asked for, but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
 
 def component_device(engine, name: str) -> torch.device:
     """Where inputs for component ``name`` go: its own device, or under offload the
@@ -32,8 +53,6 @@ def place(pipe, device: torch.device, *, offload: str = "none",
           text_encoder_device: str | None = None, vae_device: str | None = None) -> dict[str, Any]:
     """Move ``pipe``'s components; returns the placement extras for the fingerprint
     (another device for a component can change its numerics)."""
-    from .models import pick_device
-
     if offload != "none":
         if device.type == "cpu":
             raise ZTurboError(f"offload {offload} needs an accelerator (cuda, xpu or mps); on "

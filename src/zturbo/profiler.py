@@ -1,7 +1,7 @@
 """``zturbo profile``: where the time goes on this machine, what each lever gives, and what
 a GPU would need (the cost model).
 
-Stages are timed with the named functions of ``zturbo.generate`` (embed, noise + denoise,
+Stages are timed with the named functions of ``zturbo.steps`` (embed, noise + denoise,
 decode), each repeated and reported as a median, so the profile measures exactly the path
 a request takes. No ``from __future__ import annotations`` here: typer reads the option
 types handed over by cli.py at definition time.
@@ -11,12 +11,18 @@ import json
 import os
 import platform
 import shutil
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
+import torch
 import typer
 
-from . import accel, costmodel
+from . import accel, costmodel, models
+from .config import load_settings, make_request
 from .errors import ZTurboError
+from .generate import generate
+from .placement import pick_device, pick_dtype
+from .steps import decode, denoise, embed, noise, sigmas
 from .measure import markdown_table, median, peak_cuda_mb, peak_rss_mb, psnr, reset_cuda_peak, timed
 
 TESTS = ("encode", "generate", "decode")
@@ -27,8 +33,6 @@ SWEEP_STEP_CACHES = ({"step_cache": "off"},
 
 
 def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
@@ -37,10 +41,6 @@ def _version(package: str) -> str | None:
 
 def system_info() -> dict[str, Any]:
     """Device, default dtype, usable attention backends and library versions."""
-    import torch
-
-    from .models import pick_device, pick_dtype
-
     device = pick_device("auto")
     dtype = pick_dtype("auto", device)
     info: dict[str, Any] = {
@@ -65,8 +65,6 @@ def system_info() -> dict[str, Any]:
 def stage_rows(engine, tests=TESTS, sizes=(512,), steps: int = 8, repeat: int = 3,
                warmup: int = 1) -> list[dict[str, Any]]:
     """Median seconds per stage for each square size, with it/s and peak memory."""
-    from .generate import decode, denoise, embed, noise, sigmas
-
     rows = []
     with engine.lock:
         for size in sizes:
@@ -106,12 +104,8 @@ def sweep_rows(settings, sizes=(512,), steps: int = 8, repeat: int = 3,
     Each combination is its own engine (these are load-time settings); the image of the
     first combination is the reference for PSNR.
     """
-    from . import models
-    from .generate import generate
-    from .config import make_request
-
-    probe = models.pick_device(settings.device)
-    dtype = models.pick_dtype(settings.dtype, probe)
+    probe = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, probe)
     backends = [b for b, why in accel.attention_status(probe, dtype).items() if why is None]
     rows, reference = [], {}
     for backend in backends:
@@ -198,8 +192,6 @@ def command(Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset
         step_cache_preset: StepCachePreset = None, compile_: Compile = None,
     ) -> None:
         """Profile generation on this machine, sweep the speed levers, or estimate GPU cost."""
-        from .config import load_settings
-
         out: dict[str, Any] = {}
         if steps < 1 or steps > 100 or repeat < 1 or repeat > 100:
             raise ZTurboError("--steps and --repeat must be between 1 and 100")
@@ -234,8 +226,6 @@ def command(Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset
             if sweep:
                 _emit("sweep", sweep_rows(settings, side_list, steps, repeat), as_json, out)
             else:
-                from . import models
-
                 engine = models.load(settings=settings)
                 out["engine"] = {"model": engine.spec, "extras": engine.extras}
                 _emit(f"stages ({engine.spec}, median of {repeat})",

@@ -1,6 +1,7 @@
 """The prompt-side commands: ``zturbo templates list|show`` and ``zturbo encode``.
 
-Registered on the main app by cli.py; shared option types and error handling come from it.
+Registered on the main app by cli.py; shared option types and error handling come from
+options.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import (
+from . import embedfile, models
+from .config import load_settings, make_request
+from .errors import ZTurboError
+from .options import (
     Device,
     Dtype,
     HiddenLayer,
@@ -19,14 +23,11 @@ from .cli import (
     Model,
     Profile,
     Template,
-    app,
     friendly_errors,
 )
-from .config import load_settings, make_request
-from .errors import ZTurboError
+from .prompt_templates import available, find
 
 templates_app = typer.Typer(help="List and show prompt templates.", no_args_is_help=True)
-app.add_typer(templates_app, name="templates")
 
 
 def layer_list(text: str | None) -> list[int] | None:
@@ -42,8 +43,6 @@ def layer_list(text: str | None) -> list[int] | None:
 def embeddings_fields(path: Path, fields: dict[str, Any], prompt_given: bool):
     """(EmbeddingFile, Request fields) for ``generate --embeddings``: the file's own record
     of how it was encoded replaces the prompt-side fields."""
-    from . import embedfile
-
     if prompt_given:
         raise ZTurboError("give PROMPT or --embeddings, not both (the file holds the prompt)")
     file = embedfile.load(path)
@@ -60,8 +59,6 @@ def templates_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the templates: shipped ones and the user's (templates_dir)."""
-    from .prompt_templates import available
-
     settings, _ = load_settings(profile)
     found = available(settings)
     if as_json:
@@ -81,15 +78,12 @@ def templates_show(
     profile: Profile = None,
 ) -> None:
     """Print one template: name, description, source and body."""
-    from .prompt_templates import find
-
     settings, _ = load_settings(profile)
     t = find(name, settings)
     typer.echo(f"name         {t.name}\ndescription  {t.description}\nsource       {t.source}")
     typer.echo(f"body         {t.apply(prompt) if prompt else t.body}")
 
 
-@app.command()
 @friendly_errors
 def encode(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
@@ -100,8 +94,6 @@ def encode(
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Encode a prompt into a safetensors embeddings file for `zturbo generate --embeddings`."""
-    from . import embedfile, models
-
     settings, _ = load_settings(profile, {"model": model, "device": device, "dtype": dtype})
     request = make_request(settings, prompt=prompt, negative_prompt=negative_prompt,
                            max_sequence_length=max_sequence_length, template=template,

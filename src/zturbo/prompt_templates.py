@@ -13,10 +13,14 @@ import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import MAX_TEMPLATE_CHARS, Settings
 from .errors import ZTurboError
 
+if TYPE_CHECKING:  # config imports this module (make_request resolves templates)
+    from .config import Settings
+
+MAX_TEMPLATE_CHARS = 4000
 MAX_TEMPLATE_FILE_BYTES = 16_384
 MAX_USER_TEMPLATES = 1000
 

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 from .errors import ModelUnavailable, ZTurboError
+from .hashing import file_sha256
 
 TE_QUANT_BACKENDS = {"8bit": "bitsandbytes_8bit", "4bit": "bitsandbytes_4bit"}
 
 
 def gguf_types(path: Path) -> list[str]:
     """The tensor types a GGUF file holds, e.g. ``["F32", "Q8_0"]``."""
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # lazy: keeps CLI start fast
 
     try:
         reader = GGUFReader(str(path))
@@ -35,14 +36,12 @@ def gguf_types(path: Path) -> list[str]:
 
 def load_transformer_file(path: Path, folder: Path, dtype: torch.dtype):
     """A Z-Image transformer from one file (.gguf or .safetensors) and its identity."""
-    from diffusers import GGUFQuantizationConfig, ZImageTransformer2DModel
-
-    from .models import _file_sha256
+    from diffusers import GGUFQuantizationConfig, ZImageTransformer2DModel  # lazy: CLI start
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelUnavailable(f"transformer file {path} does not exist")
-    identity: dict[str, Any] = {"file": path.name, "sha256": _file_sha256(path)}
+    identity: dict[str, Any] = {"file": path.name, "sha256": file_sha256(path)}
     kwargs: dict[str, Any] = {}
     if path.suffix == ".gguf":
         identity.update(format="gguf", types=gguf_types(path))
@@ -73,7 +72,7 @@ def text_encoder_quant_config(mode: str, device: torch.device, dtype: torch.dtyp
     except ImportError:
         raise ZTurboError(f"text_encoder_quant {mode} needs bitsandbytes: pip install "
                           f"bitsandbytes") from None
-    from diffusers import PipelineQuantizationConfig
+    from diffusers import PipelineQuantizationConfig  # lazy: keeps CLI start fast
 
     kwargs: dict[str, Any] = {"load_in_8bit": True}
     if mode == "4bit":
@@ -90,7 +89,7 @@ def write_gguf(state_dict: dict[str, torch.Tensor], path: Path, qtype: str = "Q8
     take ``qtype``; biases, norms, pad tokens and rows not a multiple of its block stay
     F32, as the community's Z-Image converters do.
     """
-    import gguf
+    import gguf  # lazy: keeps CLI start fast
 
     kind = gguf.GGMLQuantizationType[qtype]
     block = gguf.GGML_QUANT_SIZES[kind][0]

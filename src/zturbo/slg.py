@@ -49,7 +49,7 @@ class SLG:
 
 @functools.cache
 def _hook_classes():
-    from diffusers.hooks import ModelHook
+    from diffusers.hooks import ModelHook  # lazy: keeps CLI start fast
 
     class SkipBlock(ModelHook):
         """The block's output is its input: the layer is skipped."""
@@ -85,7 +85,7 @@ def _samples(out):
 
 @contextmanager
 def _layers_skipped(transformer, layers: tuple[int, ...], skip_hook) -> Iterator[None]:
-    from diffusers.hooks import HookRegistry
+    from diffusers.hooks import HookRegistry  # lazy: keeps CLI start fast
 
     registries = [HookRegistry.check_if_exists_or_initialize(transformer.layers[i])
                   for i in layers]
@@ -109,7 +109,7 @@ def applied(transformer, slg: SLG | None, first_step: int, total: int) -> Iterat
     if bad:
         raise ZTurboError(f"slg_layers {', '.join(map(str, bad))} out of range: this DiT has "
                           f"{n} layers (0..{n - 1})")
-    from diffusers.hooks import HookRegistry
+    from diffusers.hooks import HookRegistry  # lazy: keeps CLI start fast
 
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(_hook_classes()[1](slg, first_step, total), HOOK_NAME)

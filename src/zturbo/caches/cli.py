@@ -19,6 +19,7 @@ import typer
 
 from ..config import load_settings
 from ..errors import ZTurboError
+from .tiers import build_cache
 
 
 def cache_app(friendly_errors: Callable, profile_option: Any) -> typer.Typer:
@@ -65,8 +66,6 @@ def cache_app(friendly_errors: Callable, profile_option: Any) -> typer.Typer:
 
 def _with_cache(profile: str | None, action: Callable) -> Any:
     """Run ``action`` on the configured tiers, then close them (flushing counters)."""
-    from .tiers import build_cache
-
     settings, _ = load_settings(profile)
     cache = build_cache(settings)
     try:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ..placement import component_device
+from ..steps import Embedding, embed
 from .keys import embedding_key, vae_latent_key
 from .packing import pack, unpack
 
@@ -52,9 +53,7 @@ def keep(engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: di
 
 
 def cached_embed(engine, params: dict):
-    """``generate.embed(engine, **params)`` through the embedding cache -> (Embedding, tier)."""
-    from ..generate import Embedding, embed
-
+    """``steps.embed(engine, **params)`` through the embedding cache -> (Embedding, tier)."""
     key = embedding_key(engine, params)
     hit = fetch(engine, "embedding", key)
     if hit is not None:
@@ -121,7 +120,7 @@ def _is_channels_last(t: torch.Tensor) -> bool:
 
 def vae_posterior(engine, image: Image.Image, width: int, height: int):
     """``DiagonalGaussianDistribution`` of the source image (cached), ready to ``.sample(gen)``."""
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # lazy: CLI start
 
     moments, _ = vae_moments(engine, image, width, height)
     return DiagonalGaussianDistribution(moments)

@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Request
-from ..generate import sigmas
-from ..models import digest
+from ..hashing import digest
+from ..steps import sigmas
 
 KEY_VERSION = 1
 # Request fields that provably do not change one image's trajectory: how many images the

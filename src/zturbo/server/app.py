@@ -12,45 +12,31 @@ import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..config import Settings, state_dir
 from ..errors import ZTurboError
+from ..measure import warmup
+from ..models import load
 from . import errors
 from .errors import error_response
 from .history import History
 from .jobs import JobQueue
 from .metrics import Metrics
+from .routes import encode, generate, images, jobs as jobs_routes, openai_images, ops
+from .state import ServerState
 from .uploads import MIB, max_upload_bytes
 
 log = logging.getLogger("zturbo.server")
 # No API key needed: health, and the page's own code (no data in it; the page asks for the
 # key and sends it with every API call).
 OPEN_PATHS = ("/api/health", "/")
-
-
-@dataclass
-class ServerState:
-    """What the handlers share: settings, the engine once loaded, the queue, history, metrics."""
-
-    settings: Settings
-    history: History | None  # opened by the lifespan
-    jobs: JobQueue
-    metrics: Metrics
-    engine: Any = None
-    load_error: str | None = None
-
-
-def state(request: Request) -> ServerState:
-    return request.app.state.zturbo
 
 
 def history_path() -> Path:
@@ -89,7 +75,6 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     app.state.zturbo = st
     errors.install(app)
     _middleware(app, settings, metrics)
-    from .routes import encode, generate, images, jobs as jobs_routes, openai_images, ops
 
     for module in (openai_images, generate, encode, jobs_routes, images, ops):
         app.include_router(module.router)
@@ -106,8 +91,6 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
 async def _load(st: ServerState) -> None:
     """Load the model in a thread (unless given), then start the worker."""
     if st.engine is None:
-        from ..models import load
-
         try:
             st.engine = await asyncio.to_thread(load, settings=st.settings)
         except ZTurboError as exc:
@@ -119,8 +102,6 @@ async def _load(st: ServerState) -> None:
             log.exception("zturbo: model load failed")
             return
     if st.settings.compile:  # compile now, not in the first request (ready stays 503 till then)
-        from ..accel import warmup
-
         size = ((st.settings.width, st.settings.height),)
         log.warning("zturbo: compile warm-up: %s", await asyncio.to_thread(warmup, st.engine, size))
     st.jobs.start(st.engine, asyncio.get_running_loop())

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ..config import load_settings
+from ..models import resolve_folder
 from ..options import (Attention, Compile, Device, Dtype, Lora, Model, Profile, StepCache,
                        StepCachePreset)
 
@@ -28,10 +29,9 @@ def serve(
     lora: Lora = None,
 ) -> None:
     """Serve the OpenAI-compatible images API, the job API and the web page."""
-    import uvicorn
+    import uvicorn  # lazy: keeps CLI start fast
 
-    from ..models import resolve_folder
-    from .app import create_app
+    from .app import create_app  # lazy: keeps CLI start fast (FastAPI)
 
     settings, _ = load_settings(profile, {
         "host": host, "port": port, "model": model, "api_key": api_key,

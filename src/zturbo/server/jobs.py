@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import Request
 from ..errors import ZTurboError
-from ..generate import Cancelled, Result, generate
+from ..generate import Cancelled, Result, generate, steps_run
 from ..metadata import save_png
 from .history import TERMINAL, History
 from .preview import preview_data_url
@@ -72,8 +72,6 @@ class Job:
 
     @property
     def total(self) -> int:
-        from ..generate import steps_run
-
         return steps_run(self.request) * self.request.num_images
 
     @property

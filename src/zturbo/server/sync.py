@@ -10,9 +10,9 @@ import asyncio
 from fastapi import Request as HttpRequest
 
 from ..config import Request
-from .app import ServerState
 from .errors import ApiError
 from .jobs import Job
+from .state import ServerState
 
 HUNG_MARGIN_S = 30.0
 

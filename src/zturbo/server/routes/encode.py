@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ... import embedfile
 from ...config import make_request
-from ..app import state
+from ..state import state
 from ..errors import ApiError
 
 router = APIRouter(tags=["native"])

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from .. import sync
-from ..app import state
+from ..state import state
 from ..errors import ApiError
 from ..schemas import GenerateBody, request_from_body
 from .images import image_path

@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from ...metadata import read
-from ..app import ServerState, state
+from ..state import ServerState, state
 from ..errors import ApiError
 from ..jobs import image_url
 from ..uploads import read_image

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from .. import sync
-from ..app import ServerState, state
+from ..state import ServerState, state
 from ..errors import ApiError
 from ..jobs import Job, follow
 from pydantic import ValidationError

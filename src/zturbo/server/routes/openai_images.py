@@ -10,8 +10,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from ...config import make_request
 from ...img2img import as_source, source_size
 from .. import sync
-from ..app import state
-from ..errors import ApiError
+from ..state import state
 from ..schemas import OpenAIGenerate, parse_size, request_from_openai
 from ..uploads import read_image
 from .images import image_path

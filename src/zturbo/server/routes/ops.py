@@ -6,8 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ... import prompt_templates
 from ...config import ASPECTS, BUCKETS
-from ..app import state
+from ..state import state
 from ..metrics import cache_stats
 
 router = APIRouter(tags=["operations"])
@@ -63,10 +64,6 @@ async def options(request: Request):
 
 
 def templates(settings) -> list[dict[str, str]]:
-    """Prompt templates by name and description ([] in a build without templates)."""
-    try:
-        from ... import prompt_templates
-    except ImportError:
-        return []
+    """Prompt templates by name and description."""
     return [{"name": t.name, "description": t.description}
             for t in prompt_templates.available(settings).values()]

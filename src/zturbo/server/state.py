@@ -1,0 +1,29 @@
+"""What the HTTP handlers share (``ServerState``), reached from a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from ..config import Settings
+from .history import History
+from .jobs import JobQueue
+from .metrics import Metrics
+
+
+@dataclass
+class ServerState:
+    """What the handlers share: settings, the engine once loaded, the queue, history, metrics."""
+
+    settings: Settings
+    history: History | None  # opened by the lifespan
+    jobs: JobQueue
+    metrics: Metrics
+    engine: Any = None
+    load_error: str | None = None
+
+
+def state(request: Request) -> ServerState:
+    return request.app.state.zturbo
