@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test`.
-.PHONY: setup demo test docs bench
+.PHONY: setup demo lint test docs bench
 
 setup:
 	@scripts/setup
@@ -7,7 +7,13 @@ setup:
 demo: setup
 	.venv/bin/zturbo generate "a red robot" --model demo --seed 42 -W 256 -H 256
 
-test: setup
+# imports only point down (import-linter contracts in pyproject.toml), no import cycle, ruff
+lint: setup
+	.venv/bin/lint-imports
+	.venv/bin/python scripts/import_cycles.py
+	.venv/bin/ruff check src tests benchmarks scripts
+
+test: setup lint
 	@scripts/system-deps
 	.venv/bin/python -m pytest -q
 

@@ -10,7 +10,7 @@ from zturbo import metadata
 def test_generate_twice_same_pixels_across_processes(tmp_path):
     args = ["generate", "a red robot", "--model", "demo", "--seed", "42", "-W", "256", "-H",
             "256", "-o", str(tmp_path / "out.png")]
-    first, second = run_cli_process(*args), run_cli_process(*args)
+    first, _second = run_cli_process(*args), run_cli_process(*args)
     assert first.returncode == 0, first.stderr
     assert "seed 42" in first.stdout and str(tmp_path / "out.png") in first.stdout
     assert "random weights" in first.stderr  # the demo notice

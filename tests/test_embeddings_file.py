@@ -74,7 +74,7 @@ def test_encode_and_generate_cli(tmp_path):
     out = run_cli("generate", "--embeddings", str(emb), "--model", "demo", "-W", "64", "-H", "64",
                   "-s", "2", "--seed", "1", "-o", str(png))
     assert out.returncode == 0, out.stderr
-    ref = run_cli("generate", "a red robot", "--template", "photo", "--model", "demo", "-W", "64",
+    _ref = run_cli("generate", "a red robot", "--template", "photo", "--model", "demo", "-W", "64",
                   "-H", "64", "-s", "2", "--seed", "1", "-o", str(tmp_path / "b.png"))
     from PIL import Image
     assert np.array_equal(pixels(Image.open(png)), pixels(Image.open(tmp_path / "b.png")))
