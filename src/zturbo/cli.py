@@ -14,13 +14,9 @@ import typer
 
 from .config import bucket_size, load_settings, make_request
 from .errors import ZTurboError
-from . import models, prompt_cli
+from . import prompt_cli
 from .caches.cli import cache_app
 from .config import config_path
-from .generate import generate as run
-from .generate import steps_run
-from .img2img import as_source, source_size
-from .metadata import read
 from .profiler import command as profile_command
 from .prompt_cli import embeddings_fields, layer_list
 from .server.command import serve
@@ -83,6 +79,8 @@ def _request_fields(from_image: Path | None, given: dict[str, Any]) -> tuple[dic
     """Request fields: flags given over the parameters stored in ``--from IMAGE``."""
     if from_image is None:
         return given, None
+    from .metadata import read  # lazy: keeps CLI start fast (PIL)
+
     stored = read(from_image)
     fields = {k: v for k, v in stored.get("request", {}).items() if k != "num_images"}
     fields.update({k: v for k, v in given.items() if v is not None})
@@ -140,6 +138,11 @@ def generate(
     attention: Attention = None, compile_: Compile = None, compile_mode: CompileMode = None,
 ) -> None:
     """Generate images and save them as PNGs with their parameters embedded."""
+    from . import models  # lazy: keeps CLI start fast (torch)
+    from .generate import generate as run  # lazy: keeps CLI start fast (torch)
+    from .generate import steps_run  # lazy: keeps CLI start fast (torch)
+    from .img2img import as_source, source_size  # lazy: keeps CLI start fast (torch)
+
     if prompt_file is not None:
         try:
             prompt = prompt_file.read_text().strip()
@@ -221,9 +224,13 @@ def info(
 ) -> None:
     """Print the parameters stored in IMAGE, or load a model and print its fingerprint."""
     if image is not None:
+        from .metadata import read  # lazy: keeps CLI start fast (PIL)
+
         data = read(image)
         typer.echo(json.dumps(data, indent=2) if as_json else data["parameters"])
         return
+    from . import models  # lazy: keeps CLI start fast (torch)
+
     settings, _ = load_settings(profile, {
         "model": model, "device": device, "dtype": dtype,
         **_engine_flags(lora, transformer_file, text_encoder_quant, offload,

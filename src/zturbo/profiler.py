@@ -14,15 +14,12 @@ import shutil
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
-import torch
 import typer
 
-from . import accel, costmodel, models
+from . import accel, costmodel
 from .config import load_settings, make_request
 from .errors import ZTurboError
-from .generate import generate
 from .placement import pick_device, pick_dtype
-from .steps import decode, denoise, embed, noise, sigmas
 from .measure import markdown_table, median, peak_cuda_mb, peak_rss_mb, psnr, reset_cuda_peak, timed
 
 TESTS = ("encode", "generate", "decode")
@@ -41,6 +38,8 @@ def _version(package: str) -> str | None:
 
 def system_info() -> dict[str, Any]:
     """Device, default dtype, usable attention backends and library versions."""
+    import torch  # lazy: keeps CLI start fast
+
     device = pick_device("auto")
     dtype = pick_dtype("auto", device)
     info: dict[str, Any] = {
@@ -65,6 +64,8 @@ def system_info() -> dict[str, Any]:
 def stage_rows(engine, tests=TESTS, sizes=(512,), steps: int = 8, repeat: int = 3,
                warmup: int = 1) -> list[dict[str, Any]]:
     """Median seconds per stage for each square size, with it/s and peak memory."""
+    from .steps import decode, denoise, embed, noise, sigmas  # lazy: keeps CLI start fast (torch)
+
     rows = []
     with engine.lock:
         for size in sizes:
@@ -104,6 +105,9 @@ def sweep_rows(settings, sizes=(512,), steps: int = 8, repeat: int = 3,
     Each combination is its own engine (these are load-time settings); the image of the
     first combination is the reference for PSNR.
     """
+    from . import models  # lazy: keeps CLI start fast (torch)
+    from .generate import generate  # lazy: keeps CLI start fast (torch)
+
     probe = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, probe)
     backends = [b for b, why in accel.attention_status(probe, dtype).items() if why is None]
@@ -226,6 +230,8 @@ def command(Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset
             if sweep:
                 _emit("sweep", sweep_rows(settings, side_list, steps, repeat), as_json, out)
             else:
+                from . import models  # lazy: keeps CLI start fast (torch)
+
                 engine = models.load(settings=settings)
                 out["engine"] = {"model": engine.spec, "extras": engine.extras}
                 _emit(f"stages ({engine.spec}, median of {repeat})",

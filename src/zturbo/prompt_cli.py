@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 
-from . import embedfile, models
 from .config import load_settings, make_request
 from .errors import ZTurboError
 from .options import (
@@ -43,6 +42,8 @@ def layer_list(text: str | None) -> list[int] | None:
 def embeddings_fields(path: Path, fields: dict[str, Any], prompt_given: bool):
     """(EmbeddingFile, Request fields) for ``generate --embeddings``: the file's own record
     of how it was encoded replaces the prompt-side fields."""
+    from . import embedfile  # lazy: keeps CLI start fast (torch)
+
     if prompt_given:
         raise ZTurboError("give PROMPT or --embeddings, not both (the file holds the prompt)")
     file = embedfile.load(path)
@@ -94,6 +95,8 @@ def encode(
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Encode a prompt into a safetensors embeddings file for `zturbo generate --embeddings`."""
+    from . import embedfile, models  # lazy: keeps CLI start fast (torch)
+
     settings, _ = load_settings(profile, {"model": model, "device": device, "dtype": dtype})
     request = make_request(settings, prompt=prompt, negative_prompt=negative_prompt,
                            max_sequence_length=max_sequence_length, template=template,

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from ..config import load_settings
-from ..models import resolve_folder
 from ..options import (Attention, Compile, Device, Dtype, Lora, Model, Profile, StepCache,
                        StepCachePreset)
 
@@ -30,6 +29,8 @@ def serve(
 ) -> None:
     """Serve the OpenAI-compatible images API, the job API and the web page."""
     import uvicorn  # lazy: keeps CLI start fast
+
+    from ..models import resolve_folder  # lazy: keeps CLI start fast (torch)
 
     from .app import create_app  # lazy: keeps CLI start fast (FastAPI)
 
