@@ -3,6 +3,11 @@
 An autouse fixture points ZTURBO_HOME at a fresh temp state dir for each test (the demo
 models are linked in), clears ZTURBO_* variables and keeps the Hub offline.
 
+Exact repeats (``teleport_repeat``: the final latent and the encoded image) are OFF in tests
+unless a test turns them on: most teleport tests check resumes at intermediate steps, which
+a stored image would serve before they run. tests/test_repeat.py, the oracle and the README
+test run with the product default ("image").
+
 Torch runs one intra-op thread here and in the processes tests start: the demo model's ops
 are tiny, and on a busy 2-core machine two spinning threads per process made them 10-20x
 slower. Tests check pixels, never speed.
@@ -23,6 +28,8 @@ import pytest
 
 from zturbo import demo
 
+TEST_REPEAT = "off"  # see the module docstring
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
@@ -36,6 +43,7 @@ def zturbo_home(tmp_path, monkeypatch, models_dir) -> Path:
     for name in list(os.environ):
         if name.startswith("ZTURBO_") or name == "LATENT_TELEPORT_START_STEP":
             monkeypatch.delenv(name)
+    monkeypatch.setenv("ZTURBO_TELEPORT_REPEAT", TEST_REPEAT)
     home = tmp_path / "home"
     home.mkdir()
     (home / "models").symlink_to(models_dir)
@@ -60,6 +68,7 @@ def session_home(models_dir, tmp_path_factory) -> Path:
     (home / "models").symlink_to(models_dir)
     old = os.environ.get("ZTURBO_HOME")
     os.environ["ZTURBO_HOME"] = str(home)
+    os.environ["ZTURBO_TELEPORT_REPEAT"] = TEST_REPEAT
     yield home
     if old is None:
         os.environ.pop("ZTURBO_HOME", None)

@@ -32,7 +32,7 @@ def test_second_run_hits_at_the_default_step_and_is_pixel_identical(fresh):
     seen = []
     second = fresh.generate("a cat", seed=1, **SIZE, on_step=lambda d, t, _: seen.append(d))
     assert second.teleport[0] == {"hit": True, "resumed_at_step": 7, "tier": "memory",
-                                  "stored": [], "bypass": None}
+                                  "stored": [], "bypass": None, "served": "resume"}
     assert seen == [8]  # only the last DiT pass ran
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
 

@@ -205,6 +205,11 @@ def generate(
 
 
 def _teleport_text(replay: dict) -> str:
+    served = replay.get("served")
+    if served == "image":
+        return f"teleport: image hit ({replay['tier']}): no DiT pass, no decode"
+    if served == "final_latent":
+        return f"teleport: final-latent hit ({replay['tier']}): decode only"
     if replay["hit"]:
         return f"teleport: hit at step {replay['resumed_at_step']} ({replay['tier']})"
     if replay["bypass"]:

@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     teleport_store_steps: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="extra steps to store, e.g. 2,4,6"
     )
+    teleport_repeat: Literal["image", "latent", "off"] = Field(
+        "image", description="exact repeats: image (store the encoded image and the final "
+        "latent: a repeat is a lookup), latent (final latent only: a repeat decodes), off")
     memory_cache_mb: float = Field(512.0, description="memory tier cap in MiB (0: off)")
     disk_cache_mb: float = Field(4096.0, description="disk tier cap in MiB (0: off)")
     redis_url: str | None = Field(None, description="Redis tier, e.g. redis://127.0.0.1:6379/0")

@@ -119,33 +119,41 @@ def start(engine, request: Request, seed: int, source: Source) -> Start:
 def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, digest: str,
              source: Source, timings: dict[str, float],
              on_step: StepCallback | None = None) -> tuple[Image.Image, dict[str, Any]]:
-    """One image through teleport: resume a stored latent of its trajectory, or run it in
-    full and store its resume points; then decode. The engine lock must be held."""
+    """One image through teleport: the stored image of its trajectory (a lookup), or resume a
+    stored latent of it (the final one decodes only), or run it in full; store what it
+    computed; then decode. The engine lock must be held."""
     schedule = trajectory_sigmas(request)
     replay = teleport.plan(engine, request.for_seed(seed), seed, digest, steps=len(schedule))
-    t = time.perf_counter()
+    t = began = time.perf_counter()
+    image = teleport.lookup_image(engine, replay, request.width, request.height)
+    if image is not None:
+        timings["lookup"] = timings.get("lookup", 0.0) + time.perf_counter() - t
+        return image, replay.report()
     resumed = teleport.lookup(engine, replay, latent_shape(request.width, request.height))
     first = 0 if resumed is None else replay.hit_step
-    begin = None
-    if resumed is None or request.mask is not None:  # a resumed inpaint still blends
-        begin = start(engine, request, seed, source)
-    if request.image is not None:
-        timings["vae_encode"] = timings.get("vae_encode", 0.0) + time.perf_counter() - t
-    t = time.perf_counter()
-    latents = denoise(
-        engine, emb.tensors, begin.latents if resumed is None else resumed, schedule[first:],
-        guidance=request.guidance, shift=request.shift, negative=negative,
-        on_step=replay.capturing(on_step), first_step=first, total_steps=len(schedule),
-        blend=begin.blend if begin is not None else None,
-        dype=dype_rope.DyPE.from_request(request), slg=skip_layer.SLG.from_request(request),
-    )
-    elapsed = time.perf_counter() - t
-    timings["denoise"] += elapsed
-    if replay.captured:  # a resumed run may still fill deeper resume points
-        teleport.store(engine, replay, elapsed / (len(schedule) - first))
+    latents = resumed
+    if first < len(schedule):
+        begin = None
+        if resumed is None or request.mask is not None:  # a resumed inpaint still blends
+            begin = start(engine, request, seed, source)
+        if request.image is not None:
+            timings["vae_encode"] = timings.get("vae_encode", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        latents = denoise(
+            engine, emb.tensors, begin.latents if resumed is None else resumed,
+            schedule[first:], guidance=request.guidance, shift=request.shift,
+            negative=negative, on_step=replay.capturing(on_step), first_step=first,
+            total_steps=len(schedule), blend=begin.blend if begin is not None else None,
+            dype=dype_rope.DyPE.from_request(request), slg=skip_layer.SLG.from_request(request),
+        )
+        elapsed = time.perf_counter() - t
+        timings["denoise"] += elapsed
+        if replay.captured:  # a resumed run may still fill deeper resume points
+            teleport.store(engine, replay, elapsed / (len(schedule) - first))
     t = time.perf_counter()
     image = decode(engine, latents)[0]
     timings["decode"] += time.perf_counter() - t
+    teleport.store_image(engine, replay, image, time.perf_counter() - began)
     return image, replay.report()
 
 

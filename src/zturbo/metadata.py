@@ -7,9 +7,13 @@ Two text chunks: ``parameters`` (the A1111 convention other tools read) and ``zt
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import json
 import os
+import struct
 import tempfile
+import zlib
 from importlib import metadata as _dist
 from pathlib import Path
 from typing import Any
@@ -65,13 +69,50 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
+# image.info key of (PNG bytes without metadata, pixel digest), set where an image's encoding
+# is already at hand (teleport's image entry): png_bytes reuses it while the pixels still
+# have that digest (an image edited since is encoded anew).
+ENCODED_PNG = "zturbo.encoded_png"
+
+
+def pixel_digest(image: Image.Image) -> str:
+    """sha256 of an image's mode, size and raw pixels."""
+    h = hashlib.sha256(f"{image.mode}|{image.width}x{image.height}|".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def png_bytes(image: Image.Image, info=None) -> bytes:
+    """The PNG file of ``image`` with ``info``'s chunks (a ``PngInfo``), reusing the image's
+    known encoding (``ENCODED_PNG``) when its pixels are unchanged."""
+    known = image.info.get(ENCODED_PNG)
+    if known is not None and known[1] == pixel_digest(image):
+        return _with_chunks(known[0], info.chunks if info is not None else [])
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def _with_chunks(png: bytes, chunks) -> bytes:
+    """``png`` with ancillary chunks (``PngInfo.chunks``: (type, data, after_idat)) inserted
+    after the header chunk, as PIL writes them."""
+    ihdr_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
+    if png[12:16] != b"IHDR":
+        raise ZTurboError("not a PNG stream with a leading IHDR chunk")
+    extra = b"".join(struct.pack(">I", len(data)) + cid + data
+                     + struct.pack(">I", zlib.crc32(cid + data) & 0xFFFFFFFF)
+                     for cid, data, *_ in chunks)
+    return png[:ihdr_end] + extra + png[ihdr_end:]
+
+
 def write_png_atomic(image: Image.Image, path: Path, info) -> Path:
     """Write to a temp file, then hard-link it into a free name: no half file, no overwrite."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = png_bytes(image, info)
     fd, tmp = tempfile.mkstemp(prefix=".zturbo-", suffix=".png", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
+            f.write(data)
         while True:
             target = free_path(path)
             try:

@@ -90,32 +90,40 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     """
     key = vae_latent_key(engine, image_sha256(image), width, height)
     hit = fetch(engine, "vae_latent", key)
-    if hit is not None and hit[1].get("layout") in _LAYOUTS:
+    if hit is not None and hit[1].get("layout") in LAYOUTS:
         tensors, meta, tier = hit
         engine.caches.record_saved("vae_latent", float(meta.get("cost_s", 0.0)))
         moments = tensors["moments"].to(component_device(engine, "vae"))
-        return moments.contiguous(memory_format=_LAYOUTS[meta["layout"]]), tier
+        return in_layout(moments, meta["layout"]), tier
     started = time.perf_counter()
     vae = engine.pipe.vae
     pixels = engine.pipe.image_processor.preprocess(image, height=height, width=width)
     pixels = pixels.to(device=component_device(engine, "vae"), dtype=vae.dtype)
     moments = vae.encode(pixels).latent_dist.parameters
     cost = time.perf_counter() - started
-    layout = "channels_last" if _is_channels_last(moments) else "contiguous"
     keep(engine, "vae_latent", key, {"moments": moments},
-          {"cost_s": f"{cost:.6f}", "layout": layout})
+          {"cost_s": f"{cost:.6f}", "layout": layout_of(moments)})
     return moments, None
 
 
-# The VAE's conv output layout (channels-last on CPU here) decides which exp kernel
-# DiagonalGaussianDistribution runs (vectorised or not), and so the last bit of a sample:
-# a cached posterior comes back in the layout the encoder gave, or inpaint drifts a level.
-_LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+# A tensor's memory layout decides which kernels later ops run, and so the last bit of their
+# results: the VAE's conv output (channels-last on CPU here) picks DiagonalGaussianDistribution's
+# exp kernel, and an inpaint's final latents (blended with that posterior) pick the decoder's
+# convs. Safetensors stores contiguous data, so a cached tensor records its layout and comes
+# back in it, or inpaint drifts a level.
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return (t.dim() == 4 and not t.is_contiguous()
-            and t.is_contiguous(memory_format=torch.channels_last))
+def layout_of(t: torch.Tensor) -> str:
+    """"channels_last" for a 4-D tensor stored channels-last, else "contiguous"."""
+    channels_last = (t.dim() == 4 and not t.is_contiguous()
+                     and t.is_contiguous(memory_format=torch.channels_last))
+    return "channels_last" if channels_last else "contiguous"
+
+
+def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``t`` in the named layout (a key of ``LAYOUTS``)."""
+    return t.contiguous(memory_format=LAYOUTS[layout])
 
 
 def vae_posterior(engine, image: Image.Image, width: int, height: int):

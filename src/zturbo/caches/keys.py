@@ -38,6 +38,21 @@ def teleport_key(engine, request: Request, embedding_digest: str, step: int, see
     })
 
 
+# Request fields that change an image's bytes after its final latent (the decode); the
+# teleport key holds them too today, but the image key must not depend on that.
+DECODE_FIELDS = ("vae_tiling", "vae_tile_size", "vae_tile_overlap")
+IMAGE_FORMAT = {"format": "png", "mode": "RGB", "metadata": None}
+
+
+def image_key(engine, final_key: str, request: Request) -> str:
+    """Key of an encoded image: its trajectory's end (the final latent's key) plus everything
+    that changes the bytes after it (the VAE, decode settings, the encoding)."""
+    return digest({"kind": "image", "v": KEY_VERSION, "final": final_key,
+                   "vae": engine.vae_fingerprint,
+                   "decode": {name: getattr(request, name) for name in DECODE_FIELDS},
+                   "encoding": IMAGE_FORMAT})
+
+
 def embedding_key(engine, params: dict[str, Any]) -> str:
     """Key of a prompt embedding: the text encoder's fingerprint + what decides the embedding."""
     return digest({"kind": "embedding", "v": KEY_VERSION, "text": engine.text_fingerprint,

@@ -8,26 +8,38 @@ compute exactly what the full run computed, and the pixels are identical.
 ``teleport_start_step`` s (default 7) means "a hit resumes at step s": the latent stored is
 the one after 0-based step s-1, so with 8 steps a hit reruns only the last step and the
 decode. ``teleport_store_steps`` adds more resume points; the deepest one present wins.
+
+Exact repeats (``teleport_repeat``): the trajectory's end is one more resume point (step
+``steps``: a hit runs no DiT pass, only the decode), and with ``image`` the decoded image
+itself is kept too, PNG-encoded without metadata, under a key that adds what changes the
+bytes (decode settings, format): an exact repeat is then a lookup.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
-from .encoders import drop, fetch, keep
-from .keys import teleport_key
+from ..metadata import ENCODED_PNG, pixel_digest, png_bytes
+from .encoders import LAYOUTS, drop, fetch, in_layout, keep, layout_of
+from .keys import image_key, teleport_key
 
 log = logging.getLogger("zturbo.teleport")
 
 
-def resume_points(start_step: int, store_steps: list[int], steps: int) -> list[int]:
-    """The steps a hit may resume at (1..steps-1), deepest first; start steps past the end clamp."""
+def resume_points(start_step: int, store_steps: list[int], steps: int,
+                  final: bool = False) -> list[int]:
+    """The steps a hit may resume at (1..steps-1, and ``steps`` itself, the trajectory's end,
+    when ``final``), deepest first; start steps past the end clamp."""
     wanted = {min(start_step, steps - 1), *store_steps}
-    return sorted((s for s in wanted if 1 <= s <= steps - 1), reverse=True)
+    points = {s for s in wanted if 1 <= s <= steps - 1} | ({steps} if final else set())
+    return sorted(points, reverse=True)
 
 
 def exact_points(engine, points: list[int], steps: int) -> tuple[list[int], str | None]:
@@ -55,10 +67,22 @@ class Replay:
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
     hit_step: int | None = None
     tier: str | None = None
+    image_key: str | None = None  # the encoded image's entry (teleport_repeat = image)
+    image_hit: bool = False
+    steps: int = 0  # the trajectory's length: a hit at this step ran no DiT pass
+
+    def served(self) -> str:
+        """What served the image: image (a lookup), final_latent (decode only), resume, full."""
+        if self.image_hit:
+            return "image"
+        if self.hit_step is None:
+            return "full"
+        return "final_latent" if self.hit_step == self.steps else "resume"
 
     def report(self) -> dict:
         return {"hit": self.hit_step is not None, "resumed_at_step": self.hit_step,
-                "tier": self.tier, "stored": sorted(self.captured), "bypass": self.bypass}
+                "tier": self.tier, "stored": sorted(self.captured), "bypass": self.bypass,
+                "served": self.served()}
 
     def capturing(self, on_step: Callable | None) -> Callable:
         """Wrap a step callback so the latents after the stored steps are kept (float32, CPU)."""
@@ -81,13 +105,16 @@ def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = 
     if getattr(engine, "caches", None) is None:
         return Replay({}, bypass="no cache tiers configured")
     steps = steps or request.steps
+    repeat = engine.settings.teleport_repeat
     points = resume_points(engine.settings.teleport_start_step,
-                           engine.settings.teleport_store_steps, steps)
+                           engine.settings.teleport_store_steps, steps, final=repeat != "off")
     points, reason = exact_points(engine, points, steps)
     if reason:
         log.info("teleport: %s", reason)
-    return Replay({s: teleport_key(engine, request, embedding_digest, s - 1, seed)
-                   for s in points}, bypass=None if points else reason)
+    keys = {s: teleport_key(engine, request, embedding_digest, s - 1, seed) for s in points}
+    image = (image_key(engine, keys[steps], request)
+             if repeat == "image" and steps in keys else None)
+    return Replay(keys, bypass=None if points else reason, image_key=image, steps=steps)
 
 
 def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -99,17 +126,55 @@ def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | Non
         tensors, meta, tier = hit
         latents = tensors.get("latents")
         if (latents is None or tuple(latents.shape) != shape or latents.dtype != torch.float32
-                or not bool(torch.isfinite(latents).all())):
+                or not bool(torch.isfinite(latents).all())
+                or meta.get("layout", "contiguous") not in LAYOUTS):
             drop(engine, "teleport", key)
             continue
         replay.hit_step, replay.tier = step, tier
         engine.caches.record_saved("teleport", float(meta.get("saved_s", 0.0)))
-        return latents
+        return in_layout(latents, meta.get("layout", "contiguous"))
     return None
+
+
+def lookup_image(engine, replay: Replay, width: int, height: int) -> Image.Image | None:
+    """The stored image of this trajectory, or None. An entry that does not decode to an RGB
+    image of the request's size is a miss and is removed."""
+    if replay.image_key is None:
+        return None
+    hit = fetch(engine, "image", replay.image_key)
+    if hit is None:
+        return None
+    tensors, meta, tier = hit
+    data = tensors["png"].numpy().tobytes() if "png" in tensors else b""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            image = im.convert("RGB")  # a new image: no chunk text from the stream
+    except (OSError, UnidentifiedImageError, ValueError):
+        image = None
+    if image is None or image.size != (width, height) or meta.get("pixels") != pixel_digest(image):
+        drop(engine, "image", replay.image_key)
+        return None
+    image.info = {ENCODED_PNG: (data, meta["pixels"])}
+    replay.image_hit, replay.hit_step, replay.tier = True, replay.steps, tier
+    engine.caches.record_saved("image", float(meta.get("saved_s", 0.0)))
+    return image
+
+
+def store_image(engine, replay: Replay, image: Image.Image, seconds: float) -> None:
+    """Keep ``image`` PNG-encoded (no metadata) under the replay's image key; the bytes also
+    ride along in ``image.info`` so saving the image writes them instead of encoding again."""
+    if replay.image_key is None or replay.image_hit:
+        return
+    data, pixels = png_bytes(image), pixel_digest(image)
+    keep(engine, "image", replay.image_key,
+         {"png": torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())},
+         {"pixels": pixels, "saved_s": f"{seconds:.6f}"})
+    image.info[ENCODED_PNG] = (data, pixels)
 
 
 def store(engine, replay: Replay, step_seconds: float) -> None:
     """Write the captured latents; ``step_seconds`` estimates the time a later hit saves."""
     for step, latents in replay.captured.items():
         keep(engine, "teleport", replay.keys[step], {"latents": latents},
-             {"step": str(step), "saved_s": f"{step * step_seconds:.6f}"})
+             {"step": str(step), "saved_s": f"{step * step_seconds:.6f}",
+              "layout": layout_of(latents)})

@@ -19,7 +19,8 @@ router = APIRouter(tags=["native"])
 @router.post("/api/generate", responses={200: {"content": {"image/png": {}}}})
 async def generate(body: GenerateBody, request: Request):
     """Generate and answer with the PNG (``format: png``, one image) or JSON with base64
-    PNGs (``format: json``). Headers name the image, its seed and the job."""
+    PNGs (``format: json``). Headers name the image, its seed, the job, and what served it (``X-Zturbo-Served``:
+    image, final_latent, resume or full; see docs/teleport.md)."""
     st = state(request)
     req = request_from_body(st.settings, body)
     if body.format == "png" and req.num_images > 1:
@@ -29,7 +30,8 @@ async def generate(body: GenerateBody, request: Request):
         image = job.images[0]
         return Response(image_path(st, image["id"]).read_bytes(), media_type="image/png",
                         headers={"X-Zturbo-Image-Id": image["id"],
-                                 "X-Zturbo-Seed": str(image["seed"]), "X-Zturbo-Job-Id": job.id})
+                                 "X-Zturbo-Seed": str(image["seed"]), "X-Zturbo-Job-Id": job.id,
+                                 "X-Zturbo-Served": str(image["teleport"].get("served", "full"))})
     return {
         "job_id": job.id,
         "images": [{**image, "b64_png": base64.b64encode(
