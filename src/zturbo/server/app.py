@@ -29,7 +29,8 @@ from .errors import error_response
 from .history import History
 from .jobs import JobQueue
 from .metrics import Metrics
-from .routes import encode, generate, images, jobs as jobs_routes, openai_images, ops
+from .routes import encode, generate, images, library, openai_images, ops
+from .routes import jobs as jobs_routes
 from .state import ServerState
 from .uploads import MIB, max_upload_bytes
 
@@ -76,7 +77,7 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
     errors.install(app)
     _middleware(app, settings, metrics)
 
-    for module in (openai_images, generate, encode, jobs_routes, images, ops):
+    for module in (openai_images, generate, encode, jobs_routes, images, ops, library):
         app.include_router(module.router)
     static = files("zturbo").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

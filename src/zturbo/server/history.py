@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_created ON images (created DESC);
 """
 TERMINAL = ("done", "error", "cancelled")
+# how many images the row's job made (its timings are the whole job's)
+JOB_IMAGES = "(SELECT COUNT(*) FROM images j WHERE j.job_id = images.job_id) AS job_images"
 
 
 class History:
@@ -109,7 +111,7 @@ class History:
         self._run(f"INSERT INTO images ({cols}) VALUES ({marks})", tuple(values.values()))
 
     def image(self, image_id: str) -> dict[str, Any] | None:
-        rows = self._run("SELECT * FROM images WHERE id=?", (image_id,))
+        rows = self._run(f"SELECT *, {JOB_IMAGES} FROM images WHERE id=?", (image_id,))
         return _image(rows[0]) if rows else None
 
     def images(self, *, query: str = "", limit: int = 24, offset: int = 0
@@ -119,10 +121,43 @@ class History:
         where = "WHERE prompt LIKE ? ESCAPE '\\'"
         total = self._run(f"SELECT COUNT(*) FROM images {where}", (pattern,))[0][0]
         rows = self._run(
-            f"SELECT * FROM images {where} ORDER BY created DESC, idx LIMIT ? OFFSET ?",
+            f"SELECT *, {JOB_IMAGES} FROM images {where} ORDER BY created DESC, idx LIMIT ? OFFSET ?",
             (pattern, limit, offset),
         )
         return [_image(r) for r in rows], total
+
+    def replay(self, row: dict[str, Any], job_images: int) -> dict[str, Any]:
+        """What the page's teleport badge needs for an image row: its own time (the job's
+        total over its images) and, for a teleport hit, the full run it replayed."""
+        total = row["timings"].get("total")
+        hit = bool((row.get("teleport") or {}).get("hit"))
+        return {
+            "seconds": None if total is None else round(total / max(job_images, 1), 6),
+            "full_run": self.full_run(row["request"], row["fingerprint"], row["created"])
+            if hit else None,
+        }
+
+    def full_run(self, request: dict[str, Any], fingerprint: str, before: float
+                 ) -> dict[str, Any] | None:
+        """The newest image made before ``before`` from exactly ``request`` on the same model
+        that ran in full (no teleport hit): the honest "full run" a replay is compared with.
+
+        ``seconds`` is that job's total time over its images (one image: its own time).
+        """
+        rows = self._run(
+            "SELECT id, job_id, created, timings, (SELECT COUNT(*) FROM images j "
+            "WHERE j.job_id = i.job_id) AS n FROM images i WHERE request=? AND fingerprint=? "
+            "AND created < ? AND COALESCE(json_extract(teleport, '$.hit'), 0) = 0 "
+            "ORDER BY created DESC LIMIT 1",
+            (json.dumps(request), fingerprint, before),
+        )
+        if not rows:
+            return None
+        total = json.loads(rows[0]["timings"]).get("total")
+        if total is None:
+            return None
+        return {"image_id": rows[0]["id"], "job_id": rows[0]["job_id"],
+                "created": rows[0]["created"], "seconds": round(total / max(rows[0]["n"], 1), 6)}
 
 
 def _image(row: sqlite3.Row) -> dict[str, Any]:

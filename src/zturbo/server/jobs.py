@@ -331,16 +331,18 @@ class JobQueue:
             path = save_png(result, i, self.outputs / f"{image_id}.png")
             teleport = result.teleport[i] if i < len(result.teleport) else {}
             request = result.request.for_seed(seed).model_dump(mode="json")
-            self.history.add_image({
+            row = {
                 "id": image_id, "job_id": job.id, "idx": i, "created": time.time(),
                 "prompt": result.request.prompt, "seed": seed, "width": result.request.width,
                 "height": result.request.height, "request": request, "model": result.model,
                 "fingerprint": result.fingerprint,
                 "timings": {k: round(v, 6) for k, v in result.timings.items()},
                 "teleport": teleport, "path": str(path),
-            })
+            }
+            replay = self.history.replay(row, len(result.seeds))  # before this row is in
+            self.history.add_image(row)
             saved.append({"id": image_id, "seed": seed, "url": image_url(image_id),
-                          "teleport": teleport, "request": request})
+                          "teleport": teleport, "request": request, **replay})
         result.timings["save"] = time.perf_counter() - t
         return saved
 

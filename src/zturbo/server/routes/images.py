@@ -1,5 +1,5 @@
-"""Generated images and the history: GET /api/images/{id}, GET /api/history,
-POST /api/metadata (the parameters in a dropped PNG)."""
+"""Generated images and the history: GET /api/images/{id} (``?size=`` for a thumbnail),
+GET /api/images/{id}/info, GET /api/history, POST /api/metadata (a dropped PNG's parameters)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
+from PIL import Image
 
 from ...metadata import read
 from ..state import ServerState, state
@@ -20,6 +21,9 @@ from ..uploads import read_image
 router = APIRouter(tags=["images"])
 IMAGE_ID = re.compile(r"[0-9a-f]{32}")
 MAX_PAGE = 100
+THUMB_MIN, THUMB_MAX = 32, 1024  # ?size= bounds (longest side, pixels)
+# ids name one image forever (a new image gets a new id): browsers may keep them
+IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
 
 
 def image_path(st: ServerState, image_id: str) -> Path:
@@ -34,16 +38,45 @@ def image_path(st: ServerState, image_id: str) -> Path:
     return path
 
 
-def public(row: dict[str, Any]) -> dict[str, Any]:
-    """A history row as clients see it: a URL instead of the file path."""
-    return {**{k: v for k, v in row.items() if k != "path"}, "url": image_url(row["id"])}
+def public(st: ServerState, row: dict[str, Any]) -> dict[str, Any]:
+    """A history row as clients see it: a URL instead of the file path, its time per image
+    (``seconds``) and, for a teleport hit, the ``full_run`` it replayed (from the history)."""
+    hidden = ("path", "job_images")
+    return {**{k: v for k, v in row.items() if k not in hidden}, "url": image_url(row["id"]),
+            **st.history.replay(row, row.get("job_images") or 1)}
 
 
 @router.get("/api/images/{image_id}", response_class=FileResponse,
-            responses={200: {"content": {"image/png": {}}}})
-async def get_image(image_id: str, request: Request):
-    """The PNG, with its parameters in the ``parameters`` and ``zturbo`` text chunks."""
-    return FileResponse(image_path(state(request), image_id), media_type="image/png")
+            responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+def get_image(image_id: str, request: Request,
+              size: int | None = Query(None, ge=THUMB_MIN, le=THUMB_MAX,
+                                       description="a JPEG thumbnail, longest side in pixels")):
+    """The PNG, with its parameters in the ``parameters`` and ``zturbo`` text chunks; with
+    ``size``, a JPEG thumbnail (never larger than the image). A plain ``def``: thumbnails are
+    made in FastAPI's thread pool, off the event loop."""
+    path = image_path(state(request), image_id)
+    if size is None:
+        return FileResponse(path, media_type="image/png", headers=IMMUTABLE)
+    return Response(thumbnail(path, size), media_type="image/jpeg", headers=IMMUTABLE)
+
+
+def thumbnail(path: Path, size: int) -> bytes:
+    """A JPEG of the image at ``path`` whose longest side is at most ``size`` pixels."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+@router.get("/api/images/{image_id}/info")
+def image_info(image_id: str, request: Request):
+    """One history row (as in ``/api/history``): request, seed, timings, teleport report,
+    ``seconds`` and ``full_run``."""
+    st = state(request)
+    image_path(st, image_id)  # 404 for an unknown id or a file gone
+    return public(st, st.history.image(image_id))
 
 
 @router.get("/api/history")
@@ -51,8 +84,9 @@ def history(request: Request, q: str = Query("", max_length=1000),
             limit: int = Query(24, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)):
     """Images, newest first; ``q`` searches the prompts (any case). A plain ``def``: FastAPI
     runs it in its thread pool, so a search over a long history never stalls the loop."""
-    rows, total = state(request).history.images(query=q, limit=limit, offset=offset)
-    return {"items": [public(r) for r in rows], "total": total, "limit": limit,
+    st = state(request)
+    rows, total = st.history.images(query=q, limit=limit, offset=offset)
+    return {"items": [public(st, r) for r in rows], "total": total, "limit": limit,
             "offset": offset}
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ... import prompt_templates
-from ...config import ASPECTS, BUCKETS
+from ...config import ASPECTS, BUCKETS, DypeMethod, LongPromptMode
 from ..state import state
 from ..metrics import cache_stats
 
@@ -51,7 +53,13 @@ async def options(request: Request):
     """What the web page needs: defaults, limits, aspects and buckets, templates."""
     s = state(request).settings
     return {
-        "defaults": {"width": s.width, "height": s.height, "steps": s.steps},
+        "defaults": {"width": s.width, "height": s.height, "steps": s.steps,
+                     "guidance": s.guidance, "shift": s.shift, "hidden_layer": s.hidden_layer,
+                     "long_prompt": s.long_prompt, "dype": s.dype, "slg_scale": s.slg_scale,
+                     "slg_layers": list(s.slg_layers), "slg_start": s.slg_start,
+                     "slg_stop": s.slg_stop},
+        "choices": {"long_prompt": list(get_args(LongPromptMode)),
+                    "dype": list(get_args(DypeMethod))},
         "limits": {"max_pixels": s.max_pixels, "max_steps": s.max_steps,
                    "max_images": s.max_images, "max_prompt_chars": s.max_prompt_chars,
                    "max_upload_mb": s.max_upload_mb},
