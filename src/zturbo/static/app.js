@@ -1,11 +1,16 @@
-// zturbo web page: plain JS, no build step. Talks to the same API as every other client:
-// POST /api/jobs, GET /api/jobs/{id}/events (SSE, read with fetch so an API key can be sent),
-// POST /api/jobs/{id}/cancel, GET /api/history, GET /api/images/{id}, POST /api/metadata.
+// zturbo studio: plain JS, no build step. Talks to the same API as every other client:
+// POST /api/jobs (+ /edit), GET /api/jobs/{id}/events (SSE, read with fetch so an API key
+// can be sent), GET /api/jobs (the queue), POST /api/jobs/{id}/cancel, GET /api/history,
+// GET /api/images/{id}[?size=], GET /api/loras, GET /api/templates, POST /api/metadata.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: localStorage.getItem("zturbo-key") || "", job: null, lastSeed: null,
-                shown: null, options: null, offset: 0, pageSize: 24 };
+const THUMB = 256;
+const state = {
+  key: localStorage.getItem("zturbo-key") || "", job: null, lastSeed: null, shown: null,
+  results: [], options: null, templates: {}, loras: [], offset: 0, pageSize: 24,
+  gallery: [], boxIndex: -1, model: null,
+};
 
 function headers(extra = {}) {
   return state.key ? { ...extra, Authorization: `Bearer ${state.key}` } : extra;
@@ -25,39 +30,101 @@ async function api(path, options = {}) {
   return response;
 }
 
+const json = async (path, options) => (await api(path, options)).json();
+
 function showError(message) {
   $("error").textContent = message || "";
   $("error").hidden = !message;
 }
 
+const blobs = new Map();  // image URL -> object URL (ids never change: fetch each once)
 async function imageUrl(path) {  // images need the key too: fetch them as blobs
-  const blob = await (await api(path)).blob();
-  return URL.createObjectURL(blob);
+  if (!blobs.has(path)) {
+    blobs.set(path, api(path).then((r) => r.blob()).then((b) => URL.createObjectURL(b)));
+  }
+  try { return await blobs.get(path); } catch (err) { blobs.delete(path); throw err; }
 }
 
-// ---- options: aspects, buckets, templates, defaults ---------------------------------
+function seconds(s) { return s === null || s === undefined ? "?" : `${(+s).toFixed(2)} s`; }
+function clock(t) { return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }); }
+
+// ---- options: sizes, templates, LoRAs, knob defaults ------------------------------------
 async function loadOptions() {
-  const options = await (await api("/api/options")).json();
+  const options = await json("/api/options");
   state.options = options;
+  const d = options.defaults;
   $("aspect").replaceChildren(new Option("custom", "custom"),
     ...options.aspects.map((a) => new Option(a, a)));
   $("bucket").replaceChildren(...Object.keys(options.buckets).map((b) => new Option(b, b)));
-  $("width").value = options.defaults.width;
-  $("height").value = options.defaults.height;
-  $("steps").value = options.defaults.steps;
+  $("long-prompt").replaceChildren(...options.choices.long_prompt.map((m) => new Option(m, m)));
+  $("dype").replaceChildren(...options.choices.dype.map((m) => new Option(m, m)));
+  setKnobs({ width: d.width, height: d.height, steps: d.steps, guidance: d.guidance,
+             shift: d.shift, hidden_layer: d.hidden_layer, long_prompt: d.long_prompt,
+             dype: d.dype, slg_scale: d.slg_scale, slg_layers: d.slg_layers,
+             slg_start: d.slg_start, slg_stop: d.slg_stop });
   $("steps").max = options.limits.max_steps;
+  $("num-images").max = options.limits.max_images;
   $("prompt").maxLength = options.limits.max_prompt_chars;
   matchAspect();
-  if (options.templates.length) {
-    $("template-row").hidden = false;
-    for (const t of options.templates) {
-      const option = new Option(t.name, t.name);
-      option.title = t.description;
-      $("template").add(option);
-    }
-  }
+  await Promise.all([loadTemplates(), loadLoras()]);
   const ready = await (await api("/api/ready").catch(() => null))?.json?.();
+  state.model = ready?.ready ? ready.model : null;
   $("model").textContent = ready?.ready ? `model ${ready.model}` : "model loading...";
+  $("model").classList.toggle("ok", !!ready?.ready);
+}
+
+async function loadTemplates() {
+  const { templates } = await json("/api/templates");
+  state.templates = Object.fromEntries(templates.map((t) => [t.name, t]));
+  $("template-row").hidden = !templates.length;
+  for (const t of templates) {
+    const option = new Option(t.name, t.name);
+    option.title = t.description;
+    $("template").add(option);
+  }
+}
+
+function previewTemplate() {  // the prompt as the text encoder will read it
+  const t = state.templates[$("template").value];
+  $("template-preview").hidden = !t;
+  if (!t) return;
+  const [before, after] = t.body.split("{prompt}");
+  const mark = document.createElement("mark");
+  mark.textContent = $("prompt").value || "{prompt}";
+  $("template-preview").replaceChildren(before, mark, after ?? "");
+  $("template-preview").title = t.description;
+}
+
+async function loadLoras() {
+  const { configured, loras } = await json("/api/loras");
+  state.loras = loras.map((l) => l.name);
+  $("lora-none").hidden = configured && loras.length > 0;
+  if (configured && !loras.length) $("lora-none").textContent = "The LoRA folders hold no .safetensors files.";
+  $("lora-add-row").hidden = !loras.length;
+  $("lora-pick").replaceChildren(...state.loras.map((n) => new Option(n, n)));
+}
+
+function addLora(name, scale = 1) {
+  if (!name || $("lora-list").children.length >= 8) return;
+  const item = document.createElement("li");
+  item.dataset.lora = name;
+  const id = `lora-scale-${name.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+  const label = document.createElement("label");
+  label.htmlFor = id;
+  label.textContent = name;
+  const input = Object.assign(document.createElement("input"),
+    { id, type: "number", min: -10, max: 10, step: 0.05, value: scale, className: "lora-scale" });
+  const remove = Object.assign(document.createElement("button"),
+    { type: "button", textContent: "Remove", className: "small" });
+  remove.setAttribute("aria-label", `remove LoRA ${name}`);
+  remove.addEventListener("click", () => item.remove());
+  item.append(label, input, remove);
+  $("lora-list").append(item);
+}
+
+function pickedLoras() {
+  return [...$("lora-list").children].map((li) => (
+    { name: li.dataset.lora, scale: +li.querySelector("input").value }));
 }
 
 function applyAspect() {
@@ -78,36 +145,69 @@ function matchAspect() {  // show the bucket a size belongs to, or "custom"
   $("aspect").value = "custom";
 }
 
-// ---- the request ------------------------------------------------------------------------
+// ---- the form <-> a Request -------------------------------------------------------------
+const KNOB_INPUTS = {  // Request field -> input id (numbers unless listed in TEXT_KNOBS)
+  width: "width", height: "height", steps: "steps", guidance: "guidance", shift: "shift",
+  hidden_layer: "hidden-layer", long_prompt: "long-prompt", dype: "dype",
+  dype_scale: "dype-scale", dype_exponent: "dype-exponent", slg_scale: "slg-scale",
+  slg_start: "slg-start", slg_stop: "slg-stop", negative_prompt: "negative",
+};
+const TEXT_KNOBS = new Set(["long_prompt", "dype", "negative_prompt"]);
+
+function setKnobs(values) {
+  for (const [name, id] of Object.entries(KNOB_INPUTS)) {
+    if (values[name] !== undefined && values[name] !== null) $(id).value = values[name];
+  }
+  if (values.slg_layers) $("slg-layers").value = values.slg_layers.join(",");
+}
+
 function seedMode() { return document.querySelector("input[name=seedmode]:checked").value; }
 
 function fields() {
-  const body = { prompt: $("prompt").value, width: +$("width").value, height: +$("height").value,
-                 steps: +$("steps").value };
+  const body = { prompt: $("prompt").value, num_images: +$("num-images").value || 1 };
+  for (const [name, id] of Object.entries(KNOB_INPUTS)) {
+    const raw = $(id).value;
+    if (raw === "") continue;
+    body[name] = TEXT_KNOBS.has(name) ? raw : +raw;
+  }
+  if (body.dype === "off") { delete body.dype_scale; delete body.dype_exponent; }
+  if (body.slg_scale) {
+    body.slg_layers = $("slg-layers").value.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
+  } else { delete body.slg_start; delete body.slg_stop; }
   const mode = seedMode();
   if (mode === "fixed" && $("seed").value !== "") body.seed = +$("seed").value;
   if (mode === "last" && state.lastSeed !== null) body.seed = state.lastSeed;
   if ($("template").value) body.template = $("template").value;
+  const loras = pickedLoras();
+  if (loras.length) body.loras = loras;
+  if (!$("teleport").checked) body.teleport = false;
   return body;
 }
 
 function restore(request) {  // put a stored request back into the form
   if (!request) return;
   if (request.prompt !== undefined) $("prompt").value = request.prompt;
-  if (request.width) $("width").value = request.width;
-  if (request.height) $("height").value = request.height;
-  if (request.steps) $("steps").value = request.steps;
+  setKnobs(request);
   if (request.seed !== undefined && request.seed !== null) {
     $("seed").value = request.seed;
     document.querySelector("input[name=seedmode][value=fixed]").checked = true;
   }
+  $("num-images").value = 1;  // a stored request is one image's
   const known = [...$("template").options].some((o) => o.value === request.template);
   $("template").value = request.template && known ? request.template : "";
+  $("lora-list").replaceChildren();
+  for (const lora of request.loras || []) addLora(lora.name, lora.scale);
+  $("teleport").checked = request.teleport !== false;
+  const advanced = (request.loras || []).length || request.negative_prompt || request.guidance
+    || request.slg_scale || (request.dype && request.dype !== "off");
+  if (advanced) $("advanced").open = true;
   matchAspect();
+  previewTemplate();
 }
 
-// ---- generate, follow, cancel -------------------------------------------------------------
+// ---- generate, follow, the queue, cancel ------------------------------------------------
 async function generate() {
+  if (state.job) return;
   showError("");
   $("generate").disabled = true;
   try {
@@ -115,6 +215,7 @@ async function generate() {
     state.job = job.id;
     $("cancel").disabled = false;
     setProgress(0, 1, `queued (position ${job.queue_position ?? 1})`);
+    watchQueue();
     await follow(job.id, onEvent);
   } catch (err) {
     showError(err.message);
@@ -123,6 +224,8 @@ async function generate() {
     state.job = null;
     $("generate").disabled = false;
     $("cancel").disabled = true;
+    $("preview").hidden = true;
+    refreshQueue();
   }
 }
 
@@ -191,12 +294,36 @@ function onEvent(event, data) {  // returns true when the job ended
   if (event === "done") {
     setProgress(1, 1, "done");
     state.lastSeed = data.seeds[0];
-    showResult(data.images[0]).then(() => loadGallery(true));
+    showResults(data.images).then(() => loadGallery(true)).catch((e) => showError(e.message));
     return true;
   }
   if (event === "cancelled") { setProgress(0, 1, "cancelled"); return true; }
   if (event === "error") { showError(data.message); setProgress(0, 1, "error"); return true; }
   return false;
+}
+
+let queueTimer = null;
+function watchQueue() {  // the queue while our job waits or runs (a poll: no stream for it)
+  clearInterval(queueTimer);
+  refreshQueue();
+  queueTimer = setInterval(() => { if (state.job) refreshQueue(); else clearInterval(queueTimer); }, 1000);
+}
+
+async function refreshQueue() {
+  let jobs = [];
+  try { jobs = (await json("/api/jobs")).jobs; } catch (_) { return; }
+  const waiting = jobs.filter((j) => j.status === "queued").length;
+  $("queue-chip").hidden = !jobs.length;
+  $("queue-chip").textContent = `${jobs.length - waiting} running, ${waiting} waiting`;
+  $("queue-box").hidden = jobs.length < 2 && !jobs.some((j) => j.id !== state.job);
+  $("queue").replaceChildren(...jobs.map((j) => {
+    const li = document.createElement("li");
+    const mine = j.id === state.job;
+    li.className = mine ? "mine" : "";
+    const where = j.status === "running" ? `running ${j.step}/${j.total}` : `#${j.queue_position} waiting`;
+    li.textContent = `${mine ? "you: " : ""}${where} - ${j.request.prompt.slice(0, 60)}`;
+    return li;
+  }));
 }
 
 async function cancel() {
@@ -205,47 +332,164 @@ async function cancel() {
   catch (err) { showError(err.message); }
 }
 
-// ---- result -------------------------------------------------------------------------------
+// ---- the result: large image, its strip, badge, parameters --------------------------------
+async function showResults(images) {
+  state.results = images;
+  $("strip").hidden = images.length < 2;
+  $("strip").replaceChildren(...images.map((item, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "strip-item";
+    button.setAttribute("aria-label", `show image ${i + 1} (seed ${item.seed})`);
+    const img = document.createElement("img");
+    img.alt = "";
+    imageUrl(`${item.url}?size=${THUMB}`).then((u) => { img.src = u; }).catch(() => {});
+    button.append(img);
+    button.addEventListener("click", () => showResult(item));
+    return button;
+  }));
+  await showResult(images[0]);
+}
+
 async function showResult(item) {  // a history item, or an image of a "done" event
   state.shown = item;
   const url = await imageUrl(item.url);
-  $("result-image").src = url;
-  $("result-image").dataset.imageId = item.id;
+  const img = $("result-image");
+  img.src = url;
+  img.alt = item.request.prompt;
+  img.dataset.imageId = item.id;
+  img.hidden = false;
+  $("empty").hidden = true;
+  $("preview").hidden = true;
+  for (const b of $("strip").children) b.classList.toggle("active", b.getAttribute("aria-label").includes(`seed ${item.seed})`));
   $("download").href = url;
   $("download").download = `zturbo-${item.seed}.png`;
   $("params").textContent = JSON.stringify(item.request, null, 2);
+  fillParams($("param-list"), item.request);
+  fillBadge($("badge"), item);
+  $("command-box").hidden = true;
   $("result").hidden = false;
 }
 
-async function copyParams() {
-  const text = $("params").textContent;
-  try { await navigator.clipboard.writeText(text); $("status").textContent = "parameters copied"; }
-  catch (_) {  // no clipboard permission (plain http): select the text instead
-    getSelection().selectAllChildren($("params"));
-    $("status").textContent = "parameters selected: press Ctrl+C";
+function badgeText(item) {  // what teleport did for this image, in words and seconds
+  const t = item.teleport || {};
+  const took = seconds(item.seconds);
+  if (t.hit) {
+    const how = t.kind && t.kind !== "latent" ? `served from the stored ${t.kind}` :
+      `replayed from step ${t.resumed_at_step}`;
+    const full = item.full_run
+      ? `full run ${seconds(item.full_run.seconds)} (first made at ${clock(item.full_run.created)})`
+      : "no full run of these settings in this history";
+    return { kind: "hit", text: `⚡ ${how} in ${took} · ${full}` };
+  }
+  if (t.bypass) return { kind: "off", text: `full run in ${took} · teleport off: ${t.bypass}` };
+  const stored = (t.stored || []).length ? ` · stored resume point(s) at step ${t.stored.join(", ")}` : "";
+  return { kind: "full", text: `full run in ${took}${stored}` };
+}
+
+function fillBadge(element, item) {
+  const { kind, text } = badgeText(item);
+  element.textContent = text;
+  element.dataset.kind = kind;
+}
+
+function fillParams(list, request) {  // the parameters that matter, as a definition list
+  const rows = [["Prompt", request.prompt], ["Seed", request.seed],
+    ["Size", `${request.width}×${request.height}`], ["Steps", request.steps]];
+  const d = state.options?.request_defaults || {};
+  if (request.template) rows.push(["Template", request.template]);
+  if (request.negative_prompt) rows.push(["Negative", request.negative_prompt]);
+  for (const [name, label] of [["guidance", "Guidance"], ["shift", "Shift"], ["hidden_layer", "Hidden layer"],
+    ["long_prompt", "Long prompts"], ["dype", "DyPE"], ["slg_scale", "SLG scale"], ["strength", "Strength"]]) {
+    if (request[name] !== undefined && request[name] !== null && request[name] !== d[name]) rows.push([label, request[name]]);
+  }
+  if (request.slg_scale) rows.push(["SLG layers", request.slg_layers.join(",")]);
+  for (const lora of request.loras || []) rows.push(["LoRA", `${lora.name} × ${lora.scale}`]);
+  list.replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = v;
+    return [dt, dd];
+  }));
+}
+
+async function copyText(text, box, what) {
+  box.value = text;
+  box.hidden = false;
+  if (box.parentElement.id === "command-box") box.parentElement.hidden = false;
+  try { await navigator.clipboard.writeText(text); $("status").textContent = `${what} copied`; }
+  catch (_) {  // no clipboard permission: the text is selected in the box instead
+    box.focus();
+    box.select();
+    $("status").textContent = `${what} selected: press Ctrl+C`;
   }
 }
 
-// ---- gallery --------------------------------------------------------------------------------
+function commandFor(item, kind) {
+  const defaults = state.options?.request_defaults || {};
+  return kind === "cli" ? ZCommands.cli(item.request, defaults, item.model || state.model)
+    : ZCommands.curl(item.request, defaults, location.origin, !!state.key);
+}
+
+// ---- gallery and lightbox ---------------------------------------------------------------------
 async function loadGallery(reset) {
-  if (reset) { state.offset = 0; $("gallery").replaceChildren(); }
+  if (reset) { state.offset = 0; state.gallery = []; $("gallery").replaceChildren(); }
   const q = encodeURIComponent($("search").value);
-  const page = await (await api(`/api/history?limit=${state.pageSize}&offset=${state.offset}&q=${q}`)).json();
+  const page = await json(`/api/history?limit=${state.pageSize}&offset=${state.offset}&q=${q}`);
   state.offset += page.items.length;
   $("more").hidden = state.offset >= page.total;
+  $("gallery-count").textContent = `${page.total} image${page.total === 1 ? "" : "s"}`;
   for (const item of page.items) {
+    const index = state.gallery.push(item) - 1;
     const figure = document.createElement("figure");
     figure.dataset.imageId = item.id;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "thumb";
+    button.setAttribute("aria-label", `open ${item.prompt} (seed ${item.seed})`);
     const img = document.createElement("img");
-    img.alt = item.prompt;
-    img.title = `${item.prompt}\nseed ${item.seed}, ${item.width}x${item.height}`;
+    img.alt = "";
+    img.loading = "lazy";
+    button.append(img);
     const caption = document.createElement("figcaption");
     caption.textContent = item.prompt;
-    figure.append(img, caption);
-    figure.addEventListener("click", () => { restore(item.request); showResult(item); });
+    figure.append(button, caption);
+    if (item.teleport?.hit) {  // outside the button: its name is the image's
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "⚡ replay";
+      figure.append(tag);
+    }
+    button.addEventListener("click", () => openBox(index));
     $("gallery").append(figure);
-    imageUrl(item.url).then((url) => { img.src = url; }).catch(() => {});
+    imageUrl(`${item.url}?size=${THUMB}`).then((url) => { img.src = url; }).catch(() => {});
   }
+}
+
+async function openBox(index) {
+  const item = state.gallery[index];
+  if (!item) return;
+  state.boxIndex = index;
+  const url = await imageUrl(item.url);
+  $("lightbox-image").src = url;
+  $("lightbox-image").alt = item.prompt;
+  $("lightbox-image").dataset.imageId = item.id;
+  $("lightbox-title").textContent = `Seed ${item.seed} · ${item.width}×${item.height}`;
+  $("lightbox-download").href = url;
+  $("lightbox-download").download = `zturbo-${item.seed}.png`;
+  fillBadge($("lightbox-badge"), item);
+  fillParams($("lightbox-params"), item.request);
+  $("lightbox-command").hidden = true;
+  $("lightbox-prev").disabled = index === 0;
+  $("lightbox-next").disabled = index >= state.gallery.length - 1;
+  if (!$("lightbox").open) $("lightbox").showModal();
+}
+
+function reuse(item) {
+  restore(item.request);
+  $("status").textContent = `settings of seed ${item.seed} restored`;
+  $("prompt").focus();
 }
 
 // ---- drop a PNG: restore its parameters ------------------------------------------------------
@@ -254,10 +498,27 @@ async function dropped(file) {
   const form = new FormData();
   form.append("image", file);
   try {
-    const data = await (await api("/api/metadata", { method: "POST", body: form })).json();
+    const data = await json("/api/metadata", { method: "POST", body: form });
     restore(data.request);
     $("status").textContent = `parameters restored from ${file.name}`;
   } catch (err) { showError(err.message); }
+}
+
+function wireLightbox() {
+  const box = $("lightbox");
+  const current = () => state.gallery[state.boxIndex];
+  $("lightbox-close").addEventListener("click", () => box.close());
+  $("lightbox-prev").addEventListener("click", () => openBox(state.boxIndex - 1));
+  $("lightbox-next").addEventListener("click", () => openBox(state.boxIndex + 1));
+  $("lightbox-reuse").addEventListener("click", () => { reuse(current()); box.close(); });
+  $("lightbox-cli").addEventListener("click", () => copyText(commandFor(current(), "cli"), $("lightbox-command"), "CLI command"));
+  $("lightbox-curl").addEventListener("click", () => copyText(commandFor(current(), "curl"), $("lightbox-command"), "curl command"));
+  box.addEventListener("click", (e) => { if (e.target === box) box.close(); });  // the backdrop
+  box.addEventListener("keydown", (e) => {
+    if (e.target.tagName === "TEXTAREA") return;
+    if (e.key === "ArrowLeft" && state.boxIndex > 0) openBox(state.boxIndex - 1);
+    if (e.key === "ArrowRight") openBox(state.boxIndex + 1);
+  });
 }
 
 function wire() {
@@ -268,17 +529,28 @@ function wire() {
   $("aspect").addEventListener("change", applyAspect);
   $("bucket").addEventListener("change", applyAspect);
   for (const id of ["width", "height"]) $(id).addEventListener("change", matchAspect);
-  $("copy").addEventListener("click", copyParams);
-  $("reuse").addEventListener("click", () => restore(state.shown?.request));
+  $("template").addEventListener("change", previewTemplate);
+  $("prompt").addEventListener("input", previewTemplate);
+  $("lora-add").addEventListener("click", () => addLora($("lora-pick").value));
+  $("copy").addEventListener("click", () => copyText($("params").textContent, $("command"), "parameters"));
+  $("copy-cli").addEventListener("click", () => copyText(commandFor(state.shown, "cli"), $("command"), "CLI command"));
+  $("copy-curl").addEventListener("click", () => copyText(commandFor(state.shown, "curl"), $("command"), "curl command"));
+  $("reuse").addEventListener("click", () => reuse(state.shown));
   $("more").addEventListener("click", () => loadGallery(false));
   let timer;
   $("search").addEventListener("input", () => {
     clearTimeout(timer);
     timer = setTimeout(() => loadGallery(true).catch((e) => showError(e.message)), 250);
   });
-  $("prompt").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate();
+  addEventListener("keydown", (e) => {  // Ctrl/Cmd+Enter generates from anywhere on the page
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !$("lightbox").open) {
+      e.preventDefault();
+      generate();
+    }
   });
+  if (/Mac|iPhone|iPad/.test(navigator.platform)) {
+    for (const kbd of document.querySelectorAll("kbd")) if (kbd.textContent === "Ctrl") kbd.textContent = "⌘";
+  }
   $("keybar").addEventListener("submit", (e) => {
     e.preventDefault();
     state.key = $("apikey").value.trim();
@@ -294,12 +566,14 @@ function wire() {
     const file = e.dataTransfer.files[0];
     if (file) dropped(file);
   });
+  wireLightbox();
 }
 
 async function start() {
   try {
     await loadOptions();
     await loadGallery(true);
+    refreshQueue();
   } catch (err) { showError(err.message); }
 }
 

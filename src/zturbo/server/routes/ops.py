@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ... import prompt_templates
 from ...config import ASPECTS, BUCKETS, DypeMethod, LongPromptMode
+from ...config import Request as GenRequest
 from ..state import state
 from ..metrics import cache_stats
 
@@ -67,6 +68,8 @@ async def options(request: Request):
         "buckets": {str(b): {a: list(size) for a, size in sizes.items()}
                     for b, sizes in BUCKETS.items()},
         "templates": templates(s),
+        # Request's own defaults: what a copied command may leave out
+        "request_defaults": GenRequest(prompt="-").model_dump(mode="json", exclude={"prompt"}),
         "preview_every": s.preview_every,
     }
 
