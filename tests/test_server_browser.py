@@ -1,7 +1,8 @@
 """The web page in a real headless Chromium (Debian's, driven by Playwright) against a real
 uvicorn server on a free loopback port with the demo model: type a prompt, generate, watch
 progress and previews, see the image, reload, find it in the gallery, restore parameters
-by clicking it and by dropping its PNG on the page, and cancel a running job."""
+from its lightbox and by dropping its PNG on the page, and cancel a running job (the
+studio's own journey, at two widths with axe: test_server_studio_page.py)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def test_the_page_generates_shows_progress_and_keeps_history(engine, tmp_path):
 
             page.fill("#prompt", "")
             page.fill("#seed", "")
-            figure.click()  # a gallery image restores its parameters
+            figure.locator("button").click()  # a gallery image opens in the lightbox,
+            page.click("#lightbox-reuse")  # whose "reuse these settings" restores them
             expect(page.locator("#prompt")).to_have_value("a lighthouse at dusk")
             expect(page.locator("#seed")).to_have_value("1234")
             expect(page.locator("#steps")).to_have_value("4")

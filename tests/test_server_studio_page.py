@@ -179,6 +179,7 @@ def test_studio_desktop_journey_queue_and_axe(studio):
                               np.asarray(Image.open(io.BytesIO(shown.content))))
 
         ARTIFACTS.mkdir(exist_ok=True)
+        page.evaluate("scrollTo(0, 0)")
         page.screenshot(path=str(ARTIFACTS / "studio-desktop.png"))
         check_axe(page, "desktop, result shown")
         page.locator("#gallery figure button").first.click()

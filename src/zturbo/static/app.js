@@ -397,7 +397,7 @@ function fillParams(list, request) {  // the parameters that matter, as a defini
   const rows = [["Prompt", request.prompt], ["Seed", request.seed],
     ["Size", `${request.width}×${request.height}`], ["Steps", request.steps]];
   const d = state.options?.request_defaults || {};
-  if (request.template) rows.push(["Template", request.template]);
+  if (request.template && request.template !== "none") rows.push(["Template", request.template]);
   if (request.negative_prompt) rows.push(["Negative", request.negative_prompt]);
   for (const [name, label] of [["guidance", "Guidance"], ["shift", "Shift"], ["hidden_layer", "Hidden layer"],
     ["long_prompt", "Long prompts"], ["dype", "DyPE"], ["slg_scale", "SLG scale"], ["strength", "Strength"]]) {
