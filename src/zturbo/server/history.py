@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS images (
     path TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_created ON images (created DESC);
+CREATE INDEX IF NOT EXISTS images_seed ON images (seed, fingerprint);
 """
 TERMINAL = ("done", "error", "cancelled")
 # how many images the row's job made (its timings are the whole job's)
@@ -146,10 +147,10 @@ class History:
         """
         rows = self._run(
             "SELECT id, job_id, created, timings, (SELECT COUNT(*) FROM images j "
-            "WHERE j.job_id = i.job_id) AS n FROM images i WHERE request=? AND fingerprint=? "
-            "AND created < ? AND COALESCE(json_extract(teleport, '$.hit'), 0) = 0 "
-            "ORDER BY created DESC LIMIT 1",
-            (json.dumps(request), fingerprint, before),
+            "WHERE j.job_id = i.job_id) AS n FROM images i WHERE seed=? AND fingerprint=? "
+            "AND request=? AND created < ? AND COALESCE(json_extract(teleport, '$.hit'), 0) = 0 "
+            "ORDER BY created DESC LIMIT 1",  # (seed, fingerprint) is indexed
+            (request["seed"], fingerprint, json.dumps(request), before),
         )
         if not rows:
             return None
