@@ -8,7 +8,8 @@ replay badge ("replayed from step N in X s · full run Y s"). The copied curl bo
 back to the server and must give the same pixels; the queue shows the page's position
 while another job holds the worker. Screenshots of both widths go to tests/artifacts/
 (git-ignored; the paths are printed), and axe-core (vendored in tests/vendor/, injected from
-the file, never fetched) must find no serious or critical violation."""
+the file, never fetched) must find no serious or critical violation. The copied CLI
+command, run as typed, gives the same pixels too."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_cli
 from knob_files import make_lora
 from serverkit import app_for, gate, live_server, one_thread
 
@@ -139,6 +142,7 @@ def journey(page, tag: str, seed: int) -> dict:
     cli = page.input_value("#lightbox-command")
     assert cli.startswith("zturbo generate ") and f"--seed {seed}" in cli and "--model demo" in cli
     assert "--steps 4" in cli and "--width 64" in cli
+    seen = {"cli": cli, "cli_image": page.get_attribute("#lightbox-image", "data-image-id")}
     page.click("#lightbox-reuse")
     expect(page.locator("#lightbox")).to_be_hidden()
     expect(page.locator("#prompt")).to_have_value(prompt)
@@ -159,11 +163,11 @@ def journey(page, tag: str, seed: int) -> dict:
     expect(page.locator("#badge")).to_have_text(BADGE)
     expect(page.locator("#badge")).to_have_attribute("data-kind", "hit")
     page.click("#copy-curl")
-    return {"curl": page.input_value("#command"), "badge": page.text_content("#badge"),
+    return {**seen, "curl": page.input_value("#command"), "badge": page.text_content("#badge"),
             "image_id": page.get_attribute("#result-image", "data-image-id")}
 
 
-def test_studio_desktop_journey_queue_and_axe(studio):
+def test_studio_desktop_journey_queue_and_axe(studio, tmp_path):
     from playwright.sync_api import expect
 
     base, browser, engine = studio
@@ -176,6 +180,14 @@ def test_studio_desktop_journey_queue_and_axe(studio):
         again = httpx.post(base + "/api/generate", json=body, timeout=60)
         shown = httpx.get(f"{base}/api/images/{seen['image_id']}", timeout=30)
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(again.content))),
+                              np.asarray(Image.open(io.BytesIO(shown.content))))
+
+        # the copied CLI command, run as typed (in-process), makes the very same image
+        out = tmp_path / "cli.png"
+        ran = run_cli(*shlex.split(seen["cli"])[1:], "--output", str(out))
+        assert ran.returncode == 0, ran.stderr
+        shown = httpx.get(f"{base}/api/images/{seen['cli_image']}", timeout=30)
+        assert np.array_equal(np.asarray(Image.open(out)),
                               np.asarray(Image.open(io.BytesIO(shown.content))))
 
         ARTIFACTS.mkdir(exist_ok=True)
@@ -220,6 +232,10 @@ def test_studio_phone_journey_and_axe(studio):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "studio-phone.png"), full_page=True)
         check_axe(page, "phone, result shown")
+        page.locator("#gallery figure button").first.click()
+        page.wait_for_function("document.getElementById('lightbox-image').naturalWidth > 0")
+        page.screenshot(path=str(ARTIFACTS / "studio-phone-lightbox.png"))
+        check_axe(page, "phone, lightbox open")
         print(f"phone badge: {seen['badge']}")
         print(f"screenshot: {ARTIFACTS / 'studio-phone.png'}")
         assert not errors, errors
