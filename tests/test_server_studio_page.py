@@ -116,6 +116,10 @@ def journey(page, tag: str, seed: int) -> dict:
     page.fill("#num-images", "2")  # two images per click: seeds seed, seed+1
     page.check("input[name=seedmode][value=fixed]", force=True)
     page.fill("#seed", str(seed))
+    page.select_option("#template", "cinematic")  # the preview shows the text encoded
+    expect(page.locator("#template-preview mark")).to_have_text(prompt)
+    page.select_option("#template", "")
+    expect(page.locator("#template-preview")).to_be_hidden()
     generate(page)
     expect(page.locator("#strip .strip-item")).to_have_count(2)
     assert page.evaluate("document.getElementById('result-image').naturalWidth") == 64
@@ -141,7 +145,7 @@ def journey(page, tag: str, seed: int) -> dict:
     page.click("#lightbox-cli")
     cli = page.input_value("#lightbox-command")
     assert cli.startswith("zturbo generate ") and f"--seed {seed}" in cli and "--model demo" in cli
-    assert "--steps 4" in cli and "--width 64" in cli
+    assert "--steps 4" in cli and "--width 64" in cli and "--template" not in cli
     seen = {"cli": cli, "cli_image": page.get_attribute("#lightbox-image", "data-image-id")}
     page.click("#lightbox-reuse")
     expect(page.locator("#lightbox")).to_be_hidden()

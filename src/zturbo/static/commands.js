@@ -32,6 +32,7 @@ const ZCommands = (() => {
     const out = {};
     for (const [name, value] of Object.entries(request)) {
       if (value === null || value === undefined || SERVER_SIDE.has(name)) continue;
+      if (name === "template" && value === "none") continue;  // stored as "none": no template
       if (ALWAYS.includes(name) || !same(value, defaults[name])) out[name] = value;
     }
     return out;
