@@ -375,7 +375,8 @@ function badgeText(item) {  // what teleport did for this image, in words and se
   const t = item.teleport || {};
   const took = seconds(item.seconds);
   if (t.hit) {
-    const how = t.kind && t.kind !== "latent" ? `served from the stored ${t.kind}` :
+    const how = {image: "served from the stored image (no DiT pass, no decode)",
+                 final_latent: "decoded from the stored final latent"}[t.served] ||
       `replayed from step ${t.resumed_at_step}`;
     const full = item.full_run
       ? `full run ${seconds(item.full_run.seconds)} (first made at ${clock(item.full_run.created)})`

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 
 from ... import prompt_templates
 from ...lora import list_loras
-from ..app import state
+from ..state import state
 
 router = APIRouter(tags=["page"])
 
