@@ -283,3 +283,5 @@ if __name__ == "__main__":  # `python -m zturbo.cli`: run the module the command
     from zturbo.cli import main as registered_main
 
     sys.exit(registered_main())
+
+from .lab import cli as lab_cli  # noqa: E402,F401  (registers `zturbo sweep` and `zturbo lab`)

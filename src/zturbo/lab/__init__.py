@@ -1,0 +1,35 @@
+"""The experiments lab: sweeps and grids over any Request field, resumable run folders,
+contact sheets, image metrics, an offline HTML report, and the compositional-teleport
+research harness (``zturbo.lab.compose``).
+
+    import zturbo.lab
+    outcome = zturbo.lab.sweep("a robot", vary=["steps=1,3,8"], model="demo", width=256,
+                               height=256)
+    print(outcome.folder.path / "report.html")
+
+Every frame is an ordinary Request run by ``zturbo.generate.generate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .runs import RunFolder, list_runs
+from .spec import SweepSpec, presets, reference_prompts
+from .sweep import FrameCallback, SweepOutcome, build_spec, default_folder, plan, run
+
+__all__ = ["RunFolder", "SweepOutcome", "SweepSpec", "build_spec", "list_runs", "plan",
+           "presets", "reference_prompts", "run", "sweep"]
+
+
+def sweep(prompt: str, vary: list[str] | None = None, *, preset: str | None = None,
+          reference: str | None = None, model: str | None = None, out: str | Path | None = None,
+          engine=None, on_frame: FrameCallback | None = None, **fixed: Any) -> SweepOutcome:
+    """Run (or resume) a sweep: ``vary`` like the CLI's ``--vary`` (``"steps=4,8"``),
+    ``fixed`` any Request fields (width=256...). Without ``engine``, ``model`` is loaded
+    (each ``transformer_file`` value in turn)."""
+    spec = build_spec(prompt, vary, preset=preset, reference=reference,
+                      model=model or (engine.spec if engine is not None else None), **fixed)
+    folder = RunFolder(Path(out)) if out else default_folder(spec)
+    return run(spec, folder, engine=engine, on_frame=on_frame)

@@ -1,0 +1,65 @@
+"""A finished sweep's files: metrics against the reference, summary.md, the contact sheet,
+report.html; results.jsonl rewritten with each frame once, metrics included."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import Image
+
+from ..errors import ZTurboError
+from .axes import value_text
+from .metrics import compare, json_number, summary_markdown
+from .report import report_html
+from .runs import REPORT, SHEET, SUMMARY, RunFolder, write_text_atomic
+from .sheet import contact_sheet
+from .spec import SweepSpec
+
+
+def reference_row(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The frame whose axis values match ``spec.reference`` (default: the first frame)."""
+    if not spec.reference:
+        return rows[0]
+    for row in rows:
+        coords = row.get("coords", {})
+        if all(repr(coords.get(k)) == repr(v) for k, v in spec.reference.items()):
+            return row
+    wanted = ",".join(f"{k}={value_text(v)}" for k, v in spec.reference.items())
+    raise ZTurboError(f"--reference {wanted}: no frame of this sweep has those values")
+
+
+def caption(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
+    """The fixed parameters: what every frame shares."""
+    swept = {a.field for a in spec.axes}
+    fixed = {k: v for k, v in rows[0]["request"].items()
+             if k not in swept and k not in ("prompt", "template_body") and v not in (None, "", [])}
+    if {"aspect", "scale", "orientation"} & swept:
+        fixed.pop("width", None), fixed.pop("height", None)
+    model = rows[0].get("model")
+    prompt = spec.prompt.strip().replace("\n", " ")
+    prompt = prompt if len(prompt) <= 160 else prompt[:157] + "..."
+    return (f"prompt: {prompt} | model: {model} | "
+            + ", ".join(f"{k}={value_text(v)}" for k, v in sorted(fixed.items())))
+
+
+def write_artifacts(spec: SweepSpec, folder: RunFolder, rows: list[dict[str, Any]]) -> str:
+    """Metrics, summary.md, contact-sheet.png, report.html; returns the reference frame name."""
+    if not rows:
+        return ""
+    ref = reference_row(spec, rows)
+    images = {r["key"]: Image.open(folder.path / r["file"]).convert("RGB") for r in rows}
+    for row in rows:
+        measured = compare(images[row["key"]], images[ref["key"]])
+        row["metrics"] = {k: json_number(v) if isinstance(v, float) else v
+                          for k, v in measured.items()}
+        row["metrics"]["reference"] = ref["frame"]
+    folder.rewrite(rows)
+    text = caption(spec, rows)
+    write_text_atomic(folder.file(SUMMARY), summary_markdown(rows, ref["frame"], text))
+    sheet = contact_sheet([(r.get("coords", {}), images[r["key"]]) for r in rows], spec.axes, text)
+    png = io.BytesIO()
+    sheet.image.save(png, format="PNG")
+    write_text_atomic(folder.file(SHEET), png.getvalue())
+    write_text_atomic(folder.file(REPORT), report_html(spec, rows, ref["frame"], text))
+    return ref["frame"]

@@ -1,0 +1,156 @@
+"""Sweep axes: ``FIELD=v1,v2`` over any Request field, plus the size axes.
+
+Values are parsed with the field's own type and limits from the Request model, so a bad
+value fails before anything runs, with the same message every front end gives. Size axes:
+
+- ``aspect=1:1,16:9`` official aspect buckets at the sweep's pixel count (the default
+  1024x1024 gives exactly the official ~1 MP sizes);
+- ``scale=768x432,1280x720`` or ``scale=0.33,1,2.4`` (megapixels, 16:9);
+- ``orientation=landscape,portrait`` swaps width and height of portrait frames.
+
+``transformer_file`` is an engine axis: each file is loaded in turn, one engine at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from ..config import ASPECTS, BUCKETS, Request, first_error
+from ..errors import ZTurboError
+
+SIZE_AXES = ("aspect", "scale", "orientation")
+ENGINE_AXES = ("transformer_file",)
+# Fields a sweep cannot vary: they name inputs by hash, or are not one frame's knob.
+FIXED_ONLY = ("image", "mask", "num_images", "embeddings_sha256", "loras", "template_body",
+              "passes", "strength")
+RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+MAX_RANGE = 1000
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept field and its values, in order."""
+
+    field: str
+    values: tuple[Any, ...]
+
+    @property
+    def is_size(self) -> bool:
+        return self.field in SIZE_AXES or self.field in ("width", "height")
+
+    def label(self, value: Any) -> str:
+        return f"{self.field}={value_text(value)}"
+
+
+def value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def sweepable() -> list[str]:
+    """The field names ``--vary`` accepts."""
+    fields = [f for f in Request.model_fields if f not in FIXED_ONLY]
+    return sorted([*fields, *SIZE_AXES, *ENGINE_AXES])
+
+
+def parse_vary(text: str) -> Axis:
+    """``"steps=1,3,8"`` / ``"seed=1..8"`` / ``"aspect=1:1,16:9"`` -> an Axis."""
+    field, sep, raw = text.partition("=")
+    field = field.strip().replace("-", "_")
+    if not sep or not raw.strip():
+        raise ZTurboError(f"--vary {text!r}: write FIELD=v1,v2,... (e.g. steps=4,8)")
+    if field not in sweepable():
+        raise ZTurboError(f"--vary: cannot sweep {field!r}; sweepable: {', '.join(sweepable())}")
+    items = [v.strip() for v in raw.split(",") if v.strip()]
+    values: list[Any] = []
+    for item in items:
+        values.extend(_expand(field, item))
+    if len(set(map(repr, values))) != len(values):
+        raise ZTurboError(f"--vary {field}: a value is repeated")
+    return Axis(field, tuple(values))
+
+
+def _expand(field: str, item: str) -> list[Any]:
+    match = RANGE.match(item)
+    if match:
+        lo, hi = int(match[1]), int(match[2])
+        if hi < lo or hi - lo >= MAX_RANGE:
+            raise ZTurboError(f"--vary {field}={item}: a range is LOW..HIGH, at most "
+                              f"{MAX_RANGE} values")
+        return [parse_value(field, str(v)) for v in range(lo, hi + 1)]
+    return [parse_value(field, item)]
+
+
+def parse_value(field: str, text: Any) -> Any:
+    """One value of an axis, as its field's type (JSON-able)."""
+    if field == "aspect":
+        if text not in ASPECTS:
+            raise ZTurboError(f"aspect {text!r}: choose from {', '.join(ASPECTS)}")
+        return text
+    if field == "scale":
+        return _scale_value(str(text))
+    if field == "orientation":
+        if text not in ("landscape", "portrait"):
+            raise ZTurboError(f"orientation {text!r}: landscape or portrait")
+        return text
+    if field == "transformer_file":
+        return str(text)
+    info = Request.model_fields[field]
+    kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    adapter = TypeAdapter(kind)
+    try:
+        value = adapter.validate_python(text)
+    except ValidationError as exc:
+        raise ZTurboError(f"--vary {field}={text}: {first_error(exc)}") from None
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _scale_value(text: str) -> str:
+    """``"1280x720"`` stays; ``"0.9"`` megapixels becomes the nearest 16:9 size."""
+    if "x" in text:
+        w, _, h = text.partition("x")
+        if not (w.isdigit() and h.isdigit()):
+            raise ZTurboError(f"scale {text!r}: write WIDTHxHEIGHT or megapixels")
+        return text
+    try:
+        mp = float(text)
+    except ValueError:
+        raise ZTurboError(f"scale {text!r}: write WIDTHxHEIGHT or megapixels") from None
+    if not 0 < mp <= 16:
+        raise ZTurboError(f"scale {text!r}: megapixels must be in (0, 16]")
+    width = math.sqrt(mp * 1e6 * 16 / 9)
+    return f"{_mult16(width)}x{_mult16(width * 9 / 16)}"
+
+
+def _mult16(value: float) -> int:
+    return max(16, int(round(value / 16)) * 16)
+
+
+def aspect_size(aspect: str, pixels: int) -> tuple[int, int]:
+    """An aspect at ``pixels`` pixels: the official bucket when the count is a bucket's,
+    else the bucket's shape scaled to that count (multiples of 16)."""
+    for bucket, sizes in BUCKETS.items():
+        if pixels == bucket * bucket:
+            return sizes[aspect]
+    w, h = BUCKETS[1024][aspect]
+    factor = math.sqrt(pixels / (w * h))
+    return _mult16(w * factor), _mult16(h * factor)
+
+
+def size_fields(coords: dict[str, Any], width: int, height: int) -> dict[str, int]:
+    """Width and height of a frame from its size-axis values (others leave them)."""
+    if "aspect" in coords:
+        width, height = aspect_size(coords["aspect"], width * height)
+    if "scale" in coords:
+        w, _, h = coords["scale"].partition("x")
+        width, height = int(w), int(h)
+    if coords.get("orientation") == "portrait" and width > height or (
+            coords.get("orientation") == "landscape" and height > width):
+        width, height = height, width
+    return {"width": width, "height": height}
