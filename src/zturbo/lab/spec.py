@@ -109,6 +109,12 @@ def parse_reference(text: str) -> dict[str, Any]:
     return out
 
 
+def reference_fits(axes: list[Axis], reference: dict[str, Any]) -> bool:
+    """Whether some frame of these axes has the reference's values."""
+    values = {a.field: [repr(v) for v in a.values] for a in axes}
+    return all(repr(v) in values.get(k, []) for k, v in reference.items())
+
+
 def load_spec(text: str) -> SweepSpec:
     try:
         data = tomllib.loads(text)

@@ -22,7 +22,7 @@ from .artifacts import write_artifacts
 from .axes import ENGINE_AXES, SIZE_AXES, Axis, size_fields, value_text
 from .runs import SPEC, RunFolder, file_sha256, frame_key, runs_root, write_text_atomic
 from .spec import (DEFAULT_SEED, SweepSpec, dump_spec, merge_axes, parse_reference, parse_vary,
-                   preset_axes)
+                   preset_axes, reference_fits)
 
 # on_frame(event): after each frame ({"done", "total", "frame", "skipped", "row"}).
 FrameCallback = Callable[[dict[str, Any]], None]
@@ -62,6 +62,10 @@ def build_spec(prompt: str, vary: list[str] | None = None, *, preset: str | None
     if len({a.field for a in axes}) != len(axes):
         raise ZTurboError("--vary: each field may be swept once")
     ref = parse_reference(reference) if isinstance(reference, str) else reference
+    if ref and not reference_fits(axes, ref):
+        raise ZTurboError(f"--reference {reference}: no frame of this sweep has those values")
+    if preset_ref and not reference_fits(axes, preset_ref):
+        preset_ref = None  # --vary replaced the preset's axis: the first frame is the reference
     fixed = {k: v for k, v in fixed.items() if v is not None}
     if not any(a.field == "seed" for a in axes):
         fixed.setdefault("seed", DEFAULT_SEED)  # a sweep is a controlled experiment

@@ -79,6 +79,9 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
 
     for module in (openai_images, generate, encode, jobs_routes, images, ops, library):
         app.include_router(module.router)
+    from .routes import lab as lab_routes  # the experiments lab (docs/lab.md)
+
+    app.include_router(lab_routes.router)
     static = files("zturbo").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 

@@ -1,0 +1,137 @@
+"""The lab over HTTP: start a sweep as a background job, follow it (SSE), list run folders,
+serve a run's report and frames (never a path outside the run folder), and the Lab page."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...errors import ZTurboError
+from ...lab.runs import list_runs, run_file, runs_root
+from ...lab.spec import reference_prompts
+from ...lab.sweep import build_spec, default_folder, plan
+from ..app import state
+from ..errors import ApiError
+from ..jobs import follow
+from ..labjobs import LabJob, LabJobs
+
+router = APIRouter(tags=["lab"])
+MAX_FRAMES = 256
+
+
+class SweepBody(BaseModel):
+    """POST /api/lab/sweeps: like ``zturbo sweep``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(None, description="the prompt (or prompt_name)")
+    prompt_name: str | None = Field(None, description="a named reference prompt, e.g. robot")
+    vary: list[str] = Field(default_factory=list, description='axes like "steps=4,8"')
+    preset: str | None = Field(None, description="steps, guidance, seeds, aspect, scale, quant")
+    reference: str | None = Field(None, description="reference frame, e.g. steps=15")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="fixed Request fields")
+
+
+def lab_jobs(request: Request) -> LabJobs:
+    app_state = request.app.state
+    if not hasattr(app_state, "zturbo_lab"):
+        app_state.zturbo_lab = LabJobs()
+    return app_state.zturbo_lab
+
+
+def _job(request: Request, sweep_id: str) -> LabJob:
+    job = lab_jobs(request).get(sweep_id)
+    if job is None:
+        raise ApiError(404, f"no sweep {sweep_id!r}", "not_found")
+    return job
+
+
+@router.post("/api/lab/sweeps", status_code=202)
+async def start_sweep(body: SweepBody, request: Request):
+    """Start a sweep on the server's engine; follow it at ``events``; its report at ``report``."""
+    st = state(request)
+    if st.engine is None:
+        raise ApiError(503, "the model is still loading; see /api/ready", "unavailable")
+    prompt = body.prompt
+    if body.prompt_name:
+        prompt = reference_prompts().get(body.prompt_name)
+        if prompt is None:
+            raise ApiError(400, f"unknown prompt_name {body.prompt_name!r}")
+    if not prompt or not prompt.strip():
+        raise ApiError(400, "no prompt: give prompt or prompt_name")
+    if not body.vary and not body.preset:
+        raise ApiError(400, "nothing to sweep: give vary or preset")
+    if "transformer_file" in body.fixed or any(v.startswith("transformer_file") for v in body.vary):
+        raise ApiError(400, "the server's engine has one transformer: sweep weights from the CLI")
+    try:
+        spec = build_spec(prompt.strip(), body.vary, preset=body.preset, reference=body.reference,
+                          model=st.engine.spec, **body.fixed)
+        frames = plan(spec, st.settings)
+    except ZTurboError as exc:
+        raise ApiError(400, str(exc)) from None
+    if len(frames) > MAX_FRAMES:
+        raise ApiError(400, f"{len(frames)} frames: a server sweep has at most {MAX_FRAMES}")
+    job = lab_jobs(request).start(st.engine, spec, default_folder(spec), len(frames),
+                                  asyncio.get_running_loop())
+    return lab_jobs(request).summary(job)
+
+
+@router.get("/api/lab/sweeps")
+async def sweeps(request: Request):
+    """The sweeps this server started, oldest first."""
+    jobs = lab_jobs(request)
+    return {"sweeps": [jobs.summary(j) for j in jobs.all()]}
+
+
+@router.get("/api/lab/sweeps/{sweep_id}")
+async def sweep_status(sweep_id: str, request: Request):
+    return lab_jobs(request).summary(_job(request, sweep_id))
+
+
+@router.get("/api/lab/sweeps/{sweep_id}/events", response_class=EventSourceResponse)
+async def sweep_events(sweep_id: str, request: Request) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events from the start: ``queued``, ``started``, one ``frame`` per frame
+    (``done``/``total``, its URL, whether it was skipped as already done), then ``done``,
+    ``error`` or ``cancelled``."""
+    job = _job(request, sweep_id)
+    async for event in follow(lab_jobs(request), job):
+        yield ServerSentEvent(event=event["event"], data=event["data"])
+
+
+@router.post("/api/lab/sweeps/{sweep_id}/cancel")
+async def cancel_sweep(sweep_id: str, request: Request):
+    """Cancel a sweep at its next step; finished frames stay in its run folder."""
+    job = _job(request, sweep_id)
+    lab_jobs(request).cancel(job)
+    return lab_jobs(request).summary(job)
+
+
+@router.get("/api/lab/runs")
+def runs(request: Request):
+    """Run folders under ``<state>/runs``, newest first."""
+    return {"runs": [{k: v for k, v in r.items() if k != "path"}
+                     | {"report": f"/api/lab/runs/{r['name']}/files/report.html"
+                        if r["report"] else None} for r in list_runs(runs_root())]}
+
+
+@router.get("/api/lab/runs/{run}/files/{relative:path}", response_class=FileResponse)
+async def run_files(run: str, relative: str):
+    """A file of a run folder (report.html, frames/*.png, results.jsonl...)."""
+    try:
+        return FileResponse(run_file(runs_root(), run, relative))
+    except ZTurboError as exc:
+        raise ApiError(404, str(exc), "not_found") from None
+
+
+@router.get("/lab", include_in_schema=False)
+async def lab_page():
+    return FileResponse(str(files("zturbo").joinpath("static", "lab.html")),
+                        media_type="text/html")
+
