@@ -67,7 +67,7 @@ def main() -> None:
 
     for prompt in prompts:
         for seed in seeds:
-            def direct(steps: int):
+            def direct(steps: int, prompt=prompt, seed=seed):
                 req = make_request(engine.settings, prompt=prompt, seed=seed, steps=steps,
                                    teleport=False, **size)
                 t = time.perf_counter()

@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from zturbo.config import load_settings
 from zturbo.errors import ZTurboError
 from zturbo.lab import RunFolder, build_spec, plan, run
@@ -170,7 +170,7 @@ def test_compose_refines_exactly_r_steps(engine):
             calls["n"], steps = 0, []
             out = compose(engine, "a red car and a blue house", width=32, height=32,
                           unit_steps=4, at=2, schedule=8, refine=r,
-                          on_step=lambda done, total, _: steps.append(done))
+                          on_step=lambda done, total, _, seen=steps: seen.append(done))
             assert all(u["cached"] for u in out.units)
             assert calls["n"] == r and len(steps) == r  # R DiT passes, nothing else
             assert out.start_index == 4 and steps[0] == 5

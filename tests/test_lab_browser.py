@@ -10,8 +10,8 @@ import shutil
 
 import httpx
 import pytest
-
 from serverkit import app_for, live_server, one_thread
+
 from zturbo.lab import RunFolder, build_spec, run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -8,6 +8,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..config import Request
 from ..errors import ZTurboError
 from .axes import value_text
 from .metrics import compare, json_number, summary_markdown
@@ -15,6 +16,8 @@ from .report import report_html
 from .runs import REPORT, SHEET, SUMMARY, RunFolder, write_text_atomic
 from .sheet import contact_sheet
 from .spec import SweepSpec
+
+MAIN_KNOBS = ("seed", "width", "height", "steps", "guidance", "shift")
 
 
 def reference_row(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -30,16 +33,17 @@ def reference_row(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, Any]
 
 
 def caption(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
-    """The fixed parameters: what every frame shares."""
+    """The fixed parameters: what every frame shares (defaults left out, but the main knobs)."""
     swept = {a.field for a in spec.axes}
+    if swept & {"aspect", "scale", "orientation"}:
+        swept |= {"width", "height"}
+    defaults = Request(prompt="x").model_dump(mode="json")
     fixed = {k: v for k, v in rows[0]["request"].items()
-             if k not in swept and k not in ("prompt", "template_body") and v not in (None, "", [])}
-    if {"aspect", "scale", "orientation"} & swept:
-        fixed.pop("width", None), fixed.pop("height", None)
-    model = rows[0].get("model")
+             if k not in swept and k not in ("prompt", "template_body", "num_images")
+             and (v != defaults.get(k) or k in MAIN_KNOBS)}
     prompt = spec.prompt.strip().replace("\n", " ")
     prompt = prompt if len(prompt) <= 160 else prompt[:157] + "..."
-    return (f"prompt: {prompt} | model: {model} | "
+    return (f"prompt: {prompt} | model: {rows[0].get('model')} | "
             + ", ".join(f"{k}={value_text(v)}" for k, v in sorted(fixed.items())))
 
 

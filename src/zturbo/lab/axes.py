@@ -129,7 +129,7 @@ def _scale_value(text: str) -> str:
 
 
 def _mult16(value: float) -> int:
-    return max(16, int(round(value / 16)) * 16)
+    return max(16, round(value / 16) * 16)
 
 
 def aspect_size(aspect: str, pixels: int) -> tuple[int, int]:

@@ -12,9 +12,19 @@ from typing import Annotated
 
 import typer
 
-from ..cli import Device, Dtype, Model, Profile, Template, TransformerFile, app, friendly_errors
+from ..cli import (
+    Device,
+    Dtype,
+    Model,
+    Profile,
+    Template,
+    TransformerFile,
+    app,
+    friendly_errors,
+)
 from ..config import load_settings
 from ..errors import ZTurboError
+from .metrics import summary_table
 from .runs import RunFolder, list_runs
 from .spec import SweepSpec, load_spec, presets, reference_prompts
 
@@ -110,7 +120,7 @@ def _print_outcome(outcome, as_json: bool) -> None:
                                "report": str(path / "report.html")}))
         return
     typer.echo(f"ran {outcome.ran} frame(s), skipped {outcome.skipped} already done")
-    typer.echo((path / "summary.md").read_text().split("\n\n", 3)[-1].split("\n\nPSNR")[0])
+    typer.echo(summary_table(outcome.rows))
     typer.echo(f"report: {path / 'report.html'}\ncontact sheet: {path / 'contact-sheet.png'}")
 
 
@@ -138,4 +148,4 @@ def presets_command() -> None:
     typer.echo(f"prompts: {', '.join(reference_prompts())} (--prompt-name)")
 
 
-from .compose_cli import compose_command  # noqa: E402,F401  (registers `zturbo lab compose`)
+from .compose_cli import compose_command  # noqa: F401  (registers `zturbo lab compose`)

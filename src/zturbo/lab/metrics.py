@@ -22,7 +22,9 @@ from ..measure import markdown_table, psnr
 
 def ssim(a, b) -> float:
     """SSIM of two uint8 RGB images of the same size (scikit-image)."""
-    from skimage.metrics import structural_similarity  # heavy import: only when measuring
+    from skimage.metrics import (
+        structural_similarity,  # heavy import: only when measuring
+    )
 
     x, y = np.asarray(a, dtype=np.uint8), np.asarray(b, dtype=np.uint8)
     win = min(7, *x.shape[:2])
@@ -50,19 +52,24 @@ def json_number(value: float | None) -> float | str | None:
     return value
 
 
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """The metrics of every frame as a markdown table."""
+    return markdown_table([
+        {"frame": r["frame"], "psnr_db": _num(r["metrics"].get("psnr")),
+         "ssim": _num(r["metrics"].get("ssim")), "mad": _num(r["metrics"].get("mad")),
+         "seconds": r["timings"].get("total"),
+         "teleport": "hit" if r.get("teleport", {}).get("hit") else "miss"}
+        for r in rows])
+
+
 def summary_markdown(rows: list[dict[str, Any]], reference: str, caption: str) -> str:
-    """summary.md: one row per frame, then what the numbers can and cannot say."""
-    table = [{"frame": r["frame"], "psnr_db": _num(r["metrics"].get("psnr")),
-              "ssim": _num(r["metrics"].get("ssim")), "mad": _num(r["metrics"].get("mad")),
-              "seconds": r["timings"].get("total"),
-              "teleport": "hit" if r.get("teleport", {}).get("hit") else "miss"}
-             for r in rows]
+    """summary.md: the table, then what the numbers can and cannot say."""
     return "\n".join([
         "# Sweep summary", "", caption, "", f"Reference frame: `{reference}`.", "",
-        markdown_table(table), "",
-        "PSNR/SSIM/MAD measure distance to the reference frame, not quality. On the demo "
-        "model's random weights they say nothing about images. `seconds` is the frame's "
-        "generate() time; a teleport hit replays a stored trajectory, so it is faster.", "",
+        summary_table(rows), "",
+        ("PSNR/SSIM/MAD measure distance to the reference frame, not quality. On the demo "
+         "model's random weights they say nothing about images. `seconds` is the frame's "
+         "generate() time; a teleport hit replays a stored trajectory, so it is faster."), "",
     ])
 
 

@@ -19,10 +19,18 @@ from ..config import Request, Settings, load_settings, make_request
 from ..errors import ZTurboError
 from ..metadata import pnginfo, write_png_atomic
 from .artifacts import write_artifacts
-from .axes import ENGINE_AXES, SIZE_AXES, Axis, size_fields, value_text
+from .axes import ENGINE_AXES, SIZE_AXES, size_fields, value_text
 from .runs import SPEC, RunFolder, file_sha256, frame_key, runs_root, write_text_atomic
-from .spec import (DEFAULT_SEED, SweepSpec, dump_spec, merge_axes, parse_reference, parse_vary,
-                   preset_axes, reference_fits)
+from .spec import (
+    DEFAULT_SEED,
+    SweepSpec,
+    dump_spec,
+    merge_axes,
+    parse_reference,
+    parse_vary,
+    preset_axes,
+    reference_fits,
+)
 
 # on_frame(event): after each frame ({"done", "total", "frame", "skipped", "row"}).
 FrameCallback = Callable[[dict[str, Any]], None]
