@@ -69,6 +69,9 @@ def test_grid_runs_end_to_end_and_its_sweep_toml_reruns_it(engine, tmp_path):
     assert again.to_dict() == spec.to_dict()
     replay = run(again, folder, engine=engine)
     assert (replay.ran, replay.skipped) == (0, 4)
+    other = build_spec("a red robot", ["steps=1,3"], **TINY)
+    with pytest.raises(ZTurboError, match="another sweep"):
+        run(other, folder, engine=engine)  # one sweep per run folder
 
 
 class Interrupt(Exception):

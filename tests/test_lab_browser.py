@@ -10,7 +10,7 @@ import shutil
 
 import httpx
 import pytest
-from serverkit import app_for, live_server, one_thread
+from serverkit import app_for, live_server, one_thread, wait_for
 
 from zturbo.lab import RunFolder, build_spec, run
 
@@ -123,5 +123,13 @@ def test_lab_view_runs_a_sweep_and_opens_its_report(engine, tmp_path):
                          "%2Fetc%2Fpasswd"):
                 assert httpx.get(f"{base}/api/lab/runs/{run_name}/files/{evil}").status_code == 404
             assert httpx.get(f"{base}/api/lab/runs/..%2F/files/x").status_code == 404
+            # the same sweep again resumes its run folder: every frame skipped, none made
+            body = {"prompt": "a lighthouse at dusk", "vary": ["steps=1,2"],
+                    "fixed": {"width": 32, "height": 32}}
+            again = httpx.post(base + "/api/lab/sweeps", json=body)
+            assert again.status_code == 202 and again.json()["run"] == run_name
+            done = wait_for(lambda: (s := httpx.get(base + "/api/lab/sweeps/" + again.json()["id"])
+                                     .json())["status"] == "done" and s, 60, "the second sweep")
+            assert (done["skipped"], done["done"], done["total"]) == (2, 2, 2)
         finally:
             browser.close()

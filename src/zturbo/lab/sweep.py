@@ -25,6 +25,7 @@ from .spec import (
     DEFAULT_SEED,
     SweepSpec,
     dump_spec,
+    load_spec,
     merge_axes,
     parse_reference,
     parse_vary,
@@ -142,6 +143,7 @@ def run(spec: SweepSpec, folder: RunFolder | None = None, *, engine=None,
                                   for f in frames):
         raise ZTurboError("a transformer_file axis loads each file in turn: run it from the CLI "
                           "or the Python API without a loaded engine")
+    _check_same_sweep(folder, spec)
     folder.create()
     write_text_atomic(folder.file(SPEC), dump_spec(spec))
     previous = {r["key"]: r for r in folder.results()}
@@ -174,6 +176,14 @@ def run(spec: SweepSpec, folder: RunFolder | None = None, *, engine=None,
     return outcome
 
 
+def _check_same_sweep(folder: RunFolder, spec: SweepSpec) -> None:
+    """A run folder holds one sweep: resuming is fine, mixing two sweeps is refused."""
+    existing = folder.file(SPEC)
+    if existing.exists() and load_spec(existing.read_text()).to_dict() != spec.to_dict():
+        raise ZTurboError(f"{folder.path} holds another sweep (its sweep.toml differs): choose "
+                          "another -o, or re-run that one with --from")
+
+
 def _report(on_frame, outcome: SweepOutcome, total: int, frame: Frame, skipped: bool) -> None:
     if on_frame is not None:
         on_frame({"done": outcome.ran + outcome.skipped, "total": total, "frame": frame.name,
@@ -202,8 +212,8 @@ def run_frame(engine, frame: Frame, folder: RunFolder, on_step=None) -> dict[str
     info = pnginfo(frame.request, result.model, result.fingerprint,
                    {"timings": {k: round(v, 4) for k, v in result.timings.items()},
                     "lab": {"coords": frame.coords, "key": frame.key}})
-    write_png_atomic(result.images[0], path, info)
-    row = {"frame": frame.name, "file": frame.file, "key": frame.key, "coords": frame.coords,
+    path = write_png_atomic(result.images[0], path, info)
+    row = {"frame": frame.name, "file": path.relative_to(folder.path).as_posix(), "key": frame.key, "coords": frame.coords,
            "request": frame.request.model_dump(mode="json"), "seed": result.seeds[0],
            "model": result.model, "fingerprint": result.fingerprint,
            "transformer_file": frame.transformer_file,

@@ -54,8 +54,10 @@ class LabJobs:
         self._jobs: dict[str, LabJob] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self, engine, spec: SweepSpec, folder: RunFolder, total: int,
+    def start(self, engine, settings, spec: SweepSpec, folder: RunFolder, total: int,
               loop: asyncio.AbstractEventLoop) -> LabJob:
+        """Run ``spec`` into ``folder`` on ``engine`` in a lab thread; ``settings`` (the
+        server's) validate every frame's Request, as for every other request."""
         job = LabJob(uuid.uuid4().hex, spec, folder, total)
         with self._lock:
             self._loop = loop
@@ -64,7 +66,7 @@ class LabJobs:
             for old in ended[:max(0, len(self._jobs) - KEEP)]:  # oldest finished ones go
                 self._jobs.pop(old)
             self._publish(job, "queued", {"total": total, "run": folder.name})
-        threading.Thread(target=self._work, args=(engine, job), daemon=True,
+        threading.Thread(target=self._work, args=(engine, settings, job), daemon=True,
                          name=f"zturbo-lab-{job.id[:8]}").start()
         return job
 
@@ -97,7 +99,7 @@ class LabJobs:
             return [{"event": e["event"], "data": dict(e["data"])} for e in job.events[index:]]
 
     # -- the lab thread ----------------------------------------------------------------
-    def _work(self, engine, job: LabJob) -> None:
+    def _work(self, engine, settings, job: LabJob) -> None:
         from ..lab.sweep import run
 
         with self._one_at_a_time:
@@ -105,7 +107,7 @@ class LabJobs:
                 job.status = "running"
                 self._publish(job, "started", {"total": job.total})
             try:
-                outcome = run(job.spec, job.folder, engine=engine,
+                outcome = run(job.spec, job.folder, engine=engine, settings=settings,
                               on_frame=lambda event: self._frame(job, event),
                               on_step=lambda *_: self._check(job))
             except Cancelled:

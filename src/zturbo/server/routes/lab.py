@@ -78,7 +78,7 @@ async def start_sweep(body: SweepBody, request: Request):
         raise ApiError(400, str(exc)) from None
     if len(frames) > MAX_FRAMES:
         raise ApiError(400, f"{len(frames)} frames: a server sweep has at most {MAX_FRAMES}")
-    job = lab_jobs(request).start(st.engine, spec, default_folder(spec), len(frames),
+    job = lab_jobs(request).start(st.engine, st.settings, spec, default_folder(spec), len(frames),
                                   asyncio.get_running_loop())
     return lab_jobs(request).summary(job)
 
