@@ -14,9 +14,10 @@ from PIL import Image
 
 from zturbo.config import load_settings
 from zturbo.errors import ZTurboError
-from zturbo.lab import RunFolder, build_spec, plan, run
+from zturbo.lab import RunFolder
 from zturbo.lab.axes import Axis, parse_vary
 from zturbo.lab.metrics import compare, mad, ssim
+from zturbo.lab.runner import build_spec, plan, run
 from zturbo.lab.sheet import contact_sheet
 from zturbo.lab.spec import dump_spec, load_spec
 

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from serverkit import app_for, live_server, one_thread, wait_for
 
-from zturbo.lab import RunFolder, build_spec, run
+from zturbo.lab import RunFolder
+from zturbo.lab.runner import build_spec, run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -274,6 +274,10 @@ app.command()(prompt_cli.encode)
 app.command("profile")(friendly_errors(profile_command(
     Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset, Compile)))
 
+from .lab.cli import register as register_lab  # noqa: E402  (zturbo sweep, zturbo lab ...)
+
+register_lab(app, friendly_errors, _progress)
+
 
 def main() -> None:
     app(prog_name="zturbo")
@@ -283,5 +287,3 @@ if __name__ == "__main__":  # `python -m zturbo.cli`: run the module the command
     from zturbo.cli import main as registered_main
 
     sys.exit(registered_main())
-
-from .lab import cli as lab_cli  # noqa: E402,F401  (registers `zturbo sweep` and `zturbo lab`)

@@ -7,7 +7,9 @@ research harness (``zturbo.lab.compose``).
                                height=256)
     print(outcome.folder.path / "report.html")
 
-Every frame is an ordinary Request run by ``zturbo.generate.generate``.
+Every frame is an ordinary Request run by ``zturbo.generate.generate``. Planning and
+running live in ``zturbo.lab.runner`` (``build_spec``, ``plan``, ``run``); this package
+imports nothing heavy, so ``zturbo --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -17,18 +19,22 @@ from typing import Any
 
 from .runs import RunFolder, list_runs
 from .spec import SweepSpec, presets, reference_prompts
-from .sweep import FrameCallback, SweepOutcome, build_spec, default_folder, plan, run
 
-__all__ = ["RunFolder", "SweepOutcome", "SweepSpec", "build_spec", "list_runs", "plan",
-           "presets", "reference_prompts", "run", "sweep"]
+__all__ = ["RunFolder", "SweepSpec", "list_runs", "presets", "reference_prompts", "sweep"]
 
 
 def sweep(prompt: str, vary: list[str] | None = None, *, preset: str | None = None,
           reference: str | None = None, model: str | None = None, out: str | Path | None = None,
-          engine=None, on_frame: FrameCallback | None = None, **fixed: Any) -> SweepOutcome:
-    """Run (or resume) a sweep: ``vary`` like the CLI's ``--vary`` (``"steps=4,8"``),
-    ``fixed`` any Request fields (width=256...). Without ``engine``, ``model`` is loaded
-    (each ``transformer_file`` value in turn)."""
+          engine=None, on_frame=None, **fixed: Any):
+    """Run (or resume) a sweep; returns a ``runner.SweepOutcome``. ``vary`` like the CLI's
+    ``--vary`` (``"steps=4,8"``), ``fixed`` any Request fields (width=256...). Without
+    ``engine``, ``model`` is loaded (each ``transformer_file`` value in turn)."""
+    from .runner import (  # heavy: torch (generate, metrics)
+        build_spec,
+        default_folder,
+        run,
+    )
+
     spec = build_spec(prompt, vary, preset=preset, reference=reference,
                       model=model or (engine.spec if engine is not None else None), **fixed)
     folder = RunFolder(Path(out)) if out else default_folder(spec)

@@ -40,7 +40,7 @@ def caption(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     defaults = Request(prompt="x").model_dump(mode="json")
     fixed = {k: v for k, v in rows[0]["request"].items()
              if k not in swept and k not in ("prompt", "template_body", "num_images")
-             and (v != defaults.get(k) or k in MAIN_KNOBS)}
+             and (v != defaults.get(k) or k in MAIN_KNOBS) and v != "none"}
     prompt = spec.prompt.strip().replace("\n", " ")
     prompt = prompt if len(prompt) <= 160 else prompt[:157] + "..."
     return (f"prompt: {prompt} | model: {rows[0].get('model')} | "

@@ -8,14 +8,11 @@ from typing import Annotated
 
 import typer
 
-from ..cli import Device, Dtype, Model, Profile, friendly_errors
 from ..config import load_settings
 from ..errors import ZTurboError
-from .cli import lab_app
+from ..options import Device, Dtype, Model, Profile
 
 
-@lab_app.command("compose")
-@friendly_errors
 def compose_command(
     prompt: Annotated[str, typer.Argument(help="The full prompt.")],
     unit: Annotated[list[str] | None, typer.Option("--unit", help="A visual unit; repeat. [default: split at ; . 'and' and commas]")] = None,
@@ -33,8 +30,8 @@ def compose_command(
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Combine cached unit latents and refine them under the full prompt (research only)."""
-    from ..models import load
-    from .compose import compose
+    from ..models import load  # heavy: torch and diffusers
+    from .compose import compose  # heavy: torch
 
     try:
         parsed = [float(w) for w in weights.split(",")] if weights else None

@@ -100,7 +100,7 @@ class LabJobs:
 
     # -- the lab thread ----------------------------------------------------------------
     def _work(self, engine, settings, job: LabJob) -> None:
-        from ..lab.sweep import run
+        from ..lab.runner import run
 
         with self._one_at_a_time:
             with self._lock:

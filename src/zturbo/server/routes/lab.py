@@ -14,9 +14,9 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import ZTurboError
+from ...lab.runner import build_spec, default_folder, plan
 from ...lab.runs import list_runs, run_file, runs_root
 from ...lab.spec import reference_prompts
-from ...lab.sweep import build_spec, default_folder, plan
 from ..app import state
 from ..errors import ApiError
 from ..jobs import follow
