@@ -188,3 +188,33 @@ def test_compose_refines_exactly_r_steps(engine):
 
     a, b = torch.ones(1, 2, 2, 2), -torch.ones(1, 2, 2, 2) * 3
     assert combine([a, b], "weighted", [3, 1]).mean() != combine([a, b], "mean").mean()
+
+
+def test_weights_axis_loads_each_file_in_turn(engine, tmp_path):
+    from knob_files import make_gguf
+
+    from zturbo.models import load
+
+    files = [str(make_gguf(engine, tmp_path / f"zit-{q}.gguf", q)) for q in ("F32", "Q8_0")]
+    spec = build_spec("a robot", [f"transformer_file={','.join(files)}", "seed=1,2"],
+                      model="demo", steps=1, **TINY)
+    open_engines, loaded = [], []
+
+    def counting_load(settings, weights):
+        assert not open_engines, "one engine at a time"
+        eng = load(settings=settings.model_copy(update={"transformer_file": weights}))
+        eng.close = lambda: open_engines.remove(eng)
+        open_engines.append(eng)
+        loaded.append(weights)
+        return eng
+
+    settings = load_settings(flags={"model": "demo"})[0]
+    outcome = run(spec, RunFolder(tmp_path / "quant"), settings=settings, load=counting_load)
+    assert loaded == files and not open_engines  # each file once, in order, then closed
+    rows = outcome.rows
+    assert [r["frame"] for r in rows] == ["transformer_file-zit-F32_seed-1",
+                                          "transformer_file-zit-F32_seed-2",
+                                          "transformer_file-zit-Q8_0_seed-1",
+                                          "transformer_file-zit-Q8_0_seed-2"]
+    assert len({r["fingerprint"] for r in rows}) == 2
+    assert rows[2]["metrics"]["psnr"] not in ("inf", None)  # Q8_0 differs from the F32 frame
