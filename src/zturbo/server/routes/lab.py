@@ -59,11 +59,11 @@ async def start_sweep(body: SweepBody, request: Request):
     st = state(request)
     if st.engine is None:
         raise ApiError(503, "the model is still loading; see /api/ready", "unavailable")
-    prompt = body.prompt
-    if body.prompt_name:
-        prompt = reference_prompts().get(body.prompt_name)
+    prompt, name = body.prompt, body.prompt_name
+    if name or (body.preset and not prompt):  # a preset's prompt is "robot" by default
+        prompt = reference_prompts().get(name or "robot")
         if prompt is None:
-            raise ApiError(400, f"unknown prompt_name {body.prompt_name!r}")
+            raise ApiError(400, f"unknown prompt_name {name!r}")
     if not prompt or not prompt.strip():
         raise ApiError(400, "no prompt: give prompt or prompt_name")
     if not body.vary and not body.preset:
