@@ -76,4 +76,4 @@ def summary_markdown(rows: list[dict[str, Any]], reference: str, caption: str) -
 def _num(value: Any) -> Any:
     if value == "inf":
         return math.inf
-    return value
+    return "n/a" if value is None else value
