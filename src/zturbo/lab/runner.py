@@ -112,7 +112,8 @@ def plan(spec: SweepSpec, settings: Settings) -> list[Frame]:
         except ZTurboError as exc:
             raise ZTurboError(f"frame {name}: {exc}") from None
         weights = coords.get("transformer_file", settings.transformer_file)
-        key = frame_key(request.model_dump(mode="json"), spec.model or settings.model, weights)
+        key = frame_key(name, request.model_dump(mode="json"), spec.model or settings.model,
+                        weights)
         frames.append(Frame(name, coords, request, weights, key))
     if len({f.name for f in frames}) != len(frames):
         raise ZTurboError("two frames would get the same file name: make the axis values distinct")
@@ -127,13 +128,12 @@ def default_folder(spec: SweepSpec) -> RunFolder:
 
 def run(spec: SweepSpec, folder: RunFolder | None = None, *, engine=None,
         settings: Settings | None = None, on_frame: FrameCallback | None = None,
-        on_step=None, load: Callable | None = None, finish: bool = True) -> SweepOutcome:
+        on_step=None, load: Callable | None = None) -> SweepOutcome:
     """Run (or resume) a sweep into its run folder; returns what ran, what was skipped.
 
     ``engine``: run on this loaded engine (server, Python API); otherwise each weights file
     is loaded in turn with ``load`` (``models.load``). ``on_step`` is handed to generate().
     """
-
     if settings is None:
         settings = engine.settings if engine is not None else load_settings(
             flags={"model": spec.model})[0]
@@ -171,8 +171,7 @@ def run(spec: SweepSpec, folder: RunFolder | None = None, *, engine=None,
             if engine is None:
                 active.close()
     outcome.rows = _in_plan_order(frames, outcome.rows)
-    if finish:
-        outcome.reference = write_artifacts(spec, folder, outcome.rows)
+    outcome.reference = write_artifacts(spec, folder, outcome.rows)
     return outcome
 
 

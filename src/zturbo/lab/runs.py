@@ -8,7 +8,7 @@
     RUN/report.html       the offline report (slider compare, zoom, parameters)
 
 Resuming is by content: a frame is done when results.jsonl has a line with its key (a hash
-of its exact Request, model and weights file) and the PNG's sha256 matches that line.
+of its name, exact Request, model and weights file) and the PNG's sha256 matches that line.
 """
 
 from __future__ import annotations
@@ -54,10 +54,12 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def frame_key(request: dict[str, Any], model: str | None, transformer_file: str | None) -> str:
-    """What decides a frame's pixels, hashed: its Request, the model and the weights file."""
-    data = json.dumps({"request": request, "model": model, "transformer_file": transformer_file},
-                      sort_keys=True)
+def frame_key(name: str, request: dict[str, Any], model: str | None,
+              transformer_file: str | None) -> str:
+    """A frame's identity, hashed: its name and what decides its pixels (its Request, the
+    model and the weights file)."""
+    data = json.dumps({"frame": name, "request": request, "model": model,
+                       "transformer_file": transformer_file}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()
 
 
