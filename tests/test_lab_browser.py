@@ -10,7 +10,7 @@ import shutil
 
 import httpx
 import pytest
-from serverkit import app_for, live_server, one_thread, wait_for
+from serverkit import app_for, gate, live_server, one_thread, wait_for
 
 from zturbo.lab import RunFolder
 from zturbo.lab.runner import build_spec, run
@@ -132,5 +132,17 @@ def test_lab_view_runs_a_sweep_and_opens_its_report(engine, tmp_path):
             done = wait_for(lambda: (s := httpx.get(base + "/api/lab/sweeps/" + again.json()["id"])
                                      .json())["status"] == "done" and s, 60, "the second sweep")
             assert (done["skipped"], done["done"], done["total"]) == (2, 2, 2)
+            # cancel: the sweep stops at its next step, its SSE stream ends with `cancelled`
+            with gate(engine, at=1) as g:
+                body = {"prompt": "a cancelled sweep", "vary": ["seed=1..3"],
+                        "fixed": {"width": 32, "height": 32, "steps": 2}}
+                started = httpx.post(base + "/api/lab/sweeps", json=body).json()
+                g.wait()
+                httpx.post(f"{base}/api/lab/sweeps/{started['id']}/cancel")
+                g.release()
+            with httpx.stream("GET", base + started["events"], timeout=60) as stream:
+                events = [ln.removeprefix("event: ") for ln in stream.iter_lines()
+                          if ln.startswith("event: ")]
+            assert events[0] == "queued" and events[-1] == "cancelled", events
         finally:
             browser.close()
