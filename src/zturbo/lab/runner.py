@@ -17,7 +17,9 @@ from typing import Any
 
 from ..config import Request, Settings, load_settings, make_request
 from ..errors import ZTurboError
+from ..generate import generate
 from ..metadata import pnginfo, write_png_atomic
+from ..models import load as load_engine
 from .artifacts import write_artifacts
 from .axes import ENGINE_AXES, SIZE_AXES, size_fields, value_text
 from .runs import SPEC, RunFolder, file_sha256, frame_key, runs_root, write_text_atomic
@@ -195,15 +197,12 @@ def _in_plan_order(frames: list[Frame], rows: list[dict[str, Any]]) -> list[dict
 
 
 def _load(settings: Settings, transformer_file: str | None):
-    from ..models import load  # heavy: torch and diffusers
-
-    return load(settings=settings.model_copy(update={"transformer_file": transformer_file}))
+    weights = {"transformer_file": transformer_file}
+    return load_engine(settings=settings.model_copy(update=weights))
 
 
 def run_frame(engine, frame: Frame, folder: RunFolder, on_step=None) -> dict[str, Any]:
     """One frame through generate(): its PNG (parameters embedded) and its results line."""
-    from ..generate import generate  # heavy: torch
-
     started = time.perf_counter()
     result = generate(engine, frame.request, on_step=on_step)
     path = folder.path / frame.file

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ZTurboError
 from ..generate import Cancelled
+from ..lab.runner import run
 from ..lab.runs import RunFolder
 from ..lab.spec import SweepSpec
 
@@ -100,8 +101,6 @@ class LabJobs:
 
     # -- the lab thread ----------------------------------------------------------------
     def _work(self, engine, settings, job: LabJob) -> None:
-        from ..lab.runner import run
-
         with self._one_at_a_time:
             with self._lock:
                 job.status = "running"
