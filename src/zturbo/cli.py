@@ -16,6 +16,7 @@ from .config import bucket_size, load_settings, make_request
 from .errors import ZTurboError
 from . import prompt_cli
 from .caches.cli import cache_app
+from .lab.cli import register as register_lab
 from .config import config_path
 from .profiler import command as profile_command
 from .prompt_cli import embeddings_fields, layer_list
@@ -274,9 +275,7 @@ app.command()(prompt_cli.encode)
 app.command("profile")(friendly_errors(profile_command(
     Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset, Compile)))
 
-from .lab.cli import register as register_lab  # noqa: E402  (zturbo sweep, zturbo lab ...)
-
-register_lab(app, friendly_errors, _progress)
+register_lab(app, friendly_errors, _progress)  # zturbo sweep, zturbo lab ...
 
 
 def main() -> None:

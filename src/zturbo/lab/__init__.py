@@ -29,7 +29,7 @@ def sweep(prompt: str, vary: list[str] | None = None, *, preset: str | None = No
     """Run (or resume) a sweep; returns a ``runner.SweepOutcome``. ``vary`` like the CLI's
     ``--vary`` (``"steps=4,8"``), ``fixed`` any Request fields (width=256...). Without
     ``engine``, ``model`` is loaded (each ``transformer_file`` value in turn)."""
-    from .runner import (  # heavy: torch (generate, metrics)
+    from .runner import (  # lazy: keeps import fast (torch)
         build_spec,
         default_folder,
         run,

@@ -66,7 +66,7 @@ def sweep_command(progress):
         transformer_file: TransformerFile = None,
     ) -> None:
         """Run a sweep or grid of frames through generate() into a resumable run folder."""
-        from .runner import (  # heavy: torch (metrics)
+        from .runner import (  # lazy: keeps CLI start fast (torch)
             build_spec,
             default_folder,
             plan,
@@ -119,7 +119,7 @@ def _run_with_bar(run, progress, spec: SweepSpec, folder: RunFolder, settings, t
 
 
 def _print_outcome(outcome, as_json: bool) -> None:
-    from .metrics import summary_table  # heavy: numpy, scikit-image and torch (measure)
+    from .metrics import summary_table  # lazy: keeps CLI start fast (torch)
 
     path = outcome.folder.path
     if as_json:

@@ -30,8 +30,8 @@ def compose_command(
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Combine cached unit latents and refine them under the full prompt (research only)."""
-    from ..models import load  # heavy: torch and diffusers
-    from .compose import compose  # heavy: torch
+    from ..models import load  # lazy: keeps CLI start fast (torch)
+    from .compose import compose  # lazy: keeps CLI start fast (torch)
 
     try:
         parsed = [float(w) for w in weights.split(",")] if weights else None

@@ -22,9 +22,7 @@ from ..measure import markdown_table, psnr
 
 def ssim(a, b) -> float:
     """SSIM of two uint8 RGB images of the same size (scikit-image)."""
-    from skimage.metrics import (
-        structural_similarity,  # heavy import: only when measuring
-    )
+    from skimage.metrics import structural_similarity  # lazy: scikit-image is slow to import
 
     x, y = np.asarray(a, dtype=np.uint8), np.asarray(b, dtype=np.uint8)
     win = min(7, *x.shape[:2])

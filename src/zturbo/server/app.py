@@ -31,6 +31,7 @@ from .jobs import JobQueue
 from .metrics import Metrics
 from .routes import encode, generate, images, library, openai_images, ops
 from .routes import jobs as jobs_routes
+from .routes import lab as lab_routes
 from .state import ServerState
 from .uploads import MIB, max_upload_bytes
 
@@ -79,9 +80,7 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
 
     for module in (openai_images, generate, encode, jobs_routes, images, ops, library):
         app.include_router(module.router)
-    from .routes import lab as lab_routes  # the experiments lab (docs/lab.md)
-
-    app.include_router(lab_routes.router)
+    app.include_router(lab_routes.router)  # the experiments lab (docs/lab.md)
     static = files("zturbo").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 

@@ -18,6 +18,7 @@ from ...lab.runner import build_spec, default_folder, plan
 from ...lab.runs import list_runs, run_file, runs_root
 from ...lab.spec import reference_prompts
 from ..errors import ApiError
+from ..state import state
 from ..jobs import follow
 from ..labjobs import LabJob, LabJobs
 
@@ -55,7 +56,7 @@ def _job(request: Request, sweep_id: str) -> LabJob:
 @router.post("/api/lab/sweeps", status_code=202)
 async def start_sweep(body: SweepBody, request: Request):
     """Start a sweep on the server's engine; follow it at ``events``; its report at ``report``."""
-    st = request.app.state.zturbo  # the ServerState (read here: app.py imports this module)
+    st = state(request)
     if st.engine is None:
         raise ApiError(503, "the model is still loading; see /api/ready", "unavailable")
     prompt, name = body.prompt, body.prompt_name
