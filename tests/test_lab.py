@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import numpy as np
 import pytest
 from conftest import run_cli
+from fastapi.testclient import TestClient
 from PIL import Image
+from serverkit import app_for, gate, wait_for
 
 from zturbo.config import load_settings
 from zturbo.errors import ZTurboError
@@ -218,3 +221,25 @@ def test_weights_axis_loads_each_file_in_turn(engine, tmp_path):
                                           "transformer_file-zit-Q8_0_seed-2"]
     assert len({r["fingerprint"] for r in rows}) == 2
     assert rows[2]["metrics"]["psnr"] not in ("inf", None)  # Q8_0 differs from the F32 frame
+
+
+def test_server_shutdown_cancels_a_running_sweep_before_the_engine_goes(engine):
+    app = app_for(engine)
+    client = TestClient(app).__enter__()
+    with gate(engine, at=1) as g:
+        body = {"prompt": "a sweep at shutdown", "vary": ["seed=1..3"],
+                "fixed": {"width": 32, "height": 32, "steps": 2}}
+        started = client.post("/api/lab/sweeps", json=body)
+        assert started.status_code == 202, started.text
+        g.wait()  # the first frame is inside the DiT
+        closing = threading.Thread(target=client.__exit__, args=(None, None, None))
+        closing.start()
+        lab = app.state.zturbo_lab
+        job = lab.get(started.json()["id"])
+        wait_for(lambda: job.cancel_reason, 30, "the shutdown to cancel the sweep")
+        assert job.cancel_reason == "the server is shutting down"
+        g.release()
+        closing.join(60)
+    assert not closing.is_alive()
+    assert job.status == "cancelled" and job.done < 3
+    assert not any(t.is_alive() for t in lab._threads)

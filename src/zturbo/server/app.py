@@ -63,6 +63,9 @@ def create_app(settings: Settings, engine=None) -> FastAPI:
             yield
         finally:
             loader.cancel()
+            lab = getattr(app.state, "zturbo_lab", None)  # sweeps started over HTTP
+            if lab is not None:
+                await asyncio.to_thread(lab.shutdown, settings.shutdown_grace_s)
             await asyncio.to_thread(jobs.shutdown, settings.shutdown_grace_s)
             if engine is None and st.engine is not None:
                 st.engine.close()  # loaded here: release its cache tiers

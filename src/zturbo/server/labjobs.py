@@ -53,6 +53,7 @@ class LabJobs:
         self._lock = threading.Lock()
         self._one_at_a_time = threading.Lock()
         self._jobs: dict[str, LabJob] = {}
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, engine, settings, spec: SweepSpec, folder: RunFolder, total: int,
@@ -67,9 +68,24 @@ class LabJobs:
             for old in ended[:max(0, len(self._jobs) - KEEP)]:  # oldest finished ones go
                 self._jobs.pop(old)
             self._publish(job, "queued", {"total": total, "run": folder.name})
-        threading.Thread(target=self._work, args=(engine, settings, job), daemon=True,
-                         name=f"zturbo-lab-{job.id[:8]}").start()
+        thread = threading.Thread(target=self._work, args=(engine, settings, job), daemon=True,
+                                  name=f"zturbo-lab-{job.id[:8]}")
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
         return job
+
+    def shutdown(self, grace_s: float) -> None:
+        """Cancel every sweep not yet ended (each stops at its next step) and wait up to
+        ``grace_s`` for the lab threads, so none is mid-frame when the engine closes."""
+        with self._lock:
+            for job in self._jobs.values():
+                if not job.terminal:
+                    job.cancel_reason = "the server is shutting down"
+            threads = list(self._threads)
+        deadline = time.monotonic() + grace_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def get(self, job_id: str) -> LabJob | None:
         with self._lock:
@@ -102,6 +118,9 @@ class LabJobs:
     # -- the lab thread ----------------------------------------------------------------
     def _work(self, engine, settings, job: LabJob) -> None:
         with self._one_at_a_time:
+            if job.cancel_reason:  # cancelled while it waited for the sweep before it
+                self._end(job, "cancelled", job.cancel_reason)
+                return
             with self._lock:
                 job.status = "running"
                 self._publish(job, "started", {"total": job.total})
