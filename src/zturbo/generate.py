@@ -22,9 +22,9 @@ from .caches.packing import tensor_digest
 from .config import Request, img2img_start_step
 from .errors import ZTurboError
 from .img2img import Source, Start, check_source, image_start
-from .lora import request_loras
 from .metadata import save_png
 from .multipass import pass_request, pass_size, pass_steps
+from .request_scope import request_scope
 from .steps import (  # noqa: F401 - the steps stay importable from here
     LATENT_CHANNELS,
     Cancelled,
@@ -39,7 +39,6 @@ from .steps import (  # noqa: F401 - the steps stay importable from here
     noise,
     sigmas,
 )
-from .vae import vae_tiling
 
 
 @dataclass
@@ -198,7 +197,7 @@ def generate(engine, request: Request, on_step: StepCallback | None = None,
     started = time.perf_counter()
     images: list[Image.Image] = []
     replays: list[dict[str, Any]] = []
-    with engine.lock, vae_tiling(engine.pipe.vae, request), request_loras(engine, request.loras):
+    with request_scope(engine, request):  # restores the engine's state on every path
         t = time.perf_counter()
         emb, negative, digest = embed_request(engine, request, embeddings)
         timings["encode"] = time.perf_counter() - t

@@ -159,44 +159,84 @@ def pick_loras(picks, lora_dirs: list[str]) -> tuple:
     return tuple(out)
 
 
+def _load_request_adapter(engine, pick, wanted: set[str]) -> str:
+    """The adapter name of one picked LoRA, loading it (and evicting an adapter no pick of
+    this request uses) on first use. A failed load leaves no partial adapter behind."""
+    pipe = engine.pipe
+    loaded: dict[str, str] = engine.__dict__.setdefault("_request_adapters", {})
+    if pick.sha256 in loaded:
+        loaded[pick.sha256] = loaded.pop(pick.sha256)  # most recently used goes last
+        return loaded[pick.sha256]
+    path = _PICKED.get(pick.sha256) or resolve_lora(pick.name, engine.settings.lora_dirs)
+    if file_sha256(path) != pick.sha256:
+        raise ZTurboError(f"LoRA {pick.name!r} changed since the request was made")
+    adapter = f"req_{pick.sha256[:16]}"
+    try:
+        pipe.load_lora_weights(str(path), adapter_name=adapter, use_safetensors=True)
+        if _adapter_modules(pipe.transformer, adapter) == 0:
+            raise ZTurboError(f"LoRA {pick.name!r}: none of its keys match this transformer")
+    except Exception as exc:
+        _drop_adapter(pipe, adapter)
+        if isinstance(exc, ZTurboError):
+            raise
+        if isinstance(exc, (ValueError, KeyError, RuntimeError, OSError)):
+            raise ZTurboError(f"cannot load LoRA {pick.name!r}: {exc}") from None
+        raise
+    loaded[pick.sha256] = adapter
+    # evict the least recently used adapters, never one this request picked
+    while len(loaded) > MAX_REQUEST_ADAPTERS:
+        victim = next(sha for sha in loaded if sha not in wanted)
+        _drop_adapter(pipe, loaded.pop(victim))
+    return adapter
+
+
+def _drop_adapter(pipe, adapter: str) -> None:
+    """Delete an adapter from the transformer if it is (even partly) there."""
+    if adapter in (getattr(pipe.transformer, "peft_config", None) or {}):
+        pipe.delete_adapters(adapter)
+
+
+def _restore_adapters(engine) -> None:
+    """The engine's own adapter state: its unfused engine-level LoRAs (GGUF) on with their
+    scales, or every adapter off."""
+    pipe = engine.pipe
+    if not getattr(pipe.transformer, "peft_config", None):
+        return  # no adapter was ever loaded: nothing to switch off
+    own = _own_adapters(engine)
+    if own:
+        pipe.enable_lora()
+        pipe.set_adapters([n for n, _ in own], adapter_weights=[w for _, w in own])
+    else:
+        pipe.disable_lora()
+
+
+def _own_adapters(engine) -> list[tuple[str, float]]:
+    """Engine-level LoRAs that stay unfused (GGUF): active adapters of the engine itself."""
+    return [(f"lora{i}", e["scale"]) for i, e in enumerate(engine.extras.get("loras", []))
+            if not e.get("fused", True)]
+
+
 @contextlib.contextmanager
 def request_loras(engine, picks):
     """Activate a request's LoRAs (unfused peft adapters) for one generation, then restore
-    the engine's own adapter state. The engine lock must be held: adapters live on the
-    shared transformer."""
-    if not picks:
+    the engine's own adapter state, on every path: a load, a check or ``set_adapters``
+    failing part-way restores it too. The engine lock must be held: adapters live on the
+    shared transformer.
+
+    A pick with scale 0 is exactly the base model: it is not loaded at all (and the
+    teleport key drops it, ``caches.keys``)."""
+    active = [p for p in picks if p.scale != 0]
+    if not active:
         yield
         return
     pipe = engine.pipe
-    loaded: dict[str, str] = engine.__dict__.setdefault("_request_adapters", {})
-    names = []
-    for pick in picks:
-        if pick.sha256 not in loaded:
-            path = _PICKED.get(pick.sha256) or resolve_lora(pick.name, engine.settings.lora_dirs)
-            if file_sha256(path) != pick.sha256:
-                raise ZTurboError(f"LoRA {pick.name!r} changed since the request was made")
-            adapter = f"req_{pick.sha256[:16]}"
-            try:
-                pipe.load_lora_weights(str(path), adapter_name=adapter, use_safetensors=True)
-            except (ValueError, KeyError, RuntimeError, OSError) as exc:
-                raise ZTurboError(f"cannot load LoRA {pick.name!r}: {exc}") from None
-            if _adapter_modules(pipe.transformer, adapter) == 0:
-                pipe.delete_adapters(adapter)
-                raise ZTurboError(f"LoRA {pick.name!r}: none of its keys match this transformer")
-            loaded[pick.sha256] = adapter
-            while len(loaded) > MAX_REQUEST_ADAPTERS:
-                pipe.delete_adapters(loaded.pop(next(iter(loaded))))
-        names.append(loaded[pick.sha256])
-    # engine-level LoRAs that stay unfused (GGUF) are active adapters too: keep them on
-    own = [(f"lora{i}", e["scale"]) for i, e in enumerate(engine.extras.get("loras", []))
-           if not e.get("fused", True)]
-    pipe.enable_lora()
-    pipe.set_adapters(names + [n for n, _ in own],
-                      adapter_weights=[p.scale for p in picks] + [w for _, w in own])
+    wanted = {p.sha256 for p in active}
     try:
+        names = [_load_request_adapter(engine, pick, wanted) for pick in active]
+        own = _own_adapters(engine)
+        pipe.enable_lora()
+        pipe.set_adapters(names + [n for n, _ in own],
+                          adapter_weights=[p.scale for p in active] + [w for _, w in own])
         yield
     finally:
-        if own:
-            pipe.set_adapters([n for n, _ in own], adapter_weights=[w for _, w in own])
-        else:
-            pipe.disable_lora()
+        _restore_adapters(engine)
