@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from typing import Any
 
 import torch
 from PIL import Image
@@ -88,7 +89,8 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     Caching the posterior rather than one sample keeps img2img exact: the caller samples it
     with the request's generator just as diffusers' img2img pipeline does.
     """
-    key = vae_latent_key(engine, image_sha256(image), width, height)
+    key = vae_latent_key(engine, image_sha256(image), width, height,
+                         encode_tiling(engine.pipe.vae, width, height))
     hit = fetch(engine, "vae_latent", key)
     if hit is not None and hit[1].get("layout") in LAYOUTS:
         tensors, meta, tier = hit
@@ -104,6 +106,18 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     keep(engine, "vae_latent", key, {"moments": moments},
           {"cost_s": f"{cost:.6f}", "layout": layout_of(moments)})
     return moments, None
+
+
+def encode_tiling(vae, width: int, height: int) -> dict[str, Any] | None:
+    """The tiling a VAE encode of a width x height image runs with, as the VAE is set now
+    (diffusers' ``AutoencoderKL._encode`` tiles only past ``tile_sample_min_size``), or
+    None when it encodes in one piece. Tiled and untiled encodes differ: the key needs it."""
+    if not getattr(vae, "use_tiling", False):
+        return None
+    if width <= vae.tile_sample_min_size and height <= vae.tile_sample_min_size:
+        return None
+    return {"sample": int(vae.tile_sample_min_size), "latent": int(vae.tile_latent_min_size),
+            "overlap": float(vae.tile_overlap_factor)}
 
 
 # A tensor's memory layout decides which kernels later ops run, and so the last bit of their

@@ -59,7 +59,12 @@ def embedding_key(engine, params: dict[str, Any]) -> str:
                    "params": params})
 
 
-def vae_latent_key(engine, image_sha256: str, width: int, height: int) -> str:
-    """Key of a VAE-encoded source image: its content hash, the target size, the VAE."""
-    return digest({"kind": "vae_latent", "v": KEY_VERSION, "vae": engine.vae_fingerprint,
-                   "image": image_sha256, "size": [width, height]})
+def vae_latent_key(engine, image_sha256: str, width: int, height: int,
+                   tiling: dict[str, Any] | None = None) -> str:
+    """Key of a VAE-encoded source image: its content hash, the target size, the VAE, and
+    the tiling the encode runs with (``caches.encoders.encode_tiling``; None: untiled)."""
+    fields = {"kind": "vae_latent", "v": KEY_VERSION, "vae": engine.vae_fingerprint,
+              "image": image_sha256, "size": [width, height]}
+    if tiling is not None:  # untiled keeps the key it always had
+        fields["tiling"] = tiling
+    return digest(fields)
