@@ -37,3 +37,35 @@ def test_vae_latent_key_follows_the_encode_tiling():
     cold = pixels(load(memory_cache_mb=0, disk_cache_mb=0).generate(
         **fields, vae_tiling=False).images[0])
     assert np.array_equal(untiled, cold)
+
+
+@pytest.mark.parametrize("racy_ns", [None, 0])
+def test_a_replaced_file_with_its_mtime_kept_is_hashed_again(tmp_path, monkeypatch, racy_ns):
+    """Defect 6: a LoRA or weight file replaced by one of the same size with its mtime kept
+    (``cp -p`` rewrites in place, ``rsync -a`` renames a new file over it) gets its new
+    sha256, so no cache keeps serving the old weights' results. ``racy_ns=0`` memoises even
+    a file written just now, so the memo key itself (inode, ctime) is what is tested."""
+    import os
+    import shutil
+    import time
+
+    from zturbo import hashing
+
+    if racy_ns is not None:
+        monkeypatch.setattr(hashing, "_RACY_NS", racy_ns)
+    target = tmp_path / "style.safetensors"
+    target.write_bytes(b"a" * 4096)
+    first = hashing.file_sha256(target)
+    assert hashing.file_sha256(target) == first
+    mtime = target.stat().st_mtime_ns
+    for i, replace in enumerate(("cp -p", "rsync -a")):
+        new = tmp_path / f"new{i}.bin"
+        new.write_bytes(bytes([ord("b") + i]) * 4096)
+        os.utime(new, ns=(mtime, mtime))
+        time.sleep(0.02)  # past a coarse kernel clock tick: the ctime moves
+        if replace == "cp -p":
+            shutil.copy2(new, target)  # same inode, content rewritten, mtime copied
+        else:
+            os.replace(new, target)  # a new inode under the same name, mtime kept
+        assert target.stat().st_size == 4096 and target.stat().st_mtime_ns == mtime
+        assert hashing.file_sha256(target) == hashing.hashlib.sha256(target.read_bytes()).hexdigest()

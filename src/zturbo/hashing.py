@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,25 @@ def digest(data: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+_RACY_NS = 2_000_000_000  # a file changed this recently is hashed, not memoised
+
+
+def _memo_key(path: Path, stat: os.stat_result) -> str:
+    return (f"{path.resolve()}|{stat.st_dev}|{stat.st_ino}|{stat.st_size}|"
+            f"{stat.st_mtime_ns}|{stat.st_ctime_ns}")
+
+
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered in the state dir by (path, size, mtime) so it runs once."""
+    """sha256 of a file, remembered in the state dir so it runs once per file version.
+
+    The memo is keyed by path, device, inode, size, mtime *and* ctime: a file replaced by
+    another of the same size with its mtime kept (``cp -p``, ``rsync -a``) gets a new inode
+    or at least a new ctime (set by the kernel on every write, rename or ``utime``; no user
+    can set it back), so it is hashed again. A file changed in the last seconds is not
+    memoised ("racy" as git says: a coarse clock could give its next version the same
+    ctime), nor one that changed while it was being read."""
     stat = path.stat()
-    memo_key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_key = _memo_key(path, stat)
     memo_path = state_dir() / "file_hashes.json"
     try:
         memo = json.loads(memo_path.read_text())
@@ -33,10 +50,13 @@ def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
+    settled = time.time_ns() - max(stat.st_ctime_ns, stat.st_mtime_ns) > _RACY_NS
+    if not settled or _memo_key(path, path.stat()) != memo_key:
+        return h.hexdigest()
     memo[memo_key] = h.hexdigest()
     try:
         memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = memo_path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(memo))
         os.replace(tmp, memo_path)
     except OSError:
