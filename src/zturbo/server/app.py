@@ -110,7 +110,14 @@ async def _load(st: ServerState) -> None:
     if st.settings.compile:  # compile now, not in the first request (ready stays 503 till then)
         size = ((st.settings.width, st.settings.height),)
         log.warning("zturbo: compile warm-up: %s", await asyncio.to_thread(warmup, st.engine, size))
+    st.fingerprint = await asyncio.to_thread(_fingerprint, st.engine)
     st.jobs.start(st.engine, asyncio.get_running_loop())
+
+
+def _fingerprint(engine) -> str:
+    """The engine's fingerprint, read under its lock (extras change only under it)."""
+    with engine.lock:
+        return engine.fingerprint
 
 
 def _flush_caches(engine) -> None:

@@ -103,6 +103,9 @@ class JobQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._mean_run_s = 1.0
+        # history writes that failed (disk full, database locked), retried by the worker
+        self._unwritten: collections.deque[tuple[str, str, dict[str, Any]]] = collections.deque()
+        self.worker_error: str | None = None  # why the worker thread ended, if it did
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, engine, loop: asyncio.AbstractEventLoop) -> None:
@@ -110,7 +113,7 @@ class JobQueue:
         self.engine = engine
         self._loop = loop
         self._accepting = True
-        self._thread = threading.Thread(target=self._work, name="zturbo-worker", daemon=True)
+        self._thread = threading.Thread(target=self._worker, name="zturbo-worker", daemon=True)
         self._thread.start()
 
     def shutdown(self, grace_s: float) -> None:
@@ -130,6 +133,8 @@ class JobQueue:
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=max(grace_s, 1.0) + 60.0)
+        with self._lock:
+            self._retry_history()
         self.history.interrupt_unfinished("the server shut down before it finished")
 
     def _wait_idle(self, timeout: float) -> bool:
@@ -150,7 +155,8 @@ class JobQueue:
                   deadline=time.monotonic() + self.settings.request_timeout_s, source=source)
         with self._lock:
             if not self._accepting:
-                raise NotAccepting("the server is not accepting jobs (loading or shutting down)")
+                raise NotAccepting(self.worker_down() or
+                                   "the server is not accepting jobs (loading or shutting down)")
             if len(self._queue) >= self.settings.queue_depth:
                 retry = self._retry_after()
                 raise QueueFull(f"the queue is full ({self.settings.queue_depth} jobs waiting); "
@@ -234,11 +240,34 @@ class JobQueue:
             self._publish(queued, "queued", {"position": i + 1})
 
     # -- worker --------------------------------------------------------------------------
+    def worker_down(self) -> str | None:
+        """Why the worker cannot run jobs (None while it can, or before it started)."""
+        if self._thread is None or self._thread.is_alive() or self._stopping:
+            return None
+        return f"the job worker stopped: {self.worker_error or 'unknown reason'}"
+
+    def _worker(self) -> None:
+        """The worker thread: ``_work`` survives any Exception; anything else that ends the
+        thread is recorded, so /api/ready and submit say the worker is gone."""
+        try:
+            self._work()
+        except BaseException as exc:
+            self.worker_error = f"{type(exc).__name__}: {exc}"
+            log.critical("zturbo: the job worker stopped: %s", self.worker_error)
+            with self._lock:
+                self._accepting = False
+                self._queue.clear()
+                for job in list(self._jobs.values()):  # nothing will run them: end them now
+                    if not job.terminal:
+                        self._finish(job, "error",
+                                     error=f"the job worker stopped: {self.worker_error}")
+
     def _work(self) -> None:
         while True:
             with self._lock:
                 while not self._queue and not self._stopping:
-                    self._wake.wait()
+                    self._wake.wait(timeout=5.0 if self._unwritten else None)
+                    self._retry_history()
                 if self._stopping:
                     return
                 job = self._queue.popleft()
@@ -246,17 +275,42 @@ class JobQueue:
                 self._running = job
                 self._publish(job, "started", {"total": job.total})
                 self._publish_positions()
-            self._gauges()
-            self.history.set_job(job.id, "running", started=job.started)
-            if self.metrics:
-                self.metrics.observe_stage("queue", job.started - job.created)
             try:
+                self._gauges()
+                self._write_history(job.id, "running", started=job.started)
+                if self.metrics:
+                    self.metrics.observe_stage("queue", job.started - job.created)
                 self._run(job)
+            except Exception as exc:  # a bug outside generate(): end this job, keep serving
+                log.exception("job %s: the worker failed around it", job.id)
+                with self._lock:
+                    if not job.terminal:
+                        self._finish(job, "error",
+                                     error=f"server error: {type(exc).__name__}: {exc}")
             finally:
                 with self._lock:
                     self._running = None
                     self._wake.notify_all()
                 self._gauges()
+
+    def _write_history(self, job_id: str, status: str, **fields: Any) -> None:
+        """Record a job's state; a failing write (disk full, locked) is kept and retried."""
+        try:
+            self.history.set_job(job_id, status, **fields)
+        except Exception as exc:
+            log.warning("history: cannot record job %s as %s (%s); retrying later",
+                        job_id, status, exc)
+            self._unwritten.append((job_id, status, fields))
+
+    def _retry_history(self) -> None:
+        """Write the history rows that failed before, oldest first, until one fails again."""
+        while self._unwritten:
+            job_id, status, fields = self._unwritten[0]
+            try:
+                self.history.set_job(job_id, status, **fields)
+            except Exception:
+                return
+            self._unwritten.popleft()
 
     def _run(self, job: Job) -> None:
         started = time.monotonic()
@@ -347,9 +401,11 @@ class JobQueue:
         return saved
 
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
-        """Make a job terminal (caller holds the lock): history, event, memory bound."""
+        """Make a job terminal (caller holds the lock): history, event, memory bound.
+        The job ends (its event is set) even when the history write fails."""
         job.status, job.finished, job.error = status, time.time(), error
-        self.history.set_job(job.id, status, finished=job.finished, error=error)
+        self._retry_history()
+        self._write_history(job.id, status, finished=job.finished, error=error)
         if status == "done":
             self._publish(job, "done", {"images": job.images, "timings": job.timings,
                                         "teleport": job.teleport, "seeds": job.request.seeds()})

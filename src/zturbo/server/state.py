@@ -23,6 +23,9 @@ class ServerState:
     metrics: Metrics
     engine: Any = None
     load_error: str | None = None
+    # the engine's fingerprint, read once before the worker starts: /api/ready must not
+    # read engine.extras while a request may change it (only under the engine lock)
+    fingerprint: str | None = None
 
 
 def state(request: Request) -> ServerState:

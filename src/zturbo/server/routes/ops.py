@@ -25,12 +25,16 @@ async def health():
 
 @router.get("/api/ready")
 async def ready(request: Request):
-    """200 once the model is loaded and the worker runs; 503 (with the reason) before."""
+    """200 once the model is loaded and the worker runs; 503 (with the reason) before, and
+    when the job worker has stopped."""
     st = state(request)
-    if st.engine is None:
+    if st.engine is None or st.fingerprint is None:
         return JSONResponse({"ready": False, "error": st.load_error or "loading the model"},
                             status_code=503)
-    return {"ready": True, "model": st.engine.spec, "fingerprint": st.engine.fingerprint}
+    down = st.jobs.worker_down()
+    if down:
+        return JSONResponse({"ready": False, "error": down}, status_code=503)
+    return {"ready": True, "model": st.engine.spec, "fingerprint": st.fingerprint}
 
 
 @router.get("/metrics", response_class=Response)
