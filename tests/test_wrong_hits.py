@@ -10,6 +10,7 @@ from PIL import Image
 
 import zturbo
 from conftest import pixels
+from zturbo import accel
 from zturbo.config import load_settings
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -69,3 +70,26 @@ def test_a_replaced_file_with_its_mtime_kept_is_hashed_again(tmp_path, monkeypat
             os.replace(new, target)  # a new inode under the same name, mtime kept
         assert target.stat().st_size == 4096 and target.stat().st_mtime_ns == mtime
         assert hashing.file_sha256(target) == hashing.hashlib.sha256(target.read_bytes()).hexdigest()
+
+
+def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
+    """Defect 4: SLG's extra transformer forward advances cache-dit's step counter, so a
+    resumed run applies the mask differently from the full run: teleport must bypass (and
+    the full run keeps what it computed before)."""
+    engine = load(step_cache="dbcache", step_cache_preset="fast", teleport_start_step=4,
+                  teleport_repeat="off")
+    fields = {"prompt": "a red robot", "seed": 5, "width": 64, "height": 64,
+              "slg_scale": 2.0, "slg_layers": [1]}
+    full = engine.generate(**fields, teleport=False)
+    first = engine.generate(**fields)
+    second = engine.generate(**fields)
+    assert not second.teleport[0]["hit"] and "skip-layer guidance" in second.teleport[0]["bypass"]
+    for run in (first, second):
+        assert np.array_equal(pixels(run.images[0]), pixels(full.images[0]))
+    exact, reason = accel.teleport_exact(engine, steps=8, start=4, extra_forwards=1)
+    assert not exact and "skip-layer guidance" in reason
+    # the final latent (teleport_repeat) leaves nothing to compute: still exact
+    assert accel.teleport_exact(engine, steps=8, start=8, extra_forwards=1) == (True, "")
+    plain = {k: v for k, v in fields.items() if not k.startswith("slg")}
+    engine.generate(**plain)  # without SLG the same engine still resumes
+    assert engine.generate(**plain).teleport[0]["resumed_at_step"] == 4

@@ -198,9 +198,16 @@ def last_cached_steps(engine) -> list[int]:
     return list(manager.get_context(names[0]).get_cached_steps())
 
 
-def teleport_exact(engine, steps: int | None = None, start: int | None = None) -> tuple[bool, str]:
+def teleport_exact(engine, steps: int | None = None, start: int | None = None,
+                   extra_forwards: int = 0) -> tuple[bool, str]:
     """Whether resuming a ``steps``-step run at step ``start`` (the first step the resumed
     call computes: k+1 after storing x_k) reproduces the full run bit for bit.
+
+    ``extra_forwards``: transformer forwards the run makes beyond one per step (skip-layer
+    guidance's second forward on its active steps). cache-dit counts every forward as a
+    step, so with step caching such a run's mask is applied off its steps, and a resumed
+    run (fewer forwards before the resume point) applies it differently: only the final
+    latent (nothing left to compute) is exact.
 
     False comes with the reason to log. Measured on the demo model (tests/test_accel.py):
     with a static mask, DBCache resumes exactly at any computed step; TaylorSeer only when
@@ -216,7 +223,11 @@ def teleport_exact(engine, steps: int | None = None, start: int | None = None) -
         return False, "a static step mask is exact only at some steps: pass steps and start"
     mask = steps_mask(spec, steps)
     if start >= steps:
-        return True, ""
+        return True, ""  # the end of the trajectory: nothing is computed again
+    if extra_forwards:
+        return False, (f"skip-layer guidance runs {extra_forwards} extra transformer "
+                       f"forward(s), which step caching counts as steps: a resumed run "
+                       f"counts them differently")
     shown = "".join(map(str, mask))
     if mask[start] == 0:
         return False, (f"step {start} reuses a residual from an earlier step (mask {shown}); "

@@ -122,7 +122,9 @@ def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, dige
     stored latent of it (the final one decodes only), or run it in full; store what it
     computed; then decode. The engine lock must be held."""
     schedule = trajectory_sigmas(request)
-    replay = teleport.plan(engine, request.for_seed(seed), seed, digest, steps=len(schedule))
+    slg = skip_layer.SLG.from_request(request)
+    replay = teleport.plan(engine, request.for_seed(seed), seed, digest, steps=len(schedule),
+                           extra_forwards=slg.extra_forwards(len(schedule)) if slg else 0)
     t = began = time.perf_counter()
     image = teleport.lookup_image(engine, replay, request.width, request.height)
     if image is not None:
@@ -143,7 +145,7 @@ def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, dige
             schedule[first:], guidance=request.guidance, shift=request.shift,
             negative=negative, on_step=replay.capturing(on_step), first_step=first,
             total_steps=len(schedule), blend=begin.blend if begin is not None else None,
-            dype=dype_rope.DyPE.from_request(request), slg=skip_layer.SLG.from_request(request),
+            dype=dype_rope.DyPE.from_request(request), slg=slg,
         )
         elapsed = time.perf_counter() - t
         timings["denoise"] += elapsed

@@ -46,6 +46,10 @@ class SLG:
     def active(self, step: int, total: int) -> bool:
         return self.start <= step / total < self.stop
 
+    def extra_forwards(self, total: int) -> int:
+        """Transformer forwards SLG adds to a ``total``-step run (one per active step)."""
+        return sum(self.active(step, total) for step in range(total))
+
 
 @functools.cache
 def _hook_classes():

@@ -42,18 +42,21 @@ def resume_points(start_step: int, store_steps: list[int], steps: int,
     return sorted(points, reverse=True)
 
 
-def exact_points(engine, points: list[int], steps: int) -> tuple[list[int], str | None]:
+def exact_points(engine, points: list[int], steps: int,
+                 extra_forwards: int = 0) -> tuple[list[int], str | None]:
     """The resume points an engine-level acceleration keeps exact, and why others are not.
 
     ``engine.teleport_exact(steps=, start=)`` (set by accel when step caching is on) says
-    whether a run resumed at ``start`` computes what the full run computed.
+    whether a run resumed at ``start`` computes what the full run computed;
+    ``extra_forwards`` (transformer forwards beyond one per step) is passed when there are.
     """
     check = getattr(engine, "teleport_exact", None)
     if check is None:
         return points, None
+    more = {"extra_forwards": extra_forwards} if extra_forwards else {}
     kept, reasons = [], []
     for start in points:
-        ok, reason = check(steps=steps, start=start)
+        ok, reason = check(steps=steps, start=start, **more)
         (kept if ok else reasons).append(start if ok else reason)
     return kept, (reasons[0] if reasons else None)
 
@@ -94,11 +97,13 @@ class Replay:
         return callback
 
 
-def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = None) -> Replay:
+def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = None,
+         extra_forwards: int = 0) -> Replay:
     """Resume points and keys for one image (``request`` is that image's own Request).
 
     ``steps``: the trajectory's length when it is not ``request.steps`` (img2img runs the
     tail that strength keeps; resume points number steps of that tail).
+    ``extra_forwards``: transformer forwards beyond one per step (skip-layer guidance).
     """
     if not request.teleport or not engine.settings.teleport:
         return Replay({}, bypass="teleport is off")
@@ -108,7 +113,7 @@ def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = 
     repeat = engine.settings.teleport_repeat
     points = resume_points(engine.settings.teleport_start_step,
                            engine.settings.teleport_store_steps, steps, final=repeat != "off")
-    points, reason = exact_points(engine, points, steps)
+    points, reason = exact_points(engine, points, steps, extra_forwards)
     if reason:
         log.info("teleport: %s", reason)
     keys = {s: teleport_key(engine, request, embedding_digest, s - 1, seed) for s in points}
