@@ -93,3 +93,41 @@ def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
     plain = {k: v for k, v in fields.items() if not k.startswith("slg")}
     engine.generate(**plain)  # without SLG the same engine still resumes
     assert engine.generate(**plain).teleport[0]["resumed_at_step"] == 4
+
+
+def test_fields_that_do_not_change_the_trajectory_do_not_split_the_key(engine):
+    """The needless misses of issue 14, each shown to be the same trajectory: the same key,
+    and the same pixels (so the key may not split on it)."""
+    from zturbo.caches.keys import teleport_key
+    from zturbo.config import LoraPick, make_request
+
+    base = make_request(engine.settings, prompt="a cat", seed=1, **SMALL)
+    same = {
+        "negative prompt at guidance 0": {"negative_prompt": "blurry"},
+        "VAE tiling of txt2img": {"vae_tiling": True, "vae_tile_size": 64,
+                                  "vae_tile_overlap": 0.5},
+        "LoRA scale 0": {"loras": (LoraPick(name="style", scale=0.0, sha256="ab" * 32),)},
+    }
+    ref = teleport_key(engine, base, "e" * 64, 1, 1)
+    for what, update in same.items():
+        assert teleport_key(engine, base.model_copy(update=update), "e" * 64, 1, 1) == ref, what
+    picked = base.model_copy(update={"loras": (LoraPick(name="a", sha256="ab" * 32),)})
+    renamed = base.model_copy(update={"loras": (LoraPick(name="b", sha256="ab" * 32),)})
+    assert teleport_key(engine, picked, "e" * 64, 1, 1) == teleport_key(engine, renamed, "e" * 64, 1, 1)
+    # and the pixels agree: the negative prompt at guidance 0 changes nothing
+    fields = {"prompt": "a cat", "seed": 1, **SMALL, "teleport": False}
+    assert np.array_equal(pixels(engine.generate(**fields).images[0]),
+                          pixels(engine.generate(**fields, negative_prompt="blurry").images[0]))
+
+
+def test_a_tiled_txt2img_resumes_an_untiled_run_and_decodes_tiled(engine):
+    """VAE tiling of txt2img decides only the decode, after the stored latent: the tiled
+    request hits the untiled run's entry and gives exactly what a cold tiled run gives."""
+    fields = {"prompt": "a lighthouse", "seed": 2, "width": 128, "height": 128, "steps": 2}
+    tiled = {"vae_tiling": True, "vae_tile_size": 64, "vae_tile_overlap": 0.25}
+    cached = load()
+    cached.generate(**fields)
+    hit = cached.generate(**fields, **tiled)
+    assert hit.teleport[0]["hit"]
+    cold = load(memory_cache_mb=0, disk_cache_mb=0).generate(**fields, **tiled)
+    assert np.array_equal(pixels(hit.images[0]), pixels(cold.images[0]))

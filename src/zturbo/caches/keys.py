@@ -25,8 +25,32 @@ KEY_VERSION = 1
 NOT_IN_TRAJECTORY = frozenset({"num_images", "teleport", "seed"})
 
 
+VAE_TILING_FIELDS = ("vae_tiling", "vae_tile_size", "vae_tile_overlap")
+
+
 def trajectory_fields(request: Request) -> dict[str, Any]:
-    return request.model_dump(mode="json", exclude=set(NOT_IN_TRAJECTORY))
+    """The Request fields that decide one image's trajectory, with the values that provably
+    do not change it normalised away (as ``Request`` already does for knobs that are off):
+
+    - ``negative_prompt`` when guidance is 0: it is neither encoded nor passed to the DiT;
+    - the VAE tiling fields for txt2img (tiling touches only the decode, after the stored
+      latent, and the img2img source encode), and the tile size and overlap when tiling
+      is off;
+    - a LoRA pick's name (its sha256 is the content), and picks with scale 0, which
+      ``lora.request_loras`` does not load at all (the base model runs).
+    """
+    fields = request.model_dump(mode="json", exclude=set(NOT_IN_TRAJECTORY))
+    if request.guidance == 0:
+        fields.pop("negative_prompt")
+    if request.image is None:
+        for name in VAE_TILING_FIELDS:
+            fields.pop(name)
+    elif not request.vae_tiling:
+        fields.pop("vae_tile_size")
+        fields.pop("vae_tile_overlap")
+    fields["loras"] = [{"sha256": p.sha256, "scale": p.scale} for p in request.loras
+                       if p.scale != 0]
+    return fields
 
 
 def teleport_key(engine, request: Request, embedding_digest: str, step: int, seed: int) -> str:
