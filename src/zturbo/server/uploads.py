@@ -7,6 +7,7 @@ checked against ``max_pixels`` before any pixel is decoded.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from dataclasses import dataclass
@@ -41,12 +42,17 @@ async def read_image(upload: UploadFile, settings, *, decode: bool = True) -> Up
                             f"{settings.max_upload_mb:g} MiB (setting max_upload_mb)")
     if not data:
         raise ApiError(400, f"{upload.filename or 'upload'} is empty")
+    # decoding and hashing take a while for large images: off the event loop
+    return await asyncio.to_thread(_decode, data, upload.filename or "upload", settings, decode)
+
+
+def _decode(data: bytes, name: str, settings, decode: bool) -> Upload:
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as exc:
         raise ApiError(413, f"image refused: {exc}") from None
     except (UnidentifiedImageError, OSError):
-        raise ApiError(400, f"{upload.filename or 'upload'} is not an image Pillow can read "
+        raise ApiError(400, f"{name} is not an image Pillow can read "
                             "(PNG, JPEG, WebP...)") from None
     width, height = image.size
     if width * height > settings.max_pixels:
@@ -56,5 +62,5 @@ async def read_image(upload: UploadFile, settings, *, decode: bool = True) -> Up
         try:
             image.load()
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ApiError(400, f"cannot decode {upload.filename or 'upload'}: {exc}") from None
+            raise ApiError(400, f"cannot decode {name}: {exc}") from None
     return Upload(image=image, data=data, sha256=hashlib.sha256(data).hexdigest())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 from fastapi import APIRouter, Request
@@ -22,7 +23,7 @@ async def generate(body: GenerateBody, request: Request):
     PNGs (``format: json``). Headers name the image, its seed, the job, and what served it (``X-Zturbo-Served``:
     image, final_latent, resume or full; see docs/teleport.md)."""
     st = state(request)
-    req = request_from_body(st.settings, body)
+    req = await asyncio.to_thread(request_from_body, st.settings, body)  # hashes LoRA files
     if body.format == "png" and req.num_images > 1:
         raise ApiError(400, 'num_images > 1 needs "format": "json" (a PNG answer holds one image)')
     job = await sync.run(st, req, request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 
@@ -42,7 +43,8 @@ def live_job(job_id: str, request: Request) -> Job | dict:
 async def submit(body: JobBody, request: Request):
     """Queue a generation; follow it at ``events``. 429 with Retry-After when the queue is full."""
     st = state(request)
-    return _accepted(st, sync.submit(st, request_from_body(st.settings, body)))
+    req = await asyncio.to_thread(request_from_body, st.settings, body)  # hashes LoRA files
+    return _accepted(st, sync.submit(st, req))
 
 
 @router.post("/edit", status_code=202)
@@ -67,9 +69,12 @@ async def submit_edit(
         raise ApiError(422, f"fields: {first_error(exc)}") from None
     source_upload = await read_image(image, st.settings)
     mask_upload = await read_image(mask, st.settings) if mask is not None else None
-    source, hashes = as_source(source_upload.image, mask_upload.image if mask_upload else None,
-                               max_pixels=st.settings.max_pixels)
-    req = request_from_body(st.settings, body, extra=hashes, defaults=source_size(source))
+    # pixel and file hashing off the event loop: other clients keep being served
+    source, hashes = await asyncio.to_thread(
+        as_source, source_upload.image, mask_upload.image if mask_upload else None,
+        max_pixels=st.settings.max_pixels)
+    req = await asyncio.to_thread(request_from_body, st.settings, body, extra=hashes,
+                                  defaults=source_size(source))
     return _accepted(st, sync.submit(st, req, source))
 
 

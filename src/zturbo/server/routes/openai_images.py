@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Literal
 
@@ -22,7 +23,8 @@ router = APIRouter(prefix="/v1/images", tags=["openai"])
 async def generations(body: OpenAIGenerate, request: Request):
     """OpenAI's ``images.generate``: ``data`` holds ``b64_json`` PNGs or ``url``s."""
     st = state(request)
-    job = await sync.run(st, request_from_openai(st.settings, body), request)
+    req = await asyncio.to_thread(request_from_openai, st.settings, body)  # hashes LoRA files
+    job = await sync.run(st, req, request)
     return _answer(st, job, request, body.response_format)
 
 
@@ -60,8 +62,9 @@ async def edits(
     st = state(request)
     source_upload = await read_image(image, st.settings)
     mask_upload = await read_image(mask, st.settings) if mask is not None else None
-    source, hashes = as_source(source_upload.image, mask_upload.image if mask_upload else None,
-                               max_pixels=st.settings.max_pixels)
+    source, hashes = await asyncio.to_thread(  # pixel hashing off the event loop
+        as_source, source_upload.image, mask_upload.image if mask_upload else None,
+        max_pixels=st.settings.max_pixels)
     width, height = parse_size(size)
     if width is None:
         width, height = source_size(source)["width"], source_size(source)["height"]
