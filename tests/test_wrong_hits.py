@@ -131,3 +131,21 @@ def test_a_tiled_txt2img_resumes_an_untiled_run_and_decodes_tiled(engine):
     assert hit.teleport[0]["hit"]
     cold = load(memory_cache_mb=0, disk_cache_mb=0).generate(**fields, **tiled)
     assert np.array_equal(pixels(hit.images[0]), pixels(cold.images[0]))
+
+
+def test_caches_share_one_exit_hook_and_still_flush_at_exit(zturbo_home):
+    """One atexit hook for every TieredCache (not one per cache, kept forever)."""
+    import atexit
+
+    from zturbo.caches import build_cache, tiers
+
+    settings, _ = load_settings(flags={"memory_cache_mb": 1, "disk_cache_mb": 1})
+    before = atexit._ncallbacks()
+    caches = [build_cache(settings) for _ in range(3)]
+    assert atexit._ncallbacks() == before
+    caches[0].record_saved("teleport", 1.5)
+    tiers._flush_at_exit()  # what the interpreter runs at exit
+    assert build_cache(settings).stats()["kinds"]["teleport"]["saved_s"] == 1.5
+    for cache in caches:
+        cache.close()
+    assert not any(c in tiers._LIVE for c in caches)

@@ -48,7 +48,7 @@ class TieredCache:
         self._pending: defaultdict[tuple[str, str], float] = defaultdict(float)
         self._flushed_at = time.monotonic()
         self._closed = False
-        atexit.register(_flush_at_exit, weakref.ref(self))
+        _LIVE.add(self)  # flushed at exit by the one hook below, unless closed first
 
     def get(self, kind: str, key: str) -> tuple[bytes, str] | None:
         """(data, tier name) from the first tier that has it, or None."""
@@ -125,6 +125,7 @@ class TieredCache:
             return
         self.flush()
         self._closed = True
+        _LIVE.discard(self)
         for tier in self.tiers:
             tier.close()
 
@@ -149,10 +150,18 @@ class TieredCache:
             self.flush()
 
 
-def _flush_at_exit(ref: weakref.ref) -> None:
-    cache = ref()
-    if cache is not None and not cache._closed:
-        cache.flush()
+# The caches not yet closed: one atexit hook flushes them all (a hook per cache would stay
+# registered for the life of the process, one more for every engine loaded).
+_LIVE: weakref.WeakSet[TieredCache] = weakref.WeakSet()
+
+
+def _flush_at_exit() -> None:
+    for cache in list(_LIVE):
+        if not cache._closed:
+            cache.flush()
+
+
+atexit.register(_flush_at_exit)
 
 
 def build_cache(settings: Settings) -> TieredCache:
