@@ -149,3 +149,18 @@ def test_caches_share_one_exit_hook_and_still_flush_at_exit(zturbo_home):
     for cache in caches:
         cache.close()
     assert not any(c in tiers._LIVE for c in caches)
+
+
+def test_an_explicit_step_mask_runs_img2img_and_multipass_and_replays_exactly():
+    """An explicit step_cache_mask with fewer steps than digits (img2img's strength,
+    multi-pass refines) uses its tail; teleport still replays exactly."""
+    engine = load(step_cache="dbcache", step_cache_mask="11101001")
+    src = source_image(64)
+    for fields in ({"image": src, "strength": 0.6},
+                   {"passes": "0.5:8:1.0,1.0:4:0.5"}):
+        fields = {"prompt": "a cat", "seed": 1, "width": 64, "height": 64, **fields}
+        full = engine.generate(**fields, teleport=False)
+        engine.generate(**fields)
+        again = engine.generate(**fields)
+        assert again.teleport[0]["hit"], again.teleport
+        assert np.array_equal(pixels(again.images[0]), pixels(full.images[0]))

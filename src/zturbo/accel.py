@@ -107,10 +107,16 @@ def steps_mask(spec: dict[str, Any], steps: int) -> list[int] | None:
     """
     if spec.get("mask"):
         mask = [int(c) for c in spec["mask"]]
-        if len(mask) != steps:
+        if len(mask) < steps:
             raise ZTurboError(f"step_cache_mask has {len(mask)} digits but the request runs "
                               f"{steps} steps: give one digit per step")
-        return mask
+        # A shorter run is the tail of the schedule the mask was written for (img2img runs
+        # the last steps that strength keeps; so do multi-pass refines); its first step has
+        # no residual to reuse, so it computes.
+        tail = mask[len(mask) - steps:]
+        if tail and len(tail) < len(mask):
+            tail[0] = 1
+        return tail
     if spec.get("preset"):
         if steps < 8 and steps not in (4, 6):
             return [1] * steps
