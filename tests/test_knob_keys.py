@@ -19,9 +19,11 @@ REQUEST_KNOBS = {
     "inpaint": {"image": H, "mask": "ef" * 32},
     "passes": {"passes": "0.5:8:1.0,1.0:4:0.45"},
     "other passes": {"passes": "0.5:8:1.0,1.0:4:0.6"},
-    "vae_tiling": {"vae_tiling": True},
-    "vae_tile_size": {"vae_tiling": True, "vae_tile_size": 256},
-    "vae_tile_overlap": {"vae_tiling": True, "vae_tile_overlap": 0.5},
+    # tiling changes the trajectory only through the img2img source encode (for txt2img it
+    # touches just the decode, after the stored latent: tests/test_wrong_hits.py)
+    "vae_tiling": {"image": H, "vae_tiling": True},
+    "vae_tile_size": {"image": H, "vae_tiling": True, "vae_tile_size": 256},
+    "vae_tile_overlap": {"image": H, "vae_tiling": True, "vae_tile_overlap": 0.5},
 }
 
 
