@@ -30,7 +30,8 @@ VAE_TILING_FIELDS = ("vae_tiling", "vae_tile_size", "vae_tile_overlap")
 
 def trajectory_fields(request: Request) -> dict[str, Any]:
     """The Request fields that decide one image's trajectory, with the values that provably
-    do not change it normalised away (as ``Request`` already does for knobs that are off):
+    do not change it set to their defaults (as ``Request`` already does for knobs that are
+    off, so a plain request keeps the key it always had):
 
     - ``negative_prompt`` when guidance is 0: it is neither encoded nor passed to the DiT;
     - the VAE tiling fields for txt2img (tiling touches only the decode, after the stored
@@ -40,14 +41,15 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
       ``lora.request_loras`` does not load at all (the base model runs).
     """
     fields = request.model_dump(mode="json", exclude=set(NOT_IN_TRAJECTORY))
+    unused = []
     if request.guidance == 0:
-        fields.pop("negative_prompt")
+        unused.append("negative_prompt")
     if request.image is None:
-        for name in VAE_TILING_FIELDS:
-            fields.pop(name)
+        unused.extend(VAE_TILING_FIELDS)
     elif not request.vae_tiling:
-        fields.pop("vae_tile_size")
-        fields.pop("vae_tile_overlap")
+        unused.extend(VAE_TILING_FIELDS[1:])
+    for name in unused:
+        fields[name] = Request.model_fields[name].default
     fields["loras"] = [{"sha256": p.sha256, "scale": p.scale} for p in request.loras
                        if p.scale != 0]
     return fields
