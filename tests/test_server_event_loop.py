@@ -12,8 +12,7 @@ from PIL import Image
 
 from knob_files import make_lora
 from serverkit import SMALL, app_for, one_thread
-from zturbo import models
-from zturbo.caches import encoders
+from zturbo import img2img, lora
 
 
 def _on_loop() -> bool:
@@ -29,10 +28,10 @@ def test_lora_and_upload_hashing_run_off_the_event_loop(engine, tmp_path, monkey
     folder.mkdir()
     make_lora(engine, folder, name="style")
     seen = []
-    real_file, real_image = models._file_sha256, encoders.image_sha256
-    monkeypatch.setattr(models, "_file_sha256",
+    real_file, real_image = lora.file_sha256, img2img.image_sha256
+    monkeypatch.setattr(lora, "file_sha256",
                         lambda path: seen.append(("file", _on_loop())) or real_file(path))
-    monkeypatch.setattr(encoders, "image_sha256",
+    monkeypatch.setattr(img2img, "image_sha256",
                         lambda image: seen.append(("image", _on_loop())) or real_image(image))
     png = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(png, format="PNG")

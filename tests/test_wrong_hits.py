@@ -99,7 +99,8 @@ def test_fields_that_do_not_change_the_trajectory_do_not_split_the_key(engine):
     """The needless misses of issue 14, each shown to be the same trajectory: the same key,
     and the same pixels (so the key may not split on it)."""
     from zturbo.caches.keys import teleport_key
-    from zturbo.config import LoraPick, make_request
+    from zturbo.config import make_request
+    from zturbo.lora import LoraPick
 
     base = make_request(engine.settings, prompt="a cat", seed=1, **SMALL)
     same = {

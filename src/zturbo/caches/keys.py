@@ -25,7 +25,8 @@ KEY_VERSION = 1
 NOT_IN_TRAJECTORY = frozenset({"num_images", "teleport", "seed"})
 
 
-VAE_TILING_FIELDS = ("vae_tiling", "vae_tile_size", "vae_tile_overlap")
+# the decode settings: after the trajectory (txt2img); the source encode (img2img)
+DECODE_FIELDS = ("vae_tiling", "vae_tile_size", "vae_tile_overlap")
 
 
 def trajectory_fields(request: Request) -> dict[str, Any]:
@@ -45,9 +46,9 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
     if request.guidance == 0:
         unused.append("negative_prompt")
     if request.image is None:
-        unused.extend(VAE_TILING_FIELDS)
+        unused.extend(DECODE_FIELDS)
     elif not request.vae_tiling:
-        unused.extend(VAE_TILING_FIELDS[1:])
+        unused.extend(DECODE_FIELDS[1:])
     for name in unused:
         fields[name] = Request.model_fields[name].default
     fields["loras"] = [{"sha256": p.sha256, "scale": p.scale} for p in request.loras
@@ -66,7 +67,6 @@ def teleport_key(engine, request: Request, embedding_digest: str, step: int, see
 
 # Request fields that change an image's bytes after its final latent (the decode); the
 # teleport key holds them too today, but the image key must not depend on that.
-DECODE_FIELDS = ("vae_tiling", "vae_tile_size", "vae_tile_overlap")
 IMAGE_FORMAT = {"format": "png", "mode": "RGB", "metadata": None}
 
 
