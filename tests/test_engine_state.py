@@ -138,3 +138,21 @@ def test_a_fault_anywhere_leaves_the_engine_as_a_fresh_one(shared, reference, mo
     assert (vae.use_tiling, vae.tile_sample_min_size, vae.tile_overlap_factor) == tiling_before
     assert not shared.lock.locked()
     assert np.array_equal(plain(shared), reference), point
+
+
+def test_a_run_stopped_midway_leaves_the_step_cache_as_fresh():
+    """cache-dit's per-run state (counters, cached residuals) left half-way by a failing run
+    is rebuilt by the next run: it equals a fresh step-cached engine's output."""
+    flags = {"model": "demo", "step_cache": "dbcache", "step_cache_preset": "fast"}
+    run = {**PLAIN, "steps": 8}
+    settings, _ = load_settings(flags=flags)
+    engine, fresh = zturbo.load(settings=settings), zturbo.load(settings=settings)
+
+    def stop_at_4(done, total, latents):
+        if done == 4:
+            raise RuntimeError("injected fault")
+
+    with pytest.raises(RuntimeError, match="injected fault"):
+        engine.generate(**run, on_step=stop_at_4)
+    assert np.array_equal(pixels(engine.generate(**run).images[0]),
+                          pixels(fresh.generate(**run).images[0]))
