@@ -32,6 +32,7 @@ from ..caches.teleport import plan as teleport_plan
 from ..config import Request, make_request
 from ..errors import ZTurboError
 from ..generate import decode, denoise, embed_request, generate, latent_shape, sigmas
+from ..request_scope import request_scope
 
 COMBINERS = ("mean", "weighted", "tree")
 
@@ -73,7 +74,7 @@ def unit_latent(engine, request: Request, at: int) -> tuple[torch.Tensor, bool]:
 
 
 def _unit_key(engine, request: Request, at: int) -> str:
-    with engine.lock:
+    with request_scope(engine, request):
         _, _, digest = embed_request(engine, request)
     replay = teleport_plan(engine, request, request.seed, digest)
     if at not in replay.keys:
@@ -146,7 +147,7 @@ def compose(engine, prompt: str, *, units: list[str] | None = None, seed: int = 
     timings["combine"] = time.perf_counter() - t
     full = make_request(settings, prompt=prompt, seed=seed, width=width, height=height,
                         steps=schedule, guidance=0.0)
-    with engine.lock:
+    with request_scope(engine, full):  # the engine as this request wants it (VAE tiling...)
         t = time.perf_counter()
         emb, _, _ = embed_request(engine, full)
         timings["encode"] = time.perf_counter() - t
