@@ -2,7 +2,9 @@
 
 The fingerprint is a stable digest of everything that decides the pixels: the weights'
 identity (Hub revision, or hashes of local weight files), dtype, device type, library
-versions, and extras that later features add (quantisation, LoRAs, attention backend).
+versions, the numerics identity of the hardware (GPU model and CUDA/cuDNN, or CPU threads
+and SIMD level: ``placement.numerics_identity``), and extras that later features add
+(quantisation, LoRAs, attention backend).
 Every cache keys on it.
 """
 
@@ -29,7 +31,7 @@ from .generate import generate
 from .hashing import digest, file_sha256
 from .img2img import as_source, source_size
 from .lora import apply_loras, parse_lora
-from .placement import pick_device, pick_dtype, place
+from .placement import numerics_identity, pick_device, pick_dtype, place
 from .quant import load_transformer_file, text_encoder_quant_config
 from .steps import text_token_limit  # noqa: F401 - documented here as well
 
@@ -150,6 +152,7 @@ class Engine:
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "transformers": transformers.__version__,
+            "numerics": numerics_identity(self.device),
         }
 
     def component_fingerprint(self, *components: str) -> str:

@@ -1,7 +1,8 @@
 """Canonical, versioned cache keys. A wrong hit is the worst bug this product can have.
 
 The teleport key digests everything that decides a trajectory:
-- the model fingerprint (weights identity, dtype, device type, library versions, and
+- the model fingerprint (weights identity, dtype, device type, library versions, the
+  hardware's numerics identity (GPU model, CUDA/cuDNN; CPU threads and SIMD level), and
   ``engine.extras``: quantisation, LoRAs, attention backend, step caching, compile...);
 - the prompt embedding itself (a digest of its tensors: covers prompt, template, hidden
   layer, long-prompt mode, max length, and embeddings loaded from a file);
