@@ -46,10 +46,13 @@ def history_path() -> Path:
     return state_dir() / "server" / "history.sqlite3"
 
 
-def create_app(settings: Settings, engine=None) -> FastAPI:
-    """The server app. With ``engine=None`` the lifespan loads ``settings.model``."""
+def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1) -> FastAPI:
+    """The server app. With ``engine=None`` the lifespan loads ``settings.model``.
+    ``runner`` and ``workers`` go to the JobQueue (the Ray ingress passes a remote engine,
+    a runner that calls generator replicas, and one worker per replica)."""
     metrics = Metrics(lambda: st.engine)
-    jobs = JobQueue(settings, None, settings.outputs / "server", metrics)
+    jobs = JobQueue(settings, None, settings.outputs / "server", metrics,
+                    **({"runner": runner} if runner else {}), workers=workers)
     st = ServerState(settings=settings, history=None, jobs=jobs, metrics=metrics,
                      engine=engine)
 

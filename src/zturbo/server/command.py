@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ..config import load_settings
+from ..errors import ZTurboError
 from ..options import (Attention, Compile, Device, Dtype, Lora, Model, Profile, StepCache,
                        StepCachePreset)
 
@@ -26,6 +27,9 @@ def serve(
     attention: Attention = None,
     compile_: Compile = None,
     lora: Lora = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve: the same API in front of generator replicas (one engine each); joins RAY_ADDRESS when set, else starts a local Ray. See docs/scaleout.md.")] = False,
+    replicas: Annotated[int | None, typer.Option("--replicas", min=1, help="With --ray: generator replicas (one GPU each when CUDA is present, else one CPU). [default: 1]")] = None,
+    autoscale: Annotated[str | None, typer.Option("--autoscale", metavar="MIN:MAX", help="With --ray: autoscale the generator replicas between MIN and MAX.")] = None,
 ) -> None:
     """Serve the OpenAI-compatible images API, the job API and the web page."""
     import uvicorn  # lazy: keeps CLI start fast
@@ -33,6 +37,11 @@ def serve(
     from ..models import resolve_folder  # lazy: keeps CLI start fast (torch)
 
     from .app import create_app  # lazy: keeps CLI start fast (FastAPI)
+
+    if not ray and (replicas is not None or autoscale is not None):
+        raise typer.BadParameter("--replicas and --autoscale need --ray")
+    if replicas is not None and autoscale is not None:
+        raise typer.BadParameter("give --replicas or --autoscale, not both")
 
     settings, _ = load_settings(profile, {
         "host": host, "port": port, "model": model, "api_key": api_key,
@@ -44,7 +53,20 @@ def serve(
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         typer.echo(f"zturbo: warning: serving on {settings.host} without an API key",
                    err=True)
+    if ray:
+        _serve_ray(settings, replicas, autoscale)
+        return
     typer.echo(f"zturbo: serving {settings.model} on http://{settings.host}:{settings.port}",
                err=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s) or 1)
+
+
+def _serve_ray(settings, replicas: int | None, autoscale: str | None) -> None:
+    from .. import serve_ray  # imports Ray: only for --ray
+
+    try:
+        span = serve_ray.parse_autoscale(autoscale) if autoscale else None
+    except ZTurboError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    serve_ray.run(settings, serve_ray.Scale(replicas=replicas or 1, autoscale=span))

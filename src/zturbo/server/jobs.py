@@ -86,8 +86,14 @@ def image_url(image_id: str) -> str:
 class JobQueue:
     """An in-process FIFO of jobs with admission control, cancel, timeouts and progress."""
 
-    def __init__(self, settings, history: History | None, outputs: Path, metrics=None) -> None:
+    def __init__(self, settings, history: History | None, outputs: Path, metrics=None,
+                 *, runner=generate, workers: int = 1) -> None:
+        """``runner(engine, request, on_step=, source=)`` makes a Result (``generate``; the
+        Ray app passes one that calls generator replicas); ``workers`` threads run jobs
+        (one per local device; as many as the replicas behind a Ray ingress)."""
         self.engine = None  # set by start()
+        self.runner = runner
+        self.workers = workers
         self.settings = settings
         self.history = history
         self.outputs = outputs
@@ -97,11 +103,11 @@ class JobQueue:
         self._queue: collections.deque[Job] = collections.deque()
         self._jobs: dict[str, Job] = {}
         self._finished: collections.deque[str] = collections.deque()
-        self._running: Job | None = None
+        self._running: list[Job] = []
         self._accepting = False
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._mean_run_s = 1.0
         # history writes that failed (disk full, database locked), retried by the worker
         self._unwritten: collections.deque[tuple[str, str, dict[str, Any]]] = collections.deque()
@@ -113,8 +119,10 @@ class JobQueue:
         self.engine = engine
         self._loop = loop
         self._accepting = True
-        self._thread = threading.Thread(target=self._worker, name="zturbo-worker", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._worker, name=f"zturbo-worker-{i}",
+                                          daemon=True) for i in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
 
     def shutdown(self, grace_s: float) -> None:
         """Stop accepting, cancel what waits, let the running job finish within ``grace_s``
@@ -125,14 +133,15 @@ class JobQueue:
             self._queue.clear()
             for job in waiting:
                 self._finish(job, "cancelled", error="the server is shutting down")
-            running = self._running
-        if running is not None and not self._wait_idle(grace_s):
-            self.cancel(running.id, "the server is shutting down")
+            running = list(self._running)
+        if running and not self._wait_idle(grace_s):
+            for job in running:
+                self.cancel(job.id, "the server is shutting down")
         with self._lock:
             self._stopping = True
             self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=max(grace_s, 1.0) + 60.0)
+        for thread in self._threads:
+            thread.join(timeout=max(grace_s, 1.0) + 60.0)
         with self._lock:
             self._retry_history()
         self.history.interrupt_unfinished("the server shut down before it finished")
@@ -140,7 +149,7 @@ class JobQueue:
     def _wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._running is not None:
+            while self._running:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -179,7 +188,7 @@ class JobQueue:
     def active(self) -> list[Job]:
         """The running job, then the queued ones in order."""
         with self._lock:
-            return ([self._running] if self._running else []) + list(self._queue)
+            return list(self._running) + list(self._queue)
 
     def cancel(self, job_id: str, reason: str = "cancelled by the client") -> Job | None:
         """Cancel a queued job now, or a running one at its next step (None: unknown id)."""
@@ -242,8 +251,8 @@ class JobQueue:
     # -- worker --------------------------------------------------------------------------
     def worker_down(self) -> str | None:
         """Why the worker cannot run jobs (None while it can, or before it started)."""
-        if self._thread is None or self._thread.is_alive() or self._stopping:
-            return None
+        if self._stopping or all(thread.is_alive() for thread in self._threads):
+            return None  # running (or not started yet: no threads)
         return f"the job worker stopped: {self.worker_error or 'unknown reason'}"
 
     def _worker(self) -> None:
@@ -272,7 +281,7 @@ class JobQueue:
                     return
                 job = self._queue.popleft()
                 job.status, job.started = "running", time.time()
-                self._running = job
+                self._running.append(job)
                 self._publish(job, "started", {"total": job.total})
                 self._publish_positions()
             try:
@@ -289,7 +298,7 @@ class JobQueue:
                                      error=f"server error: {type(exc).__name__}: {exc}")
             finally:
                 with self._lock:
-                    self._running = None
+                    self._running.remove(job)
                     self._wake.notify_all()
                 self._gauges()
 
@@ -318,8 +327,8 @@ class JobQueue:
             if started > job.deadline:
                 job.timed_out = True
                 raise Cancelled("timed out in the queue")
-            result = generate(self.engine, job.request, on_step=self._on_step(job),
-                              source=job.source)
+            result = self.runner(self.engine, job.request, on_step=self._on_step(job),
+                                 source=job.source)
             images = self._save(job, result)
         except Cancelled:
             with self._lock:
@@ -368,7 +377,8 @@ class JobQueue:
             state["last"] = done
             data = {"step": state["image"] * steps + done, "total": job.total,
                     "image": state["image"]}
-            if every and job.watchers and (done % every == 0 or done == total):
+            if (every and job.watchers and latents is not None
+                    and (done % every == 0 or done == total)):  # remote runs send no latents
                 data["preview"] = preview_data_url(latents)
             with self._lock:
                 job.step = data["step"]
@@ -425,7 +435,7 @@ class JobQueue:
     def _gauges(self) -> None:
         if self.metrics:
             with self._lock:
-                queued, running = len(self._queue), int(self._running is not None)
+                queued, running = len(self._queue), len(self._running)
             self.metrics.set_queue(queued, running)
 
 

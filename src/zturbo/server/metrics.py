@@ -39,6 +39,12 @@ class Metrics:
                               "timeout, rejected)", ["kind"], registry=r)
         self.teleport = Counter("zturbo_teleport_lookups", "Teleport lookups per image by "
                                 "outcome and tier", ["outcome", "tier"], registry=r)
+        self.replica_images = Counter(
+            "zturbo_replica_images", "Images per generator replica (Ray app: the fleet view "
+            "at the ingress)", ["replica"], registry=r)
+        self.replica_teleport = Counter(
+            "zturbo_replica_teleport_lookups", "Teleport lookups per generator replica by "
+            "outcome and tier", ["replica", "outcome", "tier"], registry=r)
         r.register(_CacheCollector(engine_ref))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -69,9 +75,14 @@ class Metrics:
             if stage in result.timings:
                 self.observe_stage(stage, result.timings[stage])
         self.images.inc(len(result.images))
+        replica = getattr(result, "replica", None)  # set by remote runs (zturbo.serve_ray)
+        if replica:
+            self.replica_images.labels(replica).inc(len(result.images))
         for hit in result.teleport:
-            outcome = "hit" if hit.get("hit") else "miss"
-            self.teleport.labels(outcome, str(hit.get("tier") or "none")).inc()
+            outcome, tier = "hit" if hit.get("hit") else "miss", str(hit.get("tier") or "none")
+            self.teleport.labels(outcome, tier).inc()
+            if replica:
+                self.replica_teleport.labels(replica, outcome, tier).inc()
 
 
 def cache_stats(engine) -> dict[str, Any] | None:
