@@ -149,16 +149,22 @@ def test_overload_is_429_with_retry_after_never_5xx(fleet):
     codes = [a.status_code for a in answers]
     assert all(c in (202, 429) for c in codes), codes
     assert 429 in codes and 202 in codes
-    rejected = next(a for a in answers if a.status_code == 429)
-    assert int(rejected.headers["retry-after"]) >= 1
-    assert rejected.json()["error"]["type"] == "rate_limit_error"
+    for rejected in (a for a in answers if a.status_code == 429):
+        assert int(rejected.headers["retry-after"]) >= 1
+        if rejected.headers["content-type"].startswith("application/json"):  # the app's queue
+            assert rejected.json()["error"]["type"] == "rate_limit_error"
+        else:  # Ray Serve's own backpressure in front of the ingress (max_queued_requests)
+            assert "backpressure" in rejected.text
     for answer in answers:  # let the accepted ones finish before the next test
         if answer.status_code == 202:
             wait_for(lambda: _status(fleet, answer.json()["id"]) == "done", 120, "a job")
 
 
 def _status(base: str, job_id: str) -> str:
-    return httpx.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["status"]
+    time.sleep(0.1)  # a poll, not a flood
+    answer = httpx.get(f"{base}/api/jobs/{job_id}", timeout=10)
+    assert answer.status_code == 200, (answer.status_code, answer.headers, answer.text)
+    return answer.json()["status"]
 
 
 def test_a_replica_killed_under_a_job_leaves_no_job_lost_or_stuck(fleet):

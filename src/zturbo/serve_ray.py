@@ -361,7 +361,8 @@ def run(settings: Settings, scale: Scale) -> None:
         serve.run(build(settings, scale), name=APP, route_prefix="/", blocking=False)
         print(f"zturbo: serving {settings.model} on Ray Serve at "
               f"http://{settings.host}:{settings.port} ({_scale_text(scale)})", flush=True)
-        stop.wait()
+        while not stop.wait(0.5):  # short waits: the signal handler runs between them
+            pass
     finally:
         serve.delete(APP) if joined else serve.shutdown()
         ray.shutdown()
