@@ -1,0 +1,134 @@
+"""Scale-out benchmark on Ray Serve (demo model, local Ray, a real redis-server, loopback).
+
+1. Throughput: the same workload of distinct requests (teleport off) on 1 vs 2 generator
+   replicas (one CPU and one torch thread each), clients = 2 per replica.
+2. Routing: a repeated workload (K distinct requests, each sent R times, shuffled) on 2
+   replicas sharing Redis, with cache-aware routing (trajectory ids as Serve multiplexed
+   ids) vs plain power-of-two routing: teleport hits by tier (memory: the replica's own;
+   redis: another replica's) and latency. Each mode uses its own prompts (cold caches).
+
+Requests go through the ingress's runner (``serve_ray.remote_generate``: the handle calls
+the JobQueue makes), so the numbers are the generator fleet's, not HTTP's.
+
+Prints markdown tables and writes benchmarks/results/scaleout.json.
+
+    python benchmarks/scaleout.py --quick   # about a minute on a quiet 2-core box
+    python benchmarks/scaleout.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from zturbo.measure import markdown_table, write_json  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "scaleout.json"
+
+
+def run_workload(engine, requests, clients: int) -> dict:
+    from zturbo.serve_ray import remote_generate
+
+    def one(request):
+        started = time.perf_counter()
+        result = remote_generate(engine, request)
+        return time.perf_counter() - started, result
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        done = list(pool.map(one, requests))
+    wall = time.perf_counter() - started
+    latencies = [d[0] for d in done]
+    tiers = [d[1].teleport[0].get("tier") if d[1].teleport[0].get("hit") else "miss"
+             for d in done]
+    return {"requests": len(requests), "seconds": round(wall, 3),
+            "images_per_s": round(len(requests) / wall, 3),
+            "latency_p50_s": round(statistics.median(latencies), 4),
+            "latency_mean_s": round(statistics.fmean(latencies), 4),
+            "hits_memory": tiers.count("memory"), "hits_redis": tiers.count("redis"),
+            "misses": tiers.count("miss"),
+            "replicas_used": len({d[1].replica for d in done})}
+
+
+def row(name: str, stats: dict) -> dict:
+    return {"workload": name, "images/s": stats["images_per_s"], "p50 s": stats["latency_p50_s"],
+            "mean s": stats["latency_mean_s"], "hit ratio": stats.get("hit_ratio", "-"),
+            "hits memory/redis": f'{stats["hits_memory"]}/{stats["hits_redis"]}',
+            "replicas used": stats["replicas_used"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small workload (~1 min)")
+    args = parser.parse_args()
+    import ray
+    from ray import serve
+
+    from zturbo.caches.localredis import LocalRedis
+    from zturbo.config import load_settings, make_request
+    from zturbo.serve_ray import APP, RemoteEngine, Scale, build
+
+    distinct, repeats, size = (8, 3, 64) if args.quick else (24, 4, 128)
+    work = Path(tempfile.mkdtemp(prefix="zb", dir="/tmp"))
+    os.environ["ZTURBO_HOME"] = str(work / "home")
+    flags = {"model": "demo", "width": size, "height": size, "steps": 8, "disk_cache_mb": 0}
+    rows, results = [], {"quick": args.quick, "size": size, "steps": 8}
+    with LocalRedis(work / "redis") as redis_server:
+        settings = load_settings(flags={**flags, "redis_url": redis_server.url})[0]
+        ray.init(num_cpus=2, object_store_memory=80 << 20, include_dashboard=False,
+                 _temp_dir=str(work / "ray"), log_to_driver=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+            for replicas in (1, 2):
+                serve.run(build(settings, Scale(replicas=replicas)), name=APP,
+                          route_prefix=None)
+                handle = serve.get_deployment_handle("Generator", APP)
+                engine = RemoteEngine(handle, settings, affinity=False)
+                warm = [make_request(settings, prompt="warm-up", seed=i, teleport=False)
+                        for i in range(2 * replicas)]
+                run_workload(engine, warm, 2 * replicas)
+                batch = [make_request(settings, prompt=f"throughput {i}", seed=i, teleport=False)
+                         for i in range(distinct)]
+                stats = run_workload(engine, batch, 2 * replicas)
+                results[f"throughput_{replicas}_replicas"] = stats
+                rows.append(row(f"throughput, {replicas} replica(s)", stats))
+            for affinity in (False, True):
+                engine = RemoteEngine(handle, settings, affinity=affinity)
+                name = "affinity" if affinity else "power-of-two"
+                base = [make_request(settings, prompt=f"{name} {i}", seed=i)
+                        for i in range(distinct)]
+                workload = [r for r in base for _ in range(repeats)]
+                random.Random(0).shuffle(workload)
+                stats = run_workload(engine, workload, 2)
+                hits = stats["hits_memory"] + stats["hits_redis"]
+                stats["hit_ratio"] = round(hits / len(workload), 3)
+                stats["memory_hit_ratio"] = round(stats["hits_memory"] / len(workload), 3)
+                results[f"routing_{name}"] = stats
+                rows.append(row(f"repeated x{repeats}, {name}", stats))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    print(markdown_table(rows))
+    write_json(RESULTS, results)
+
+
+if __name__ == "__main__":
+    main()
