@@ -20,6 +20,7 @@ from .lab.cli import register as register_lab
 from .config import config_path
 from .profiler import command as profile_command
 from .prompt_cli import embeddings_fields, layer_list
+from .server import command as server_command
 from .server.command import serve
 from .options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
     friendly_errors,
@@ -268,8 +269,20 @@ def config_show(
         typer.echo(f"{key:22} {json.dumps(shown):40} {sources[key]}")
 
 
+
+def serve_on_ray(settings, replicas: int | None, autoscale: str | None) -> None:
+    """``zturbo serve --ray``: the app on Ray Serve (docs/scaleout.md)."""
+    from . import serve_ray  # heavy (Ray): only for --ray
+
+    try:
+        span = serve_ray.parse_autoscale(autoscale) if autoscale else None
+    except ZTurboError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    serve_ray.run(settings, serve_ray.Scale(replicas=replicas or 1, autoscale=span))
+
 app.add_typer(cache_app(friendly_errors, Profile), name="cache")
 app.command()(friendly_errors(serve))  # zturbo serve; FastAPI loads only when it runs
+server_command.ray_launcher = serve_on_ray  # zturbo serve --ray
 app.add_typer(prompt_cli.templates_app, name="templates")
 app.command()(prompt_cli.encode)
 app.command("profile")(friendly_errors(profile_command(

@@ -42,8 +42,9 @@ from ray.serve.exceptions import DeploymentUnavailableError
 
 from .config import Request, Settings, load_settings
 from .errors import ZTurboError
-from .generate import Cancelled, Result
-from .models import digest
+from .generate import Result
+from .steps import Cancelled
+from .hashing import digest
 
 log = logging.getLogger("zturbo.serve_ray")
 APP = "zturbo"

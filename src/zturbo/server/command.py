@@ -7,9 +7,12 @@ from typing import Annotated
 import typer
 
 from ..config import load_settings
-from ..errors import ZTurboError
 from ..options import (Attention, Compile, Device, Dtype, Lora, Model, Profile, StepCache,
                        StepCachePreset)
+
+# ``zturbo serve --ray`` runs zturbo.serve_ray, which sits above the server (it imports the
+# app): zturbo.cli, above both, sets this to a function(settings, replicas, autoscale).
+ray_launcher = None
 
 
 def serve(
@@ -54,19 +57,11 @@ def serve(
         typer.echo(f"zturbo: warning: serving on {settings.host} without an API key",
                    err=True)
     if ray:
-        _serve_ray(settings, replicas, autoscale)
+        if ray_launcher is None:
+            raise typer.BadParameter("--ray is available from the zturbo command only")
+        ray_launcher(settings, replicas, autoscale)
         return
     typer.echo(f"zturbo: serving {settings.model} on http://{settings.host}:{settings.port}",
                err=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s) or 1)
-
-
-def _serve_ray(settings, replicas: int | None, autoscale: str | None) -> None:
-    from .. import serve_ray  # imports Ray: only for --ray
-
-    try:
-        span = serve_ray.parse_autoscale(autoscale) if autoscale else None
-    except ZTurboError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    serve_ray.run(settings, serve_ray.Scale(replicas=replicas or 1, autoscale=span))
