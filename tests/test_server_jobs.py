@@ -215,3 +215,16 @@ def test_not_ready_and_failed_load_are_503(zturbo_home):
         r = c.post("/api/generate", json={"prompt": "x"})
         assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
         assert c.get("/api/health").status_code == 200
+
+
+def test_a_lost_device_is_a_503_that_says_retry_and_the_job_ends(engine):
+    """A runner whose device goes away (a Ray replica killed twice) -> 503, job not running."""
+    from zturbo.server.jobs import DeviceLost
+
+    def lost(engine, request, on_step=None, source=None):
+        raise DeviceLost("the generator replica died 2 times under this job: retry the request")
+
+    with TestClient(create_app(settings(), engine=engine, runner=lost, workers=2)) as client:
+        answer = client.post("/v1/images/generations", json={"prompt": "a cat"})
+        assert answer.status_code == 503 and "retry" in answer.json()["error"]["message"]
+        assert client.get("/api/jobs").json()["jobs"] == []

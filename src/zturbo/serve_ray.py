@@ -43,6 +43,7 @@ from ray.serve.exceptions import DeploymentUnavailableError
 from .config import Request, Settings, load_settings
 from .errors import ZTurboError
 from .generate import Result
+from .server.jobs import DeviceLost
 from .steps import Cancelled
 from .hashing import digest
 
@@ -53,8 +54,8 @@ AFFINITY_KEYS = 64  # trajectory ids a replica stays "warm" for (its LRU affinit
 PASSED_ENV = ("ZTURBO_HOME", "HF_HOME", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
 
 
-class ReplicaLost(ZTurboError):
-    """Every replica a job was tried on died under it: the client should retry."""
+class ReplicaLost(DeviceLost):
+    """Every replica a job was tried on died under it: the client should retry (503)."""
 
 
 @dataclass

@@ -45,6 +45,10 @@ class NotAccepting(ZTurboError):
     """The server is loading its model or shutting down."""
 
 
+class DeviceLost(ZTurboError):
+    """The device (a Ray generator replica) went away under the job: retrying may work."""
+
+
 @dataclass(eq=False)  # a job is itself: the queue finds and removes it by identity
 class Job:
     """One submitted Request and everything a client may ask about it."""
@@ -60,6 +64,7 @@ class Job:
     error: str | None = None
     timed_out: bool = False
     bad_input: bool = False  # failed with a ZTurboError: the request, not the server
+    device_lost: bool = False  # failed with DeviceLost: the client should retry (503)
     cancel_reason: str | None = None
     images: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -336,6 +341,11 @@ class JobQueue:
                     self._finish(job, "error", error=self._timeout_message())
                 else:
                     self._finish(job, "cancelled", error=job.cancel_reason or "cancelled")
+            return
+        except DeviceLost as exc:
+            with self._lock:
+                job.device_lost = True
+                self._finish(job, "error", error=str(exc))
             return
         except ZTurboError as exc:
             with self._lock:

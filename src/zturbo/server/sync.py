@@ -62,6 +62,8 @@ async def run(st: ServerState, request: Request, http: HttpRequest, source=None)
         raise ApiError(409, f"job {job.id} was cancelled: {job.error}", "cancelled")
     if job.timed_out:
         raise ApiError(504, job.error or "timed out", "timeout")
+    if job.device_lost:
+        raise ApiError(503, job.error or "the device went away: retry", "unavailable")
     if job.bad_input:
         raise ApiError(400, job.error or "bad request")
     raise ApiError(500, job.error or "generation failed", "server_error")
