@@ -1,7 +1,9 @@
 """Scale-out benchmark on Ray Serve (demo model, local Ray, a real redis-server, loopback).
 
 1. Throughput: the same workload of distinct requests (teleport off) on 1 vs 2 generator
-   replicas (one CPU and one torch thread each), clients = 2 per replica.
+   replicas (one CPU and one torch thread each), clients = 2 per replica. ``--quick``
+   deploys 2 replicas once and measures "1 replica" with one client (max_ongoing 1: one
+   replica busy at a time), saving a deployment.
 2. Routing: a repeated workload (K distinct requests, each sent R times, shuffled) on 2
    replicas sharing Redis, with cache-aware routing (trajectory ids as Serve multiplexed
    ids) vs plain power-of-two routing: teleport hits by tier (memory: the replica's own;
@@ -97,17 +99,20 @@ def main() -> None:
                  _temp_dir=str(work / "ray"), log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+            # quick: one deployment of 2 replicas; "1 replica" is then one client at a time
+            # (max_ongoing 1: one replica busy at once). Full: a real 1-replica deployment.
             for replicas in (1, 2):
-                serve.run(build(settings, Scale(replicas=replicas)), name=APP,
-                          route_prefix=None)
+                if replicas == 1 or not args.quick:
+                    serve.run(build(settings, Scale(replicas=2 if args.quick else replicas)),
+                              name=APP, route_prefix=None)
                 handle = serve.get_deployment_handle("Generator", APP)
                 engine = RemoteEngine(handle, settings, affinity=False)
                 warm = [make_request(settings, prompt="warm-up", seed=i, teleport=False)
-                        for i in range(2 * replicas)]
-                run_workload(engine, warm, 2 * replicas)
+                        for i in range(4)]
+                run_workload(engine, warm, replicas)
                 batch = [make_request(settings, prompt=f"throughput {i}", seed=i, teleport=False)
                          for i in range(distinct)]
-                stats = run_workload(engine, batch, 2 * replicas)
+                stats = run_workload(engine, batch, replicas if args.quick else 2 * replicas)
                 results[f"throughput_{replicas}_replicas"] = stats
                 rows.append(row(f"throughput, {replicas} replica(s)", stats))
             for affinity in (False, True):
