@@ -24,6 +24,7 @@ import argparse
 import concurrent.futures
 import os
 import random
+import shutil
 import socket
 import statistics
 import sys
@@ -131,6 +132,7 @@ def main() -> None:
         finally:
             serve.shutdown()
             ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
     print(markdown_table(rows))
     write_json(RESULTS, results)
 

@@ -8,6 +8,7 @@ import contextlib
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import torch
@@ -114,3 +115,17 @@ def _ready(base: str) -> bool:
         return httpx.get(base + "/api/ready", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines (what ``ps`` shows, read untruncated from /proc) containing ``text``:
+    Ray's processes all name their temp dir."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process exited meanwhile
+            continue
+        if text in args:
+            found.append(f"{cmdline.parent.name} {args[:200]}")
+    return found

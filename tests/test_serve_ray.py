@@ -8,6 +8,7 @@ import base64
 import concurrent.futures
 import io
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from serverkit import app_for, free_port, wait_for
+from serverkit import app_for, free_port, processes_naming, wait_for
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -61,6 +62,8 @@ def fleet(redis_server, session_home):
     finally:
         serve.shutdown()
         ray.shutdown()
+    wait_for(lambda: not processes_naming(temp), 30, "the Ray processes to exit")
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _ok(url: str) -> bool:

@@ -4,32 +4,19 @@ SIGTERM: no Ray process is left behind (each one's command line names its temp d
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import run_cli
-from serverkit import free_port, wait_for
+from serverkit import free_port, processes_naming, wait_for
 
 pytest.importorskip("ray")
-
-
-def _left(temp: str) -> list[str]:
-    """Command lines (what ``ps`` shows, read untruncated from /proc) naming ``temp``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # the process exited meanwhile
-            continue
-        if temp in args:
-            found.append(f"{cmdline.parent.name} {args[:200]}")
-    return found
 
 
 def _ready(base: str) -> bool:
@@ -55,13 +42,14 @@ def test_serve_ray_starts_answers_and_stops_clean(tmp_path):
         answer = httpx.post(base + "/v1/images/generations", json={"prompt": "a kite", "seed": 1},
                             timeout=120)
         assert answer.status_code == 200 and answer.json()["size"] == "64x64"
-        assert _left(temp), "Ray should be running under its temp dir"
+        assert processes_naming(temp), "Ray should be running under its temp dir"
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
     assert "Ray Serve stopped" in output
-    wait_for(lambda: not _left(temp), 30, "the Ray processes to exit")
+    wait_for(lambda: not processes_naming(temp), 30, "the Ray processes to exit")
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_replicas_and_autoscale_need_ray_and_a_valid_span():
