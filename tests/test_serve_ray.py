@@ -16,14 +16,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import ray
 import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
+from ray import serve
 
 from serverkit import app_for, free_port, processes_naming, wait_for
 
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"model": "demo", "width": 64, "height": 64, "steps": 2}

@@ -11,12 +11,9 @@ import sys
 import tempfile
 
 import httpx
-import pytest
 
 from conftest import run_cli
 from serverkit import free_port, processes_naming, wait_for
-
-pytest.importorskip("ray")
 
 
 def _ready(base: str) -> bool:
