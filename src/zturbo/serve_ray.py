@@ -205,9 +205,22 @@ class RemoteEngine:
 
     def __init__(self, handle, settings: Settings, affinity: bool) -> None:
         self.handle, self.spec, self.affinity = handle, settings.model, affinity
-        self.fingerprint: str | None = None  # the replicas', from the first result
+        self._fingerprint: str | None = None  # the replicas', asked once, then from results
+        self.lock = threading.Lock()  # create_app reads the fingerprint under the engine lock
         self._lock = threading.Lock()
         self._serving: dict[int, str] = {}  # worker thread -> replica running its job
+
+    @property
+    def fingerprint(self) -> str:
+        """A replica's engine fingerprint (the first read asks one replica: blocking, so the
+        app reads it in a thread, as it does a local engine's)."""
+        if self._fingerprint is None:
+            self._fingerprint = self.handle.info.remote().result()["fingerprint"]
+        return self._fingerprint
+
+    @fingerprint.setter
+    def fingerprint(self, value: str) -> None:
+        self._fingerprint = value
 
     def close(self) -> None:
         pass
