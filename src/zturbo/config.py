@@ -6,6 +6,7 @@ table > ``config.toml`` ``[default]`` table > built-in defaults.
 
 from __future__ import annotations
 
+import difflib
 import os
 import secrets
 import tomllib
@@ -16,8 +17,11 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -194,6 +198,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the server binds")
     port: int = Field(8000, description="port the server binds")
     api_key: str | None = Field(None, description="Bearer key required by the server when set")
+    public_url: str | None = Field(
+        None, description="base of the server's links (response_format url), e.g. "
+        "https://img.example.com; unset: the request's Host"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins CORS allows, e.g. https://a.example (none: off)"
     )
@@ -241,6 +249,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"public_url {value!r} must start with http:// or https://")
+        return value.rstrip("/") if value else None
 
     @field_validator("step_cache_mask")
     @classmethod
@@ -295,6 +310,8 @@ def read_config(path: Path | None = None) -> dict[str, dict[str, Any]]:
     """The tables of a config file: ``{"default": {...}, "<profile>": {...}}`` ({} if absent)."""
     path = path or config_path()
     if not path.exists():
+        if os.environ.get("ZTURBO_CONFIG") and path == config_path():
+            raise ZTurboError(f"ZTURBO_CONFIG names {path}, which does not exist")
         return {}
     try:
         data = tomllib.loads(path.read_text())
@@ -306,8 +323,15 @@ def read_config(path: Path | None = None) -> dict[str, dict[str, Any]]:
             raise ZTurboError(f"{path}: top-level key {table!r} must be a table like [default]")
         unknown = sorted(set(values) - fields)
         if unknown:
-            raise ZTurboError(f"{path}: unknown key(s) in [{table}]: {', '.join(unknown)}")
+            raise ZTurboError(f"{path}: unknown key(s) in [{table}]: "
+                              f"{', '.join(map(_did_you_mean, unknown))}")
     return data
+
+
+def _did_you_mean(key: str) -> str:
+    """``stpes (did you mean steps?)``: an unknown key with the closest setting's name."""
+    close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.6)
+    return f"{key} (did you mean {close[0]}?)" if close else key
 
 
 def load_settings(
@@ -362,75 +386,136 @@ def first_error(exc: ValidationError) -> str:
 SHA256_HEX = r"^[0-9a-f]{64}$"
 
 
+# Strict scalars for Request fields: no ``true`` -> 1, no ``"8"`` -> 8, no 8.0 -> 8 (an int
+# is still a valid float). NaN and infinities are refused model-wide (allow_inf_nan).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+MAX_TEXT_CHARS = 200  # short free-text fields (names); prompts have max_prompt_chars
+
+
+def check_text(value: str, what: str) -> str:
+    """Refuse text that cannot be written as UTF-8 (a lone surrogate such as ``"\\ud800"``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} holds an invalid character at position {exc.start} "
+                         "(a lone surrogate): send valid UTF-8 text") from None
+    return value
+
+
 class Pass(BaseModel):
     """One pass of a multi-pass generation: a fraction of the final size, its steps, strength."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    scale: float = Field(gt=0.0, le=1.0)
-    steps: int = Field(ge=1, le=MAX_STEPS)
-    strength: float = Field(gt=0.0, le=1.0)
+    scale: Float = Field(gt=0.0, le=1.0)
+    steps: Int = Field(ge=1, le=MAX_STEPS)
+    strength: Float = Field(gt=0.0, le=1.0)
 
 
 def parse_passes(text: str) -> tuple[Pass, ...]:
     """``"0.5:8:1.0,1.0:4:0.45"`` -> passes of (scale, steps, strength)."""
-    passes = []
-    for item in (p.strip() for p in text.split(",") if p.strip()):
-        parts = item.split(":")
-        if len(parts) != 3:
-            raise ZTurboError(f"pass {item!r} is not SCALE:STEPS:STRENGTH (e.g. 0.5:8:1.0)")
-        try:
-            passes.append(Pass(scale=float(parts[0]), steps=int(parts[1]),
-                               strength=float(parts[2])))
-        except (ValueError, ValidationError) as exc:
-            msg = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            raise ZTurboError(f"pass {item!r}: {msg}") from None
-    return tuple(passes)
+    try:
+        return tuple(Pass.model_validate(item) for item in _pass_items(text))
+    except ValueError as exc:  # ValidationError is a ValueError
+        msg = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ZTurboError(msg) from None
+
+
+def _pass_item(item: Any) -> Any:
+    """``"0.5:8:1.0"`` -> ``{"scale", "steps", "strength"}``; other items pass unchanged."""
+    if not isinstance(item, str):
+        return item
+    parts = item.strip().split(":")
+    if len(parts) != 3:
+        raise ValueError(f"pass {item!r} is not SCALE:STEPS:STRENGTH (e.g. 0.5:8:1.0)")
+    try:
+        return {"scale": float(parts[0]), "steps": int(parts[1]), "strength": float(parts[2])}
+    except ValueError:
+        raise ValueError(f"pass {item!r}: SCALE and STRENGTH are numbers, STEPS an integer"
+                         ) from None
+
+
+def _pass_items(value: Any) -> Any:
+    """Passes in any accepted form: ``"S:N:T,S:N:T"``, or a list of such strings or objects."""
+    if isinstance(value, str):
+        value = [p for p in value.split(",") if p.strip()]
+    if isinstance(value, list | tuple):
+        return tuple(_pass_item(item) for item in value)
+    return value  # pydantic reports the wrong type
+
+
+def _lora_item(item: Any) -> Any:
+    """``"NAME[:SCALE]"`` -> ``{"name", "scale"}``; other items pass unchanged."""
+    if not isinstance(item, str):
+        return item
+    head, sep, tail = item.rpartition(":")
+    if not (sep and head):
+        return {"name": item}
+    try:
+        return {"name": head, "scale": float(tail)}
+    except ValueError:
+        raise ValueError(f"LoRA {item!r} is not NAME or NAME:SCALE (a number)") from None
+
+
+def _lora_items(value: Any) -> Any:
+    """LoRA picks in any accepted form: a list of ``"NAME[:SCALE]"`` strings or objects."""
+    if isinstance(value, str):
+        raise ValueError('loras is a list, e.g. ["anime:0.8"] or [{"name": "anime"}]')
+    if isinstance(value, list | tuple):
+        return tuple(_lora_item(item) for item in value)
+    return value
+
+
+# The field types every front end shares (the HTTP bodies derive theirs from Request's).
+Passes = Annotated[tuple[Pass, ...], BeforeValidator(_pass_items)]
+LoraPicks = Annotated[tuple[LoraPick, ...], BeforeValidator(_lora_items)]
 
 
 class Request(BaseModel):
     """One generation. Every front end builds exactly this, once, with ``make_request``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     prompt: str
     negative_prompt: str = ""
-    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
-    width: int = 1024
-    height: int = 1024
-    steps: int = Field(8, ge=1, le=MAX_STEPS)
-    guidance: float = Field(0.0, ge=0.0, le=30.0)
-    shift: float = Field(3.0, gt=0.0, le=50.0)
-    max_sequence_length: int = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
-    num_images: int = Field(1, ge=1)
-    teleport: bool = True
+    seed: Int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    width: Int = 1024
+    height: Int = 1024
+    steps: Int = Field(8, ge=1, le=MAX_STEPS)
+    guidance: Float = Field(0.0, ge=0.0, le=30.0)
+    shift: Float = Field(3.0, gt=0.0, le=50.0)
+    max_sequence_length: Int = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
+    num_images: Int = Field(1, ge=1)
+    teleport: Bool = True
     # img2img / inpaint: content hashes of the pixels passed alongside (image_sha256)
     image: str | None = Field(None, pattern=SHA256_HEX)
-    strength: float | None = Field(None, gt=0.0, le=1.0)
+    strength: Float | None = Field(None, gt=0.0, le=1.0)
     mask: str | None = Field(None, pattern=SHA256_HEX)
-    passes: tuple[Pass, ...] = Field((), max_length=8)
+    passes: Passes = Field((), max_length=8)
     # per-request LoRAs, by name from lora_dirs (engine-level ones: Settings.loras)
-    loras: tuple[LoraPick, ...] = Field((), max_length=8)
-    vae_tiling: bool = False
-    vae_tile_size: int = Field(512, ge=64, le=4096)
-    vae_tile_overlap: float = Field(0.25, ge=0.0, le=0.5)
+    loras: LoraPicks = Field((), max_length=8)
+    vae_tiling: Bool = False
+    vae_tile_size: Int = Field(512, ge=64, le=4096)
+    vae_tile_overlap: Float = Field(0.25, ge=0.0, le=0.5)
     # Prompt side. The template body (not only its name) is kept so replay is exact and the
     # embedding key sees an edited template; ``embeddings_sha256`` names precomputed prompt
     # embeddings (``zturbo encode``) by content.
     template: str | None = Field(None, max_length=100)
     template_body: str | None = Field(None, max_length=MAX_TEMPLATE_CHARS)
-    hidden_layer: int = Field(-2, ge=-100, le=100)
+    hidden_layer: Int = Field(-2, ge=-100, le=100)
     long_prompt: LongPromptMode = "truncate"
     embeddings_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     # Transformer research knobs: DyPE (position extrapolation) and skip-layer guidance.
     dype: DypeMethod = "off"
-    dype_scale: float = Field(2.0, ge=0.0, le=16.0)
-    dype_exponent: float = Field(2.0, ge=0.0, le=16.0)
-    dype_base: int = Field(1024, ge=256, le=4096, multiple_of=16)
-    slg_scale: float = Field(0.0, ge=0.0, le=20.0)
-    slg_layers: tuple[int, ...] = Field((7, 8, 9), max_length=64)
-    slg_start: float = Field(0.01, ge=0.0, le=1.0)
-    slg_stop: float = Field(0.2, ge=0.0, le=1.0)
+    dype_scale: Float = Field(2.0, ge=0.0, le=16.0)
+    dype_exponent: Float = Field(2.0, ge=0.0, le=16.0)
+    dype_base: Int = Field(1024, ge=256, le=4096, multiple_of=16)
+    slg_scale: Float = Field(0.0, ge=0.0, le=20.0)
+    slg_layers: tuple[Int, ...] = Field((7, 8, 9), max_length=64)
+    slg_start: Float = Field(0.01, ge=0.0, le=1.0)
+    slg_stop: Float = Field(0.2, ge=0.0, le=1.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -459,17 +544,24 @@ class Request(BaseModel):
     def _template_body(cls, value: str | None) -> str | None:
         if value is not None and "{prompt}" not in value:
             raise ValueError("a template body must contain {prompt}")
-        return value
+        return check_text(value, "template_body") if value is not None else value
 
-    @field_validator("prompt")
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return check_text(value, "template") if value is not None else value
+
+    @field_validator("prompt", "negative_prompt")
     @classmethod
     def _prompt(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip():
+        """Prompt and negative prompt: the same length limit, valid UTF-8."""
+        if info.field_name == "prompt" and not value.strip():
             raise ValueError("prompt is empty")
         limit = (info.context or {}).get("max_prompt_chars")
         if limit and len(value) > limit:
-            raise ValueError(f"prompt has {len(value)} characters; the limit is {limit}")
-        return value
+            raise ValueError(f"{info.field_name} has {len(value)} characters; the limit is "
+                             f"{limit} (setting max_prompt_chars)")
+        return check_text(value, info.field_name)
 
     @field_validator("width", "height")
     @classmethod
@@ -492,10 +584,10 @@ class Request(BaseModel):
                 f"{self.width}x{self.height} is {self.width * self.height} pixels; the limit "
                 f"is {ctx['max_pixels']} (setting max_pixels)"
             )
-        if ctx.get("max_steps") and self.steps > ctx["max_steps"]:
-            raise ValueError(
-                f"steps {self.steps} is above the limit {ctx['max_steps']} (setting max_steps)"
-            )
+        if ctx.get("max_steps") and self.dit_passes() > ctx["max_steps"]:
+            what = (f"the passes run {self.dit_passes()} steps in all" if self.passes
+                    else f"steps {self.steps}")
+            raise ValueError(f"{what}, above the limit {ctx['max_steps']} (setting max_steps)")
         if ctx.get("max_images") and self.num_images > ctx["max_images"]:
             raise ValueError(f"num_images {self.num_images} is above the limit {ctx['max_images']}")
         if self.slg_scale and self.slg_start >= self.slg_stop:
@@ -511,6 +603,17 @@ class Request(BaseModel):
         if self.vae_tile_size % 16:
             raise ValueError(f"vae_tile_size {self.vae_tile_size} is not a multiple of 16")
         return self
+
+    def dit_passes(self) -> int:
+        """DiT passes one image asks for: ``steps``, or all its passes together (the
+        refining ones from their strength on), so a limit holds for the total work."""
+        if not self.passes:
+            return self.steps
+        total = 0
+        for i, p in enumerate(self.passes):
+            from_image = i > 0 or self.image is not None
+            total += p.steps - (img2img_start_step(p.steps, p.strength) if from_image else 0)
+        return total
 
     def for_seed(self, seed: int) -> Request:
         """The Request that reproduces one image of this (possibly multi-image) Request."""
@@ -534,6 +637,17 @@ def img2img_start_step(steps: int, strength: float) -> int:
     return int(max(steps - init, 0))
 
 
+_LORA_PICKS: TypeAdapter[tuple[LoraPick, ...]] = TypeAdapter(LoraPicks)
+
+
+def _lora_picks(value: Any) -> tuple[LoraPick, ...]:
+    """LoRA picks checked for shape before their names are looked up in lora_dirs."""
+    try:
+        return _LORA_PICKS.validate_python(value)
+    except ValidationError as exc:
+        raise ZTurboError(f"loras: {first_error(exc)}") from None
+
+
 def make_request(settings: Settings, **fields: Any) -> Request:
     """A validated Request: fields given (None = unset) over the settings' defaults.
 
@@ -555,10 +669,8 @@ def make_request(settings: Settings, **fields: Any) -> Request:
     values.setdefault("teleport", settings.teleport)
     if values.get("image") is not None:
         values.setdefault("strength", settings.strength)
-    if isinstance(values.get("passes"), str):
-        values["passes"] = parse_passes(values["passes"])
     if values.get("loras"):
-        values["loras"] = pick_loras(values["loras"], settings.lora_dirs)
+        values["loras"] = pick_loras(_lora_picks(values["loras"]), settings.lora_dirs)
     values.setdefault("vae_tile_size", settings.vae_tile_size)
     values.setdefault("vae_tile_overlap", settings.vae_tile_overlap)
     if "vae_tiling" not in values:

@@ -18,12 +18,16 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
+from safetensors import SafetensorError
 
 from .errors import ZTurboError
 from .hashing import file_sha256
+
+# What loading a file that is not a LoRA raises (a bad safetensors header among them)
+LOAD_ERRORS = (ValueError, KeyError, RuntimeError, OSError, SafetensorError)
 
 MAX_LORAS = 8
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -107,7 +111,7 @@ def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str
         adapter = f"lora{i}"
         try:
             pipe.load_lora_weights(str(spec.path), adapter_name=adapter, use_safetensors=True)
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        except LOAD_ERRORS as exc:
             raise ZTurboError(f"cannot load LoRA {spec.path}: {exc}") from None
         if _adapter_modules(pipe.transformer, adapter) == 0:
             pipe.delete_adapters(adapter)
@@ -130,10 +134,10 @@ class LoraPick(BaseModel):
     """A LoRA chosen per request by *name* from ``lora_dirs``; ``make_request`` fills in the
     file's sha256 so the teleport key follows the file's content, not its name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=128)
-    scale: float = Field(1.0, ge=-10.0, le=10.0)
+    scale: Annotated[float, Strict()] = Field(1.0, ge=-10.0, le=10.0)  # no true, NaN or "1"
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
@@ -144,14 +148,10 @@ _PICKED: dict[str, Path] = {}
 
 
 def pick_loras(picks, lora_dirs: list[str]) -> tuple:
-    """Request LoRA picks (``{"name", "scale"}`` or ``"NAME[:SCALE]"``) resolved to files in
-    ``lora_dirs``, each with its sha256 (the teleport key follows content, not names)."""
+    """Request LoRA picks (``LoraPick``s: make_request has checked their shape) resolved to
+    files in ``lora_dirs``, each with its sha256 (the teleport key follows content, not names)."""
     out = []
     for pick in picks:
-        if isinstance(pick, str):
-            head, sep, tail = pick.rpartition(":")
-            pick = {"name": head, "scale": float(tail)} if sep and head else {"name": pick}
-        pick = LoraPick.model_validate(pick) if not isinstance(pick, LoraPick) else pick
         path = resolve_lora(pick.name, lora_dirs)
         sha = file_sha256(path)
         _PICKED[sha] = path
@@ -179,7 +179,7 @@ def _load_request_adapter(engine, pick, wanted: set[str]) -> str:
         _drop_adapter(pipe, adapter)
         if isinstance(exc, ZTurboError):
             raise
-        if isinstance(exc, (ValueError, KeyError, RuntimeError, OSError)):
+        if isinstance(exc, LOAD_ERRORS):
             raise ZTurboError(f"cannot load LoRA {pick.name!r}: {exc}") from None
         raise
     loaded[pick.sha256] = adapter

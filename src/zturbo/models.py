@@ -26,14 +26,14 @@ import torch
 from . import accel, demo
 from .caches import build_cache
 from .config import DEFAULT_MODEL, Settings, load_settings, make_request, state_dir
-from .errors import ModelUnavailable
+from .errors import ModelUnavailable, ZTurboError
 from .generate import generate
 from .hashing import digest, file_sha256
 from .img2img import as_source, source_size
 from .lora import apply_loras, parse_lora
 from .placement import numerics_identity, pick_device, pick_dtype, place
 from .quant import load_transformer_file, text_encoder_quant_config
-from .steps import text_token_limit  # noqa: F401 - documented here as well
+from .steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
 
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model", ".jinja")
@@ -102,12 +102,13 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         pass
-    advice = (
-        f"use a local folder (--model /path/to/{repo_id.split('/')[-1]}), download it on a "
-        f"connected machine (`hf download {repo_id}`), set HF_HUB_OFFLINE=1 to use only the "
-        f"local cache, or try --model demo"
-    )
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    advice = (  # no advice to set HF_HUB_OFFLINE when it is set already
+        f"use a local folder (--model /path/to/{repo_id.split('/')[-1]}), download it on a "
+        f"connected machine (`hf download {repo_id}`), "
+        f"{'' if offline else 'set HF_HUB_OFFLINE=1 to use only the local cache, '}"
+        f"or try --model demo"
+    )
     if offline or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub is unreachable"
         raise ModelUnavailable(f"model {repo_id!r} is not in the local cache and {why}: {advice}")
@@ -141,6 +142,19 @@ class Engine:
     @property
     def is_demo(self) -> bool:
         return demo.is_demo(self.spec)
+
+    def check_fits(self, request) -> None:
+        """Refuse what only the loaded model can rule out (the text encoder's layers, the
+        DiT's layers and text positions), so a server refuses it before queueing a job."""
+        encoder = getattr(self.pipe, "text_encoder", None)
+        if encoder is not None and request.embeddings_sha256 is None:
+            _check_hidden_layer(encoder, request.hidden_layer)
+        layers = len(self.pipe.transformer.layers)
+        bad = [i for i in (request.slg_layers if request.slg_scale else ()) if i >= layers]
+        if bad:
+            raise ZTurboError(f"slg_layers {', '.join(map(str, bad))} out of range: this DiT "
+                              f"has {layers} layers (0..{layers - 1})")
+        check_text_limit(self, request.max_sequence_length)
 
     def _runtime(self) -> dict[str, Any]:
         import diffusers  # lazy: keeps CLI start fast

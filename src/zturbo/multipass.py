@@ -12,7 +12,7 @@ from __future__ import annotations
 from PIL import Image
 
 from .caches.encoders import image_sha256
-from .config import Pass, Request, img2img_start_step
+from .config import Pass, Request
 
 
 def pass_size(request: Request, p: Pass) -> tuple[int, int]:
@@ -33,8 +33,4 @@ def pass_request(request: Request, p: Pass, seed: int, image: Image.Image | None
 
 def pass_steps(request: Request) -> int:
     """DiT passes one seed of ``request`` runs over all its passes (for progress bars)."""
-    total = 0
-    for i, p in enumerate(request.passes):
-        from_image = i > 0 or request.image is not None
-        total += p.steps - (img2img_start_step(p.steps, p.strength) if from_image else 0)
-    return total
+    return request.dit_passes()

@@ -8,12 +8,26 @@ here, and validated once, by ``make_request``, like every other front end.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model
 
-from ..config import Request, Settings, bucket_size, make_request
+from ..config import (
+    MAX_TEXT_CHARS,
+    Bool,
+    Float,
+    Int,
+    Request,
+    Settings,
+    bucket_size,
+    make_request,
+)
 from .errors import ApiError
+
+# What a native body's field keeps of Request's: its strictness and the forms it accepts
+# (LoRA "NAME:SCALE", pass strings), so every endpoint takes and refuses the same values.
+_CARRIED = (BeforeValidator, Strict)
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
 def _optional_request_fields() -> dict[str, Any]:
@@ -21,21 +35,26 @@ def _optional_request_fields() -> dict[str, Any]:
     for name, info in Request.model_fields.items():
         if name == "prompt":
             fields[name] = (str, Field(..., description="what to draw"))
-        else:
-            fields[name] = (info.annotation | None, Field(None, description=info.description))
+            continue
+        carried = [m for m in info.metadata if isinstance(m, _CARRIED)]
+        annotation = info.annotation | None
+        if carried:
+            annotation = Annotated[annotation, *carried]
+        fields[name] = (annotation, Field(None, description=info.description))
     return fields
 
 
 RequestFields = create_model(
-    "RequestFields", __config__=ConfigDict(extra="forbid"), **_optional_request_fields()
+    "RequestFields", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    **_optional_request_fields()
 )
 
 
 class JobBody(RequestFields):  # type: ignore[misc, valid-type]
     """POST /api/jobs: Request fields, plus an official aspect/bucket instead of a size."""
 
-    aspect: str | None = Field(None, description="official aspect, e.g. 16:9 (sets the size)")
-    bucket: int = Field(1024, description="bucket for aspect: 1024, 1280 or 1536")
+    aspect: Text | None = Field(None, description="official aspect, e.g. 16:9 (sets the size)")
+    bucket: Int = Field(1024, description="bucket for aspect: 1024, 1280 or 1536")
 
 
 class GenerateBody(JobBody):
@@ -64,7 +83,8 @@ def request_from_body(settings: Settings, body: BaseModel, extra: dict | None = 
     return make_request(settings, **fields)
 
 
-_SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
+_SIZE = re.compile(r"(\d+)x(\d+)")
+MAX_SIDE_DIGITS = 9  # a side with more digits is over any pixel limit (and int() stays cheap)
 
 
 class OpenAIGenerate(BaseModel):
@@ -74,26 +94,26 @@ class OpenAIGenerate(BaseModel):
     make_request; unknown names are a 400.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     prompt: str
-    n: int | None = Field(None, ge=1, description="images (seeds seed, seed+1, ...)")
-    size: str | None = Field(None, description='"WxH" (multiples of 16) or "auto"')
+    n: Int | None = Field(None, ge=1, description="images (seeds seed, seed+1, ...)")
+    size: Text | None = Field(None, description='"WxH" (multiples of 16) or "auto"')
     response_format: Literal["b64_json", "url"] | None = "b64_json"
-    model: str | None = Field(None, description="accepted and ignored: one model per server")
+    model: Text | None = Field(None, description="accepted and ignored: one model per server")
     output_format: Literal["png"] | None = None
-    quality: str | None = None
-    style: str | None = None
-    user: str | None = None
-    background: str | None = None
-    moderation: str | None = None
+    quality: Text | None = None
+    style: Text | None = None
+    user: Text | None = None
+    background: Text | None = None
+    moderation: Text | None = None
     # zturbo extras (OpenAI's names where diffusers has one)
-    seed: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    shift: float | None = None
+    seed: Int | None = None
+    num_inference_steps: Int | None = None
+    guidance_scale: Float | None = None
+    shift: Float | None = None
     negative_prompt: str | None = None
-    teleport: bool | None = None
+    teleport: Bool | None = None
 
 
 def parse_size(size: str | None) -> tuple[int | None, int | None]:
@@ -102,6 +122,8 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     match = _SIZE.fullmatch(size.strip().lower())
     if not match:
         raise ApiError(400, f"size {size!r} is not WIDTHxHEIGHT like 1024x1024 (or auto)")
+    if max(len(match.group(1)), len(match.group(2))) > MAX_SIDE_DIGITS:
+        raise ApiError(400, f"size {size[:40]!r} is over the pixel limit (setting max_pixels)")
     return int(match.group(1)), int(match.group(2))
 
 

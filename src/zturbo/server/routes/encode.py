@@ -13,9 +13,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ... import embedfile
-from ...config import make_request
+from ...config import Int, make_request
 from ..state import state
-from ..errors import ApiError
+from ..errors import ApiError, unavailable
+from ..schemas import Text
 
 router = APIRouter(tags=["native"])
 
@@ -27,10 +28,10 @@ class EncodeBody(BaseModel):
 
     prompt: str
     negative_prompt: str | None = None
-    template: str | None = None
-    hidden_layer: int | None = None
-    long_prompt: str | None = None
-    max_sequence_length: int | None = Field(None, ge=1)
+    template: Text | None = None
+    hidden_layer: Int | None = None
+    long_prompt: Text | None = None
+    max_sequence_length: Int | None = Field(None, ge=1)
 
 
 @router.post("/api/encode", responses={200: {"content": {"application/octet-stream": {}}}})
@@ -38,7 +39,7 @@ async def encode(body: EncodeBody, request: Request):
     """Encode the prompt; answers the safetensors bytes, metadata in the file's header."""
     st = state(request)
     if st.engine is None:
-        raise ApiError(503, st.load_error or "the model is still loading")
+        raise unavailable(st.load_error or "the model is still loading")
     if getattr(st.engine.pipe, "text_encoder", None) is None:
         raise ApiError(409, "this server runs generator-only (no text encoder): encode elsewhere")
     req = make_request(st.settings, **body.model_dump(exclude_none=True))
