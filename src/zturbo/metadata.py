@@ -10,6 +10,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 import struct
 import tempfile
@@ -134,23 +135,40 @@ def save_png(result, index: int, pattern: str | Path) -> Path:
     return write_png_atomic(result.images[index], path, info)
 
 
-def read(path: str | Path) -> dict[str, Any]:
-    """The parameters in a PNG: ``{"request": {...}, "model": ..., "parameters": "..."}``."""
+def read(path, name: str | None = None) -> dict[str, Any]:
+    """The parameters in a PNG: ``{"request": {...}, "model": ..., "parameters": "..."}``.
+
+    ``path`` is a file path or a binary file object; ``name`` is what messages call it.
+    """
+    name = name or str(path)
     try:
         with Image.open(path) as im:
             text = dict(getattr(im, "text", {}) or {})
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ZTurboError(f"cannot read image {path}: {exc}") from None
+    except (OSError, UnidentifiedImageError, ValueError) as exc:  # ValueError: a text chunk
+        raise ZTurboError(f"cannot read image {name}: {exc}") from None  # over Pillow's cap
     if JSON_KEY in text:
-        try:
-            data = json.loads(text[JSON_KEY])
-        except ValueError:
-            raise ZTurboError(f"{path}: the zturbo metadata chunk is not valid JSON") from None
+        data = json_object(text[JSON_KEY], f"{name}: the zturbo metadata chunk")
         data["parameters"] = text.get("parameters", "")
         return data
     if "parameters" in text:
         return {"parameters": text["parameters"], "request": parse_a1111(text["parameters"])}
-    raise ZTurboError(f"{path} holds no generation parameters (no 'parameters' or 'zturbo' chunk)")
+    raise ZTurboError(f"{name} holds no generation parameters (no 'parameters' or 'zturbo' chunk)")
+
+
+def json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """A JSON object from untrusted text, or a ZTurboError saying ``what`` is wrong (not
+    JSON, not an object, nested too deep for the parser)."""
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise ZTurboError(f"{what} is not valid JSON (or nested too deep)") from None
+    if not isinstance(data, dict):
+        raise ZTurboError(f"{what} must be a JSON object")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse_a1111(text: str) -> dict[str, Any]:
@@ -169,9 +187,11 @@ def parse_a1111(text: str) -> dict[str, Any]:
     for key, (name, fn) in conv.items():
         if key in pairs:
             try:
-                fields[name] = fn(pairs[key])
+                value = fn(pairs[key])
             except ValueError:
-                pass
+                continue
+            if math.isfinite(value):  # "nan" and "inf" parse as floats: not parameters
+                fields[name] = value
     if "Size" in pairs and "x" in pairs["Size"]:
         w, h = pairs["Size"].split("x", 1)
         if w.isdigit() and h.isdigit():

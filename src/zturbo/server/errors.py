@@ -10,6 +10,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from ..errors import ZTurboError
@@ -19,11 +20,49 @@ log = logging.getLogger("zturbo.server")
 
 
 class ApiError(ZTurboError):
-    """A client-facing error with its HTTP status."""
+    """A client-facing error with its HTTP status (and headers, e.g. Retry-After)."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.kind = status, kind
+        self.status, self.kind, self.headers = status, kind, headers
+
+
+RETRY_LOADING_S = 5  # Retry-After while the model loads or the server stops
+
+
+def unavailable(message: str) -> ApiError:
+    """503 with Retry-After: the model is loading (or failed to load)."""
+    return ApiError(503, message, "unavailable", headers={"Retry-After": str(RETRY_LOADING_S)})
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+
+
+class ErrorBody(BaseModel):
+    """The one error shape (OpenAI's)."""
+
+    error: ErrorDetail
+
+
+_MEANINGS = {
+    400: "a value the request validation refuses", 401: "missing or wrong API key",
+    404: "unknown id", 409: "conflict: the job ended or was cancelled",
+    413: "body, upload or image too large", 422: "the body's shape (unknown field, wrong type)",
+    429: "queue full (Retry-After)", 503: "model loading or shutting down (Retry-After)",
+    504: "timed out",
+}
+# Declared on every API route, so the schema tells clients (and fuzzers) the truth.
+# "model" registers ErrorBody; the explicit JSON content keeps it JSON on routes whose own
+# answers are another type (the event stream).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorBody, "description": meaning, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for status, meaning in _MEANINGS.items()
+}
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error",
@@ -47,7 +86,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
-        return error_response(exc.status, str(exc), exc.kind)
+        return error_response(exc.status, str(exc), exc.kind, headers=exc.headers)
 
     @app.exception_handler(QueueFull)
     async def _full(request: Request, exc: QueueFull):
@@ -56,7 +95,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotAccepting)
     async def _closed(request: Request, exc: NotAccepting):
-        return error_response(503, str(exc), "unavailable", headers={"Retry-After": "5"})
+        return error_response(503, str(exc), "unavailable",
+                              headers={"Retry-After": str(RETRY_LOADING_S)})
 
     @app.exception_handler(ZTurboError)
     async def _zturbo(request: Request, exc: ZTurboError):
@@ -70,5 +110,13 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: HTTPException):
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 413:
-            message = "request body too large (setting max_upload_mb)"
+            message = TOO_LARGE
         return error_response(exc.status_code, message, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
+
+
+TOO_LARGE = "request body too large (setting max_upload_mb)"

@@ -10,7 +10,7 @@ import asyncio
 from fastapi import Request as HttpRequest
 
 from ..config import Request
-from .errors import ApiError
+from .errors import ApiError, unavailable
 from .jobs import Job
 from .state import ServerState
 
@@ -20,9 +20,10 @@ HUNG_MARGIN_S = 30.0
 def submit(st: ServerState, request: Request, source=None) -> Job:
     """Queue a request (503 while the model loads or after it failed to load)."""
     if st.load_error:
-        raise ApiError(503, f"the model failed to load: {st.load_error}", "unavailable")
+        raise unavailable(f"the model failed to load: {st.load_error}")
     if st.engine is None or st.history is None:
-        raise ApiError(503, "the model is still loading; see /api/ready", "unavailable")
+        raise unavailable("the model is still loading; see /api/ready")
+    st.engine.check_fits(request)  # a job the worker would refuse never takes a queue slot
     return st.jobs.submit(request, source)
 
 

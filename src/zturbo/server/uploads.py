@@ -33,6 +33,11 @@ def max_upload_bytes(settings) -> int:
     return int(settings.max_upload_mb * MIB)
 
 
+def max_body_bytes(settings) -> int:
+    """The whole request body's cap: one upload plus a MiB for the other fields."""
+    return max_upload_bytes(settings) + MIB
+
+
 async def read_image(upload: UploadFile, settings, *, decode: bool = True) -> Upload:
     """Read one uploaded image, or raise a 4xx ApiError that says what is wrong."""
     limit = max_upload_bytes(settings)
@@ -54,6 +59,8 @@ def _decode(data: bytes, name: str, settings, decode: bool) -> Upload:
     except (UnidentifiedImageError, OSError):
         raise ApiError(400, f"{name} is not an image Pillow can read "
                             "(PNG, JPEG, WebP...)") from None
+    except ValueError as exc:  # e.g. a PNG text chunk over Pillow's decompressed-size cap
+        raise ApiError(400, f"cannot read {upload.filename or 'upload'}: {exc}") from None
     width, height = image.size
     if width * height > settings.max_pixels:
         raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is "

@@ -24,6 +24,7 @@ MAX_PAGE = 100
 THUMB_MIN, THUMB_MAX = 32, 1024  # ?size= bounds (longest side, pixels)
 # ids name one image forever (a new image gets a new id): browsers may keep them
 IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
+MAX_OFFSET = 2**63 - 1  # SQLite's integers are 64-bit
 
 
 def image_path(st: ServerState, image_id: str) -> Path:
@@ -81,7 +82,7 @@ def image_info(image_id: str, request: Request):
 
 @router.get("/api/history")
 def history(request: Request, q: str = Query("", max_length=1000),
-            limit: int = Query(24, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)):
+            limit: int = Query(24, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0, le=MAX_OFFSET)):
     """Images, newest first; ``q`` searches the prompts (any case). A plain ``def``: FastAPI
     runs it in its thread pool, so a search over a long history never stalls the loop."""
     st = state(request)
@@ -94,6 +95,6 @@ def history(request: Request, q: str = Query("", max_length=1000),
 async def metadata(request: Request, image: UploadFile = File(...)):
     """The generation parameters stored in a PNG (zturbo's JSON, or A1111 ``parameters``)."""
     upload = await read_image(image, state(request).settings, decode=False)
-    data = read(io.BytesIO(upload.data))
+    data = read(io.BytesIO(upload.data), image.filename or "the upload")
     return {"request": data.get("request", {}), "model": data.get("model"),
             "parameters": data.get("parameters", "")}

@@ -6,8 +6,6 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-import json
-
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
@@ -19,6 +17,7 @@ from pydantic import ValidationError
 
 from ...config import first_error
 from ...img2img import as_source, source_size
+from ...metadata import json_object
 from ..schemas import JobBody, request_from_body
 from ..uploads import read_image
 
@@ -57,12 +56,7 @@ async def submit_edit(
     """img2img / inpaint as a job (multipart; the web page's init image): like ``POST
     /api/jobs``, followed the same way. The size defaults to the image's."""
     st = state(request)
-    try:
-        values = json.loads(fields)
-    except ValueError:
-        raise ApiError(400, "fields is not valid JSON") from None
-    if not isinstance(values, dict):
-        raise ApiError(400, "fields must be a JSON object")
+    values = json_object(fields, "fields")
     try:
         body = JobBody.model_validate(values)
     except ValidationError as exc:

@@ -30,7 +30,8 @@ async def generations(body: OpenAIGenerate, request: Request):
 
 def _answer(st, job, request: Request, response_format: str) -> dict:
     """The OpenAI images response for a finished job."""
-    base = str(request.base_url).rstrip("/")
+    # a configured public_url, never the client's Host header, when one is set
+    base = st.settings.public_url or str(request.base_url).rstrip("/")
     data = []
     for image in job.images:
         item = {"revised_prompt": None, "seed": image["seed"], "id": image["id"]}
