@@ -19,13 +19,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from ..config import Settings, state_dir
 from ..errors import ZTurboError
 from ..measure import warmup
 from ..models import load
 from . import errors
-from .errors import error_response
+from .errors import ERROR_RESPONSES, TOO_LARGE, error_response
 from .history import History
 from .jobs import JobQueue
 from .metrics import Metrics
@@ -33,7 +34,8 @@ from .routes import encode, generate, images, library, openai_images, ops
 from .routes import jobs as jobs_routes
 from .routes import lab as lab_routes
 from .state import ServerState
-from .uploads import MIB, max_upload_bytes
+from .statelock import StateLock, server_url
+from .uploads import max_body_bytes
 
 log = logging.getLogger("zturbo.server")
 # No API key needed: health, and the page's own code (no data in it; the page asks for the
@@ -46,10 +48,15 @@ def history_path() -> Path:
     return state_dir() / "server" / "history.sqlite3"
 
 
-def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1) -> FastAPI:
+def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1,
+               state_lock: StateLock | None = None) -> FastAPI:
     """The server app. With ``engine=None`` the lifespan loads ``settings.model``.
     ``runner`` and ``workers`` go to the JobQueue (the Ray ingress passes a remote engine,
-    a runner that calls generator replicas, and one worker per replica)."""
+    a runner that calls generator replicas, and one worker per replica).
+
+    The lifespan takes the state dir's server lock before it opens the history (one server
+    per state dir) unless ``state_lock`` is one the caller already holds (``zturbo serve``
+    takes it before binding the port)."""
     metrics = Metrics(lambda: st.engine)
     jobs = JobQueue(settings, None, settings.outputs / "server", metrics,
                     **({"runner": runner} if runner else {}), workers=workers)
@@ -58,6 +65,8 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        own_lock = None if state_lock and state_lock.held else StateLock().acquire(
+            server_url(settings))
         history = History(history_path())  # opened per run: an app may be started again
         st.history = jobs.history = history
         history.interrupt_unfinished()
@@ -75,18 +84,20 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
             else:
                 _flush_caches(st.engine)  # the caller owns the engine: only flush
             history.close()
+            if own_lock is not None:
+                own_lock.release()
 
     app = FastAPI(
         title="zturbo", summary="Z-Image-Turbo: OpenAI-compatible images API, jobs, history",
-        lifespan=lifespan, max_body_size=max_upload_bytes(settings) + MIB,
+        lifespan=lifespan,
     )
     app.state.zturbo = st
     errors.install(app)
     _middleware(app, settings, metrics)
 
     for module in (openai_images, generate, encode, jobs_routes, images, ops, library):
-        app.include_router(module.router)
-    app.include_router(lab_routes.router)  # the experiments lab (docs/lab.md)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    app.include_router(lab_routes.router, responses=ERROR_RESPONSES)  # the lab (docs/lab.md)
     static = files("zturbo").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -157,7 +168,10 @@ class Guard:
 
         try:
             key = self.settings.api_key
-            if key and not _open(scope["path"]) and not _authorised(scope, key):
+            if _declared_length(scope) > max_body_bytes(self.settings):
+                # refused before a byte is read, in the one error shape (not plain text)
+                await error_response(413, TOO_LARGE)(scope, receive, send_status)
+            elif key and not _open(scope["path"]) and not _authorised(scope, key):
                 response = error_response(
                     401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                     "authentication_error", headers={"WWW-Authenticate": "Bearer"})
@@ -172,12 +186,21 @@ class Guard:
 
 
 def _middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """API key and metrics; CORS (outermost, so preflights need no key) only when configured."""
+    """Body cap, API key and metrics; CORS (outermost, so preflights need no key) only when
+    configured. The body cap sits inside the Guard, so a declared oversized body gets the
+    Guard's JSON 413 (the cap's own answer is plain text)."""
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_body_bytes(settings))
     app.add_middleware(Guard, settings=settings, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+
+
+def _declared_length(scope) -> int:
+    """The request's Content-Length (0 when absent or not a number)."""
+    value = dict(scope.get("headers") or []).get(b"content-length", b"")
+    return int(value) if value.isdigit() and len(value) < 20 else 0
 
 
 def _open(path: str) -> bool:

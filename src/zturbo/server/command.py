@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated
 
 import typer
 
 from ..config import load_settings
+from ..errors import ZTurboError
 from ..options import (Attention, Compile, Device, Dtype, Lora, Model, Profile, StepCache,
                        StepCachePreset)
+from .statelock import StateLock, server_url
 
 # ``zturbo serve --ray`` runs zturbo.serve_ray, which sits above the server (it imports the
 # app): zturbo.cli, above both, sets this to a function(settings, replicas, autoscale).
@@ -61,7 +64,34 @@ def serve(
             raise typer.BadParameter("--ray is available from the zturbo command only")
         ray_launcher(settings, replicas, autoscale)
         return
+    lock = StateLock().acquire(server_url(settings))  # before the history, before the port
+    sock = bind(settings.host, settings.port)  # a busy port fails here, before "serving"
     typer.echo(f"zturbo: serving {settings.model} on http://{settings.host}:{settings.port}",
                err=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s) or 1)
+    config = uvicorn.Config(create_app(settings, state_lock=lock), host=settings.host,
+                            port=settings.port, log_level="warning",
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) or 1)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C after a graceful shutdown is a clean stop (as uvicorn.run)
+        pass
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a one-line ZTurboError (busy port, bad address)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise ZTurboError(f"cannot bind {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # what uvicorn sets
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ZTurboError(f"cannot bind {host}:{port}: {exc.strerror or exc} (is another "
+                          f"server on that port? choose one with --port)") from None
+    sock.set_inheritable(True)
+    return sock

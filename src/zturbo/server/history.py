@@ -88,10 +88,12 @@ class History:
 
     def set_job(self, job_id: str, status: str, *, started: float | None = None,
                 finished: float | None = None, error: str | None = None) -> None:
+        # a job that ends done has no error, whatever an earlier state said
         self._run(
             "UPDATE jobs SET status=?, started=COALESCE(?, started), "
-            "finished=COALESCE(?, finished), error=COALESCE(?, error) WHERE id=?",
-            (status, started, finished, error, job_id),
+            "finished=COALESCE(?, finished), "
+            "error=CASE WHEN ?='done' THEN NULL ELSE COALESCE(?, error) END WHERE id=?",
+            (status, started, finished, status, error, job_id),
         )
 
     def job(self, job_id: str) -> dict[str, Any] | None:
