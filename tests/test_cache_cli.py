@@ -74,8 +74,10 @@ def test_verify_removes_a_corrupt_entry(zturbo_home):
     (victim,) = (zturbo_home / "cache" / "v1" / "data").rglob(f"{key(2)}.*.bin")
     victim.write_bytes(b"not what was stored")
     out = run_cli("cache", "verify")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr  # damage found (and removed): non-zero
     assert out.stdout.strip() == "disk: checked 3, ok 2, removed 1 bad, removed 0 orphaned files"
     assert not victim.exists()
+    again = run_cli("cache", "verify")  # nothing left to find
+    assert again.returncode == 0 and "removed 0 bad" in again.stdout, again.stdout
     out = run_cli("cache", "verify", env={"ZTURBO_DISK_CACHE_MB": "0"})
     assert out.returncode == 2 and "no disk cache tier is configured" in out.stderr

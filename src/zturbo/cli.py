@@ -6,6 +6,7 @@ Errors a user can fix print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -185,8 +186,9 @@ def generate(
         fields[name] = value if fields.get(name) is None else fields[name]
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
+    check_total_images(len(requests), requests[0].num_images, settings.max_images)
+    pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     engine = models.load(settings=settings, text_encoder=file is None)
-    pattern = output or str(settings.outputs / "zturbo-{seed}.png")
     for request in requests:
         with _progress() as bar:
             task = bar.add_task(f"seed {request.seed}", total=steps_run(request))
@@ -194,7 +196,7 @@ def generate(
                          on_step=lambda done, *_: bar.update(task, completed=done))
         for warning in result.warnings:
             typer.echo(f"zturbo: warning: {warning}", err=True)
-        paths = result.save(pattern)
+        paths = save_images(result, pattern, settings)
         for path, image_seed, replay in zip(paths, result.seeds, result.teleport, strict=True):
             t = result.timings
             if as_json:
@@ -204,6 +206,49 @@ def generate(
                 typer.echo(f"{path}  seed {image_seed}  encode {t['encode']:.2f}s  "
                            f"denoise {t['denoise']:.2f}s  decode {t['decode']:.2f}s  "
                            f"total {t['total']:.2f}s  {_teleport_text(replay)}")
+
+
+def check_total_images(seeds: int, per_seed: int, limit: int) -> None:
+    """The image limit holds for the whole command: every --seed times --num-images."""
+    if seeds * per_seed > limit:
+        raise ZTurboError(f"{seeds} seeds x {per_seed} images is {seeds * per_seed} images; "
+                          f"the limit is {limit} (setting max_images)")
+
+
+def output_pattern(output: str | None, settings) -> str:
+    """The PNG path pattern, checked before anything is generated: ``-o DIR`` (an existing
+    folder) writes ``DIR/zturbo-{seed}.png``; the folder must exist or be creatable, and
+    writable (a probe file is made and removed)."""
+    import tempfile
+
+    path = Path(output).expanduser() if output else settings.outputs / "zturbo-{seed}.png"
+    if output and path.is_dir():
+        path = path / "zturbo-{seed}.png"
+    folder = path.parent
+    while "{seed}" in str(folder):  # a per-seed folder: check the one it will be made in
+        folder = folder.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".zturbo-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ZTurboError(f"cannot write images to {folder} (-o {output or path}): "
+                          f"{exc.strerror or exc}") from None
+    return str(path)
+
+
+def save_images(result, pattern: str, settings) -> list[Path]:
+    """Save the images; if that fails after all (disk full, folder gone), save them in the
+    state dir's outputs and say where, so a generation is never lost."""
+    try:
+        return result.save(pattern)
+    except OSError as exc:
+        fallback = settings.outputs / "zturbo-{seed}.png"
+        paths = result.save(fallback)
+        typer.echo(f"zturbo: warning: cannot save to {pattern} ({exc.strerror or exc}); "
+                   f"saved to {paths[0].parent} instead", err=True)
+        return paths
 
 
 def _teleport_text(replay: dict) -> str:
@@ -292,7 +337,24 @@ register_lab(app, friendly_errors, _progress)  # zturbo sweep, zturbo lab ...
 
 
 def main() -> None:
-    app(prog_name="zturbo")
+    """The console entry point. Bad usage (``--seed abc``, an unknown option) is one line on
+    stderr and exit status 2, like every other bad input (not click's boxed usage text)."""
+    from typer._click import exceptions as usage  # typer's own (vendored) click errors
+
+    try:
+        code = app(prog_name="zturbo", standalone_mode=False)
+    except usage.NoArgsIsHelpError:
+        code = app(prog_name="zturbo")  # no arguments: the usual help
+    except usage.UsageError as exc:
+        typer.echo(f"zturbo: error: {exc.format_message()}", err=True)
+        code = 2
+    except usage.ClickException as exc:
+        typer.echo(f"zturbo: error: {exc.format_message()}", err=True)
+        code = exc.exit_code
+    except typer.Abort:
+        typer.echo("zturbo: interrupted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # `python -m zturbo.cli`: run the module the commands registered on

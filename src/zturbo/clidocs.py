@@ -52,10 +52,12 @@ Every setting can be given, highest precedence first, as:
 4. the `[default]` table of `config.toml`;
 5. the built-in default below.
 
-`config.toml` lives at `$ZTURBO_CONFIG`, else `<state dir>/config.toml`. The state dir is
+`config.toml` lives at `$ZTURBO_CONFIG` (an error if that file does not exist), else
+`<state dir>/config.toml` (optional). The state dir is
 `$ZTURBO_HOME`, else the platform's user data dir (`~/.local/share/zturbo` on Linux); it
 holds demo models, caches and outputs. `zturbo config show` prints every effective value and
-where it came from. An unknown key, profile or bad value is an error naming it.
+where it came from. An unknown key, profile or bad value is an error naming it (an unknown
+key with the closest setting's name: `stpes (did you mean steps?)`).
 
 ```toml
 [default]

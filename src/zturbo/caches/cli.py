@@ -52,7 +52,8 @@ def cache_app(friendly_errors: Callable, profile_option: Any) -> typer.Typer:
     @app.command("verify")
     @friendly_errors
     def verify(profile: profile_option = None) -> None:
-        """Check every disk entry's size and checksum; remove bad entries and orphaned files."""
+        """Check every disk entry's size and checksum; remove bad entries and orphaned files.
+        Exit status 1 when any were found, 0 when all was well."""
         results = _with_cache(profile, lambda cache: cache.verify())
         if not results:
             raise ZTurboError("no disk cache tier is configured (disk_cache_mb = 0): "
@@ -60,6 +61,8 @@ def cache_app(friendly_errors: Callable, profile_option: Any) -> typer.Typer:
         for name, r in results.items():
             typer.echo(f"{name}: checked {r['checked']}, ok {r['ok']}, removed {r['removed']} "
                        f"bad, removed {r['orphans']} orphaned files")
+        if any(r["removed"] or r["orphans"] for r in results.values()):
+            raise typer.Exit(1)  # damage was found (and removed): scripts and cron see it
 
     return app
 

@@ -99,6 +99,33 @@ class RedisTier(CacheTier):
                 "prefix": self.prefix, "ttl_s": self.ttl_s, "truncated": truncated,
                 "kinds": dict(sorted((kinds or {}).items()))}
 
+    def add_counters(self, deltas: dict[tuple[str, str], float]) -> None:
+        """Add to the cumulative hit/miss counters kept in Redis (used when there is no disk
+        tier: every process adds its own, so ``zturbo cache stats`` sees the totals)."""
+        def add(r: redis.Redis) -> None:
+            pipe = r.pipeline(transaction=False)
+            for (kind, name), value in deltas.items():
+                pipe.hincrbyfloat(self._counters, f"{kind}\t{name}", value)
+            pipe.execute()
+
+        if deltas:
+            self._call(add, None)
+
+    def counters(self) -> dict[tuple[str, str], float]:
+        """The counters added with ``add_counters``: ``{(kind, name): value}``."""
+        raw = self._call(lambda r: r.hgetall(self._counters), None) or {}
+        out = {}
+        for field, value in raw.items():
+            kind, _, name = field.decode(errors="replace").partition("\t")
+            out[(kind, name)] = float(value)
+        return out
+
+    @property
+    def _counters(self) -> str:
+        """The counters' hash, beside (not under) the entries' prefix: clear and stats
+        scan ``{prefix}*`` and never see it."""
+        return self.prefix.rstrip(":") + "#counters"
+
     def close(self) -> None:
         self._client.close()
 

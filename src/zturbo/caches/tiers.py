@@ -6,8 +6,9 @@
 
 Lookups go down the tiers in order; a hit in a lower tier is copied into the tiers above
 it; a write goes to every tier. Hit/miss counters per kind and tier are kept here and,
-when there is a disk tier, added to its index every few seconds, so ``zturbo cache stats``
-(a new process) sees the totals of every process that used the cache.
+when there is a disk tier, added to its index every few seconds (without one, to a Redis
+hash), so ``zturbo cache stats`` (a new process) sees the totals of every process that
+used the cache.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class TieredCache:
         if len(set(names)) != len(names):
             raise ValueError(f"each tier may appear once: {names}")
         self.tiers = list(tiers)
-        self._disk = next((t for t in tiers if isinstance(t, DiskTier)), None)
+        # where counters add up over processes: the disk index, else Redis, else nowhere
+        self._store = next((t for t in tiers if isinstance(t, DiskTier)), None) or next(
+            (t for t in tiers if isinstance(t, RedisTier)), None)
         self._lock = threading.Lock()
         self._process: defaultdict[tuple[str, str], float] = defaultdict(float)
         self._pending: defaultdict[tuple[str, str], float] = defaultdict(float)
@@ -85,8 +88,8 @@ class TieredCache:
     def stats(self) -> dict:
         """Counters per kind (cumulative over every process when there is a disk tier)."""
         self.flush()
-        if self._disk is not None:
-            counters, scope = self._disk.counters(), "all processes"
+        if self._store is not None:
+            counters, scope = self._store.counters(), "all processes"
         else:
             with self._lock:
                 counters, scope = dict(self._process), "this process"
@@ -117,8 +120,8 @@ class TieredCache:
         with self._lock:
             pending, self._pending = dict(self._pending), defaultdict(float)
             self._flushed_at = time.monotonic()
-        if self._disk is not None and pending:
-            self._disk.add_counters(pending)
+        if self._store is not None and pending:
+            self._store.add_counters(pending)
 
     def close(self) -> None:
         if self._closed:
