@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test`.
-.PHONY: setup demo lint test docs bench
+.PHONY: setup demo lint test docs bench fuzz
 
 setup:
 	@scripts/setup
@@ -24,3 +24,7 @@ docs: setup
 bench: setup
 	@scripts/system-deps
 	.venv/bin/python benchmarks/run_all.py $(if $(QUICK),--quick,)
+
+# the suite's schemathesis run over every route, longer: make fuzz (EXAMPLES=100 per route)
+fuzz: setup
+	.venv/bin/python scripts/fuzz.py $(if $(EXAMPLES),--examples $(EXAMPLES),)
