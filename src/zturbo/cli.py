@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click import exceptions as usage  # typer's own (vendored) click errors
 
 from .config import bucket_size, load_settings, make_request
 from .errors import ZTurboError
@@ -219,8 +221,6 @@ def output_pattern(output: str | None, settings) -> str:
     """The PNG path pattern, checked before anything is generated: ``-o DIR`` (an existing
     folder) writes ``DIR/zturbo-{seed}.png``; the folder must exist or be creatable, and
     writable (a probe file is made and removed)."""
-    import tempfile
-
     path = Path(output).expanduser() if output else settings.outputs / "zturbo-{seed}.png"
     if output and path.is_dir():
         path = path / "zturbo-{seed}.png"
@@ -339,8 +339,6 @@ register_lab(app, friendly_errors, _progress)  # zturbo sweep, zturbo lab ...
 def main() -> None:
     """The console entry point. Bad usage (``--seed abc``, an unknown option) is one line on
     stderr and exit status 2, like every other bad input (not click's boxed usage text)."""
-    from typer._click import exceptions as usage  # typer's own (vendored) click errors
-
     try:
         code = app(prog_name="zturbo", standalone_mode=False)
     except usage.NoArgsIsHelpError:
