@@ -199,6 +199,8 @@ def test_loading_503_has_retry_after(engine):
                 r = post_json(c, path, {"prompt": "x"})
                 error_of(r, 503)
                 assert int(r.headers["retry-after"]) > 0, path
+            ready = c.get("/api/ready")
+            assert ready.status_code == 503 and int(ready.headers["retry-after"]) > 0
         finally:
             st.engine = saved
 

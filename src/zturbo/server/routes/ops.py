@@ -12,6 +12,7 @@ from ... import prompt_templates
 from ...config import ASPECTS, BUCKETS, DypeMethod, LongPromptMode
 from ...config import Request as GenRequest
 from ..state import state
+from ..errors import RETRY_LOADING_S
 from ..metrics import cache_stats
 
 router = APIRouter(tags=["operations"])
@@ -23,14 +24,15 @@ async def health():
     return {"status": "ok"}
 
 
-@router.get("/api/ready")
+@router.get("/api/ready", responses={503: {"description": "not ready: {ready: false, error}",
+                                                "content": {"application/json": {}}}})
 async def ready(request: Request):
     """200 once the model is loaded and the worker runs; 503 (with the reason) before, and
     when the job worker has stopped."""
     st = state(request)
     if st.engine is None or st.fingerprint is None:
         return JSONResponse({"ready": False, "error": st.load_error or "loading the model"},
-                            status_code=503)
+                            status_code=503, headers={"Retry-After": str(RETRY_LOADING_S)})
     down = st.jobs.worker_down()
     if down:
         return JSONResponse({"ready": False, "error": down}, status_code=503)
