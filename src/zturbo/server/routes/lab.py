@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +51,12 @@ def _job(request: Request, sweep_id: str) -> LabJob:
     if job is None:
         raise ApiError(404, f"no sweep {sweep_id!r}", "not_found")
     return job
+
+
+def sweep_job(sweep_id: str, request: Request) -> LabJob:
+    """The sweep, as a dependency: an unknown id is a 404 before an event stream starts
+    (raised inside the stream it would be a 500)."""
+    return _job(request, sweep_id)
 
 
 @router.post("/api/lab/sweeps", status_code=202)
@@ -96,11 +102,11 @@ async def sweep_status(sweep_id: str, request: Request):
 
 
 @router.get("/api/lab/sweeps/{sweep_id}/events", response_class=EventSourceResponse)
-async def sweep_events(sweep_id: str, request: Request) -> AsyncIterator[ServerSentEvent]:
+async def sweep_events(request: Request, job: LabJob = Depends(sweep_job)
+                       ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events from the start: ``queued``, ``started``, one ``frame`` per frame
     (``done``/``total``, its URL, whether it was skipped as already done), then ``done``,
     ``error`` or ``cancelled``."""
-    job = _job(request, sweep_id)
     async for event in follow(lab_jobs(request), job):
         yield ServerSentEvent(event=event["event"], data=event["data"])
 
