@@ -104,8 +104,9 @@ def parse_value(field: str, text: Any) -> Any:
     info = Request.model_fields[field]
     kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
     adapter = TypeAdapter(kind)
-    try:
-        value = adapter.validate_python(text)
+    try:  # text from the command line is read as text ("8" -> 8); Request's types are strict
+        value = (adapter.validate_strings(text) if isinstance(text, str)
+                 else adapter.validate_python(text))
     except ValidationError as exc:
         raise ZTurboError(f"--vary {field}={text}: {first_error(exc)}") from None
     return list(value) if isinstance(value, tuple) else value
