@@ -60,7 +60,7 @@ def _decode(data: bytes, name: str, settings, decode: bool) -> Upload:
         raise ApiError(400, f"{name} is not an image Pillow can read "
                             "(PNG, JPEG, WebP...)") from None
     except ValueError as exc:  # e.g. a PNG text chunk over Pillow's decompressed-size cap
-        raise ApiError(400, f"cannot read {upload.filename or 'upload'}: {exc}") from None
+        raise ApiError(400, f"cannot read {name}: {exc}") from None
     width, height = image.size
     if width * height > settings.max_pixels:
         raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is "
