@@ -225,6 +225,10 @@ class RemoteEngine:
     def close(self) -> None:
         pass
 
+    def check_fits(self, request) -> None:
+        """What only the loaded model can rule out is checked where the model is: the
+        replica refuses such a request as bad input (the ingress has no layers to count)."""
+
     def serving(self) -> list[str]:
         """Replica actor names running a job now."""
         with self._lock:
