@@ -6,10 +6,23 @@
     result.save("cat-{seed}.png")
 """
 
-from .config import Request, Settings, load_settings, make_request
-from .errors import ZTurboError
-from .generate import Result, generate
-from .models import Engine, load
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .config import Request, Settings, load_settings, make_request
+    from .errors import ZTurboError
+    from .generate import Result, generate
+    from .models import Engine, load
 
 __all__ = ["Engine", "Request", "Result", "Settings", "ZTurboError", "generate", "load",
            "load_settings", "make_request"]
+
+# Loaded on first use, so `zturbo --help` does not import torch through this package.
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "Request": "config", "Settings": "config", "load_settings": "config",
+    "make_request": "config", "ZTurboError": "errors", "Result": "generate",
+    "generate": "generate", "Engine": "models", "load": "models"})

@@ -58,6 +58,23 @@ app = typer.Typer(
     help="zturbo: generate images with Z-Image-Turbo, replay them exactly, serve them.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .about import version_text
+
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the zturbo, torch and diffusers versions and the likely device, then exit.")] = False,
+) -> None:
+    """zturbo: generate images with Z-Image-Turbo, replay them exactly, serve them."""
+
+
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
@@ -339,10 +356,15 @@ register_lab(app, friendly_errors, _progress)  # zturbo sweep, zturbo lab ...
 def main() -> None:
     """The console entry point. Bad usage (``--seed abc``, an unknown option) is one line on
     stderr and exit status 2, like every other bad input (not click's boxed usage text)."""
+    from .clihelp import annotate, escape_markup
+
+    command = typer.main.get_command(app)
+    annotate(command)  # Settings defaults, env vars and panels in --help
+    escape_markup(command)  # rich must print "[default: 8]", not read it as a tag
     try:
-        code = app(prog_name="zturbo", standalone_mode=False)
+        code = command.main(prog_name="zturbo", standalone_mode=False)
     except usage.NoArgsIsHelpError:
-        code = app(prog_name="zturbo")  # no arguments: the usual help
+        code = command(prog_name="zturbo")  # no arguments: the usual help
     except usage.UsageError as exc:
         typer.echo(f"zturbo: error: {exc.format_message()}", err=True)
         code = 2

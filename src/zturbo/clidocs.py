@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from .clihelp import annotate, commands
 from .config import Settings
 
 
@@ -19,23 +20,22 @@ def _rows(command) -> list[str]:
     return rows
 
 
-def _walk(command, path: str, out: list[str]) -> None:
-    if hasattr(command, "commands"):  # a group
-        for name in sorted(command.commands):
-            _walk(command.commands[name], f"{path} {name}", out)
-        return
-    out += [f"## `{path}`", "", (command.help or "").strip(), ""]
+def _section(command, path: str) -> list[str]:
+    out = [f"## `{path}`", "", (command.help or "").strip(), ""]
     rows = _rows(command)
     if rows:
         out += ["| name | kind | meaning |", "| --- | --- | --- |", *rows, ""]
+    return out
 
 
 def render(app: typer.Typer) -> str:
     root = typer.main.get_command(app)
+    annotate(root)  # the Settings defaults and env vars `zturbo CMD --help` shows
     out = ["# zturbo command line", "",
            "Generated from the CLI by `make docs` (`python scripts/gen_cli_docs.py`); do not edit.",
            "", (root.help or "").strip(), ""]
-    _walk(root, "zturbo", out)
+    for path, command in commands(root):
+        out += _section(command, path)
     return "\n".join(out).rstrip() + "\n"
 
 

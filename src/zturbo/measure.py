@@ -2,7 +2,9 @@
 
 Shared by ``zturbo profile`` and the scripts in benchmarks/, so every number in
 docs/performance.md is taken and printed the same way; ``warmup`` runs the compile and
-kernel autotuning before a server's first request.
+kernel autotuning before a server's first request. torch, numpy and the engine steps are
+imported inside the functions that use them: ``zturbo profile`` registers its command at
+CLI start-up through profiler.py, and ``zturbo --help`` must not load torch.
 """
 
 from __future__ import annotations
@@ -19,12 +21,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from .accel import step_cache
-from .steps import denoise, embed, noise, sigmas
-
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()`` and its wall time in seconds (CUDA work is waited for)."""
@@ -36,6 +32,8 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def sync() -> None:
+    import torch  # lazy: heavy
+
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
@@ -51,12 +49,16 @@ def peak_rss_mb() -> float:
 
 
 def reset_cuda_peak() -> None:
+    import torch  # lazy: heavy
+
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
 
 def peak_cuda_mb() -> float | None:
     """Peak CUDA memory allocated since the last reset, in MiB; None without CUDA."""
+    import torch  # lazy: heavy
+
     if not torch.cuda.is_available():
         return None
     return torch.cuda.max_memory_allocated() / (1024 * 1024)
@@ -64,6 +66,8 @@ def peak_cuda_mb() -> float | None:
 
 def psnr(a, b) -> float:
     """PSNR in dB between two uint8 images (PIL or arrays); inf when identical."""
+    import numpy as np  # lazy: only when comparing images
+
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     mse = float(np.mean((x - y) ** 2))
@@ -101,6 +105,8 @@ def write_json(path: Path, data: Any) -> Path:
 
 def report(path: Path, title: str, meta: dict[str, Any], rows: list[dict]) -> list[dict]:
     """A benchmark's end: JSON (rows + meta + the runtime) written atomically, table printed."""
+    import torch  # lazy: heavy
+
     runtime = {"torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
                "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     write_json(path, {"meta": {**runtime, **meta}, "rows": rows})
@@ -111,6 +117,9 @@ def report(path: Path, title: str, meta: dict[str, Any], rows: list[dict]) -> li
 def warmup(engine, sizes: tuple[tuple[int, int], ...] = ((1024, 1024),), steps: int = 2) -> dict:
     """Run a short generation per size so compile (and kernel autotuning) happens now, not
     in the first request. Returns seconds per size; a server calls it at start."""
+    from .accel import step_cache  # lazy: torch
+    from .steps import denoise, embed, noise, sigmas  # lazy: torch
+
     spec = step_cache(engine)
     if spec and spec.get("mask"):
         steps = len(spec["mask"])  # an explicit mask fixes the step count

@@ -16,10 +16,9 @@ from typing import Annotated, Any
 
 import typer
 
-from . import accel, costmodel
+from . import costmodel
 from .config import load_settings, make_request
 from .errors import ZTurboError
-from .placement import pick_device, pick_dtype
 from .measure import markdown_table, median, peak_cuda_mb, peak_rss_mb, psnr, reset_cuda_peak, timed
 
 TESTS = ("encode", "generate", "decode")
@@ -39,6 +38,9 @@ def _version(package: str) -> str | None:
 def system_info() -> dict[str, Any]:
     """Device, default dtype, usable attention backends and library versions."""
     import torch  # lazy: keeps CLI start fast
+
+    from . import accel  # lazy: keeps CLI start fast (torch)
+    from .placement import pick_device, pick_dtype  # lazy: keeps CLI start fast (torch)
 
     device = pick_device("auto")
     dtype = pick_dtype("auto", device)
@@ -64,6 +66,7 @@ def system_info() -> dict[str, Any]:
 def stage_rows(engine, tests=TESTS, sizes=(512,), steps: int = 8, repeat: int = 3,
                warmup: int = 1) -> list[dict[str, Any]]:
     """Median seconds per stage for each square size, with it/s and peak memory."""
+    from . import accel  # lazy: keeps CLI start fast (torch)
     from .steps import decode, denoise, embed, noise, sigmas  # lazy: keeps CLI start fast (torch)
 
     rows = []
@@ -105,8 +108,9 @@ def sweep_rows(settings, sizes=(512,), steps: int = 8, repeat: int = 3,
     Each combination is its own engine (these are load-time settings); the image of the
     first combination is the reference for PSNR.
     """
-    from . import models  # lazy: keeps CLI start fast (torch)
+    from . import accel, models  # lazy: keeps CLI start fast (torch)
     from .generate import generate  # lazy: keeps CLI start fast (torch)
+    from .placement import pick_device, pick_dtype  # lazy: keeps CLI start fast (torch)
 
     probe = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, probe)
