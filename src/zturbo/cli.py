@@ -25,6 +25,7 @@ from .profiler import command as profile_command
 from .prompt_cli import embeddings_fields, layer_list
 from .server import command as server_command
 from .server.command import serve
+from .feedback import Feedback
 from .options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
     friendly_errors,
     Model,
@@ -153,6 +154,7 @@ def generate(
     text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
     text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
+    server: Annotated[str | None, typer.Option("--server", help="Send the request to a running `zturbo serve`: auto (one on this machine with the same model, found in the state dir), off, or its URL. Falls back to loading the model here when none is ready, busy or unreachable.")] = None,
     step_cache: StepCache = None, step_cache_preset: StepCachePreset = None,
     step_cache_mask: StepCacheMask = None, cache_dit_fn: CacheDitFn = None,
     cache_dit_bn: CacheDitBn = None, cache_dit_warmup: CacheDitWarmup = None,
@@ -160,10 +162,6 @@ def generate(
     attention: Attention = None, compile_: Compile = None, compile_mode: CompileMode = None,
 ) -> None:
     """Generate images and save them as PNGs with their parameters embedded."""
-    from . import models  # lazy: keeps CLI start fast (torch)
-    from .generate import generate as run  # lazy: keeps CLI start fast (torch)
-    from .generate import steps_run  # lazy: keeps CLI start fast (torch)
-    from .img2img import as_source, source_size  # lazy: keeps CLI start fast (torch)
 
     if prompt_file is not None:
         try:
@@ -198,33 +196,87 @@ def generate(
         "cache_dit_bn": cache_dit_bn, "cache_dit_warmup": cache_dit_warmup,
         "cache_dit_rdt": cache_dit_rdt, "cache_dit_mc": cache_dit_mc,
         "cache_dit_ts_order": ts_order, "attention": attention, "compile": compile_,
-        "compile_mode": compile_mode})
-    source, hashes = as_source(image, mask, max_pixels=settings.max_pixels)
-    fields.update(hashes)
-    for name, value in source_size(source).items():  # img2img: the source's size by default
-        fields[name] = value if fields.get(name) is None else fields[name]
+        "compile_mode": compile_mode, "server": server})
+    source = _source(image, mask, settings, fields) if image or mask else None
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
     check_total_images(len(requests), requests[0].num_images, settings.max_images)
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
-    engine = models.load(settings=settings, text_encoder=file is None)
+    feedback = Feedback()
+    remaining = requests
+    if file is None and image is None:  # a server cannot see local input files
+        remaining = _on_server(settings, requests, pattern, as_json, feedback)
+    if remaining:
+        _locally(settings, remaining, pattern, as_json, feedback, source, file)
+
+
+def _source(image: Path | None, mask: Path | None, settings, fields: dict[str, Any]):
+    """img2img/inpaint pixels; their hashes (and by default their size) go into ``fields``."""
+    from .img2img import as_source, source_size  # torch: only when an image is given
+
+    source, hashes = as_source(image, mask, max_pixels=settings.max_pixels)
+    fields.update(hashes)
+    for name, value in source_size(source).items():
+        fields[name] = value if fields.get(name) is None else fields[name]
+    return source
+
+
+def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, source,
+             file) -> None:
+    """Load the model in this process and run ``requests``."""
+    from . import models  # torch, diffusers: only when this process generates
+    from .generate import generate as run, steps_run
+
+    with feedback.status(f"loading {settings.model}"):
+        engine = models.load(settings=settings, text_encoder=file is None)
     for request in requests:
-        with _progress() as bar:
-            task = bar.add_task(f"seed {request.seed}", total=steps_run(request))
+        with feedback.image(f"seed {request.seed}", steps_run(request)) as ticker:
             result = run(engine, request, source=source, embeddings=file,
-                         on_step=lambda done, *_: bar.update(task, completed=done))
+                         on_step=lambda done, total, *_: ticker.step(done, total))
         for warning in result.warnings:
             typer.echo(f"zturbo: warning: {warning}", err=True)
         paths = save_images(result, pattern, settings)
         for path, image_seed, replay in zip(paths, result.seeds, result.teleport, strict=True):
-            t = result.timings
-            if as_json:
-                typer.echo(json.dumps({"path": str(path), "seed": image_seed, "timings": t,
-                                       "teleport": replay}))
-            else:
-                typer.echo(f"{path}  seed {image_seed}  encode {t['encode']:.2f}s  "
-                           f"denoise {t['denoise']:.2f}s  decode {t['decode']:.2f}s  "
-                           f"total {t['total']:.2f}s  {_teleport_text(replay)}")
+            _report(path, image_seed, result.timings, replay, as_json)
+
+
+def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) -> list:
+    """Run ``requests`` on a running server while one answers; return those left to do here."""
+    from . import remote
+    from .metadata import output_path, write_bytes_atomic
+
+    server = remote.pick(settings)
+    if server is None:
+        if settings.server not in ("auto", "off"):
+            typer.echo(f"zturbo: note: {settings.server} is not ready; loading the model here",
+                       err=True)
+        return requests
+    for i, request in enumerate(requests):
+        try:
+            with feedback.image(f"seed {request.seed} on {server.url}", request.steps,
+                                first_stage="queued") as ticker:
+                result = remote.run(server, request, ticker.step)
+        except remote.Unavailable as exc:
+            typer.echo(f"zturbo: note: {exc}; loading the model here", err=True)
+            return requests[i:]
+        for warning in result.warnings:
+            typer.echo(f"zturbo: warning: {warning}", err=True)
+        for image in result.images:
+            path = write_bytes_atomic(image.png, output_path(pattern, image.seed))
+            _report(path, image.seed, result.timings, image.teleport, as_json, server.url)
+    return []
+
+
+def _report(path, seed: int, t: dict, replay: dict, as_json: bool, server: str | None = None):
+    """One line per image on stdout: path, seed, timings, teleport (and the server used)."""
+    if as_json:
+        typer.echo(json.dumps({"path": str(path), "seed": seed, "timings": t,
+                               "teleport": replay, "server": server}))
+        return
+    via = f"  via {server}" if server else ""
+    typer.echo(f"{path}  seed {seed}  encode {t.get('encode', 0):.2f}s  "
+               f"denoise {t.get('denoise', 0):.2f}s  decode {t.get('decode', 0):.2f}s  "
+               f"total {t.get('total', 0):.2f}s  {_teleport_text(replay)}{via}")
 
 
 def check_total_images(seeds: int, per_seed: int, limit: int) -> None:

@@ -211,6 +211,10 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20.0, gt=0, description="largest upload (image edits, PNG drop) in MiB")
     max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS, description="most DiT passes a request may ask")
     preview_every: int = Field(2, ge=0, description="server: a latent preview every N steps (0: none)")
+    server: str = Field(
+        "auto", pattern=r"^(auto|off|https?://\S+)$",
+        description="zturbo generate: auto (a running zturbo serve with the same model), "
+                    "off, or a server URL")
     # image side and weights (issue 5, docs/knobs.md)
     strength: float = Field(0.6, description="default img2img/inpaint strength (share of steps run)")
     loras: Annotated[list[str], NoDecode] = Field(

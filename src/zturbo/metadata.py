@@ -108,8 +108,12 @@ def _with_chunks(png: bytes, chunks) -> bytes:
 
 def write_png_atomic(image: Image.Image, path: Path, info) -> Path:
     """Write to a temp file, then hard-link it into a free name: no half file, no overwrite."""
+    return write_bytes_atomic(png_bytes(image, info), path)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    """``write_png_atomic`` for a PNG already encoded (also one a server made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = png_bytes(image, info)
     fd, tmp = tempfile.mkstemp(prefix=".zturbo-", suffix=".png", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -125,14 +129,19 @@ def write_png_atomic(image: Image.Image, path: Path, info) -> Path:
         os.unlink(tmp)
 
 
-def save_png(result, index: int, pattern: str | Path) -> Path:
-    seed = result.seeds[index]
+def output_path(pattern: str | Path, seed: int) -> Path:
+    """The path ``pattern`` names for ``seed`` ({seed} replaced), always ending in .png."""
     path = Path(str(pattern).replace("{seed}", str(seed))).expanduser()
     if path.suffix.lower() != ".png":
         path = path.with_suffix(path.suffix + ".png") if path.suffix else path.with_suffix(".png")
+    return path
+
+
+def save_png(result, index: int, pattern: str | Path) -> Path:
+    seed = result.seeds[index]
     extra = {"timings": {k: round(v, 4) for k, v in result.timings.items()}}
     info = pnginfo(result.request.for_seed(seed), result.model, result.fingerprint, extra)
-    return write_png_atomic(result.images[index], path, info)
+    return write_png_atomic(result.images[index], output_path(pattern, seed), info)
 
 
 def read(path, name: str | None = None) -> dict[str, Any]:

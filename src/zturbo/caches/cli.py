@@ -19,7 +19,6 @@ import typer
 
 from ..config import load_settings
 from ..errors import ZTurboError
-from .tiers import build_cache
 
 
 def cache_app(friendly_errors: Callable, profile_option: Any) -> typer.Typer:
@@ -69,6 +68,8 @@ def cache_app(friendly_errors: Callable, profile_option: Any) -> typer.Typer:
 
 def _with_cache(profile: str | None, action: Callable) -> Any:
     """Run ``action`` on the configured tiers, then close them (flushing counters)."""
+    from .tiers import build_cache  # lazy: torch (entries are safetensors); keeps CLI start fast
+
     settings, _ = load_settings(profile)
     cache = build_cache(settings)
     try:

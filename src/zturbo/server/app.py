@@ -26,6 +26,7 @@ from ..errors import ZTurboError
 from ..measure import warmup
 from ..models import load
 from . import errors
+from .announce import announce as write_record, withdraw
 from .errors import ERROR_RESPONSES, TOO_LARGE, error_response
 from .history import History
 from .jobs import JobQueue
@@ -49,19 +50,21 @@ def history_path() -> Path:
 
 
 def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1,
-               state_lock: StateLock | None = None) -> FastAPI:
+               state_lock: StateLock | None = None, announce: str | None = None) -> FastAPI:
     """The server app. With ``engine=None`` the lifespan loads ``settings.model``.
     ``runner`` and ``workers`` go to the JobQueue (the Ray ingress passes a remote engine,
     a runner that calls generator replicas, and one worker per replica).
 
     The lifespan takes the state dir's server lock before it opens the history (one server
     per state dir) unless ``state_lock`` is one the caller already holds (``zturbo serve``
-    takes it before binding the port)."""
+    takes it before binding the port).
+    ``announce``: this server's URL, recorded in the state dir while it is ready, so
+    ``zturbo generate`` can send its requests here (zturbo.running)."""
     metrics = Metrics(lambda: st.engine)
     jobs = JobQueue(settings, None, settings.outputs / "server", metrics,
                     **({"runner": runner} if runner else {}), workers=workers)
     st = ServerState(settings=settings, history=None, jobs=jobs, metrics=metrics,
-                     engine=engine)
+                     engine=engine, announce=announce)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -74,6 +77,7 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
         try:
             yield
         finally:
+            withdraw(st.record)  # no new CLI client from here on
             loader.cancel()
             lab = getattr(app.state, "zturbo_lab", None)  # sweeps started over HTTP
             if lab is not None:
@@ -126,6 +130,8 @@ async def _load(st: ServerState) -> None:
         log.warning("zturbo: compile warm-up: %s", await asyncio.to_thread(warmup, st.engine, size))
     st.fingerprint = await asyncio.to_thread(_fingerprint, st.engine)
     st.jobs.start(st.engine, asyncio.get_running_loop())
+    if st.announce:
+        st.record = write_record(st.settings, st.fingerprint, st.announce)
 
 
 def _fingerprint(engine) -> str:

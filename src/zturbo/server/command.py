@@ -9,6 +9,7 @@ import typer
 
 from ..config import load_settings
 from ..errors import ZTurboError
+from ..running import client_url
 from ..options import (Attention, Compile, Device, Dtype, Lora, Model, Profile, StepCache,
                        StepCachePreset)
 from .statelock import StateLock, server_url
@@ -68,8 +69,8 @@ def serve(
     sock = bind(settings.host, settings.port)  # a busy port fails here, before "serving"
     typer.echo(f"zturbo: serving {settings.model} on http://{settings.host}:{settings.port}",
                err=True)
-    config = uvicorn.Config(create_app(settings, state_lock=lock), host=settings.host,
-                            port=settings.port, log_level="warning",
+    app = create_app(settings, state_lock=lock, announce=client_url(settings.host, settings.port))
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             timeout_graceful_shutdown=int(settings.shutdown_grace_s) or 1)
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -26,6 +27,8 @@ class ServerState:
     # the engine's fingerprint, read once before the worker starts: /api/ready must not
     # read engine.extras while a request may change it (only under the engine lock)
     fingerprint: str | None = None
+    announce: str | None = None  # the URL to record in the state dir once ready (zturbo serve)
+    record: Path | None = None  # that record (zturbo.running), removed at shutdown
 
 
 def state(request: Request) -> ServerState:
