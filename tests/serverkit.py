@@ -92,8 +92,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(app):
-    """A real uvicorn server on a free 127.0.0.1 port, in a thread; yields its base URL."""
+def live_server(app, headers: dict | None = None):
+    """A real uvicorn server on a free 127.0.0.1 port, in a thread; yields its base URL.
+    ``headers`` go with the readiness check (an API key)."""
     import uvicorn
 
     port = free_port()
@@ -103,16 +104,16 @@ def live_server(app):
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _ready(base), 60, "the server to be ready")
+        wait_for(lambda: _ready(base, headers), 60, "the server to be ready")
         yield base
     finally:
         server.should_exit = True
         thread.join(30)
 
 
-def _ready(base: str) -> bool:
+def _ready(base: str, headers: dict | None = None) -> bool:
     try:
-        return httpx.get(base + "/api/ready", timeout=2).status_code == 200
+        return httpx.get(base + "/api/ready", headers=headers, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 
