@@ -394,6 +394,32 @@ def serve_on_ray(settings, replicas: int | None, autoscale: str | None) -> None:
         raise typer.BadParameter(str(exc)) from None
     serve_ray.run(settings, serve_ray.Scale(replicas=replicas or 1, autoscale=span))
 
+demo_app = typer.Typer(help="The offline demo models: sample weight files for every knob.",
+                       no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("files")
+@friendly_errors
+def demo_files_command(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The demo model the files fit: demo, demo-small or demo-medium.")] = "demo",
+) -> None:
+    """Write a sample LoRA (diffusers and kohya layouts) and a GGUF Q8_0 transformer for a
+    demo model, to try --lora and --transformer-file offline."""
+    from . import demo, demo_files, models  # torch, diffusers: only for this command
+
+    if not demo.is_demo(model):
+        raise ZTurboError(f"--model {model!r}: choose demo, demo-small or demo-medium")
+    settings, _ = load_settings(flags={"model": model})
+    files = demo_files.write_all(models.resolve_folder(model, settings), directory)
+    for path in files.values():
+        typer.echo(path)
+    typer.echo(f"try: zturbo generate \"a cat\" --model {model} --lora {files['lora']}:0.8\n"
+               f"     zturbo generate \"a cat\" --model {model} --transformer-file {files['gguf']}",
+               err=True)
+
+
 app.add_typer(cache_app(friendly_errors, Profile), name="cache")
 app.command()(friendly_errors(serve))  # zturbo serve; FastAPI loads only when it runs
 server_command.ray_launcher = serve_on_ray  # zturbo serve --ray

@@ -195,6 +195,7 @@ def generate(engine, request: Request, on_step: StepCallback | None = None,
     """
     source = source or Source()
     check_source(request, source)
+    request, warnings = skip_layer.fit_request(request, engine.pipe.transformer)
     timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
     started = time.perf_counter()
     images: list[Image.Image] = []
@@ -210,7 +211,6 @@ def generate(engine, request: Request, on_step: StepCallback | None = None,
             images.append(image)
             replays.append(replay)
     timings["total"] = time.perf_counter() - started
-    warnings = []
     if emb.truncated:
         warnings.append(
             f"prompt is {emb.token_count} tokens; truncated to max_sequence_length "

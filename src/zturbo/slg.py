@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from .errors import ZTurboError
 
+DEFAULT_LAYERS = (7, 8, 9)  # tuned for Z-Image-Turbo's 30-layer DiT
+REFERENCE_DEPTH = 30
 HOOK_NAME = "zturbo_slg"
 SKIP_HOOK_NAME = "zturbo_slg_skip"
 
@@ -32,7 +34,7 @@ SKIP_HOOK_NAME = "zturbo_slg_skip"
 @dataclass(frozen=True)
 class SLG:
     scale: float
-    layers: tuple[int, ...] = (7, 8, 9)
+    layers: tuple[int, ...] = DEFAULT_LAYERS
     start: float = 0.01
     stop: float = 0.2
 
@@ -49,6 +51,31 @@ class SLG:
     def extra_forwards(self, total: int) -> int:
         """Transformer forwards SLG adds to a ``total``-step run (one per active step)."""
         return sum(self.active(step, total) for step in range(total))
+
+
+def fitted_layers(layers: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """The default layers moved to the same relative depth of a ``depth``-layer DiT
+    (floor(i * depth / 30)); other layers unchanged (out of range stays an error)."""
+    if tuple(layers) != DEFAULT_LAYERS or max(layers) < depth:
+        return tuple(layers)
+    return tuple(sorted({i * depth // REFERENCE_DEPTH for i in layers}))
+
+
+def fit_request(request, transformer):
+    """``(request, warnings)``: SLG's default layers fitted to this DiT, with a note.
+
+    The adapted layers go into the Request, so the PNG metadata and every cache key name
+    the layers that actually ran."""
+    if not request.slg_scale:
+        return request, []
+    depth = len(transformer.layers)
+    layers = fitted_layers(request.slg_layers, depth)
+    if layers == tuple(request.slg_layers):
+        return request, []
+    note = (f"slg_layers {','.join(map(str, request.slg_layers))} (the default, for a "
+            f"{REFERENCE_DEPTH}-layer DiT) used as {','.join(map(str, layers))} on this "
+            f"{depth}-layer DiT")
+    return request.model_copy(update={"slg_layers": layers}), [note]
 
 
 @functools.cache

@@ -69,6 +69,7 @@ class Job:
     images: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     teleport: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. adapted SLG layers (CLI shows them)
     events: list[dict[str, Any]] = field(default_factory=list)
     source: Any = None  # img2img pixels (zturbo.img2img.Source) the request names by hash
     watchers: int = 0  # event-stream subscribers: previews are made only when someone looks
@@ -363,6 +364,7 @@ class JobQueue:
             job.images = images
             job.timings = {k: round(v, 6) for k, v in result.timings.items()}
             job.teleport = list(result.teleport)
+            job.warnings = list(result.warnings)
             job.step = job.total
             self._finish(job, "done")
         if self.metrics:
@@ -428,7 +430,8 @@ class JobQueue:
         self._write_history(job.id, status, finished=job.finished, error=error)
         if status == "done":
             self._publish(job, "done", {"images": job.images, "timings": job.timings,
-                                        "teleport": job.teleport, "seeds": job.request.seeds()})
+                                        "teleport": job.teleport, "seeds": job.request.seeds(),
+                                        "warnings": job.warnings})
         elif status == "cancelled":
             self._publish(job, "cancelled", {"reason": error, "step": job.step})
         else:
