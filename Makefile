@@ -6,6 +6,7 @@ setup:
 
 demo: setup
 	.venv/bin/zturbo generate "a red robot" --model demo --seed 42 -W 256 -H 256
+	@echo "zturbo is .venv/bin/zturbo: run 'source .venv/bin/activate' to put it on PATH"
 
 # imports only point down (import-linter contracts in pyproject.toml), no import cycle, ruff
 lint: setup

@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import run_cli_process
+from PIL import Image
 from serverkit import app_for, gate, live_server, one_thread, wait_for
+
 from zturbo import metadata, remote, running
 from zturbo.config import load_settings, make_request
 
@@ -73,7 +73,7 @@ def test_generate_uses_the_running_server_same_pixels_and_metadata(serve, tmp_pa
 
 def test_dead_records_are_ignored_and_removed(zturbo_home):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+                          capture_output=True, text=True, check=True).stdout.strip()
     settings, _ = load_settings(flags={"model": "demo"})
     path = running.write(running.ServerRecord(
         url="http://127.0.0.1:9", pid=int(gone), model="demo",

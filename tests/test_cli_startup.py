@@ -27,7 +27,7 @@ PROBE = ("import atexit, json, sys\n"
 
 def imported(*args: str) -> tuple[list[str], subprocess.CompletedProcess]:
     code = PROBE.format(heavy=HEAVY, args=list(args))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                          env=os.environ.copy(), timeout=60)
     line = [ln for ln in out.stderr.splitlines() if ln.startswith("HEAVY=")]
     assert line, out.stderr
@@ -53,7 +53,7 @@ def test_everyday_commands_import_nothing_heavy(tmp_path):
 
 def test_help_keeps_bracketed_text_and_shows_defaults_and_env(tmp_path):
     out = subprocess.run([sys.executable, "-m", "zturbo.cli", "generate", "--help"],
-                         capture_output=True, text=True, timeout=60,
+                         capture_output=True, text=True, timeout=60, check=False,
                          env={**os.environ, "COLUMNS": "250"})
     text = out.stdout
     assert "[default: 8] [env: ZTURBO_STEPS]" in text  # from Settings, not swallowed by rich

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import pixels, run_cli
 from safetensors.torch import load_file
 
-from conftest import pixels, run_cli
 from zturbo.config import make_request
 from zturbo.generate import generate
 from zturbo.slg import fitted_layers

@@ -34,6 +34,7 @@ def render(app: typer.Typer) -> str:
     out = ["# zturbo command line", "",
            "Generated from the CLI by `make docs` (`python scripts/gen_cli_docs.py`); do not edit.",
            "", (root.help or "").strip(), ""]
+    out += ["| name | kind | meaning |", "| --- | --- | --- |", *_rows(root), ""]
     for path, command in commands(root):
         out += _section(command, path)
     return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,126 @@
+"""CLI benchmark: start-up of the everyday commands, and repeated ``zturbo generate`` runs
+end to end with and without a running ``zturbo serve``. Demo model, loopback only.
+
+1. Start-up: ``zturbo --help``, ``--version``, ``info IMAGE``, ``config show`` as new
+   processes, median wall time. "lazy" is this tree; "eager" is the same command after
+   importing what the package imported at start-up before issue 11 (``zturbo.generate``
+   and ``zturbo.accel``: torch, diffusers, transformers), measured in the same run, so
+   the ratio compares like with like on the same machine and load.
+2. Repeated runs: the same 256x256 request with a new seed each run (no teleport hit),
+   as new ``zturbo generate`` processes: ``--server off`` (every run loads the model, the
+   old behaviour) against ``--server auto`` with a ``zturbo serve`` running.
+
+Prints two markdown tables and writes benchmarks/results/cli.json (atomically).
+
+    python benchmarks/cli.py --quick      # ~30 s on an idle 2-core machine
+    python benchmarks/cli.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # serverkit: free_port, wait_for
+
+from zturbo.measure import markdown_table, write_json
+
+RESULTS = ROOT / "benchmarks" / "results" / "cli.json"
+EAGER = "import zturbo.generate, zturbo.accel\n"  # what `import zturbo.cli` pulled in before
+RUN = "import sys\nsys.argv = ['zturbo', *{args!r}]\nfrom zturbo.cli import main\nmain()\n"
+GENERATE = ["generate", "a red robot", "--model", "demo", "-W", "256", "-H", "256"]
+
+
+def timed_process(code: str, env: dict, cwd: Path) -> float:
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True,
+                         text=True, timeout=600, check=False)
+    seconds = time.perf_counter() - started
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark command failed: {code!r}\n{out.stderr}")
+    return seconds
+
+
+def median_of(code: str, env: dict, cwd: Path, repeat: int) -> float:
+    return statistics.median(timed_process(code, env, cwd) for _ in range(repeat))
+
+
+def startup_rows(env: dict, cwd: Path, png: Path, repeat: int) -> list[dict]:
+    rows = []
+    for args in (["--help"], ["--version"], ["info", str(png)], ["config", "show"]):
+        code = RUN.format(args=args)
+        lazy = median_of(code, env, cwd, repeat)
+        eager = median_of(EAGER + code, env, cwd, repeat)
+        rows.append({"command": "zturbo " + " ".join(a if a != str(png) else "out.png"
+                                                     for a in args),
+                     "lazy_s": round(lazy, 3), "eager_s": round(eager, 3),
+                     "speedup": round(eager / lazy, 2)})
+    return rows
+
+
+def repeated_rows(env: dict, cwd: Path, runs: int) -> list[dict]:
+    from serverkit import free_port, wait_for
+
+    from zturbo import running
+
+    local = [timed_process(RUN.format(args=[*GENERATE, "--seed", str(100 + i), "--server",
+                                            "off"]), env, cwd) for i in range(runs)]
+    port = free_port()
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "zturbo.cli", "serve", "--model", "demo",
+                               "--port", str(port)], env=env, cwd=cwd,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        os.environ["ZTURBO_HOME"] = env["ZTURBO_HOME"]  # running.live_records reads it
+        wait_for(lambda: running.live_records(), 300, "the server's record")
+        ready_s = time.perf_counter() - started
+        served = [timed_process(RUN.format(args=[*GENERATE, "--seed", str(200 + i)]), env, cwd)
+                  for i in range(runs)]
+    finally:
+        server.terminate()
+        server.wait(60)
+    return [
+        {"mode": "no server (--server off: loads the model each run)", "runs": runs,
+         "median_s": round(statistics.median(local), 3), "total_s": round(sum(local), 3)},
+        {"mode": "zturbo serve running (--server auto)", "runs": runs,
+         "median_s": round(statistics.median(served), 3), "total_s": round(sum(served), 3),
+         "server_ready_s": round(ready_s, 3)},
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (~30 s)")
+    args = parser.parse_args()
+    repeat, runs = (2, 2) if args.quick else (5, 5)
+    from zturbo import demo
+
+    with tempfile.TemporaryDirectory(prefix="zturbo-bench-cli-") as tmp:
+        home, cwd = Path(tmp) / "home", Path(tmp)
+        demo.ensure("demo", home / "models")
+        env = {**os.environ, "ZTURBO_HOME": str(home), "HF_HUB_OFFLINE": "1",
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+        timed_process(RUN.format(args=[*GENERATE, "--seed", "1", "-o", "out.png",
+                                       "--server", "off"]), env, cwd)  # the PNG for `info`
+        startup = startup_rows(env, cwd, cwd / "out.png", repeat)
+        repeated = repeated_rows(env, cwd, runs)
+    print("## start-up (new process, median s)\n")
+    print(markdown_table(startup))
+    print("\n## repeated zturbo generate runs, 256x256 demo, end to end\n")
+    print(markdown_table(repeated))
+    write_json(RESULTS, {"quick": args.quick, "startup": startup, "repeated": repeated,
+                         "cpus": os.cpu_count(),
+                         "load_avg": os.getloadavg()})
+
+
+if __name__ == "__main__":
+    main()
