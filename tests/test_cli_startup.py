@@ -60,3 +60,11 @@ def test_help_keeps_bracketed_text_and_shows_defaults_and_env(tmp_path):
     assert "apply over [default]" in text  # --profile's own bracketed words survive
     for panel in ("Prompt", "Image", "Research knobs", "Speed", "Cache", "Output"):
         assert f"─ {panel} ─" in text, panel
+
+
+def test_package_exports_are_the_functions_after_their_modules_load():
+    import zturbo
+    import zturbo.generate  # the import system sets zturbo.generate to the module here
+
+    assert callable(zturbo.generate) and zturbo.generate.__module__ == "zturbo.generate"
+    assert zturbo.load.__module__ == "zturbo.models" and "Engine" in dir(zturbo)

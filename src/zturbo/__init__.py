@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING
 
 from .lazy import lazy_exports
@@ -26,3 +28,19 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "Request": "config", "Settings": "config", "load_settings": "config",
     "make_request": "config", "ZTurboError": "errors", "Result": "generate",
     "generate": "generate", "Engine": "models", "load": "models"})
+
+
+class _Package(types.ModuleType):
+    """``zturbo.generate`` stays the function once the submodule of that name is imported.
+
+    Importing ``zturbo.generate`` sets the package attribute to the module; an eager
+    ``from .generate import generate`` used to rebind it to the function right after, and
+    with lazy exports this does it instead."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "generate" and isinstance(value, types.ModuleType):
+            value = value.generate
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
