@@ -242,8 +242,8 @@ def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, so
 
 def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) -> list:
     """Run ``requests`` on a running server while one answers; return those left to do here."""
-    from . import remote
-    from .metadata import output_path, write_bytes_atomic
+    from . import remote  # httpx: only when generating
+    from .metadata import output_path, write_bytes_atomic  # PIL: only when writing images
 
     server = remote.pick(settings)
     if server is None:
