@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # serverkit: free_port, wait_for
 
-from zturbo.measure import markdown_table, write_json
+from zturbo.measure import markdown_table, write_json  # noqa: E402 - after the sys.path lines
 
 RESULTS = ROOT / "benchmarks" / "results" / "cli.json"
 EAGER = "import zturbo.generate, zturbo.accel\n"  # what `import zturbo.cli` pulled in before
