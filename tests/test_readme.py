@@ -58,11 +58,14 @@ def test_runnable_readme_blocks_run_on_the_demo_model(tmp_path, zturbo_home):
     port = str(free_port())
     run = [(lang, body.replace("8000", port)) for mode, lang, body in blocks() if mode == "run"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("ZTURBO_TELEPORT_REPEAT", None)  # as typed: the product's default (conftest sets off)
     shell = "\n".join(body for lang, body in run if lang == "bash")
     code, stdout, stderr = run_logged(["bash", "-e", "-c", shell], tmp_path, env, 600)
     assert code == 0, stdout + stderr
     lines = stdout.splitlines()
-    assert any("teleport: miss" in ln for ln in lines) and any("teleport: hit" in ln for ln in lines)
+    assert any("teleport: miss" in ln for ln in lines)
+    assert any("teleport: image hit" in ln for ln in lines)  # an exact repeat: a lookup
+    assert any("teleport: hit at step 7" in ln for ln in lines)  # repeats off: a resume
     assert any(f"via http://127.0.0.1:{port}" in ln for ln in lines)  # reused the server
     assert "used as 0 on this 2-layer DiT" in stderr  # SLG's default layers adapted
     for name in ("out.png", "cat-1.png", "cat-2.png", "robot.png", "knobs/demo-lora.safetensors"):
