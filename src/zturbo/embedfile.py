@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .caches.encoders import cached_embed
+from .caches.packing import host
 from .config import Request
 from .errors import ZTurboError
 from .generate import embed_params
@@ -78,7 +79,7 @@ def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over names, dtypes, shapes and bytes of the tensors (metadata excluded)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
+        t = host(tensors[name])
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
@@ -89,10 +90,10 @@ def encode(engine, request: Request) -> EmbeddingFile:
     (and its embedding cache)."""
     with engine.lock:
         emb, _ = cached_embed(engine, embed_params(request))
-        tensors = {"prompt": emb.tensors[0].detach().cpu().contiguous()}
+        tensors = {"prompt": host(emb.tensors[0])}
         if request.negative_prompt:
             negative, _ = cached_embed(engine, embed_params(request, negative=True))
-            tensors["negative"] = negative.tensors[0].detach().cpu().contiguous()
+            tensors["negative"] = host(negative.tensors[0])
     meta = {
         "format": FORMAT, "version": VERSION, "model": engine.spec,
         "encoder_fingerprint": engine.text_fingerprint,

@@ -26,7 +26,7 @@ def pack(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
     clash = [k for k in meta if k in _RESERVED]
     if clash:
         raise ValueError(f"metadata keys {clash} are reserved")
-    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    cpu = {name: host(t) for name, t in tensors.items()}
     header = {**{str(k): str(v) for k, v in meta.items()}, _SCHEMA_FIELD: str(SCHEMA),
               _DIGEST_FIELD: tensor_digest(cpu)}
     return save(cpu, metadata=header)
@@ -47,13 +47,23 @@ def unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and raw bytes, in name order."""
+    """sha256 over names, dtypes, shapes and raw bytes, in name order.
+
+    Tensors may live on any device (prompt embeddings sit on the engine's GPU): each is
+    copied to the host explicitly before its bytes are read.
+    """
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].contiguous()
+        t = host(tensors[name])
         h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
         h.update(memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else b"")
     return h.hexdigest()
+
+
+def host(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy of ``t`` (``t`` itself when it already is one): the one way
+    tensor bytes cross from a device to the host before numpy, hashing or safetensors."""
+    return t.detach().to("cpu").contiguous()
 
 
 def _header_metadata(data: bytes) -> dict[str, str]:
