@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test`.
-.PHONY: setup demo lint test docs bench fuzz
+.PHONY: setup demo lint test docs bench fuzz oracle
 
 setup:
 	@scripts/setup
@@ -29,3 +29,10 @@ bench: setup
 # the suite's schemathesis run over every route, longer: make fuzz (EXAMPLES=100 per route)
 fuzz: setup
 	.venv/bin/python scripts/fuzz.py $(if $(EXAMPLES),--examples $(EXAMPLES),)
+
+# the randomized cache-vs-no-cache oracle, long run (tests/oracle.py; a bounded run is in make test):
+# make oracle SEED=1 SEQUENCES=100 N=40, or MINUTES=30 to run sequences until then; JSON=path
+oracle: setup
+	@scripts/system-deps
+	.venv/bin/python tests/oracle.py --seed $(or $(SEED),1) --sequences $(or $(SEQUENCES),30) \
+		--requests $(or $(N),40) $(if $(MINUTES),--minutes $(MINUTES),) $(if $(JSON),--json $(JSON),)
