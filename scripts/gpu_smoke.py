@@ -24,9 +24,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -108,7 +108,8 @@ class Smoke:
         cmd = [sys.executable, "-m", "zturbo.cli", "generate", PROMPT, "--model", "demo",
                "--device", self.device, "--dtype", self.dtype, "--seed", str(SMALL["seed"]),
                "-W", "64", "-H", "64", "--steps", str(SMALL["steps"]), "-o", str(out), "--json"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(), timeout=240)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=self.env(),
+                              timeout=240)
         check(proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
         image = Image.open(out)
         check(image.size == (64, 64), f"size {image.size}")
@@ -127,44 +128,48 @@ class Smoke:
         return "ok"
 
     def server_openai(self) -> str:
-        import httpx
-        from openai import OpenAI
-
         from zturbo.caches.localredis import free_port
 
         port = free_port()
         cmd = [sys.executable, "-m", "zturbo.cli", "serve", "--model", "demo", "--port",
                str(port), "--device", self.device, "--dtype", self.dtype]
-        log = open(self.home / f"server-{self.dtype}.log", "w")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env())
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                check(proc.poll() is None, f"the server exited ({proc.returncode}); see {log.name}")
-                try:
-                    if httpx.get(f"{base}/api/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.3)
-            else:
-                raise SmokeFailure("the server was not ready within 180 s")
-            client = OpenAI(base_url=f"{base}/v1", api_key="smoke")
-            out = client.images.generate(prompt=PROMPT, n=1, size="64x64", extra_body={
-                "seed": SMALL["seed"], "num_inference_steps": SMALL["steps"]})
-            image = pixels(Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json))))
-            if self.api_image is not None:
-                same(image, self.api_image, "the server's PNG vs the API's image")
-                return "same pixels as the API"
-            return "ok"
-        finally:
-            proc.terminate()
+        log_path = self.home / f"server-{self.dtype}.log"
+        with open(log_path, "w") as log, \
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env()) as proc:
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+                return self._ask_server(proc, port, log_path)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    def _ask_server(self, proc, port: int, log_path: Path) -> str:
+        """Wait until the server is ready, then one image through the openai client."""
+        import httpx  # heavy client libraries: imported when the row runs
+        from openai import OpenAI
+
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            check(proc.poll() is None, f"the server exited ({proc.returncode}); see {log_path}")
+            try:
+                if httpx.get(f"{base}/api/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise SmokeFailure("the server was not ready within 180 s")
+        client = OpenAI(base_url=f"{base}/v1", api_key="smoke")
+        out = client.images.generate(prompt=PROMPT, n=1, size="64x64", extra_body={
+            "seed": SMALL["seed"], "num_inference_steps": SMALL["steps"]})
+        image = pixels(Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json))))
+        if self.api_image is not None:
+            same(image, self.api_image, "the server's PNG vs the API's image")
+            return "same pixels as the API"
+        return "ok"
 
     def teleport(self) -> str:
         return self._replay(self.engine(), "teleport", {})

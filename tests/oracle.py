@@ -40,16 +40,16 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the test helpers beside us
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-import zturbo  # noqa: E402
-from zturbo import Settings, ZTurboError  # noqa: E402
+import zturbo
+from zturbo import Settings, ZTurboError
 
 try:
-    from zturbo.generate import Cancelled  # noqa: E402
+    from zturbo.generate import Cancelled
 except ImportError:  # the step functions may live in zturbo.steps
-    from zturbo.steps import Cancelled  # noqa: E402
+    from zturbo.steps import Cancelled
 
 # Acceleration setups (engine-level settings). Steps each setup draws from: the static
 # presets only mask steps for 4, 6 and 8+ steps.
@@ -199,9 +199,8 @@ def box_mask(name: str) -> Image.Image:
 def make_lora_dir(engine, folder: Path) -> Path:
     """style0..style9 (one random LoRA, each scaled differently: ten distinct files), a LoRA
     matching no module, and a file that is not safetensors."""
-    from safetensors.torch import load_file, save_file
-
     from knob_files import make_foreign_lora, make_lora
+    from safetensors.torch import load_file, save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     base = load_file(make_lora(engine, folder, name="base", seed=7))
@@ -469,9 +468,9 @@ def summary(figures: Figures) -> str:
     failing = sorted({m["seed"] for m in f.mismatches})
     lines = [
         f"oracle: {f.sequences} sequences, {f.requests} requests in {f.seconds} s",
-        f"  compared pixel for pixel: {f.compared}; failed as injected/expected: "
-        f"{f.failed_as_expected}; rejected by both engines: {f.rejected_by_both}; "
-        f"references computed: {f.references}",
+        (f"  compared pixel for pixel: {f.compared}; failed as injected/expected: "
+         f"{f.failed_as_expected}; rejected by both engines: {f.rejected_by_both}; "
+         f"references computed: {f.references}"),
         "  cache hits: " + ", ".join(f"{k} {v}" for k, v in f.hits.items()),
         "  events: " + (", ".join(f"{k} {v}" for k, v in sorted(f.events.items())) or "none"),
         "  both engines crashed (not a cache bug, but a bug): "
@@ -495,10 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     seeds = list(range(args.seed, args.seed + args.sequences))
-    with tempfile.TemporaryDirectory(prefix="zturbo-oracle-") as tmp:
-        with LocalRedis(Path(tmp) / "redis") as server:
-            figures = run_oracle(Path(tmp), server.url, seeds, args.requests, args.upto,
-                                 args.minutes)
+    with tempfile.TemporaryDirectory(prefix="zturbo-oracle-") as tmp, \
+            LocalRedis(Path(tmp) / "redis") as server:
+        figures = run_oracle(Path(tmp), server.url, seeds, args.requests, args.upto,
+                             args.minutes)
     print(summary(figures))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

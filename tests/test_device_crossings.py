@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import torch
-
 from offcpu import off_cpu
+
 from zturbo.caches.packing import pack, tensor_digest, unpack
 
 

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import gpu_smoke  # noqa: E402
+import gpu_smoke
 
 ROWS = "api,teleport,img2img,inpaint,lora,step-cache"
 
