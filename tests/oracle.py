@@ -228,6 +228,7 @@ class Outcome:
     error: str | None = None
     clear: bool = True  # the error is a ZTurboError (one clear line), not a crash
     teleport_hits: int = 0
+    teleport: list[dict] = field(default_factory=list)  # Result.teleport, one per image
 
 
 def run(engine, spec: dict[str, Any], with_fault: bool = True) -> Outcome:
@@ -248,7 +249,8 @@ def run(engine, spec: dict[str, Any], with_fault: bool = True) -> Outcome:
         return Outcome(error=f"{type(exc).__name__}: {exc}".strip(),
                        clear=isinstance(exc, (ZTurboError, InjectedFailure)))
     return Outcome(images=[np.asarray(im).copy() for im in result.images],
-                   teleport_hits=sum(1 for t in result.teleport if t.get("hit")))
+                   teleport_hits=sum(1 for t in result.teleport if t.get("hit")),
+                   teleport=list(result.teleport))
 
 
 # ------------------------------------------------------------------ the oracle
@@ -376,11 +378,15 @@ class Oracle:
         if problem is None:
             self.figures.compared += 1
             return True
+        replays = "; ".join(f"hit at step {t['resumed_at_step']} ({t['tier']})" if t.get("hit")
+                            else f"miss, stored {t.get('stored')}, bypass {t.get('bypass')}"
+                            for t in got.teleport) or "none"
         mismatch = {"seed": seed, "index": index, "setup": setup, "problem": problem,
+                    "teleport": replays,
                     "repro": f"PYTHONPATH=src python tests/oracle.py --seed {seed} --upto {index}",
                     "request": spec}
         self.figures.mismatches.append(mismatch)
-        print(f"MISMATCH seed {seed} request {index} ({setup}): {problem}\n"
+        print(f"MISMATCH seed {seed} request {index} ({setup}): {problem}; teleport: {replays}\n"
               f"  reproduce: {mismatch['repro']}\n  request: {json.dumps(spec)}",
               file=self.out, flush=True)
         return False
@@ -487,13 +493,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="first sequence seed")
     parser.add_argument("--sequences", type=int, default=1, help="sequences (seeds seed, seed+1...)")
     parser.add_argument("--requests", type=int, default=40, help="requests per sequence")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds instead (seed mod 3 picks the setup: 0 plain)")
     parser.add_argument("--upto", type=int, default=None,
                         help="stop each sequence after this request index (reproduce a failure)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="keep starting sequences until this many minutes have passed")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
-    seeds = list(range(args.seed, args.seed + args.sequences))
+    seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
+             else list(range(args.seed, args.seed + args.sequences)))
     with tempfile.TemporaryDirectory(prefix="zturbo-oracle-") as tmp, \
             LocalRedis(Path(tmp) / "redis") as server:
         figures = run_oracle(Path(tmp), server.url, seeds, args.requests, args.upto,
