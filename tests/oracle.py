@@ -307,7 +307,10 @@ class Oracle:
         key = json.dumps({"setup": setup, **{k: spec[k] for k in ("fields", "image", "mask")}},
                          sort_keys=True)
         if key not in self._references:
-            self._references[key] = run(self._ref_engine(setup), spec, with_fault=False)
+            outcome = run(self._ref_engine(setup), spec, with_fault=False)
+            if outcome.error is not None:  # a failed run may leave state behind: start afresh
+                self._ref_engines.pop(setup).close()
+            self._references[key] = outcome
             self.figures.references += 1
         return self._references[key]
 
