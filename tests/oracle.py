@@ -316,7 +316,8 @@ class Oracle:
 
     def sequence(self, seed: int, requests: int, upto: int | None = None) -> bool:
         """One seeded sequence on a fresh cache-on engine; False at its first mismatch."""
-        rng = random.Random(seed)
+        rng = random.Random(seed)  # the requests and events: a function of the seed alone
+        damage = random.Random(f"damage-{seed}")  # which entry a corruption hits
         setup = list(SETUPS)[seed % len(SETUPS)]
         home = self.workdir / f"seq-{seed}"
         shutil.rmtree(home, ignore_errors=True)
@@ -330,7 +331,7 @@ class Oracle:
                 event = between(rng)
                 if event:
                     self.figures.events[event] = self.figures.events.get(event, 0) + 1
-                    engine = self._event(event, engine, setup, rng, home)
+                    engine = self._event(event, engine, setup, damage, home)
                 spec = next_spec(rng, setup, history)
                 if not self._check(engine, setup, spec, seed, index):
                     return False
