@@ -69,7 +69,10 @@ SIZES = [32, 48, 64, 96, 128]
 GOOD_LORAS = [f"style{i}" for i in range(10)]  # more than the 8 adapters an engine keeps
 BAD_LORAS = ["foreign", "broken"]  # no matching keys; not a safetensors file
 SOURCES = {"src-a": (64, 64, 1), "src-b": (128, 96, 2), "src-c": (96, 128, 3)}
-CACHE_KINDS = ("teleport", "embedding", "vae_latent")
+# hits by kind: teleport by what served the image (Result.teleport[i]["served"]: resume from
+# a stored step, final_latent decoded, or the stored image), the rest from the tiers' stats
+HIT_KINDS = ("teleport", "teleport:resume", "teleport:final_latent", "teleport:image",
+             "embedding", "vae_latent")
 
 
 class InjectedFailure(RuntimeError):
@@ -212,10 +215,15 @@ def make_lora_dir(engine, folder: Path) -> Path:
     return folder
 
 
-def cache_settings(setup: str, lora_dir: Path, redis_url: str | None, cached: bool) -> Settings:
+REPEATS = ("image", "latent", "off")  # teleport_repeat of the cache-on engine, by seed
+
+
+def cache_settings(setup: str, lora_dir: Path, redis_url: str | None, cached: bool,
+                   repeat: str = "image") -> Settings:
     if cached:
         caches = {"memory_cache_mb": 64, "disk_cache_mb": 256, "redis_url": redis_url,
-                  "teleport": True, "teleport_start_step": 2, "teleport_store_steps": [1, 3, 5]}
+                  "teleport": True, "teleport_start_step": 2, "teleport_store_steps": [1, 3, 5],
+                  "teleport_repeat": repeat}
     else:
         caches = {"memory_cache_mb": 0, "disk_cache_mb": 0, "redis_url": None, "teleport": False}
     return Settings(model="demo", device="cpu", lora_dirs=[str(lora_dir)],
@@ -227,7 +235,6 @@ class Outcome:
     images: list[np.ndarray] | None = None
     error: str | None = None
     clear: bool = True  # the error is a ZTurboError (one clear line), not a crash
-    teleport_hits: int = 0
     teleport: list[dict] = field(default_factory=list)  # Result.teleport, one per image
 
 
@@ -249,7 +256,6 @@ def run(engine, spec: dict[str, Any], with_fault: bool = True) -> Outcome:
         return Outcome(error=f"{type(exc).__name__}: {exc}".strip(),
                        clear=isinstance(exc, (ZTurboError, InjectedFailure)))
     return Outcome(images=[np.asarray(im).copy() for im in result.images],
-                   teleport_hits=sum(1 for t in result.teleport if t.get("hit")),
                    teleport=list(result.teleport))
 
 
@@ -264,7 +270,7 @@ class Figures:
     failed_as_expected: int = 0
     rejected_by_both: int = 0
     events: dict[str, int] = field(default_factory=dict)
-    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CACHE_KINDS, 0))
+    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(HIT_KINDS, 0))
     references: int = 0
     crashes: dict[str, int] = field(default_factory=dict)  # both engines raised, not clearly
     mismatches: list[dict[str, Any]] = field(default_factory=list)
@@ -323,7 +329,8 @@ class Oracle:
         shutil.rmtree(home, ignore_errors=True)
         self._use_home(home)
         _flush_redis(self.redis_url)
-        engine = self._cached_engine(setup)
+        repeat = REPEATS[(seed // len(SETUPS)) % len(REPEATS)]
+        engine = self._cached_engine(setup, repeat)
         history: list[dict] = []
         self.figures.sequences += 1
         try:
@@ -331,7 +338,7 @@ class Oracle:
                 event = between(rng)
                 if event:
                     self.figures.events[event] = self.figures.events.get(event, 0) + 1
-                    engine = self._event(event, engine, setup, damage, home)
+                    engine = self._event(event, engine, setup, repeat, damage, home)
                 spec = next_spec(rng, setup, history)
                 if not self._check(engine, setup, spec, seed, index):
                     return False
@@ -341,14 +348,15 @@ class Oracle:
             engine.close()
         return True
 
-    def _cached_engine(self, setup: str):
+    def _cached_engine(self, setup: str, repeat: str):
         return zturbo.load("demo", settings=cache_settings(setup, self.lora_dir, self.redis_url,
-                                                           cached=True))
+                                                           cached=True, repeat=repeat))
 
-    def _event(self, event: str, engine, setup: str, rng: random.Random, home: Path):
+    def _event(self, event: str, engine, setup: str, repeat: str, rng: random.Random,
+               home: Path):
         if event == "restart":  # memory tier lost; disk and Redis kept
             engine.close()
-            return self._cached_engine(setup)
+            return self._cached_engine(setup, repeat)
         if event == "corrupt-disk":
             files = sorted((home / "cache").rglob("*.bin"))
             if files:
@@ -361,13 +369,19 @@ class Oracle:
         """Embedding and VAE-latent hits of the sequence: the disk tier's counters are
         cumulative over every engine that used the sequence's fresh state dir."""
         kinds = engine.caches.stats()["kinds"]
-        for kind in ("embedding", "vae_latent"):  # teleport hits are counted per response
-            self.figures.hits[kind] += int(kinds.get(kind, {}).get("hits", 0))
+        for kind, counts in kinds.items():  # teleport hits are counted per response
+            if kind != "teleport":
+                self.figures.hits[kind] = self.figures.hits.get(kind, 0) + int(counts.get("hits", 0))
 
     def _check(self, engine, setup: str, spec: dict, seed: int, index: int) -> bool:
         self.figures.requests += 1
         got = run(engine, spec)
-        self.figures.hits["teleport"] += got.teleport_hits
+        for replay in got.teleport:
+            served = replay.get("served", "resume" if replay.get("hit") else "full")
+            if served != "full":
+                self.figures.hits["teleport"] += 1
+                key = f"teleport:{served}"
+                self.figures.hits[key] = self.figures.hits.get(key, 0) + 1
         if got.error is not None and _expected(spec, got.error):
             self.figures.failed_as_expected += 1
             return True
@@ -382,7 +396,8 @@ class Oracle:
         if problem is None:
             self.figures.compared += 1
             return True
-        replays = "; ".join(f"hit at step {t['resumed_at_step']} ({t['tier']})" if t.get("hit")
+        replays = "; ".join(f"{t.get('served')} at step {t['resumed_at_step']} ({t['tier']})"
+                            if t.get("hit")
                             else f"miss, stored {t.get('stored')}, bypass {t.get('bypass')}"
                             for t in got.teleport) or "none"
         mismatch = {"seed": seed, "index": index, "setup": setup, "problem": problem,
