@@ -1,8 +1,9 @@
 """The bounded cache-vs-no-cache oracle (issue 14; tests/oracle.py has the long run).
 
 Six seeded sequences (two per acceleration setup: plain, DBCache and TaylorSeer with a
-static step mask) of 30 requests each run on one engine per sequence with every cache tier
-on (memory, disk and the real Redis of the ``server`` fixture). Every response must equal,
+static step mask, each with two of the three teleport_repeat modes) of 30 requests each
+run on one engine per sequence with every cache tier on (memory, disk and the real Redis
+of the ``server`` fixture). Every response must equal,
 pixel for pixel, a cache-off engine's; a failure prints the one-line reproduction. The
 hit counts prove the run exercised the caches rather than testing nothing.
 """
@@ -13,7 +14,7 @@ import io
 
 from oracle import run_oracle, summary
 
-SEEDS = [3, 4, 5, 6, 7, 8]
+SEEDS = [0, 2, 3, 4, 7, 8]  # each setup with two of the teleport_repeat modes
 REQUESTS = 30
 
 
@@ -24,9 +25,12 @@ def test_caches_never_change_a_pixel(tmp_path, server):
     assert not figures.mismatches, log.getvalue() + "\n" + summary(figures)
     assert figures.sequences == len(SEEDS)
     assert figures.requests == len(SEEDS) * REQUESTS
+    # On these seeds the run (deterministic) compared 139 responses with 71 teleport hits
+    # (25 resumed, 25 final latents, 21 stored images), 154 embedding and 14 VAE-latent hits,
+    # 22 runs that failed as asked and 26 corruptions and restarts; the floors keep a margin.
     assert figures.compared >= 100, summary(figures)
-    assert figures.failed_as_expected >= 5, summary(figures)  # cancels, faults, bad LoRAs ran
-    assert figures.hits["teleport"] >= 15, summary(figures)
-    assert figures.hits["embedding"] >= 50, summary(figures)
-    assert figures.hits["vae_latent"] >= 10, summary(figures)
-    assert sum(figures.events.values()) >= 5, summary(figures)  # corruptions, restarts
+    assert figures.failed_as_expected >= 10, summary(figures)  # cancels, faults, bad LoRAs ran
+    for kind, floor in (("teleport:resume", 10), ("teleport:final_latent", 10),
+                        ("teleport:image", 10), ("embedding", 80), ("vae_latent", 8)):
+        assert figures.hits.get(kind, 0) >= floor, (kind, summary(figures))
+    assert sum(figures.events.values()) >= 15, summary(figures)  # corruptions, restarts
