@@ -11,7 +11,8 @@ from PIL import Image
 import zturbo
 from conftest import pixels
 from zturbo import accel
-from zturbo.config import load_settings
+from zturbo.config import load_settings, make_request
+from zturbo.errors import ZTurboError
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
 
@@ -93,6 +94,13 @@ def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
     plain = {k: v for k, v in fields.items() if not k.startswith("slg")}
     engine.generate(**plain)  # without SLG the same engine still resumes
     assert engine.generate(**plain).teleport[0]["resumed_at_step"] == 4
+    # with guidance > 0 SLG's one-image forward met the batch's cached residuals and
+    # diffusers failed inside the DiT (an AssertionError, a 500): now a clear error, before
+    # any work, on every path (generate, and the server's check before queueing)
+    with pytest.raises(ZTurboError, match="skip-layer guidance with guidance > 0"):
+        engine.generate(**fields, guidance=1.5, steps=4)
+    with pytest.raises(ZTurboError, match="does not combine with step caching"):
+        engine.check_fits(make_request(engine.settings, **fields, guidance=1.5))
 
 
 def test_fields_that_do_not_change_the_trajectory_do_not_split_the_key(engine):

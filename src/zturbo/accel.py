@@ -194,6 +194,17 @@ def step_cache(engine) -> dict[str, Any] | None:
     return engine.extras.get("transformer", {}).get("step_cache")
 
 
+def check_request(engine, request) -> None:
+    """Refuse what an engine's step caching cannot run. Skip-layer guidance with guidance > 0
+    makes a one-image forward between the batched (cond + uncond) ones, and cache-dit applies
+    residuals it cached from the batch to it: diffusers fails inside the DiT (found by the
+    cache oracle). A clear error instead, before any work."""
+    if step_cache(engine) and request.slg_scale and request.guidance > 0:
+        raise ZTurboError("skip-layer guidance with guidance > 0 does not combine with step "
+                          "caching (--step-cache): use guidance 0, slg_scale 0, or an engine "
+                          "without step caching")
+
+
 def last_cached_steps(engine) -> list[int]:
     """Steps of the last denoise call that reused cached residuals (0 = its first step)."""
     transformer = engine.pipe.transformer

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from . import accel
 from . import dype as dype_rope
 from . import slg as skip_layer
 from .caches import teleport
@@ -195,6 +196,7 @@ def generate(engine, request: Request, on_step: StepCallback | None = None,
     """
     source = source or Source()
     check_source(request, source)
+    accel.check_request(engine, request)
     request, warnings = skip_layer.fit_request(request, engine.pipe.transformer)
     timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
     started = time.perf_counter()

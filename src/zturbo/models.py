@@ -155,6 +155,7 @@ class Engine:
             raise ZTurboError(f"slg_layers {', '.join(map(str, bad))} out of range: this DiT "
                               f"has {layers} layers (0..{layers - 1})")
         check_text_limit(self, request.max_sequence_length)
+        accel.check_request(self, request)
 
     def _runtime(self) -> dict[str, Any]:
         import diffusers  # lazy: keeps CLI start fast
