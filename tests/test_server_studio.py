@@ -28,14 +28,16 @@ def client(engine, lora_dir):
         yield c
 
 
-def test_loras_and_templates_are_listed_by_name(client, engine):
+def test_loras_and_templates_are_listed_by_name(client, engine, tmp_path, monkeypatch):
     assert client.get("/api/loras").json() == {"configured": True,
                                                "loras": [{"name": "studio-style"}]}
     templates = {t["name"]: t for t in client.get("/api/templates").json()["templates"]}
     assert "{prompt}" in templates["cinematic"]["body"]
     assert templates["cinematic"]["source"] == "builtin" and templates["cinematic"]["description"]
+    monkeypatch.setenv("ZTURBO_HOME", str(tmp_path / "bare"))  # one server per state dir
     with TestClient(app_for(engine)) as bare:  # no lora_dirs: an empty, honest listing
         assert bare.get("/api/loras").json() == {"configured": False, "loras": []}
+    monkeypatch.undo()
     options = client.get("/api/options").json()
     assert options["defaults"]["guidance"] == 0.0 and options["defaults"]["shift"] == 3.0
     assert "attention_pool" in options["choices"]["long_prompt"]
