@@ -215,6 +215,11 @@ class Settings(BaseSettings):
         "auto", pattern=r"^(auto|off|https?://\S+)$",
         description="zturbo generate: auto (a running zturbo serve with the same model), "
                     "off, or a server URL")
+    state_backend: Literal["local", "redis"] = Field(
+        "local", description="server jobs, events, images, history: local (SQLite + files) or "
+        "redis (shared by every ingress; needs redis_url)")
+    state_lease_s: float = Field(
+        15.0, gt=0, description="redis state: an ingress silent this long is dead; its jobs end")
     # image side and weights (issue 5, docs/knobs.md)
     strength: float = Field(0.6, description="default img2img/inpaint strength (share of steps run)")
     loras: Annotated[list[str], NoDecode] = Field(

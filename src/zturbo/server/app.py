@@ -28,7 +28,6 @@ from ..models import load
 from . import errors
 from .announce import announce as write_record, withdraw
 from .errors import ERROR_RESPONSES, TOO_LARGE, error_response
-from .history import History
 from .jobs import JobQueue
 from .metrics import Metrics
 from .routes import encode, generate, images, library, openai_images, ops
@@ -36,6 +35,7 @@ from .routes import jobs as jobs_routes
 from .routes import lab as lab_routes
 from .state import ServerState
 from .statelock import StateLock, server_url
+from .store import StoreUnavailable, open_store
 from .uploads import max_body_bytes
 
 log = logging.getLogger("zturbo.server")
@@ -68,11 +68,16 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        own_lock = None if state_lock and state_lock.held else StateLock().acquire(
+        shared = settings.state_backend == "redis"  # no SQLite: ingresses may share the dir
+        own_lock = None if shared or (state_lock and state_lock.held) else StateLock().acquire(
             server_url(settings))
-        history = History(history_path())  # opened per run: an app may be started again
+        # opened per run (an app may be started again): SQLite + files, or the shared Redis
+        history = open_store(settings, history_path(), jobs.outputs)
         st.history = jobs.history = history
-        history.interrupt_unfinished()
+        try:
+            history.interrupt_unfinished()
+        except StoreUnavailable as exc:  # Redis down: requests say 503 until it is back
+            log.warning("shared state: %s", exc)
         loader = asyncio.create_task(_load(st))
         try:
             yield

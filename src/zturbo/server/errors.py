@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from ..errors import ZTurboError
 from .jobs import NotAccepting, QueueFull
+from .redis_store import StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
 
@@ -97,6 +98,10 @@ def install(app: FastAPI) -> None:
     async def _closed(request: Request, exc: NotAccepting):
         return error_response(503, str(exc), "unavailable",
                               headers={"Retry-After": str(RETRY_LOADING_S)})
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable):
+        return error_response(503, str(exc), "unavailable", headers={"Retry-After": "5"})
 
     @app.exception_handler(ZTurboError)
     async def _zturbo(request: Request, exc: ZTurboError):

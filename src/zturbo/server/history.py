@@ -50,11 +50,17 @@ JOB_IMAGES = "(SELECT COUNT(*) FROM images j WHERE j.job_id = images.job_id) AS 
 
 
 class History:
-    """Jobs and images of this server, newest first; safe to use from any thread."""
+    """Jobs and images of this server, newest first; safe to use from any thread.
 
-    def __init__(self, path: Path) -> None:
+    The local backend of the state store (store.py): the PNGs are the files under
+    ``outputs`` that the JobQueue writes; live job state stays in the JobQueue's memory."""
+
+    shared = False  # events, cancel and leases live in this process's JobQueue
+
+    def __init__(self, path: Path, outputs: Path | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.outputs = outputs
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -112,6 +118,24 @@ class History:
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         self._run(f"INSERT INTO images ({cols}) VALUES ({marks})", tuple(values.values()))
+
+    def put_png(self, image_id: str, data: bytes) -> None:
+        """Nothing to do: the image is the file at its row's ``path`` (the JobQueue wrote it)."""
+
+    def image_file(self, image_id: str) -> Path | None:
+        """The file of an image id, only inside ``outputs`` (ids are looked up, never joined
+        into a path); None for an unknown id or a file gone."""
+        row = self.image(image_id)
+        if row is None or self.outputs is None:
+            return None
+        path = Path(row["path"]).resolve()
+        if not path.is_relative_to(self.outputs.resolve()) or not path.is_file():
+            return None
+        return path
+
+    def png(self, image_id: str) -> bytes | None:
+        path = self.image_file(image_id)
+        return path.read_bytes() if path is not None else None
 
     def image(self, image_id: str) -> dict[str, Any] | None:
         rows = self._run(f"SELECT *, {JOB_IMAGES} FROM images WHERE id=?", (image_id,))

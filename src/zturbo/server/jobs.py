@@ -27,7 +27,9 @@ from ..errors import ZTurboError
 from ..generate import Cancelled, Result, generate, steps_run
 from ..metadata import save_png
 from .history import TERMINAL, History
+from .mirror import Mirror
 from .preview import preview_data_url
+from .redis_store import RedisStore, StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
 KEEP_FINISHED = 256  # finished jobs kept in memory for GET /api/jobs/{id}; older ones: history
@@ -92,7 +94,8 @@ def image_url(image_id: str) -> str:
 class JobQueue:
     """An in-process FIFO of jobs with admission control, cancel, timeouts and progress."""
 
-    def __init__(self, settings, history: History | None, outputs: Path, metrics=None,
+    def __init__(self, settings, history: History | RedisStore | None, outputs: Path,
+                 metrics=None,
                  *, runner=generate, workers: int = 1) -> None:
         """``runner(engine, request, on_step=, source=)`` makes a Result (``generate``; the
         Ray app passes one that calls generator replicas); ``workers`` threads run jobs
@@ -118,12 +121,16 @@ class JobQueue:
         # history writes that failed (disk full, database locked), retried by the worker
         self._unwritten: collections.deque[tuple[str, str, dict[str, Any]]] = collections.deque()
         self.worker_error: str | None = None  # why the worker thread ended, if it did
+        self._mirror: Mirror | None = None  # copies events to a shared store (redis backend)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, engine, loop: asyncio.AbstractEventLoop) -> None:
         """Start the worker with a loaded engine; events are delivered on ``loop``."""
         self.engine = engine
         self._loop = loop
+        if self.history.shared:
+            self._mirror = Mirror(self.history, self._active_ids, self.cancel)
+            self._mirror.start()
         self._accepting = True
         self._threads = [threading.Thread(target=self._worker, name=f"zturbo-worker-{i}",
                                           daemon=True) for i in range(self.workers)]
@@ -150,7 +157,13 @@ class JobQueue:
             thread.join(timeout=max(grace_s, 1.0) + 60.0)
         with self._lock:
             self._retry_history()
-        self.history.interrupt_unfinished("the server shut down before it finished")
+        if self._mirror is not None:
+            self._mirror.stop()
+            self._mirror = None
+        try:
+            self.history.interrupt_unfinished("the server shut down before it finished")
+        except StoreUnavailable as exc:  # its lease expires: another ingress ends its jobs
+            log.warning("shared state: cannot close this ingress's jobs: %s", exc)
 
     def _wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -196,6 +209,10 @@ class JobQueue:
         with self._lock:
             return list(self._running) + list(self._queue)
 
+    def _active_ids(self) -> list[str]:
+        with self._lock:
+            return [job.id for job in self._running] + [job.id for job in self._queue]
+
     def cancel(self, job_id: str, reason: str = "cancelled by the client") -> Job | None:
         """Cancel a queued job now, or a running one at its next step (None: unknown id)."""
         with self._lock:
@@ -229,6 +246,8 @@ class JobQueue:
     def _publish(self, job: Job, event: str, data: dict[str, Any]) -> None:
         """Append an event (caller holds the lock) and wake the loop's subscribers."""
         job.events.append({"event": event, "data": {"id": job.id, **data}})
+        if self._mirror is not None:
+            self._mirror.publish(job.id, job.events[-1])
         self._in_loop(job.changed.set)
 
     def _in_loop(self, fn, *args) -> None:
@@ -343,7 +362,7 @@ class JobQueue:
                 else:
                     self._finish(job, "cancelled", error=job.cancel_reason or "cancelled")
             return
-        except DeviceLost as exc:
+        except (DeviceLost, StoreUnavailable) as exc:
             with self._lock:
                 job.device_lost = True
                 self._finish(job, "error", error=str(exc))
@@ -405,6 +424,8 @@ class JobQueue:
         for i, seed in enumerate(result.seeds):
             image_id = uuid.uuid4().hex
             path = save_png(result, i, self.outputs / f"{image_id}.png")
+            if self.history.shared:  # other ingresses fetch the bytes from the store
+                self.history.put_png(image_id, path.read_bytes())
             teleport = result.teleport[i] if i < len(result.teleport) else {}
             request = result.request.for_seed(seed).model_dump(mode="json")
             row = {

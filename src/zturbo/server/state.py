@@ -9,9 +9,9 @@ from typing import Any
 from fastapi import Request
 
 from ..config import Settings
-from .history import History
 from .jobs import JobQueue
 from .metrics import Metrics
+from .store import History, RedisStore
 
 
 @dataclass
@@ -19,7 +19,7 @@ class ServerState:
     """What the handlers share: settings, the engine once loaded, the queue, history, metrics."""
 
     settings: Settings
-    history: History | None  # opened by the lifespan
+    history: History | RedisStore | None  # the state store (store.py), opened by the lifespan
     jobs: JobQueue
     metrics: Metrics
     engine: Any = None

@@ -12,7 +12,7 @@ from .. import sync
 from ..state import state
 from ..errors import ApiError
 from ..schemas import GenerateBody, request_from_body
-from .images import image_path
+from .images import image_png
 
 router = APIRouter(tags=["native"])
 
@@ -29,13 +29,13 @@ async def generate(body: GenerateBody, request: Request):
     job = await sync.run(st, req, request)
     if body.format == "png":
         image = job.images[0]
-        return Response(image_path(st, image["id"]).read_bytes(), media_type="image/png",
+        return Response(image_png(st, image["id"]), media_type="image/png",
                         headers={"X-Zturbo-Image-Id": image["id"],
                                  "X-Zturbo-Seed": str(image["seed"]), "X-Zturbo-Job-Id": job.id,
                                  "X-Zturbo-Served": str(image["teleport"].get("served", "full"))})
     return {
         "job_id": job.id,
         "images": [{**image, "b64_png": base64.b64encode(
-            image_path(st, image["id"]).read_bytes()).decode()} for image in job.images],
+            image_png(st, image["id"])).decode()} for image in job.images],
         "timings": job.timings, "teleport": job.teleport,
     }

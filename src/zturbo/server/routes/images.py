@@ -27,16 +27,30 @@ IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
 MAX_OFFSET = 2**63 - 1  # SQLite's integers are 64-bit
 
 
-def image_path(st: ServerState, image_id: str) -> Path:
-    """The file of an image id: ids are looked up, never joined into a path, and the file
-    must lie inside the server's output dir."""
+def image_row(st: ServerState, image_id: str) -> dict[str, Any]:
+    """An image's history row, or 404 (ids are looked up, never joined into a path)."""
     row = st.history.image(image_id) if IMAGE_ID.fullmatch(image_id) else None
     if row is None:
         raise ApiError(404, f"no image {image_id!r}", "not_found")
-    path = Path(row["path"]).resolve()
-    if not path.is_relative_to(st.jobs.outputs.resolve()) or not path.is_file():
+    return row
+
+
+def image_path(st: ServerState, image_id: str) -> Path:
+    """The file of an image id (local backend): it must lie inside the server's output dir."""
+    image_row(st, image_id)
+    path = st.history.image_file(image_id)
+    if path is None:
         raise ApiError(404, f"image {image_id} is no longer on disk", "not_found")
     return path
+
+
+def image_png(st: ServerState, image_id: str) -> bytes:
+    """The PNG bytes of an image id, from either backend (404 when gone)."""
+    image_row(st, image_id)
+    data = st.history.png(image_id)
+    if data is None:
+        raise ApiError(404, f"image {image_id} is no longer stored", "not_found")
+    return data
 
 
 def public(st: ServerState, row: dict[str, Any]) -> dict[str, Any]:
@@ -55,15 +69,21 @@ def get_image(image_id: str, request: Request,
     """The PNG, with its parameters in the ``parameters`` and ``zturbo`` text chunks; with
     ``size``, a JPEG thumbnail (never larger than the image). A plain ``def``: thumbnails are
     made in FastAPI's thread pool, off the event loop."""
-    path = image_path(state(request), image_id)
-    if size is None:
-        return FileResponse(path, media_type="image/png", headers=IMMUTABLE)
-    return Response(thumbnail(path, size), media_type="image/jpeg", headers=IMMUTABLE)
+    st = state(request)
+    if st.history.shared:  # the bytes live in the shared store
+        png: Path | io.BytesIO = io.BytesIO(image_png(st, image_id))
+        if size is None:
+            return Response(png.getvalue(), media_type="image/png", headers=IMMUTABLE)
+    else:
+        png = image_path(st, image_id)
+        if size is None:
+            return FileResponse(png, media_type="image/png", headers=IMMUTABLE)
+    return Response(thumbnail(png, size), media_type="image/jpeg", headers=IMMUTABLE)
 
 
-def thumbnail(path: Path, size: int) -> bytes:
-    """A JPEG of the image at ``path`` whose longest side is at most ``size`` pixels."""
-    with Image.open(path) as image:
+def thumbnail(png: Path | io.BytesIO, size: int) -> bytes:
+    """A JPEG of the PNG (a file or bytes) whose longest side is at most ``size`` pixels."""
+    with Image.open(png) as image:
         image = image.convert("RGB")
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         out = io.BytesIO()
@@ -76,8 +96,10 @@ def image_info(image_id: str, request: Request):
     """One history row (as in ``/api/history``): request, seed, timings, teleport report,
     ``seconds`` and ``full_run``."""
     st = state(request)
-    image_path(st, image_id)  # 404 for an unknown id or a file gone
-    return public(st, st.history.image(image_id))
+    row = image_row(st, image_id)  # 404 for an unknown id
+    if not st.history.shared:
+        image_path(st, image_id)  # 404 for a file gone
+    return public(st, row)
 
 
 @router.get("/api/history")

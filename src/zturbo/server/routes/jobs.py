@@ -12,7 +12,9 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from .. import sync
 from ..state import ServerState, state
 from ..errors import ApiError
+from ..history import TERMINAL
 from ..jobs import Job, follow
+from ..redis_store import BLOCK_S
 from pydantic import ValidationError
 
 from ...config import first_error
@@ -30,7 +32,8 @@ def _stored(st: ServerState, job_id: str) -> dict | None:
 
 
 def live_job(job_id: str, request: Request) -> Job | dict:
-    """The job in memory, else its history row (a finished job of an earlier run), else 404."""
+    """The job in memory, else its record in the store (a finished job of an earlier run, or
+    with the shared backend a job another ingress runs), else 404."""
     st = state(request)
     job = st.jobs.get(job_id) or _stored(st, job_id)
     if job is None:
@@ -96,17 +99,46 @@ async def events(request: Request, job: Job | dict = Depends(live_job)
                  ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events from the start: ``queued`` (position), ``started``, ``step`` (with a
     preview data URL every few steps), then one of ``done``, ``error``, ``cancelled``."""
-    if not isinstance(job, Job):  # finished in an earlier run: its final state only
+    st = state(request)
+    if isinstance(job, Job):
+        stream = follow(st.jobs, job)
+    elif st.history.shared:  # another ingress's job: its event log in the shared store
+        stream = follow_stored(st.history, job)
+    else:  # finished in an earlier run: its final state only
         yield ServerSentEvent(event=job["status"], data=job)
         return
-    async for event in follow(state(request).jobs, job):
+    async for event in stream:
         yield ServerSentEvent(event=event["event"], data=event["data"])
+
+
+async def follow_stored(store, record: dict) -> AsyncIterator[dict]:
+    """A job's events from the shared store's log, from the first, until it ends. A job
+    whose log is gone (expired) or that ended without a final event in it (seen ended
+    before a whole empty wait) ends with its final state."""
+    after, ended = "0-0", False
+    while True:
+        events = await asyncio.to_thread(store.events, record["id"], after, BLOCK_S)
+        for after, event in events:
+            yield event
+            if event["event"] in TERMINAL:
+                return
+        if events:
+            continue
+        if ended:
+            yield {"event": record["status"], "data": record}
+            return
+        record = await asyncio.to_thread(store.job, record["id"]) or record
+        ended = record["status"] in TERMINAL
 
 
 @router.post("/{job_id}/cancel")
 async def cancel(request: Request, job: Job | dict = Depends(live_job)):
     """Cancel: a queued job at once, a running one at its next step. 409 once it ended."""
     st = state(request)
+    if isinstance(job, dict) and st.history.shared:  # another ingress runs it: ask its owner
+        if await asyncio.to_thread(st.history.request_cancel, job["id"],
+                                   "cancelled by the client"):
+            return job
     if not isinstance(job, Job) or job.terminal:
         raise ApiError(409, f"job {job['id'] if isinstance(job, dict) else job.id} already "
                             "ended", "conflict")

@@ -14,7 +14,7 @@ from .. import sync
 from ..state import state
 from ..schemas import OpenAIGenerate, parse_size, request_from_openai
 from ..uploads import read_image
-from .images import image_path
+from .images import image_png
 
 router = APIRouter(prefix="/v1/images", tags=["openai"])
 
@@ -38,7 +38,7 @@ def _answer(st, job, request: Request, response_format: str) -> dict:
         if response_format == "url":
             item["url"] = base + image["url"]
         else:
-            item["b64_json"] = base64.b64encode(image_path(st, image["id"]).read_bytes()).decode()
+            item["b64_json"] = base64.b64encode(image_png(st, image["id"])).decode()
         data.append(item)
     return {"created": int(job.created), "data": data, "output_format": "png",
             "size": f"{job.request.width}x{job.request.height}"}
