@@ -5,6 +5,7 @@ pre-hook on the real transformer, so cancel and shutdown tests are deterministic
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -26,6 +27,20 @@ def settings(**flags):
 
 def app_for(engine, **flags):
     return create_app(settings(**flags), engine=engine)
+
+
+def sse(client, job_id):
+    """The (event, data) pairs of a job's event stream, until it ends."""
+    out = []
+    with client.stream("GET", f"/api/jobs/{job_id}/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                out.append((event, json.loads(line[6:])))
+    return out
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from serverkit import SMALL, app_for, gate, one_thread, settings, wait_for
+from serverkit import SMALL, app_for, gate, one_thread, settings, sse, wait_for
 from zturbo.server import create_app
 from zturbo.server.app import history_path
 from zturbo.server.history import History
@@ -24,20 +24,6 @@ from zturbo.server.history import History
 def _threads():
     with one_thread():
         yield
-
-
-def sse(client, job_id):
-    """The (event, data) pairs of a job's event stream, until it ends."""
-    out = []
-    with client.stream("GET", f"/api/jobs/{job_id}/events") as r:
-        assert r.headers["content-type"].startswith("text/event-stream")
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                out.append((event, json.loads(line[6:])))
-    return out
 
 
 def status(client, job_id):
