@@ -3,14 +3,16 @@ itself is deployed by tests/test_serve_ray.py; the KubeRay manifest cannot run h
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from zturbo.serve_ray import app_builder
+from zturbo.serve_ray import Scale, app_builder, check_ingresses
 from zturbo.config import Settings
+from zturbo.errors import ZTurboError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE_KEYS = {"replicas", "autoscale", "target_ongoing", "max_ongoing", "max_queued",
-              "affinity", "retry_after_s"}
+              "affinity", "retry_after_s", "ingresses"}
 
 
 def _apps(config: dict) -> list[dict]:
@@ -27,6 +29,17 @@ def test_kuberay_manifest_embeds_a_serve_config_the_builder_accepts():
         unknown = set(app["args"]) - SCALE_KEYS - set(Settings.model_fields) - {"profile"}
         assert not unknown, unknown
     redis_conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["redis.conf"]
-    assert "maxmemory-policy allkeys-lru" in redis_conf and "maxmemory " in redis_conf
+    # volatile-lru: cache entries (all with a TTL) are evicted, never live job state
+    assert "maxmemory-policy volatile-lru" in redis_conf and "maxmemory " in redis_conf
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     assert workers["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_several_ingresses_need_the_shared_state():
+    """Ingress replicas on the local backend would each see only their own jobs."""
+    with pytest.raises(ZTurboError, match="state_backend: redis"):
+        check_ingresses(Settings(), Scale(ingresses=2))
+    with pytest.raises(ZTurboError, match="at least 1"):
+        check_ingresses(Settings(), Scale(ingresses=0))
+    check_ingresses(Settings(state_backend="redis", redis_url="redis://127.0.0.1:1/0"),
+                    Scale(ingresses=2))

@@ -4,7 +4,8 @@ Two deployments in one Serve application:
 
 - ``Ingress``: ``serve.ingress`` over ``create_app`` (the very routes of the single-process
   server, no copy). Its JobQueue keeps admission control (429 + Retry-After), jobs, SSE
-  and the history; instead of a local engine it holds a :class:`RemoteEngine`, and its
+  and the history (with ``state_backend: redis`` shared by several ingress replicas,
+  ``ingresses``: a job is watched, cancelled and fetched through any of them); instead of a local engine it holds a :class:`RemoteEngine`, and its
   worker threads (one per generator replica) run each job on a generator replica.
 - ``Generator``: one engine per replica (``num_gpus: 1`` when CUDA is present, else one CPU
   and one torch thread). A run streams ``step`` events and ends with the PNGs (bytes) and
@@ -69,6 +70,7 @@ class Scale:
     max_queued: int = 64  # more wait at the handle -> 429
     affinity: bool = True  # cache-aware routing (multiplexed trajectory ids)
     retry_after_s: int = 5
+    ingresses: int = 1  # ingress replicas; more than one needs state_backend: redis
 
     @property
     def max_replicas(self) -> int:
@@ -320,6 +322,7 @@ def build(settings: Settings, scale: Scale, env: dict[str, str] | None = None):
     """The Serve application (bound deployments) for ``serve.run``."""
     import torch  # heavy: only to see whether replicas want a GPU
 
+    check_ingresses(settings, scale)
     env = {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ}, **(env or {})}
     options: dict[str, Any] = {
         "max_ongoing_requests": scale.max_ongoing, "max_queued_requests": scale.max_queued,
@@ -338,7 +341,7 @@ def build(settings: Settings, scale: Scale, env: dict[str, str] | None = None):
     generator = Generator.options(**options)
     workers = scale.max_replicas * scale.max_ongoing
     ingress = Ingress.options(
-        num_replicas=1, ray_actor_options={"num_cpus": 0},
+        num_replicas=scale.ingresses, ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=settings.queue_depth + 2 * workers + 8,
         max_queued_requests=settings.queue_depth,
         backpressure_config=BackpressureConfig(status_code=429,
@@ -348,13 +351,23 @@ def build(settings: Settings, scale: Scale, env: dict[str, str] | None = None):
     return ingress.bind(generator.bind(payload, env), payload, workers, scale.affinity, env)
 
 
+def check_ingresses(settings: Settings, scale: Scale) -> None:
+    """Several ingress replicas must share jobs, events, images and history (Redis):
+    with the local backend a client would see only the jobs of the replica it reached."""
+    if scale.ingresses < 1:
+        raise ZTurboError(f"ingresses must be at least 1 (got {scale.ingresses})")
+    if scale.ingresses > 1 and settings.state_backend != "redis":
+        raise ZTurboError("ingresses > 1 needs state_backend: redis (and redis_url), so every "
+                          "ingress sees every job")
+
+
 def app_builder(args: dict[str, Any]):
     """The import path of the Serve config (deploy/serve.yaml): ``args`` holds ``profile``,
     the Scale fields (``replicas``, ``autoscale: "1:4"``, ``max_ongoing``, ``max_queued``,
     ``affinity``) and any Settings keys (``model``, ``redis_url``...)."""
     args = dict(args or {})
     scale_keys = ("replicas", "target_ongoing", "max_ongoing", "max_queued", "affinity",
-                  "retry_after_s")
+                  "retry_after_s", "ingresses")
     scale = Scale(**{k: args.pop(k) for k in scale_keys if k in args})
     if "autoscale" in args:
         scale.autoscale = parse_autoscale(str(args.pop("autoscale")))
