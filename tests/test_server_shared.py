@@ -201,6 +201,8 @@ def test_a_dead_owner_s_job_ends_after_its_lease(engine, server):
 def test_redis_down_or_hung_is_a_503_not_a_hang(engine, server):
     dead_url = f"redis://127.0.0.1:{free_port()}/0"
     with TestClient(app_for(engine, state_backend="redis", redis_url=dead_url)) as c:
+        wait_for(lambda: "Redis" in c.get("/api/ready").json().get("error", ""), 10,
+                 "ready to say the shared store is down")
         for r in (c.post("/api/jobs", json=JOB), c.get("/api/history"),
                   c.get("/api/jobs/" + "a" * 32), c.get("/api/images/" + "a" * 32)):
             assert r.status_code == 503 and "Redis" in r.json()["error"]["message"], r.text

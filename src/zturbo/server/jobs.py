@@ -280,6 +280,11 @@ class JobQueue:
             return None  # running (or not started yet: no threads)
         return f"the job worker stopped: {self.worker_error or 'unknown reason'}"
 
+    def store_down(self) -> str | None:
+        """Why the shared state store failed the last time the mirror asked (None: fine)."""
+        mirror = self._mirror
+        return mirror.down if mirror is not None else None
+
     def _worker(self) -> None:
         """The worker thread: ``_work`` survives any Exception; anything else that ends the
         thread is recorded, so /api/ready and submit say the worker is gone."""

@@ -33,7 +33,7 @@ class Mirror:
             maxlen=MAX_OUTBOX)
         self._wake = threading.Condition()
         self._stop = False
-        self._down = False
+        self.down: str | None = None  # why Redis failed the last step (None: it answers)
         self._thread = threading.Thread(target=self._loop, name="zturbo-shared", daemon=True)
 
     def start(self) -> None:
@@ -73,17 +73,17 @@ class Mirror:
         try:
             step()
         except StoreUnavailable as exc:
-            if not self._down:
+            if self.down is None:
                 log.warning("shared state: %s; events wait meanwhile", exc)
-            self._down = True
+            self.down = str(exc)
             time.sleep(POLL_S)
             return
         except Exception:  # a bug here must not end the thread: log it, go on
             log.exception("shared state: the mirror thread failed a step")
             return
-        if self._down:
+        if self.down is not None:
             log.warning("shared state: Redis answers again")
-        self._down = False
+        self.down = None
 
     def _flush(self) -> None:
         while True:

@@ -27,13 +27,13 @@ async def health():
 @router.get("/api/ready", responses={503: {"description": "not ready: {ready: false, error}",
                                                 "content": {"application/json": {}}}})
 async def ready(request: Request):
-    """200 once the model is loaded and the worker runs; 503 (with the reason) before, and
-    when the job worker has stopped."""
+    """200 once the model is loaded and the worker runs; 503 (with the reason) before, when
+    the job worker has stopped, and while the shared state store (Redis) does not answer."""
     st = state(request)
     if st.engine is None or st.fingerprint is None:
         return JSONResponse({"ready": False, "error": st.load_error or "loading the model"},
                             status_code=503, headers={"Retry-After": str(RETRY_LOADING_S)})
-    down = st.jobs.worker_down()
+    down = st.jobs.worker_down() or st.jobs.store_down()
     if down:
         return JSONResponse({"ready": False, "error": down}, status_code=503)
     return {"ready": True, "model": st.engine.spec, "fingerprint": st.fingerprint}
