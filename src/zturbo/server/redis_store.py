@@ -41,6 +41,16 @@ MAX_ROWS = 10_000  # history rows kept in the shared index (oldest dropped first
 MAX_EVENTS = 100_000  # a stream's cap (a bound, not a limit a real job reaches)
 BLOCK_S = 1.0  # longest wait of one events() read: followers re-check between waits
 JOB_FIELDS = ("status", "request", "created", "started", "finished", "error", "owner")
+# HSET the fields (ARGV after the 3 terminal statuses) unless the job is unknown or ended;
+# returns its owner when written
+UPDATE_UNLESS_ENDED = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current or current == ARGV[1] or current == ARGV[2] or current == ARGV[3] then
+  return false
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+return redis.call('HGET', KEYS[1], 'owner')
+"""
 
 
 class StoreUnavailable(ZTurboError):
@@ -65,6 +75,7 @@ class RedisStore:
                                                   **options)
         except ValueError as exc:
             raise ZTurboError(f"invalid redis_url {self.url!r}: {exc}") from None
+        self._update = self._r.register_script(UPDATE_UNLESS_ENDED)
 
     def close(self) -> None:
         self._r.close()
@@ -95,24 +106,23 @@ class RedisStore:
 
     def set_job(self, job_id: str, status: str, *, started: float | None = None,
                 finished: float | None = None, error: str | None = None) -> None:
-        """Update a job; a terminal status is final (a late owner cannot revive a job
-        whose lease expired)."""
+        """Update a job; a terminal status is final (checked and written atomically, so a
+        late owner cannot revive a job whose lease expired)."""
         fields = {"status": status, **{k: repr(v) for k, v in
-                                       (("started", started), ("finished", finished)) if v},
+                                       (("started", started), ("finished", finished))
+                                       if v is not None},
                   **({"error": error} if error is not None else {})}
+        flat = [item for pair in fields.items() for item in pair]
+        key = self._k("job", job_id)
 
         def update(r: redis.Redis) -> None:
-            key = self._k("job", job_id)
-            current, owner = r.hmget(key, "status", "owner")
-            if current is None or current.decode() in TERMINAL:
-                return
-            pipe = r.pipeline()
-            pipe.hset(key, mapping=fields)
-            if status in TERMINAL:
+            owner = self._update(keys=[key], args=[*TERMINAL, *flat], client=r)
+            if owner and status in TERMINAL:
+                pipe = r.pipeline()
                 pipe.srem(self._k("owned", owner.decode()), job_id)
                 for name in (key, self._k("events", job_id), self._k("jobimages", job_id)):
                     pipe.expire(name, self.ttl_s)
-            pipe.execute()
+                pipe.execute()
 
         self._call(update)
 
