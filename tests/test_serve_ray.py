@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from ray import serve
 
-from serverkit import app_for, free_port, processes_naming, wait_for
+from serverkit import app_for, free_port, processes_naming, sse, wait_for
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +138,28 @@ def test_a_job_is_followed_over_sse_and_found_in_the_history(fleet):
     assert history["total"] == 1 and history["items"][0]["job_id"] == job["id"]
     image = httpx.get(fleet + history["items"][0]["url"], timeout=10)
     assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_ray_ingress_s_jobs_are_followed_fetched_and_cancelled_through_another(
+        fleet, redis_server, engine):
+    """The Serve config's state_backend: redis: a second ingress (an in-process app on the
+    same Redis) sees the Ray ingress's jobs, their events and images, and can cancel them."""
+    other = app_for(engine, state_backend="redis", redis_url=redis_server.url)
+    with TestClient(other) as c:
+        job = httpx.post(fleet + "/api/jobs", json={"prompt": "a paper boat", "seed": 3},
+                         timeout=30).json()
+        events = sse(c, job["id"])
+        assert events[0][0] == "queued" and events[-1][0] == "done", events
+        image = events[-1][1]["images"][0]
+        assert c.get(image["url"]).content == httpx.get(fleet + image["url"], timeout=10).content
+        long = httpx.post(fleet + "/api/jobs", json={"prompt": "a long road", "seed": 4,
+                                                     "steps": 50, "width": 384, "height": 384},
+                          timeout=30).json()  # seconds: far longer than a cancel takes
+        wait_for(lambda: c.get(f"/api/jobs/{long['id']}").json()["status"] == "running", 60,
+                 "the long job to start")
+        assert c.post(f"/api/jobs/{long['id']}/cancel").status_code == 200
+        assert [e for e, _ in sse(c, long["id"])][-1] == "cancelled"
+        assert _status(fleet, long["id"]) == "cancelled"
 
 
 def test_overload_is_429_with_retry_after_never_5xx(fleet):
