@@ -95,8 +95,7 @@ class JobQueue:
     """An in-process FIFO of jobs with admission control, cancel, timeouts and progress."""
 
     def __init__(self, settings, history: History | RedisStore | None, outputs: Path,
-                 metrics=None,
-                 *, runner=generate, workers: int = 1) -> None:
+                 metrics=None, *, runner=generate, workers: int = 1) -> None:
         """``runner(engine, request, on_step=, source=)`` makes a Result (``generate``; the
         Ray app passes one that calls generator replicas); ``workers`` threads run jobs
         (one per local device; as many as the replicas behind a Ray ingress)."""
