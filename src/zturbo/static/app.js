@@ -255,27 +255,8 @@ function onInitChosen() {  // img2img: the output size follows the source image
   probe.src = URL.createObjectURL(file);
 }
 
-async function follow(jobId, handle) {  // Server-Sent Events over fetch
-  const response = await api(`/api/jobs/${jobId}/events`);
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      let event = "message", data = "";
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event: ")) event = line.slice(7);
-        else if (line.startsWith("data: ")) data += line.slice(6);
-      }
-      if (data && handle(event, JSON.parse(data))) { reader.cancel(); return; }
-    }
-  }
+async function follow(jobId, handle) {  // Server-Sent Events (events.js)
+  return followEvents(await api(`/api/jobs/${jobId}/events`), handle);
 }
 
 function setProgress(done, total, text) {

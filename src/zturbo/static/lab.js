@@ -92,27 +92,8 @@ function onEvent(event, data) {  // true when the sweep ended
   return false;
 }
 
-async function follow(url, handle) {  // Server-Sent Events over fetch
-  const response = await api(url);
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      let event = "message", data = "";
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event: ")) event = line.slice(7);
-        else if (line.startsWith("data: ")) data += line.slice(6);
-      }
-      if (data && handle(event, JSON.parse(data))) { reader.cancel(); return; }
-    }
-  }
+async function follow(url, handle) {  // Server-Sent Events (events.js)
+  return followEvents(await api(url), handle);
 }
 
 for (const name of ["steps", "guidance", "seeds", "aspect", "scale"]) {
