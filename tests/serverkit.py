@@ -1,23 +1,41 @@
 """Helpers for the server tests: an app on the session's demo engine, a real uvicorn server
 on a free loopback port, and a gate that holds the DiT at a chosen pass (a forward
-pre-hook on the real transformer, so cancel and shutdown tests are deterministic)."""
+pre-hook on the real transformer, so cancel and shutdown tests are deterministic), and the
+headless Chromium the browser tests drive."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 
 from zturbo.config import load_settings
 from zturbo.server import create_app
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
+
+# Debian's chromium (scripts/system-deps installs it), driven by Playwright in browser tests
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-quic", "--no-first-run",
+                 "--disable-component-update", "--disable-sync"]
+needs_chromium = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="needs Debian's chromium (scripts/system-deps installs it)")
+
+
+def launch_chromium(playwright):
+    """A headless Chromium for one test module or test (close it when done)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                      headless=True)
 
 
 def settings(**flags):

@@ -5,22 +5,15 @@ it complete, open its report). Plus the lab API's errors and path-traversal safe
 
 from __future__ import annotations
 
-import os
-import shutil
 
 import httpx
-import pytest
-from serverkit import app_for, gate, live_server, one_thread, wait_for
+from serverkit import app_for, gate, launch_chromium, live_server, needs_chromium, one_thread, wait_for
 
 from zturbo.lab import RunFolder
 from zturbo.lab.runner import build_spec, run
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="needs Debian's chromium (scripts/system-deps installs it)")
+pytestmark = needs_chromium
 
 VISIBLE_AT = """([fx, fy]) => {
   document.getElementById('compare').scrollIntoView();
@@ -47,7 +40,7 @@ def test_report_compares_two_frames_offline(engine, tmp_path):
     run(build_spec("a red robot", ["steps=1,2,3"], width=32, height=32), folder, engine=engine)
     url = folder.file("report.html").as_uri()
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 900})
             errors, blocked = [], []
@@ -92,7 +85,7 @@ def test_lab_view_runs_a_sweep_and_opens_its_report(engine, tmp_path):
 
     app = app_for(engine)
     with one_thread(), live_server(app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             errors = []

@@ -10,17 +10,12 @@ import os
 import shutil
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from serverkit import app_for, gate, live_server, one_thread, wait_for
+from serverkit import app_for, gate, launch_chromium, live_server, needs_chromium, one_thread, wait_for
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="needs Debian's chromium (scripts/system-deps installs it)")
+pytestmark = needs_chromium
 
 # Every status the page shows, in order. Each textContent assignment adds a new text node,
 # so reading the added nodes (not the element when the observer runs) keeps every value
@@ -48,7 +43,7 @@ def test_the_page_generates_shows_progress_and_keeps_history(engine, tmp_path):
     app = app_for(engine, preview_every=1)
     jobs = app.state.zturbo.jobs
     with one_thread(), live_server(app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             errors = []

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import httpx
@@ -28,17 +26,13 @@ from PIL import Image
 
 from conftest import run_cli
 from knob_files import make_lora
-from serverkit import app_for, gate, live_server, one_thread
+from serverkit import app_for, gate, launch_chromium, live_server, needs_chromium, one_thread
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 BADGE = re.compile(r"replayed from step \d+ in \d+\.\d\d s · full run \d+\.\d\d s")
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="needs Debian's chromium (scripts/system-deps installs it)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def studio(engine, tmp_path_factory, models_dir):
         mp.setenv("ZTURBO_HOME", str(home))
         app = app_for(engine, lora_dirs=str(loras), preview_every=1)
         with live_server(app) as base, sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            browser = launch_chromium(pw)
             try:
                 yield base, browser, engine
             finally:
