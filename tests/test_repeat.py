@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import zturbo
-from conftest import pixels
+from conftest import pixels, run_cli
 from serverkit import SMALL, app_for
 from zturbo import metadata
 from zturbo.caches.packing import pack
@@ -98,7 +98,8 @@ def test_decode_settings_never_share_an_image(tmp_path):
     engine = load(teleport_repeat="image")
     plain, _ = run(engine, "a hill", width=128, height=128)
     tiled, _ = run(engine, "a hill", width=128, height=128, vae_tiling=True, vae_tile_size=64)
-    assert tiled.teleport[0]["served"] != "image"
+    # tiling changes only the decode: the untiled run's final latent serves, never its image
+    assert tiled.teleport[0]["served"] == "final_latent"
     assert not np.array_equal(pixels(plain.images[0]), pixels(tiled.images[0]))
     cold = load(teleport=False).generate("a hill", seed=3, width=128, height=128, steps=3,
                                          vae_tiling=True, vae_tile_size=64)
@@ -132,3 +133,11 @@ def test_api_reports_the_image_entry_and_serves_identical_bytes():
         assert b.text["zturbo"]  # the parameters are in the served file
         j = client.post("/api/generate", json={**body, "format": "json"}).json()
         assert j["teleport"][0]["served"] == "image"
+
+
+def test_a_bad_repeat_mode_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("ZTURBO_TELEPORT_REPEAT", "bogus")
+    out = run_cli("config", "show")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("zturbo: error: invalid setting: teleport_repeat: Input "
+                                  "should be 'image', 'latent' or 'off'")
