@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from zturbo.caches import DiskTier, MemoryTier, RedisTier
-from zturbo.caches.localredis import LocalRedis
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+from zturbo.caches import DiskTier, MemoryTier, RedisTier  # noqa: E402
+
+from localredis import LocalRedis  # noqa: E402 - the test helper that starts a redis-server
 
 TARGETS_MS = {"memory": 1.0, "disk": 10.0, "redis": 10.0}
 RESULTS = Path(__file__).parent / "results" / "cache_tiers.json"

@@ -4,7 +4,7 @@ end to end with and without a running ``zturbo serve``. Demo model, loopback onl
 1. Start-up: ``zturbo --help``, ``--version``, ``info IMAGE``, ``config show`` as new
    processes, median wall time. "lazy" is this tree; "eager" is the same command after
    importing what the package imported at start-up before issue 11 (``zturbo.generate``
-   and ``zturbo.accel``: torch, diffusers, transformers), measured in the same run, so
+   and ``zturbo.engine.accel``: torch, diffusers, transformers), measured in the same run, so
    the ratio compares like with like on the same machine and load.
 2. Repeated runs: the same 256x256 request with a new seed each run (no teleport hit),
    as new ``zturbo generate`` processes: ``--server off`` (every run loads the model, the
@@ -29,12 +29,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))  # serverkit: free_port, wait_for
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # serverkit: free_port, wait_for
 
-from zturbo.measure import markdown_table, write_json  # noqa: E402 - after the sys.path lines
+from zturbo.generation.measure import markdown_table, write_json  # noqa: E402 - after the sys.path lines
 
 RESULTS = ROOT / "benchmarks" / "results" / "cli.json"
-EAGER = "import zturbo.generate, zturbo.accel\n"  # what `import zturbo.cli` pulled in before
+EAGER = "import zturbo.generate, zturbo.engine.accel\n"  # what `import zturbo.cli` pulled in before
 RUN = "import sys\nsys.argv = ['zturbo', *{args!r}]\nfrom zturbo.cli import main\nmain()\n"
 GENERATE = ["generate", "a red robot", "--model", "demo", "-W", "256", "-H", "256"]
 
@@ -67,9 +67,9 @@ def startup_rows(env: dict, cwd: Path, png: Path, repeat: int) -> list[dict]:
 
 
 def repeated_rows(env: dict, cwd: Path, runs: int) -> list[dict]:
-    from serverkit import free_port, wait_for
+    from zturbo.server import running
 
-    from zturbo import running
+    from serverkit import free_port, wait_for
 
     local = [timed_process(RUN.format(args=[*GENERATE, "--seed", str(100 + i), "--server",
                                             "off"]), env, cwd) for i in range(runs)]
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (~30 s)")
     args = parser.parse_args()
     repeat, runs = (2, 2) if args.quick else (5, 5)
-    from zturbo import demo
+    from zturbo.engine import demo
 
     with tempfile.TemporaryDirectory(prefix="zturbo-bench-cli-") as tmp:
         home, cwd = Path(tmp) / "home", Path(tmp)

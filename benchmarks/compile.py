@@ -21,8 +21,8 @@ import torch  # noqa: E402
 
 from zturbo import load  # noqa: E402
 from zturbo.config import load_settings, make_request  # noqa: E402
-from zturbo.generate import generate  # noqa: E402
-from zturbo.measure import median, psnr, report, timed  # noqa: E402
+from zturbo.generation.measure import median, psnr, report, timed  # noqa: E402
+from zturbo.generation.orchestrator import generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "compile.json"
 

@@ -46,11 +46,11 @@ def main() -> None:
     torch.set_num_threads(min(4, torch.get_num_threads()))
     import zturbo
     from zturbo.config import load_settings, make_request
-    from zturbo.generate import generate
+    from zturbo.generation.measure import report
+    from zturbo.generation.orchestrator import generate
     from zturbo.lab.compose import compose, split_units
     from zturbo.lab.metrics import ssim
     from zturbo.lab.spec import compositional_prompts
-    from zturbo.measure import report
 
     settings, _ = load_settings(flags={"teleport_store_steps": [args.at], "disk_cache_mb": 0,
                                        "memory_cache_mb": 2048})

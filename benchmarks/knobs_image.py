@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 import zturbo
-from zturbo.quant import write_gguf
+from zturbo.engine.quant import write_gguf
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:

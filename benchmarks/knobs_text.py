@@ -16,8 +16,8 @@ from pathlib import Path
 
 import zturbo
 from zturbo.config import make_request
-from zturbo.generate import embed_params, generate
-from zturbo.steps import embed
+from zturbo.engine.steps import embed
+from zturbo.generation.orchestrator import embed_params, generate
 
 LONG = "a red robot walking through the rain at night, neon signs, puddles, reflections, " * 20
 

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from zturbo.measure import markdown_table, write_json  # noqa: E402
+from zturbo.generation.measure import markdown_table, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "run_all.json"

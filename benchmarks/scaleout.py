@@ -9,7 +9,7 @@
    ids) vs plain power-of-two routing: teleport hits by tier (memory: the replica's own;
    redis: another replica's) and latency. Each mode uses its own prompts (cold caches).
 
-Requests go through the ingress's runner (``serve_ray.remote_generate``: the handle calls
+Requests go through the ingress's runner (``zturbo.server.ray.remote_generate``: the handle calls
 the JobQueue makes), so the numbers are the generator fleet's, not HTTP's.
 
 Prints markdown tables and writes benchmarks/results/scaleout.json.
@@ -35,14 +35,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # localredis: a throwaway redis-server
 
-from zturbo.measure import markdown_table, write_json  # noqa: E402
+from zturbo.generation.measure import markdown_table, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scaleout.json"
 
 
 def run_workload(engine, requests, clients: int) -> dict:
-    from zturbo.serve_ray import remote_generate
+    from zturbo.server.ray import remote_generate
 
     def one(request):
         started = time.perf_counter()
@@ -85,9 +86,10 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from zturbo.caches.localredis import LocalRedis
     from zturbo.config import load_settings, make_request
-    from zturbo.serve_ray import APP, RemoteEngine, Scale, build
+    from zturbo.server.ray import APP, RemoteEngine, Scale, build
+
+    from localredis import LocalRedis
 
     distinct, repeats, size = (8, 3, 64) if args.quick else (24, 4, 128)
     work = Path(tempfile.mkdtemp(prefix="zb", dir="/tmp"))

@@ -30,7 +30,7 @@ import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # serverkit: the live uvicorn server helper
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # serverkit: the live uvicorn server helper
 
 
 def pct(values: list[float], q: float) -> float:
@@ -48,7 +48,7 @@ def ms(values: list[float]) -> dict[str, float]:
 def latency(engine, base: str, fields: dict, runs: int) -> dict:
     """Alternate direct and HTTP runs of the same request (new seed each: no cache hits)."""
     from zturbo.config import make_request
-    from zturbo.generate import generate
+    from zturbo.generation.orchestrator import generate
 
     direct, http, save, queue = [], [], [], []
     with httpx.Client(base_url=base, timeout=120) as client:
@@ -210,9 +210,10 @@ def main() -> None:
     os.environ.setdefault("ZTURBO_HOME", tempfile.mkdtemp(prefix="zturbo-bench-"))
 
     import zturbo
-    from serverkit import live_server
     from zturbo.config import load_settings
     from zturbo.server import create_app
+
+    from serverkit import live_server
 
     settings, _ = load_settings(flags={"model": args.model, "queue_depth": args.queue_depth})
     engine = zturbo.load(settings=settings)

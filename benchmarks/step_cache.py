@@ -20,10 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from zturbo import accel, load  # noqa: E402
+from zturbo import load  # noqa: E402
 from zturbo.config import load_settings, make_request  # noqa: E402
-from zturbo.generate import generate  # noqa: E402
-from zturbo.measure import median, psnr, report  # noqa: E402
+from zturbo.engine import accel  # noqa: E402
+from zturbo.generation.measure import median, psnr, report  # noqa: E402
+from zturbo.generation.orchestrator import generate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "step_cache.json"
 TARGET_SPEEDUP, TARGET_PSNR = 1.6, 30.0

@@ -37,8 +37,8 @@ def main() -> None:
 
     import zturbo
     from zturbo.config import load_settings, make_request
-    from zturbo.generate import embed_request
-    from zturbo.steps import decode, denoise, noise, sigmas
+    from zturbo.engine.steps import decode, denoise, noise, sigmas
+    from zturbo.generation.orchestrator import embed_request
 
     steps = args.steps
     settings, _ = load_settings(flags={"teleport_store_steps": list(range(1, steps)),

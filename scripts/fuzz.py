@@ -1,4 +1,4 @@
-"""``make fuzz``: the suite's fuzz run (tests/test_fuzz.py), longer, with its figures.
+"""``make fuzz``: the suite's fuzz run (tests/properties/test_fuzz.py), longer, with its figures.
 
 Runs schemathesis over every route of the app (in-process, demo engine, small limits),
 ``--examples`` valid and as many invalid cases per route, then prints the requests, the
@@ -26,7 +26,7 @@ def main() -> int:
     args = parser.parse_args()
     env = {**os.environ, "FUZZ_EXAMPLES": str(args.examples), "FUZZ_REPORT": str(REPORT)}
     rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(ROOT / "tests" / "test_fuzz.py")], env=env, cwd=ROOT)
+                          str(ROOT / "tests" / "properties" / "test_fuzz.py")], env=env, cwd=ROOT)
     if not REPORT.exists():
         print("fuzz: no report written", file=sys.stderr)
         return rc or 1

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from zturbo.cli import app
-from zturbo.clidocs import render, render_settings
+from zturbo.cli.docs import render, render_settings
 
 docs = Path(__file__).resolve().parent.parent / "docs"
 (docs / "cli.md").write_text(render(app))

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # knob_files: the LoRA the tests use
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # knob_files, localredis: test helpers
 
 SMALL = {"width": 64, "height": 64, "steps": 4, "seed": 7}
 PROMPT = "a red robot in the rain"
@@ -128,7 +128,7 @@ class Smoke:
         return "ok"
 
     def server_openai(self) -> str:
-        from zturbo.caches.localredis import free_port
+        from localredis import free_port
 
         port = free_port()
         cmd = [sys.executable, "-m", "zturbo.cli", "serve", "--model", "demo", "--port",
@@ -249,7 +249,7 @@ def table(rows: list[dict]) -> str:
 @contextmanager
 def state_home(path: Path | None):
     """A fresh state dir with the demo models (ZTURBO_HOME), removed after unless given."""
-    from zturbo import demo
+    from zturbo.engine import demo
 
     with tempfile.TemporaryDirectory(prefix="zturbo-smoke-") as tmp:
         home = path or Path(tmp)

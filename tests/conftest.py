@@ -5,7 +5,7 @@ models are linked in), clears ZTURBO_* variables and keeps the Hub offline.
 
 Exact repeats (``teleport_repeat``: the final latent and the encoded image) are OFF in tests
 unless a test turns them on: most teleport tests check resumes at intermediate steps, which
-a stored image would serve before they run. tests/test_repeat.py, the oracle and the README
+a stored image would serve before they run. tests/caches/test_repeat.py, the oracle and the README
 test run with the product default ("image").
 
 Torch runs one intra-op thread here and in the processes tests start: the demo model's ops
@@ -23,10 +23,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+# the helpers (serverkit, knob_files, offcpu, oracle, localredis) import by their names
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
 import numpy as np
 import pytest
 
-from zturbo import demo
+from zturbo.engine import demo
 
 TEST_REPEAT = "off"  # see the module docstring
 
@@ -55,7 +58,7 @@ def zturbo_home(tmp_path, monkeypatch, models_dir) -> Path:
 @pytest.fixture
 def server(tmp_path):
     """A real throwaway redis-server on a free loopback port."""
-    from zturbo.caches.localredis import LocalRedis
+    from localredis import LocalRedis
 
     with LocalRedis(tmp_path / "redis") as srv:
         yield srv

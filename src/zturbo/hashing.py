@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .paths import state_dir
+from zturbo.paths import state_dir
 
 
 def digest(data: Any) -> str:

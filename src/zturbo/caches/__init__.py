@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..lazy import lazy_exports
+from zturbo.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .tiers import (
+    from zturbo.caches.tiers import (
         SCHEMA,
         CacheTier,
         DiskTier,

@@ -12,7 +12,7 @@ import re
 import threading
 import time
 
-from ..errors import ZTurboError
+from zturbo.errors import ZTurboError
 
 SCHEMA = 1  # bump when the layout of any stored entry changes; enters every entry and key
 

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .base import SCHEMA, CacheTier, check_key, check_kind, log
+from zturbo.caches.base import SCHEMA, CacheTier, check_key, check_kind, log
 
 _ORPHAN_GRACE_S = 60.0  # a file this new may belong to a write that hasn't committed yet
 

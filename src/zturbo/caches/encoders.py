@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..placement import component_device
-from ..steps import Embedding, embed
-from .keys import embedding_key, vae_latent_key
-from .packing import pack, unpack
+from zturbo.caches.keys import embedding_key, vae_latent_key
+from zturbo.caches.packing import pack, unpack
+from zturbo.engine.placement import component_device
+from zturbo.engine.steps import Embedding, embed
 
 log = logging.getLogger("zturbo.caches")
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Request
-from ..hashing import digest
-from ..steps import sigmas
+from zturbo.config import Request
+from zturbo.engine.steps import sigmas
+from zturbo.hashing import digest
 
 KEY_VERSION = 1
 # Request fields that provably do not change one image's trajectory: how many images the

@@ -6,10 +6,10 @@ import sys
 import threading
 from collections import OrderedDict
 
-from .base import CacheTier, check_key, check_kind
+from zturbo.caches.base import CacheTier, check_key, check_kind
 
 # Bytes an entry costs beyond its value and key objects: the (kind, key) tuple and the
-# OrderedDict's hash slot and link node. Measured with tracemalloc (tests/test_cache_memory.py
+# OrderedDict's hash slot and link node. Measured with tracemalloc (tests/caches/test_cache_tiers.py
 # holds the whole tier within 1% of its cap), so the cap bounds real memory, not payload only.
 _ENTRY_OVERHEAD = 180
 

@@ -14,7 +14,7 @@ import struct
 import torch
 from safetensors.torch import load, save
 
-from .base import SCHEMA
+from zturbo.caches.base import SCHEMA
 
 _SCHEMA_FIELD = "zturbo_schema"
 _DIGEST_FIELD = "zturbo_sha256"

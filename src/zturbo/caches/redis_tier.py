@@ -19,8 +19,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import ZTurboError
-from .base import SCHEMA, CacheTier, check_key, check_kind, log
+from zturbo.caches.base import SCHEMA, CacheTier, check_key, check_kind, log
+from zturbo.errors import ZTurboError
 
 T = TypeVar("T")
 _STATS_SCAN_LIMIT = 100_000  # `zturbo cache stats` must stay quick on a big shared Redis

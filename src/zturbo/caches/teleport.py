@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..metadata import ENCODED_PNG, pixel_digest, png_bytes
-from .encoders import LAYOUTS, drop, fetch, in_layout, keep, layout_of
-from .keys import image_key, teleport_key
+from zturbo.caches.encoders import LAYOUTS, drop, fetch, in_layout, keep, layout_of
+from zturbo.caches.keys import image_key, teleport_key
+from zturbo.config.metadata import ENCODED_PNG, pixel_digest, png_bytes
 
 log = logging.getLogger("zturbo.teleport")
 

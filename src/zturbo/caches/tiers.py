@@ -19,13 +19,13 @@ import time
 import weakref
 from collections import defaultdict
 
-from ..config import Settings, state_dir
-from ..errors import ZTurboError
-from .base import SCHEMA, CacheTier, check_key, check_kind
-from .disk import DiskTier
-from .memory import MemoryTier
-from .packing import pack, unpack
-from .redis_tier import RedisTier
+from zturbo.caches.base import SCHEMA, CacheTier, check_key, check_kind
+from zturbo.caches.disk import DiskTier
+from zturbo.caches.memory import MemoryTier
+from zturbo.caches.packing import pack, unpack
+from zturbo.caches.redis_tier import RedisTier
+from zturbo.config import Settings, state_dir
+from zturbo.errors import ZTurboError
 
 __all__ = ["SCHEMA", "CacheTier", "DiskTier", "MemoryTier", "RedisTier", "TieredCache",
            "build_cache", "pack", "unpack"]

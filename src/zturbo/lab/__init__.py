@@ -7,7 +7,7 @@ research harness (``zturbo.lab.compose``).
                                height=256)
     print(outcome.folder.path / "report.html")
 
-Every frame is an ordinary Request run by ``zturbo.generate.generate``. Planning and
+Every frame is an ordinary Request run by ``zturbo.generation.orchestrator.generate``. Planning and
 running live in ``zturbo.lab.runner`` (``build_spec``, ``plan``, ``run``); this package
 imports nothing heavy, so ``zturbo --help`` stays fast.
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .runs import RunFolder, list_runs
-from .spec import SweepSpec, presets, reference_prompts
+from zturbo.lab.runs import RunFolder, list_runs
+from zturbo.lab.spec import SweepSpec, presets, reference_prompts
 
 __all__ = ["RunFolder", "SweepSpec", "list_runs", "presets", "reference_prompts", "sweep"]
 
@@ -29,7 +29,7 @@ def sweep(prompt: str, vary: list[str] | None = None, *, preset: str | None = No
     """Run (or resume) a sweep; returns a ``runner.SweepOutcome``. ``vary`` like the CLI's
     ``--vary`` (``"steps=4,8"``), ``fixed`` any Request fields (width=256...). Without
     ``engine``, ``model`` is loaded (each ``transformer_file`` value in turn)."""
-    from .runner import (  # lazy: keeps import fast (torch)
+    from zturbo.lab.runner import (  # lazy: keeps import fast (torch)
         build_spec,
         default_folder,
         run,

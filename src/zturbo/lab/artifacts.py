@@ -8,14 +8,14 @@ from typing import Any
 
 from PIL import Image
 
-from ..config import Request
-from ..errors import ZTurboError
-from .axes import value_text
-from .metrics import compare, json_number, summary_markdown
-from .report import report_html
-from .runs import REPORT, SHEET, SUMMARY, RunFolder, write_text_atomic
-from .sheet import contact_sheet
-from .spec import SweepSpec
+from zturbo.config import Request
+from zturbo.errors import ZTurboError
+from zturbo.lab.axes import value_text
+from zturbo.lab.metrics import compare, json_number, summary_markdown
+from zturbo.lab.report import report_html
+from zturbo.lab.runs import REPORT, SHEET, SUMMARY, RunFolder, write_text_atomic
+from zturbo.lab.sheet import contact_sheet
+from zturbo.lab.spec import SweepSpec
 
 MAIN_KNOBS = ("seed", "width", "height", "steps", "guidance", "shift")
 

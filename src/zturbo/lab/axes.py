@@ -20,8 +20,8 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from ..config import ASPECTS, BUCKETS, Request, first_error
-from ..errors import ZTurboError
+from zturbo.config import ASPECTS, BUCKETS, Request, first_error
+from zturbo.errors import ZTurboError
 
 SIZE_AXES = ("aspect", "scale", "orientation")
 ENGINE_AXES = ("transformer_file",)

@@ -27,12 +27,19 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..caches.encoders import fetch
-from ..caches.teleport import plan as teleport_plan
-from ..config import Request, make_request
-from ..errors import ZTurboError
-from ..generate import decode, denoise, embed_request, generate, latent_shape, sigmas
-from ..request_scope import request_scope
+from zturbo.caches.encoders import fetch
+from zturbo.caches.teleport import plan as teleport_plan
+from zturbo.config import Request, make_request
+from zturbo.errors import ZTurboError
+from zturbo.generation.orchestrator import (
+    decode,
+    denoise,
+    embed_request,
+    generate,
+    latent_shape,
+    sigmas,
+)
+from zturbo.generation.request_scope import request_scope
 
 COMBINERS = ("mean", "weighted", "tree")
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..measure import markdown_table, psnr
+from zturbo.generation.measure import markdown_table, psnr
 
 
 def ssim(a, b) -> float:

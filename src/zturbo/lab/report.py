@@ -15,9 +15,9 @@ import shlex
 from importlib.resources import files
 from typing import Any
 
-from ..config import Request
-from .axes import value_text
-from .spec import SweepSpec
+from zturbo.config import Request
+from zturbo.lab.axes import value_text
+from zturbo.lab.spec import SweepSpec
 
 # Request fields that have no `zturbo generate` flag of the same name, or need none.
 NO_FLAG = {"prompt", "template_body", "num_images", "image", "mask", "loras", "passes",

@@ -1,7 +1,7 @@
 """Sweeps: a SweepSpec becomes a list of ordinary Requests, each run through ``generate()``.
 
 The lab has no generation path of its own: every frame is a Request built and validated
-by ``config.make_request`` and run by ``zturbo.generate.generate``, so teleport, caches and
+by ``config.make_request`` and run by ``zturbo.generation.orchestrator.generate``, so teleport, caches and
 PNG metadata behave as everywhere else, and re-running a sweep replays it.
 """
 
@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Request, Settings, load_settings, make_request
-from ..errors import ZTurboError
-from ..generate import generate
-from ..metadata import pnginfo, write_png_atomic
-from ..models import load as load_engine
-from .artifacts import write_artifacts
-from .axes import ENGINE_AXES, SIZE_AXES, size_fields, value_text
-from .runs import SPEC, RunFolder, file_sha256, frame_key, runs_root, write_text_atomic
-from .spec import (
+from zturbo.config import Request, Settings, load_settings, make_request
+from zturbo.config.metadata import pnginfo, write_png_atomic
+from zturbo.errors import ZTurboError
+from zturbo.generation.models import load as load_engine
+from zturbo.generation.orchestrator import generate
+from zturbo.lab.artifacts import write_artifacts
+from zturbo.lab.axes import ENGINE_AXES, SIZE_AXES, size_fields, value_text
+from zturbo.lab.runs import SPEC, RunFolder, file_sha256, frame_key, runs_root, write_text_atomic
+from zturbo.lab.spec import (
     DEFAULT_SEED,
     SweepSpec,
     dump_spec,

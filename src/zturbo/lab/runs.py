@@ -22,8 +22,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..config import state_dir
-from ..errors import ZTurboError
+from zturbo.config import state_dir
+from zturbo.errors import ZTurboError
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SPEC, RESULTS, SUMMARY, SHEET, REPORT = ("sweep.toml", "results.jsonl", "summary.md",

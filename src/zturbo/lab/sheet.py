@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .axes import Axis
+from zturbo.lab.axes import Axis
 
 BACKGROUND, INK, GAP, FONT_SIZE = (255, 255, 255), (20, 20, 20), 8, 14
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
-from ..errors import ZTurboError
-from .axes import Axis, parse_value, parse_vary
+from zturbo.errors import ZTurboError
+from zturbo.lab.axes import Axis, parse_value, parse_vary
 
 DEFAULT_SEED = 42
 SPEC_VERSION = 1

@@ -10,7 +10,7 @@ __all__ = ["create_app"]
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from .app import create_app  # lazy: keeps CLI start fast (FastAPI)
+        from zturbo.server.app import create_app  # lazy: keeps CLI start fast (FastAPI)
 
         return create_app
     raise AttributeError(name)

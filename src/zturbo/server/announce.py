@@ -1,4 +1,4 @@
-"""The server's record in the state dir (zturbo.running): written once the model is in,
+"""The server's record in the state dir (zturbo.server.running): written once the model is in,
 removed on shutdown, so ``zturbo generate`` on this machine can reuse the loaded model."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from .. import running
+from zturbo.server import running
 
 log = logging.getLogger("zturbo.server")
 

@@ -21,22 +21,23 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from ..config import Settings, state_dir
-from ..errors import ZTurboError
-from ..measure import warmup
-from ..models import load
-from . import errors
-from .announce import announce as write_record, withdraw
-from .errors import ERROR_RESPONSES, TOO_LARGE, error_response
-from .jobs import JobQueue
-from .metrics import Metrics
-from .routes import encode, generate, images, library, openai_images, ops
-from .routes import jobs as jobs_routes
-from .routes import lab as lab_routes
-from .state import ServerState
-from .statelock import StateLock, server_url
-from .store import StoreUnavailable, open_store
-from .uploads import max_body_bytes
+from zturbo.config import Settings, state_dir
+from zturbo.errors import ZTurboError
+from zturbo.generation.measure import warmup
+from zturbo.generation.models import load
+from zturbo.server import errors
+from zturbo.server.announce import announce as write_record
+from zturbo.server.announce import withdraw
+from zturbo.server.errors import ERROR_RESPONSES, TOO_LARGE, error_response
+from zturbo.server.jobs import JobQueue
+from zturbo.server.metrics import Metrics
+from zturbo.server.routes import encode, generate, images, library, openai_images, ops
+from zturbo.server.routes import jobs as jobs_routes
+from zturbo.server.routes import lab as lab_routes
+from zturbo.server.state import ServerState
+from zturbo.server.statelock import StateLock, server_url
+from zturbo.server.store import StoreUnavailable, open_store
+from zturbo.server.uploads import max_body_bytes
 
 log = logging.getLogger("zturbo.server")
 # No API key needed: health, and the page's own code (no data in it; the page asks for the
@@ -59,7 +60,7 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
     per state dir) unless ``state_lock`` is one the caller already holds (``zturbo serve``
     takes it before binding the port).
     ``announce``: this server's URL, recorded in the state dir while it is ready, so
-    ``zturbo generate`` can send its requests here (zturbo.running)."""
+    ``zturbo generate`` can send its requests here (zturbo.server.running)."""
     metrics = Metrics(lambda: st.engine)
     jobs = JobQueue(settings, None, settings.outputs / "server", metrics,
                     **({"runner": runner} if runner else {}), workers=workers)

@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from ..errors import ZTurboError
-from .jobs import NotAccepting, QueueFull
-from .redis_store import StoreUnavailable
+from zturbo.errors import ZTurboError
+from zturbo.server.jobs import NotAccepting, QueueFull
+from zturbo.server.store.redis_store import StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Request
-from ..errors import ZTurboError
-from ..generate import Cancelled, Result, generate, steps_run
-from ..metadata import save_png
-from .history import TERMINAL, History
-from .mirror import Mirror
-from .preview import preview_data_url
-from .redis_store import RedisStore, StoreUnavailable
+from zturbo.config import Request
+from zturbo.config.metadata import save_png
+from zturbo.errors import ZTurboError
+from zturbo.generation.orchestrator import Cancelled, Result, generate, steps_run
+from zturbo.server.mirror import Mirror
+from zturbo.server.preview import preview_data_url
+from zturbo.server.store.history import TERMINAL, History
+from zturbo.server.store.redis_store import RedisStore, StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
 KEEP_FINISHED = 256  # finished jobs kept in memory for GET /api/jobs/{id}; older ones: history
@@ -73,7 +73,7 @@ class Job:
     teleport: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. adapted SLG layers (CLI shows them)
     events: list[dict[str, Any]] = field(default_factory=list)
-    source: Any = None  # img2img pixels (zturbo.img2img.Source) the request names by hash
+    source: Any = None  # img2img pixels (zturbo.generation.img2img.Source) the request names by hash
     watchers: int = 0  # event-stream subscribers: previews are made only when someone looks
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)

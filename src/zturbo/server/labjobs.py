@@ -18,11 +18,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ZTurboError
-from ..generate import Cancelled
-from ..lab.runner import run
-from ..lab.runs import RunFolder
-from ..lab.spec import SweepSpec
+from zturbo.errors import ZTurboError
+from zturbo.generation.orchestrator import Cancelled
+from zturbo.lab.runner import run
+from zturbo.lab.runs import RunFolder
+from zturbo.lab.spec import SweepSpec
 
 log = logging.getLogger("zturbo.server")
 KEEP = 64

@@ -75,7 +75,7 @@ class Metrics:
             if stage in result.timings:
                 self.observe_stage(stage, result.timings[stage])
         self.images.inc(len(result.images))
-        replica = getattr(result, "replica", None)  # set by remote runs (zturbo.serve_ray)
+        replica = getattr(result, "replica", None)  # set by remote runs (zturbo.server.ray)
         if replica:
             self.replica_images.labels(replica).inc(len(result.images))
         for hit in result.teleport:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .redis_store import RedisStore, StoreUnavailable
+from zturbo.server.store.redis_store import RedisStore, StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
 POLL_S = 0.1  # how often cancel requests from other ingresses are looked for

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model
 
-from ..config import (
+from zturbo.config import (
     MAX_TEXT_CHARS,
     Bool,
     Float,
@@ -22,7 +22,7 @@ from ..config import (
     bucket_size,
     make_request,
 )
-from .errors import ApiError
+from zturbo.server.errors import ApiError
 
 # What a native body's field keeps of Request's: its strictness and the forms it accepts
 # (LoRA "NAME:SCALE", pass strings), so every endpoint takes and refuses the same values.

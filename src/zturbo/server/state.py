@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi import Request
 
-from ..config import Settings
-from .jobs import JobQueue
-from .metrics import Metrics
-from .store import History, RedisStore
+from zturbo.config import Settings
+from zturbo.server.jobs import JobQueue
+from zturbo.server.metrics import Metrics
+from zturbo.server.store import History, RedisStore
 
 
 @dataclass
@@ -19,7 +19,7 @@ class ServerState:
     """What the handlers share: settings, the engine once loaded, the queue, history, metrics."""
 
     settings: Settings
-    history: History | RedisStore | None  # the state store (store.py), opened by the lifespan
+    history: History | RedisStore | None  # the state store (server/store), opened by the lifespan
     jobs: JobQueue
     metrics: Metrics
     engine: Any = None
@@ -28,7 +28,7 @@ class ServerState:
     # read engine.extras while a request may change it (only under the engine lock)
     fingerprint: str | None = None
     announce: str | None = None  # the URL to record in the state dir once ready (zturbo serve)
-    record: Path | None = None  # that record (zturbo.running), removed at shutdown
+    record: Path | None = None  # that record (zturbo.server.running), removed at shutdown
 
 
 def state(request: Request) -> ServerState:

@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from ..paths import state_dir
-from ..errors import ZTurboError
+from zturbo.errors import ZTurboError
+from zturbo.paths import state_dir
 
 
 def server_url(settings) -> str:

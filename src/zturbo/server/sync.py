@@ -7,12 +7,13 @@ job (at the next step); the worker enforces the per-request timeout.
 from __future__ import annotations
 
 import asyncio
+
 from fastapi import Request as HttpRequest
 
-from ..config import Request
-from .errors import ApiError, unavailable
-from .jobs import Job
-from .state import ServerState
+from zturbo.config import Request
+from zturbo.server.errors import ApiError, unavailable
+from zturbo.server.jobs import Job
+from zturbo.server.state import ServerState
 
 HUNG_MARGIN_S = 30.0
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ApiError
+from zturbo.server.errors import ApiError
 
 MIB = 1024 * 1024
 

@@ -12,11 +12,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ... import embedfile
-from ...config import Int, make_request
-from ..state import state
-from ..errors import ApiError, unavailable
-from ..schemas import Text
+from zturbo.config import Int, make_request
+from zturbo.generation import embedfile
+from zturbo.server.errors import ApiError, unavailable
+from zturbo.server.schemas import Text
+from zturbo.server.state import state
 
 router = APIRouter(tags=["native"])
 

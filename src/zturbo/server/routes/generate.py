@@ -8,11 +8,11 @@ import base64
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from .. import sync
-from ..state import state
-from ..errors import ApiError
-from ..schemas import GenerateBody, request_from_body
-from .images import image_png
+from zturbo.server import sync
+from zturbo.server.errors import ApiError
+from zturbo.server.routes.images import image_png
+from zturbo.server.schemas import GenerateBody, request_from_body
+from zturbo.server.state import state
 
 router = APIRouter(tags=["native"])
 

@@ -12,11 +12,11 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 
-from ...metadata import read
-from ..state import ServerState, state
-from ..errors import ApiError
-from ..jobs import image_url
-from ..uploads import read_image
+from zturbo.config.metadata import read
+from zturbo.server.errors import ApiError
+from zturbo.server.jobs import image_url
+from zturbo.server.state import ServerState, state
+from zturbo.server.uploads import read_image
 
 router = APIRouter(tags=["images"])
 IMAGE_ID = re.compile(r"[0-9a-f]{32}")

@@ -8,20 +8,19 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-
-from .. import sync
-from ..state import ServerState, state
-from ..errors import ApiError
-from ..history import TERMINAL
-from ..jobs import Job, follow
-from ..redis_store import BLOCK_S
 from pydantic import ValidationError
 
-from ...config import first_error
-from ...img2img import as_source, source_size
-from ...metadata import json_object
-from ..schemas import JobBody, request_from_body
-from ..uploads import read_image
+from zturbo.config import first_error
+from zturbo.config.metadata import json_object
+from zturbo.generation.img2img import as_source, source_size
+from zturbo.server import sync
+from zturbo.server.errors import ApiError
+from zturbo.server.jobs import Job, follow
+from zturbo.server.schemas import JobBody, request_from_body
+from zturbo.server.state import ServerState, state
+from zturbo.server.store.history import TERMINAL
+from zturbo.server.store.redis_store import BLOCK_S
+from zturbo.server.uploads import read_image
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 JOB_ID = re.compile(r"[0-9a-f]{32}")

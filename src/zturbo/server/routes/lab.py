@@ -13,14 +13,14 @@ from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...errors import ZTurboError
-from ...lab.runner import build_spec, default_folder, plan
-from ...lab.runs import list_runs, run_file, runs_root
-from ...lab.spec import reference_prompts
-from ..errors import ApiError
-from ..state import state
-from ..jobs import follow
-from ..labjobs import LabJob, LabJobs
+from zturbo.errors import ZTurboError
+from zturbo.lab.runner import build_spec, default_folder, plan
+from zturbo.lab.runs import list_runs, run_file, runs_root
+from zturbo.lab.spec import reference_prompts
+from zturbo.server.errors import ApiError
+from zturbo.server.jobs import follow
+from zturbo.server.labjobs import LabJob, LabJobs
+from zturbo.server.state import state
 
 router = APIRouter(tags=["lab"])
 MAX_FRAMES = 256

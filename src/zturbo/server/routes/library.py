@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from ... import prompt_templates
-from ...lora import list_loras
-from ..state import state
+from zturbo.engine import prompt_templates
+from zturbo.engine.lora import list_loras
+from zturbo.server.state import state
 
 router = APIRouter(tags=["page"])
 

@@ -8,13 +8,13 @@ from typing import Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from ...config import make_request
-from ...img2img import as_source, source_size
-from .. import sync
-from ..state import state
-from ..schemas import OpenAIGenerate, parse_size, request_from_openai
-from ..uploads import read_image
-from .images import image_png
+from zturbo.config import make_request
+from zturbo.generation.img2img import as_source, source_size
+from zturbo.server import sync
+from zturbo.server.routes.images import image_png
+from zturbo.server.schemas import OpenAIGenerate, parse_size, request_from_openai
+from zturbo.server.state import state
+from zturbo.server.uploads import read_image
 
 router = APIRouter(prefix="/v1/images", tags=["openai"])
 

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ... import prompt_templates
-from ...config import ASPECTS, BUCKETS, DypeMethod, LongPromptMode
-from ...config import Request as GenRequest
-from ..state import state
-from ..errors import RETRY_LOADING_S
-from ..metrics import cache_stats
+from zturbo.config import ASPECTS, BUCKETS, DypeMethod, LongPromptMode
+from zturbo.config import Request as GenRequest
+from zturbo.engine import prompt_templates
+from zturbo.server.errors import RETRY_LOADING_S
+from zturbo.server.metrics import cache_stats
+from zturbo.server.state import state
 
 router = APIRouter(tags=["operations"])
 

@@ -1,0 +1,67 @@
+"""``zturbo demo files``: sample weight files for the offline demo models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
+    Attention,
+    CacheDitBn,
+    CacheDitFn,
+    CacheDitMc,
+    CacheDitRdt,
+    CacheDitWarmup,
+    Compile,
+    CompileMode,
+    Device,
+    Dtype,
+    HiddenLayer,
+    LongPrompt,
+    Lora,
+    Model,
+    Offload,
+    Profile,
+    StepCache,
+    StepCacheMask,
+    StepCachePreset,
+    Template,
+    TextEncoderDevice,
+    TextEncoderQuant,
+    TransformerFile,
+    TsOrder,
+    VaeDevice,
+    friendly_errors,
+)
+from zturbo.config import load_settings
+from zturbo.errors import ZTurboError
+
+app = typer.Typer(help="The offline demo models: sample weight files for every knob.",
+                  no_args_is_help=True)
+
+
+@app.command("files")
+@friendly_errors
+def demo_files_command(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The demo model the files fit: demo, demo-small or demo-medium.")] = "demo",
+) -> None:
+    """Write a sample LoRA (diffusers and kohya layouts) and a GGUF Q8_0 transformer for a
+    demo model, to try --lora and --transformer-file offline."""
+    from zturbo.engine import (
+        demo,  # torch, diffusers: only for this command
+        demo_files,
+    )
+    from zturbo.generation import models
+
+    if not demo.is_demo(model):
+        raise ZTurboError(f"--model {model!r}: choose demo, demo-small or demo-medium")
+    settings, _ = load_settings(flags={"model": model})
+    files = demo_files.write_all(models.resolve_folder(model, settings), directory)
+    for path in files.values():
+        typer.echo(path)
+    typer.echo(f"try: zturbo generate \"a cat\" --model {model} --lora {files['lora']}:0.8\n"
+               f"     zturbo generate \"a cat\" --model {model} --transformer-file {files['gguf']}",
+               err=True)

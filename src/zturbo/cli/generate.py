@@ -1,0 +1,331 @@
+"""``zturbo generate`` and ``zturbo info``: images from a prompt (here or on a running
+server), and what an image or a model holds. Requests are built by ``make_request``.
+
+Errors a user can fix print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from zturbo.cli.feedback import Feedback
+from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
+    Attention,
+    CacheDitBn,
+    CacheDitFn,
+    CacheDitMc,
+    CacheDitRdt,
+    CacheDitWarmup,
+    Compile,
+    CompileMode,
+    Device,
+    Dtype,
+    HiddenLayer,
+    LongPrompt,
+    Lora,
+    Model,
+    Offload,
+    Profile,
+    StepCache,
+    StepCacheMask,
+    StepCachePreset,
+    Template,
+    TextEncoderDevice,
+    TextEncoderQuant,
+    TransformerFile,
+    TsOrder,
+    VaeDevice,
+    friendly_errors,
+)
+from zturbo.cli.prompt import embeddings_fields, layer_list
+from zturbo.config import bucket_size, load_settings, make_request
+from zturbo.errors import ZTurboError
+
+app = typer.Typer()
+
+
+def _engine_flags(lora, transformer_file, text_encoder_quant, offload, text_encoder_device,
+                  vae_device) -> dict[str, Any]:
+    """Settings flags for the engine-level knobs (weights, quantisation, placement)."""
+    return {"loras": lora or None, "transformer_file": transformer_file,
+            "text_encoder_quant": text_encoder_quant, "offload": offload,
+            "text_encoder_device": text_encoder_device, "vae_device": vae_device}
+
+
+def _request_fields(from_image: Path | None, given: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Request fields: flags given over the parameters stored in ``--from IMAGE``."""
+    if from_image is None:
+        return given, None
+    from zturbo.config.metadata import read  # lazy: keeps CLI start fast (PIL)
+
+    stored = read(from_image)
+    fields = {k: v for k, v in stored.get("request", {}).items() if k != "num_images"}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    return fields, stored.get("model")
+
+
+@app.command()
+@friendly_errors
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="What to draw.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="Read the prompt from a file.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="Used only with guidance > 0.")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Seed; repeat for one image per seed. Default: random, always printed.")] = None,
+    num_images: Annotated[int | None, typer.Option("--num-images", "-n", help="Images per seed (seeds seed, seed+1, ...).")] = None,
+    width: Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels, a multiple of 16. [default: 1024]")] = None,
+    height: Annotated[int | None, typer.Option("--height", "-H", help="Height in pixels, a multiple of 16. [default: 1024]")] = None,
+    aspect: Annotated[str | None, typer.Option("--aspect", help="Official bucket aspect: 1:1 9:7 7:9 4:3 3:4 3:2 2:3 16:9 9:16 21:9 9:21.")] = None,
+    bucket: Annotated[int, typer.Option("--bucket", help="Bucket for --aspect: 1024, 1280 or 1536.")] = 1024,
+    steps: Annotated[int | None, typer.Option("--steps", "-s", help="DiT passes, 1-100. Turbo: 8 (diffusers 0.42 counts passes; older guides say 9). [default: 8]")] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", "-g", help="Guidance scale; Turbo is distilled for 0. [default: 0]")] = None,
+    shift: Annotated[float | None, typer.Option("--shift", help="Flow-matching timestep shift. [default: 3.0]")] = None,
+    max_sequence_length: Annotated[int | None, typer.Option("--max-sequence-length", help="Text token limit. [default: 512]")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="PNG path; {seed} is replaced; never overwrites (adds -1, -2...). [default: <state>/outputs/zturbo-{seed}.png]")] = None,
+    from_image: Annotated[Path | None, typer.Option("--from", help="Re-run the parameters stored in a zturbo (or A1111) PNG; flags override.")] = None,
+    teleport: Annotated[bool | None, typer.Option("--teleport/--no-teleport", help="Exact-replay cache: resume a seen trajectory. [default: on]")] = None,
+    teleport_start_step: Annotated[int | None, typer.Option("--teleport-start-step", help="A hit resumes at this step (stores the latent after step N-1). [env: ZTURBO_TELEPORT_START_STEP or LATENT_TELEPORT_START_STEP; default: 7]")] = None,
+    teleport_store_steps: Annotated[str | None, typer.Option("--teleport-store-steps", help="More resume points, e.g. 2,4,6; the deepest present wins.")] = None,
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="Add a Redis cache tier, e.g. redis://127.0.0.1:6379/0. [env: ZTURBO_REDIS_URL]")] = None,
+    template: Template = None, hidden_layer: HiddenLayer = None, long_prompt: LongPrompt = None,
+    embeddings: Annotated[Path | None, typer.Option("--embeddings", help="Prompt embeddings from `zturbo encode` (safetensors); the text encoder is not loaded.")] = None,
+    dype: Annotated[str | None, typer.Option("--dype", help="DyPE position extrapolation for 2K-4K: off, vision_yarn, yarn, ntk. [default: off]")] = None,
+    dype_scale: Annotated[float | None, typer.Option("--dype-scale", help="DyPE lambda_s (extrapolation strength). [default: 2.0]")] = None,
+    dype_exponent: Annotated[float | None, typer.Option("--dype-exponent", help="DyPE lambda_t (how fast it fades). [default: 2.0]")] = None,
+    dype_base: Annotated[int | None, typer.Option("--dype-base", help="DyPE training resolution in pixels. [default: 1024]")] = None,
+    slg_scale: Annotated[float | None, typer.Option("--slg-scale", help="Skip-layer guidance scale; 0 is off. [default: 0]")] = None,
+    slg_layers: Annotated[str | None, typer.Option("--slg-layers", help="DiT layers SLG skips, comma-separated. [default: 7,8,9]")] = None,
+    slg_start: Annotated[float | None, typer.Option("--slg-start", help="SLG starts at this fraction of the steps. [default: 0.01]")] = None,
+    slg_stop: Annotated[float | None, typer.Option("--slg-stop", help="SLG stops at this fraction of the steps. [default: 0.2]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
+    image: Annotated[Path | None, typer.Option("--image", help="Source image for img2img; the output size defaults to its size (multiples of 16).")] = None,
+    strength: Annotated[float | None, typer.Option("--strength", help="img2img/inpaint strength, the share of steps run (0-1]. [default: 0.6]")] = None,
+    mask: Annotated[Path | None, typer.Option("--mask", help="Inpaint mask for --image: white is repainted, black kept.")] = None,
+    passes: Annotated[str | None, typer.Option("--passes", help="Multi-pass SCALE:STEPS:STRENGTH,... e.g. 0.5:8:1.0,1.0:4:0.45 (last scale 1.0).")] = None,
+    vae_tiling: Annotated[bool | None, typer.Option("--vae-tiling/--no-vae-tiling", help="Tiled VAE. [default: on above vae_tiling_pixels]")] = None,
+    vae_tile_size: Annotated[int | None, typer.Option("--vae-tile-size", help="VAE tile size in pixels. [default: 512]")] = None,
+    vae_tile_overlap: Annotated[float | None, typer.Option("--vae-tile-overlap", help="VAE tile overlap, 0-0.5 of a tile. [default: 0.25]")] = None,
+    lora: Lora = None, transformer_file: TransformerFile = None,
+    text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
+    text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
+    model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
+    server: Annotated[str | None, typer.Option("--server", help="Send the request to a running `zturbo serve`: auto (one on this machine with the same model, found in the state dir), off, or its URL. Falls back to loading the model here when none is ready, busy or unreachable.")] = None,
+    step_cache: StepCache = None, step_cache_preset: StepCachePreset = None,
+    step_cache_mask: StepCacheMask = None, cache_dit_fn: CacheDitFn = None,
+    cache_dit_bn: CacheDitBn = None, cache_dit_warmup: CacheDitWarmup = None,
+    cache_dit_rdt: CacheDitRdt = None, cache_dit_mc: CacheDitMc = None, ts_order: TsOrder = None,
+    attention: Attention = None, compile_: Compile = None, compile_mode: CompileMode = None,
+) -> None:
+    """Generate images and save them as PNGs with their parameters embedded."""
+
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_text().strip()
+        except OSError as exc:
+            raise ZTurboError(f"cannot read --prompt-file: {exc}") from None
+    if aspect:
+        width, height = (width, height) if width and height else bucket_size(aspect, bucket)
+    given = dict(prompt=prompt, negative_prompt=negative_prompt, num_images=num_images,
+                 width=width, height=height, steps=steps, guidance=guidance, shift=shift,
+                 max_sequence_length=max_sequence_length, teleport=teleport, template=template,
+                 hidden_layer=hidden_layer, long_prompt=long_prompt, dype=dype,
+                 dype_scale=dype_scale, dype_exponent=dype_exponent, dype_base=dype_base,
+                 slg_scale=slg_scale, slg_layers=layer_list(slg_layers), slg_start=slg_start,
+                 slg_stop=slg_stop, strength=strength, passes=passes, vae_tiling=vae_tiling,
+                 vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap)
+    fields, stored_model = _request_fields(from_image, given)
+    if template is not None:
+        fields.pop("template_body", None)  # a template given now replaces a stored one
+    file = None
+    if embeddings is not None:
+        file, fields = embeddings_fields(embeddings, fields, prompt_given=prompt is not None)
+    if not fields.get("prompt"):
+        raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
+    settings, _ = load_settings(profile, {
+        "model": model or stored_model, "device": device, "dtype": dtype, "redis_url": redis_url,
+        "teleport_start_step": teleport_start_step, "teleport_store_steps": teleport_store_steps,
+        **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
+                        text_encoder_device, vae_device),
+        "step_cache": step_cache, "step_cache_preset": step_cache_preset,
+        "step_cache_mask": step_cache_mask, "cache_dit_fn": cache_dit_fn,
+        "cache_dit_bn": cache_dit_bn, "cache_dit_warmup": cache_dit_warmup,
+        "cache_dit_rdt": cache_dit_rdt, "cache_dit_mc": cache_dit_mc,
+        "cache_dit_ts_order": ts_order, "attention": attention, "compile": compile_,
+        "compile_mode": compile_mode, "server": server})
+    source = _source(image, mask, settings, fields) if image or mask else None
+    seeds = seed or [fields.pop("seed", None)]
+    requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
+    check_total_images(len(requests), requests[0].num_images, settings.max_images)
+    pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
+    feedback = Feedback()
+    remaining = requests
+    if file is None and image is None:  # a server cannot see local input files
+        remaining = _on_server(settings, requests, pattern, as_json, feedback)
+    if remaining:
+        _locally(settings, remaining, pattern, as_json, feedback, source, file)
+
+
+def _source(image: Path | None, mask: Path | None, settings, fields: dict[str, Any]):
+    """img2img/inpaint pixels; their hashes (and by default their size) go into ``fields``."""
+    from zturbo.generation.img2img import (  # torch: only when an image is given
+        as_source,
+        source_size,
+    )
+
+    source, hashes = as_source(image, mask, max_pixels=settings.max_pixels)
+    fields.update(hashes)
+    for name, value in source_size(source).items():
+        fields[name] = value if fields.get(name) is None else fields[name]
+    return source
+
+
+def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, source,
+             file) -> None:
+    """Load the model in this process and run ``requests``."""
+    from zturbo.generation import models  # torch, diffusers: only when this process generates
+    from zturbo.generation.orchestrator import generate as run
+    from zturbo.generation.orchestrator import steps_run
+
+    with feedback.status(f"loading {settings.model}"):
+        engine = models.load(settings=settings, text_encoder=file is None)
+    for request in requests:
+        with feedback.image(f"seed {request.seed}", steps_run(request)) as ticker:
+            result = run(engine, request, source=source, embeddings=file,
+                         on_step=lambda done, total, *_: ticker.step(done, total))
+        for warning in result.warnings:
+            typer.echo(f"zturbo: warning: {warning}", err=True)
+        paths = save_images(result, pattern, settings)
+        for path, image_seed, replay in zip(paths, result.seeds, result.teleport, strict=True):
+            _report(path, image_seed, result.timings, replay, as_json)
+
+
+def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) -> list:
+    """Run ``requests`` on a running server while one answers; return those left to do here."""
+    from zturbo.cli import remote  # httpx: only when generating
+    from zturbo.config.metadata import (  # PIL: only when writing images
+        output_path,
+        write_bytes_atomic,
+    )
+
+    server = remote.pick(settings)
+    if server is None:
+        if settings.server not in ("auto", "off"):
+            typer.echo(f"zturbo: note: {settings.server} is not ready; loading the model here",
+                       err=True)
+        return requests
+    for i, request in enumerate(requests):
+        try:
+            with feedback.image(f"seed {request.seed} on {server.url}", request.steps,
+                                first_stage="queued") as ticker:
+                result = remote.run(server, request, ticker.step)
+        except remote.Unavailable as exc:
+            typer.echo(f"zturbo: note: {exc}; loading the model here", err=True)
+            return requests[i:]
+        for warning in result.warnings:
+            typer.echo(f"zturbo: warning: {warning}", err=True)
+        for image in result.images:
+            path = write_bytes_atomic(image.png, output_path(pattern, image.seed))
+            _report(path, image.seed, result.timings, image.teleport, as_json, server.url)
+    return []
+
+
+def _report(path, seed: int, t: dict, replay: dict, as_json: bool, server: str | None = None):
+    """One line per image on stdout: path, seed, timings, teleport (and the server used)."""
+    if as_json:
+        typer.echo(json.dumps({"path": str(path), "seed": seed, "timings": t,
+                               "teleport": replay, "server": server}))
+        return
+    via = f"  via {server}" if server else ""
+    typer.echo(f"{path}  seed {seed}  encode {t.get('encode', 0):.2f}s  "
+               f"denoise {t.get('denoise', 0):.2f}s  decode {t.get('decode', 0):.2f}s  "
+               f"total {t.get('total', 0):.2f}s  {_teleport_text(replay)}{via}")
+
+
+def check_total_images(seeds: int, per_seed: int, limit: int) -> None:
+    """The image limit holds for the whole command: every --seed times --num-images."""
+    if seeds * per_seed > limit:
+        raise ZTurboError(f"{seeds} seeds x {per_seed} images is {seeds * per_seed} images; "
+                          f"the limit is {limit} (setting max_images)")
+
+
+def output_pattern(output: str | None, settings) -> str:
+    """The PNG path pattern, checked before anything is generated: ``-o DIR`` (an existing
+    folder) writes ``DIR/zturbo-{seed}.png``; the folder must exist or be creatable, and
+    writable (a probe file is made and removed)."""
+    path = Path(output).expanduser() if output else settings.outputs / "zturbo-{seed}.png"
+    if output and path.is_dir():
+        path = path / "zturbo-{seed}.png"
+    folder = path.parent
+    while "{seed}" in str(folder):  # a per-seed folder: check the one it will be made in
+        folder = folder.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".zturbo-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ZTurboError(f"cannot write images to {folder} (-o {output or path}): "
+                          f"{exc.strerror or exc}") from None
+    return str(path)
+
+
+def save_images(result, pattern: str, settings) -> list[Path]:
+    """Save the images; if that fails after all (disk full, folder gone), save them in the
+    state dir's outputs and say where, so a generation is never lost."""
+    try:
+        return result.save(pattern)
+    except OSError as exc:
+        fallback = settings.outputs / "zturbo-{seed}.png"
+        paths = result.save(fallback)
+        typer.echo(f"zturbo: warning: cannot save to {pattern} ({exc.strerror or exc}); "
+                   f"saved to {paths[0].parent} instead", err=True)
+        return paths
+
+
+def _teleport_text(replay: dict) -> str:
+    served = replay.get("served")
+    if served == "image":
+        return f"teleport: image hit ({replay['tier']}): no DiT pass, no decode"
+    if served == "final_latent":
+        return f"teleport: final-latent hit ({replay['tier']}): decode only"
+    if replay["hit"]:
+        return f"teleport: hit at step {replay['resumed_at_step']} ({replay['tier']})"
+    if replay["bypass"]:
+        return f"teleport: bypassed ({replay['bypass']})"
+    return f"teleport: miss, stored step(s) {','.join(map(str, replay['stored'])) or 'none'}"
+
+
+@app.command()
+@friendly_errors
+def info(
+    image: Annotated[Path | None, typer.Argument(help="A PNG made by zturbo (or with A1111 parameters).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    lora: Lora = None, transformer_file: TransformerFile = None,
+    text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
+    text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
+    model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
+) -> None:
+    """Print the parameters stored in IMAGE, or load a model and print its fingerprint."""
+    if image is not None:
+        from zturbo.config.metadata import read  # lazy: keeps CLI start fast (PIL)
+
+        data = read(image)
+        typer.echo(json.dumps(data, indent=2) if as_json else data["parameters"])
+        return
+    from zturbo.generation import models  # lazy: keeps CLI start fast (torch)
+
+    settings, _ = load_settings(profile, {
+        "model": model, "device": device, "dtype": dtype,
+        **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
+                        text_encoder_device, vae_device)})
+    details = models.load(settings=settings).info()
+    if as_json:
+        typer.echo(json.dumps(details, indent=2))
+    else:
+        for key, value in details.items():
+            typer.echo(f"{key:26} {value}")

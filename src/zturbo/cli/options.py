@@ -1,0 +1,57 @@
+"""Option types and error handling shared by the commands (``zturbo generate``, ``serve``...).
+
+One definition per flag, so its help text is the same everywhere and docs/cli.md (rendered
+from the CLI) cannot disagree with itself.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated
+
+import typer
+
+from zturbo.errors import ZTurboError
+
+Model = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local diffusers folder, or demo / demo-small / demo-medium. [env: ZTURBO_MODEL]")]
+Profile = Annotated[str | None, typer.Option("--profile", help="Named table of config.toml to apply over [default]. [env: ZTURBO_PROFILE]")]
+Device = Annotated[str | None, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
+Dtype = Annotated[str | None, typer.Option("--dtype", help="auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16, float16.")]
+Template = Annotated[str | None, typer.Option("--template", help="Prompt template by name (`zturbo templates list`); none: off.")]
+HiddenLayer = Annotated[int | None, typer.Option("--hidden-layer", help="Qwen3 hidden state fed to the DiT. [default: -2, the penultimate]")]
+LongPrompt = Annotated[str | None, typer.Option("--long-prompt", help="Over max-sequence-length: truncate, interpolate, pool, attention_pool. [default: truncate]")]
+Lora = Annotated[list[str] | None, typer.Option("--lora", help="LoRA file fused at load, PATH[:SCALE] (scale 1 by default); repeat for several. [env: ZTURBO_LORAS]")]
+TransformerFile = Annotated[str | None, typer.Option("--transformer-file", help="Single-file transformer (.gguf Q8_0/Q4_K/..., or .safetensors) used over the model's own. [env: ZTURBO_TRANSFORMER_FILE]")]
+TextEncoderQuant = Annotated[str | None, typer.Option("--text-encoder-quant", help="none, 8bit or 4bit (bitsandbytes; CUDA only).")]
+Offload = Annotated[str | None, typer.Option("--offload", help="none, model or sequential CPU offload (needs an accelerator).")]
+TextEncoderDevice = Annotated[str | None, typer.Option("--text-encoder-device", help="Device for the text encoder, e.g. cpu (default: --device).")]
+VaeDevice = Annotated[str | None, typer.Option("--vae-device", help="Device for the VAE (default: --device).")]
+StepCache = Annotated[str | None, typer.Option("--step-cache", help="cache-dit step caching: off, dbcache, taylorseer. [default: off]")]
+StepCachePreset = Annotated[str | None, typer.Option("--step-cache-preset", help="Static step mask from cache-dit's policies: slow, medium, fast, ultra.")]
+StepCacheMask = Annotated[str | None, typer.Option("--step-cache-mask", help="Explicit step mask, one digit per step (1 compute, 0 reuse), e.g. 11101001.")]
+CacheDitFn = Annotated[int | None, typer.Option("--cache-dit-fn", help="DBCache: first blocks always computed. [env: ZTURBO_CACHE_DIT_FN]")]
+CacheDitBn = Annotated[int | None, typer.Option("--cache-dit-bn", help="DBCache: last blocks always computed. [env: ZTURBO_CACHE_DIT_BN]")]
+CacheDitWarmup = Annotated[int | None, typer.Option("--cache-dit-warmup", help="DBCache: steps computed before any caching. [env: ZTURBO_CACHE_DIT_WARMUP]")]
+CacheDitRdt = Annotated[float | None, typer.Option("--cache-dit-rdt", help="DBCache: residual-diff threshold. [env: ZTURBO_CACHE_DIT_RDT]")]
+CacheDitMc = Annotated[int | None, typer.Option("--cache-dit-mc", help="Most consecutive cached steps, -1 no limit. [env: ZTURBO_CACHE_DIT_MC]")]
+TsOrder = Annotated[int | None, typer.Option("--ts-order", help="TaylorSeer order. [env: ZTURBO_CACHE_DIT_TS_ORDER]")]
+Attention = Annotated[str | None, typer.Option("--attention", help="Attention kernel: auto, native, flash, _flash_3, sage, xformers. [default: auto]")]
+Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the repeated transformer blocks (regional). [default: off]")]
+CompileMode = Annotated[str | None, typer.Option("--compile-mode", help="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs.")]
+
+
+def friendly_errors(fn):
+    """Turn a ZTurboError into one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ZTurboError as exc:
+            typer.echo(f"zturbo: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("zturbo: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper

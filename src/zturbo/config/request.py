@@ -1,0 +1,251 @@
+"""Request (one per image), validated once for every front end, and ``make_request``."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from zturbo.config.fields import SHA256_HEX, Bool, Float, Int, LoraPicks, Passes, check_text
+from zturbo.config.settings import Settings, first_error
+from zturbo.config.sizes import (
+    MAX_STEPS,
+    SEED_LIMIT,
+    TEXT_TOKEN_LIMIT,
+    DypeMethod,
+    LongPromptMode,
+    nearest_multiples,
+)
+from zturbo.engine.lora import LoraPick, pick_loras
+from zturbo.engine.prompt_templates import MAX_TEMPLATE_CHARS, find
+from zturbo.errors import ZTurboError
+
+
+class Request(BaseModel):
+    """One generation. Every front end builds exactly this, once, with ``make_request``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: Int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    width: Int = 1024
+    height: Int = 1024
+    steps: Int = Field(8, ge=1, le=MAX_STEPS)
+    guidance: Float = Field(0.0, ge=0.0, le=30.0)
+    shift: Float = Field(3.0, gt=0.0, le=50.0)
+    max_sequence_length: Int = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
+    num_images: Int = Field(1, ge=1)
+    teleport: Bool = True
+    # img2img / inpaint: content hashes of the pixels passed alongside (image_sha256)
+    image: str | None = Field(None, pattern=SHA256_HEX)
+    strength: Float | None = Field(None, gt=0.0, le=1.0)
+    mask: str | None = Field(None, pattern=SHA256_HEX)
+    passes: Passes = Field((), max_length=8)
+    # per-request LoRAs, by name from lora_dirs (engine-level ones: Settings.loras)
+    loras: LoraPicks = Field((), max_length=8)
+    vae_tiling: Bool = False
+    vae_tile_size: Int = Field(512, ge=64, le=4096)
+    vae_tile_overlap: Float = Field(0.25, ge=0.0, le=0.5)
+    # Prompt side. The template body (not only its name) is kept so replay is exact and the
+    # embedding key sees an edited template; ``embeddings_sha256`` names precomputed prompt
+    # embeddings (``zturbo encode``) by content.
+    template: str | None = Field(None, max_length=100)
+    template_body: str | None = Field(None, max_length=MAX_TEMPLATE_CHARS)
+    hidden_layer: Int = Field(-2, ge=-100, le=100)
+    long_prompt: LongPromptMode = "truncate"
+    embeddings_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # Transformer research knobs: DyPE (position extrapolation) and skip-layer guidance.
+    dype: DypeMethod = "off"
+    dype_scale: Float = Field(2.0, ge=0.0, le=16.0)
+    dype_exponent: Float = Field(2.0, ge=0.0, le=16.0)
+    dype_base: Int = Field(1024, ge=256, le=4096, multiple_of=16)
+    slg_scale: Float = Field(0.0, ge=0.0, le=20.0)
+    slg_layers: tuple[Int, ...] = Field((7, 8, 9), max_length=64)
+    slg_start: Float = Field(0.01, ge=0.0, le=1.0)
+    slg_stop: Float = Field(0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _knobs_off_are_canonical(cls, data: Any) -> Any:
+        """A knob that is off carries its default parameters, so it can't split the cache keys."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("dype", "off") == "off":
+            for name in ("dype_scale", "dype_exponent", "dype_base"):
+                data.pop(name, None)
+        if not data.get("slg_scale"):
+            for name in ("slg_layers", "slg_start", "slg_stop"):
+                data.pop(name, None)
+        return data
+
+    @field_validator("slg_layers")
+    @classmethod
+    def _layers(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(v < 0 for v in value):
+            raise ValueError("slg_layers are DiT layer indices, 0 or more")
+        return tuple(sorted(set(value)))
+
+    @field_validator("template_body")
+    @classmethod
+    def _template_body(cls, value: str | None) -> str | None:
+        if value is not None and "{prompt}" not in value:
+            raise ValueError("a template body must contain {prompt}")
+        return check_text(value, "template_body") if value is not None else value
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return check_text(value, "template") if value is not None else value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _prompt(cls, value: str, info: ValidationInfo) -> str:
+        """Prompt and negative prompt: the same length limit, valid UTF-8."""
+        if info.field_name == "prompt" and not value.strip():
+            raise ValueError("prompt is empty")
+        limit = (info.context or {}).get("max_prompt_chars")
+        if limit and len(value) > limit:
+            raise ValueError(f"{info.field_name} has {len(value)} characters; the limit is "
+                             f"{limit} (setting max_prompt_chars)")
+        return check_text(value, info.field_name)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, value: int, info: ValidationInfo) -> int:
+        if value < 16:
+            raise ValueError(f"{info.field_name} {value} is too small: the smallest is 16")
+        if value % 16:
+            lo, hi = nearest_multiples(value)
+            raise ValueError(
+                f"{info.field_name} {value} is not a multiple of 16: nearest valid sizes are "
+                f"{lo} or {hi}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self, info: ValidationInfo) -> Request:
+        ctx = info.context or {}
+        if ctx.get("max_pixels") and self.width * self.height > ctx["max_pixels"]:
+            raise ValueError(
+                f"{self.width}x{self.height} is {self.width * self.height} pixels; the limit "
+                f"is {ctx['max_pixels']} (setting max_pixels)"
+            )
+        if ctx.get("max_steps") and self.dit_passes() > ctx["max_steps"]:
+            what = (f"the passes run {self.dit_passes()} steps in all" if self.passes
+                    else f"steps {self.steps}")
+            raise ValueError(f"{what}, above the limit {ctx['max_steps']} (setting max_steps)")
+        if ctx.get("max_images") and self.num_images > ctx["max_images"]:
+            raise ValueError(f"num_images {self.num_images} is above the limit {ctx['max_images']}")
+        if self.slg_scale and self.slg_start >= self.slg_stop:
+            raise ValueError(f"slg_start {self.slg_start} must be below slg_stop {self.slg_stop}")
+        if self.template not in (None, "none") and not self.template_body:
+            raise ValueError(f"template {self.template!r} has no body (make_request resolves it)")
+        if self.slg_scale and not self.slg_layers:
+            raise ValueError("slg_layers is empty: name the DiT layers to skip, e.g. 7,8,9")
+        if self.image is None and (self.strength is not None or self.mask is not None):
+            raise ValueError("strength and mask need a source image (--image)")
+        if self.passes and self.passes[-1].scale != 1.0:
+            raise ValueError("the last pass must have scale 1.0 (the final size)")
+        if self.vae_tile_size % 16:
+            raise ValueError(f"vae_tile_size {self.vae_tile_size} is not a multiple of 16")
+        return self
+
+    def dit_passes(self) -> int:
+        """DiT passes one image asks for: ``steps``, or all its passes together (the
+        refining ones from their strength on), so a limit holds for the total work."""
+        if not self.passes:
+            return self.steps
+        total = 0
+        for i, p in enumerate(self.passes):
+            from_image = i > 0 or self.image is not None
+            total += p.steps - (img2img_start_step(p.steps, p.strength) if from_image else 0)
+        return total
+
+    def for_seed(self, seed: int) -> Request:
+        """The Request that reproduces one image of this (possibly multi-image) Request."""
+        return self.model_copy(update={"seed": seed, "num_images": 1})
+
+    def seeds(self) -> list[int]:
+        """One seed per image: ``seed, seed+1, ...`` (the seed must be resolved)."""
+        assert self.seed is not None, "resolve the seed first (make_request does)"
+        return [(self.seed + i) % SEED_LIMIT for i in range(self.num_images)]
+
+
+# Settings that are per-request defaults of the prompt-side and transformer knobs.
+KNOB_SETTINGS = ("template", "hidden_layer", "long_prompt", "dype", "dype_scale",
+                 "dype_exponent", "slg_scale", "slg_layers", "slg_start", "slg_stop")
+
+
+def img2img_start_step(steps: int, strength: float) -> int:
+    """Steps an img2img run skips: diffusers' ``get_timesteps`` rule, kept identical
+    (any strength > 0 leaves at least one step)."""
+    init = min(steps * strength, steps)
+    return int(max(steps - init, 0))
+
+
+_LORA_PICKS: TypeAdapter[tuple[LoraPick, ...]] = TypeAdapter(LoraPicks)
+
+
+def _lora_picks(value: Any) -> tuple[LoraPick, ...]:
+    """LoRA picks checked for shape before their names are looked up in lora_dirs."""
+    try:
+        return _LORA_PICKS.validate_python(value)
+    except ValidationError as exc:
+        raise ZTurboError(f"loras: {first_error(exc)}") from None
+
+
+def make_request(settings: Settings, **fields: Any) -> Request:
+    """A validated Request: fields given (None = unset) over the settings' defaults.
+
+    A missing seed becomes a random one here, so it can always be reported.
+    """
+    values = {k: v for k, v in fields.items() if v is not None}
+    if values.get("template_body") and not values.get("template"):
+        values["template"] = "custom"  # a body given directly (Python API, HTTP)
+    for name in ("width", "height", "steps", "guidance", "shift", "max_sequence_length",
+                 *KNOB_SETTINGS):
+        values.setdefault(name, getattr(settings, name))
+    # The outcome is always written down ("none" or name + body) so that re-validating a
+    # dumped Request (replay, --from) cannot pick up a different default template.
+    if values.get("template") in (None, "", "none"):
+        values["template"] = "none"
+        values.pop("template_body", None)
+    elif not values.get("template_body"):
+        values["template_body"] = find(values["template"], settings).body
+    values.setdefault("teleport", settings.teleport)
+    if values.get("image") is not None:
+        values.setdefault("strength", settings.strength)
+    if values.get("loras"):
+        values["loras"] = pick_loras(_lora_picks(values["loras"]), settings.lora_dirs)
+    values.setdefault("vae_tile_size", settings.vae_tile_size)
+    values.setdefault("vae_tile_overlap", settings.vae_tile_overlap)
+    if "vae_tiling" not in values:
+        try:
+            pixels = int(values["width"]) * int(values["height"])
+        except (TypeError, ValueError):
+            pixels = 0  # the validator reports the bad size
+        values["vae_tiling"] = 0 < settings.vae_tiling_pixels < pixels
+    if values.get("seed") is None:
+        values["seed"] = secrets.randbelow(2**32)
+    context = {
+        "max_pixels": settings.max_pixels,
+        "max_prompt_chars": settings.max_prompt_chars,
+        "max_images": settings.max_images,
+        "max_steps": settings.max_steps,
+    }
+    try:
+        return Request.model_validate(values, context=context)
+    except ValidationError as exc:
+        raise ZTurboError(first_error(exc)) from None

@@ -1,0 +1,344 @@
+"""Settings (one per process), layered from CLI flags, the environment and ``config.toml``.
+
+Precedence, highest first: CLI flags > environment (``ZTURBO_*``) > ``config.toml`` profile
+table > ``config.toml`` ``[default]`` table > built-in defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from zturbo.config.sizes import (
+    DEFAULT_MODEL,
+    MAX_STEPS,
+    TEXT_TOKEN_LIMIT,
+    DypeMethod,
+    LongPromptMode,
+)
+from zturbo.errors import ZTurboError
+from zturbo.paths import state_dir
+
+
+def config_path() -> Path:
+    """``$ZTURBO_CONFIG`` or ``<state dir>/config.toml``."""
+    path = os.environ.get("ZTURBO_CONFIG")
+    return Path(path).expanduser() if path else state_dir() / "config.toml"
+
+
+class Settings(BaseSettings):
+    """What lives for the whole process. Every field is a config key and a ``ZTURBO_`` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="ZTURBO_", extra="forbid", populate_by_name=True)
+
+    # model
+    model: str = Field(DEFAULT_MODEL, description="Hub id, local diffusers folder or demo name")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on cuda, float32 elsewhere"
+    )
+    # request defaults
+    width: int = Field(1024, description="default image width")
+    height: int = Field(1024, description="default image height")
+    steps: int = Field(8, description="default DiT passes (Turbo: 8)")
+    guidance: float = Field(0.0, description="default guidance scale (Turbo: 0)")
+    shift: float = Field(3.0, description="default flow-matching shift")
+    max_sequence_length: int = Field(
+        512, ge=1, le=TEXT_TOKEN_LIMIT,
+        description=f"default text token limit (the DiT takes at most {TEXT_TOKEN_LIMIT})",
+    )
+    # prompt side (docs/knobs.md)
+    template: str | None = Field(None, description="default prompt template name (none: off)")
+    templates_dir: str | None = Field(
+        None, description="user prompt templates, *.toml (default <state>/templates)"
+    )
+    hidden_layer: int = Field(-2, description="Qwen3 hidden state fed to the DiT (-2: penultimate)")
+    long_prompt: LongPromptMode = Field(
+        "truncate", description="prompts over max_sequence_length: truncate, interpolate, pool, "
+        "attention_pool"
+    )
+    # transformer research knobs (docs/knobs.md)
+    dype: DypeMethod = Field("off", description="DyPE for 2K-4K: off, vision_yarn, yarn, ntk")
+    dype_scale: float = Field(2.0, description="DyPE lambda_s: extrapolation strength")
+    dype_exponent: float = Field(2.0, description="DyPE lambda_t: how fast it fades over steps")
+    slg_scale: float = Field(0.0, description="skip-layer guidance scale (0: off)")
+    slg_layers: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [7, 8, 9], description="DiT layers skipped by SLG, e.g. 7,8,9"
+    )
+    slg_start: float = Field(0.01, description="SLG starts at this fraction of the steps")
+    slg_stop: float = Field(0.2, description="SLG stops at this fraction of the steps")
+    # limits
+    max_pixels: int = Field(4096 * 4096, description="largest width*height accepted")
+    max_prompt_chars: int = Field(20_000, description="longest prompt accepted, in characters")
+    max_images: int = Field(16, description="most images in one request")
+    # outputs
+    output_dir: str | None = Field(None, description="where images go (default <state>/outputs)")
+    # caches (teleport issue)
+    teleport: bool = Field(True, description="store and resume trajectories (exact replay)")
+    teleport_start_step: int = Field(
+        7,
+        validation_alias=AliasChoices(
+            "ZTURBO_TELEPORT_START_STEP", "LATENT_TELEPORT_START_STEP"  # the name operators know
+        ),
+        description="a hit resumes at this step (0-based): 7 of 8 reruns the last step",
+    )
+    teleport_store_steps: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="extra steps to store, e.g. 2,4,6"
+    )
+    teleport_repeat: Literal["image", "latent", "off"] = Field(
+        "image", description="exact repeats: image (store the encoded image and the final "
+        "latent: a repeat is a lookup), latent (final latent only: a repeat decodes), off")
+    memory_cache_mb: float = Field(512.0, description="memory tier cap in MiB (0: off)")
+    disk_cache_mb: float = Field(4096.0, description="disk tier cap in MiB (0: off)")
+    redis_url: str | None = Field(None, description="Redis tier, e.g. redis://127.0.0.1:6379/0")
+    redis_ttl_s: int = Field(7 * 24 * 3600, description="Redis entry lifetime in seconds")
+    redis_timeout_s: float = Field(0.5, description="Redis socket timeout in seconds")
+    # acceleration (issue 6; see docs/performance.md). Engine-level: they enter the model
+    # fingerprint through engine.extras["transformer"], so every cache keys on them.
+    step_cache: Literal["off", "dbcache", "taylorseer"] = Field(
+        "off", description="cache-dit step caching: off, dbcache, or dbcache + taylorseer"
+    )
+    step_cache_preset: Literal["slow", "medium", "fast", "ultra"] | None = Field(
+        None, description="static step mask from cache-dit's policies for the step count"
+    )
+    step_cache_mask: str | None = Field(
+        None, description="explicit step mask, one digit per step: 1 compute, 0 cache (11101001)"
+    )
+    step_cache_policy: Literal["static", "dynamic"] = Field(
+        "static", description="masked steps: static always reuse, dynamic ask the threshold"
+    )
+    cache_dit_fn: int = Field(1, ge=0, description="DBCache: first blocks always computed (Fn)")
+    cache_dit_bn: int = Field(0, ge=0, description="DBCache: last blocks always computed (Bn)")
+    cache_dit_warmup: int = Field(2, ge=0, description="DBCache: steps computed before caching")
+    cache_dit_rdt: float = Field(
+        0.08, ge=0.0, description="DBCache: residual-diff threshold (higher caches more)"
+    )
+    cache_dit_max_cached: int = Field(-1, ge=-1, description="most cached steps (-1: no limit)")
+    cache_dit_mc: int = Field(
+        -1, ge=-1, description="most consecutive cached steps (-1: no limit)"
+    )
+    cache_dit_taylorseer: bool = Field(False, description="dbcache plus the TaylorSeer calibrator")
+    cache_dit_ts_order: int = Field(1, ge=1, le=4, description="TaylorSeer order")
+    attention: Literal["auto", "native", "flash", "_flash_3", "sage", "xformers"] = Field(
+        "auto", description="attention kernel; auto: the best exact one installed for the device"
+    )
+    compile: bool = Field(False, description="torch.compile the repeated transformer blocks")
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = Field("default", description="torch.compile mode for --compile")
+    # server (HTTP issue)
+    host: str = Field("127.0.0.1", description="address the server binds")
+    port: int = Field(8000, description="port the server binds")
+    api_key: str | None = Field(None, description="Bearer key required by the server when set")
+    public_url: str | None = Field(
+        None, description="base of the server's links (response_format url), e.g. "
+        "https://img.example.com; unset: the request's Host"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins CORS allows, e.g. https://a.example (none: off)"
+    )
+    queue_depth: int = Field(16, ge=1, description="most jobs waiting in the server queue (more: 429)")
+    request_timeout_s: float = Field(600.0, gt=0, description="a server job's limit, queue wait included")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on shutdown, how long a running job may finish")
+    max_upload_mb: float = Field(20.0, gt=0, description="largest upload (image edits, PNG drop) in MiB")
+    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS, description="most DiT passes a request may ask")
+    preview_every: int = Field(2, ge=0, description="server: a latent preview every N steps (0: none)")
+    server: str = Field(
+        "auto", pattern=r"^(auto|off|https?://\S+)$",
+        description="zturbo generate: auto (a running zturbo serve with the same model), "
+                    "off, or a server URL")
+    state_backend: Literal["local", "redis"] = Field(
+        "local", description="server jobs, events, images, history: local (SQLite + files) or "
+        "redis (shared by every ingress; needs redis_url)")
+    state_lease_s: float = Field(
+        15.0, gt=0, description="redis state: an ingress silent this long is dead; its jobs end")
+    # image side and weights (issue 5, docs/knobs.md)
+    strength: float = Field(0.6, description="default img2img/inpaint strength (share of steps run)")
+    loras: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="LoRA files fused at load, PATH[:SCALE], comma-separated"
+    )
+    lora_dirs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="folders the server may pick LoRAs from by name"
+    )
+    transformer_file: str | None = Field(
+        None, description="single-file transformer (.gguf or .safetensors) over the base model's"
+    )
+    text_encoder_quant: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes text-encoder quantisation (CUDA only)"
+    )
+    offload: Literal["none", "model", "sequential"] = Field(
+        "none", description="CPU offload: model (whole components) or sequential (layers)"
+    )
+    text_encoder_device: str | None = Field(None, description="text encoder device (default: device)")
+    vae_device: str | None = Field(None, description="VAE device (default: device)")
+    vae_tiling_pixels: int = Field(
+        2048 * 2048, description="tile the VAE automatically above this many pixels (0: never)"
+    )
+    vae_tile_size: int = Field(512, description="VAE tile size in pixels")
+    vae_tile_overlap: float = Field(0.25, description="VAE tile overlap, a fraction of a tile")
+
+    @field_validator("teleport_store_steps", "slg_layers", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [int(v) for v in value.replace(" ", "").split(",") if v]
+        return value
+
+    @field_validator("cors_origins", "loras", "lora_dirs", mode="before")
+    @classmethod
+    def _comma_strings(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"public_url {value!r} must start with http:// or https://")
+        return value.rstrip("/") if value else None
+
+    @field_validator("step_cache_mask")
+    @classmethod
+    def _step_mask(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        value = value.replace(",", "").replace(" ", "")
+        if not set(value) <= {"0", "1"} or len(value) > MAX_STEPS:
+            raise ValueError(f"step_cache_mask {value!r}: use 0/1 digits, one per step")
+        if not value.startswith("1"):
+            raise ValueError("step_cache_mask must compute the first step (start with 1)")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @property
+    def templates(self) -> Path:
+        """The user templates dir (``templates_dir`` or ``<state>/templates``)."""
+        return Path(self.templates_dir).expanduser() if self.templates_dir else state_dir() / "templates"
+
+    @property
+    def home(self) -> Path:
+        return state_dir()
+
+    @property
+    def outputs(self) -> Path:
+        return Path(self.output_dir).expanduser() if self.output_dir else state_dir() / "outputs"
+
+
+# The config-file layer of the settings being built (set by load_settings, read by the source).
+_CONFIG_LAYER: ContextVar[dict[str, Any]] = ContextVar("_CONFIG_LAYER", default={})
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _CONFIG_LAYER.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_CONFIG_LAYER.get())
+
+
+def read_config(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The tables of a config file: ``{"default": {...}, "<profile>": {...}}`` ({} if absent)."""
+    path = path or config_path()
+    if not path.exists():
+        if os.environ.get("ZTURBO_CONFIG") and path == config_path():
+            raise ZTurboError(f"ZTURBO_CONFIG names {path}, which does not exist")
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ZTurboError(f"cannot read config {path}: {exc}") from None
+    fields = set(Settings.model_fields)
+    for table, values in data.items():
+        if not isinstance(values, dict):
+            raise ZTurboError(f"{path}: top-level key {table!r} must be a table like [default]")
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ZTurboError(f"{path}: unknown key(s) in [{table}]: "
+                              f"{', '.join(map(_did_you_mean, unknown))}")
+    return data
+
+
+def _did_you_mean(key: str) -> str:
+    """``stpes (did you mean steps?)``: an unknown key with the closest setting's name."""
+    close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.6)
+    return f"{key} (did you mean {close[0]}?)" if close else key
+
+
+def load_settings(
+    profile: str | None = None, flags: dict[str, Any] | None = None, path: Path | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """Settings from every layer, and where each value came from (for ``zturbo config show``)."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    path = path or config_path()
+    tables = read_config(path)
+    profile = profile or os.environ.get("ZTURBO_PROFILE")
+    if profile and profile != "default" and profile not in tables:
+        known = ", ".join(t for t in tables if t != "default") or "none"
+        raise ZTurboError(f"unknown profile {profile!r} (profiles in {path}: {known})")
+    layer = {**tables.get("default", {}), **(tables.get(profile, {}) if profile else {})}
+    token = _CONFIG_LAYER.set(layer)
+    try:
+        settings = Settings(**flags)
+        env = EnvSettingsSource(Settings)()
+    except ValidationError as exc:
+        raise ZTurboError(f"invalid setting: {first_error(exc)}") from None
+    finally:
+        _CONFIG_LAYER.reset(token)
+    sources = {}
+    for name in Settings.model_fields:
+        if name in flags:
+            sources[name] = "flag"
+        elif _env_names(name) & {k.lower() for k in env}:
+            sources[name] = "env"
+        elif profile and name in tables.get(profile, {}):
+            sources[name] = f"{path.name} [{profile}]"
+        elif name in tables.get("default", {}):
+            sources[name] = f"{path.name} [default]"
+        else:
+            sources[name] = "default"
+    return settings, sources
+
+
+def _env_names(field: str) -> set[str]:
+    alias = Settings.model_fields[field].validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else []
+    return {field, *(str(c).lower() for c in choices)}
+
+
+def first_error(exc: ValidationError) -> str:
+    """One line from a pydantic error: ``width: width 1000 is not a multiple of 16 ...``."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    msg = err.get("msg", str(exc)).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where and not msg.startswith(where) else msg

@@ -1,0 +1,242 @@
+"""LoRAs, fused into the transformer at load through diffusers' Z-Image LoRA loader.
+
+``ZImageLoraLoaderMixin.load_lora_weights`` reads diffusers-format files and converts the
+common non-diffusers layouts (``diffusion_model.`` prefixes, kohya ``lora_unet_`` names
+with ``lora_down``/``lora_up`` and alphas, dotted ``lora.down``). The LoRAs are fused with
+their scales and the adapter layers dropped, so generation runs the plain (faster)
+weights (on a GGUF transformer they stay unfused: quantised weights take no delta). LoRAs are therefore engine-level: a different set is a different engine, and
+their identity (file sha256 and scale) goes into ``engine.extras["loras"]``, which the
+model fingerprint digests.
+
+Over HTTP a LoRA is picked by *name* from the configured ``lora_dirs`` (``resolve_lora``),
+never by a path a client sends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
+from safetensors import SafetensorError
+
+from zturbo.errors import ZTurboError
+from zturbo.hashing import file_sha256
+
+# What loading a file that is not a LoRA raises (a bad safetensors header among them)
+LOAD_ERRORS = (ValueError, KeyError, RuntimeError, OSError, SafetensorError)
+
+MAX_LORAS = 8
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA file and the scale it is fused with."""
+
+    path: Path
+    scale: float = 1.0
+
+
+def parse_lora(text: str | LoraSpec) -> LoraSpec:
+    """``PATH[:SCALE]`` -> LoraSpec (a path may itself hold ':' when no scale follows)."""
+    if isinstance(text, LoraSpec):
+        return text
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            pass  # no scale: the ':' belongs to the path
+    if not -10.0 <= scale <= 10.0:
+        raise ZTurboError(f"LoRA scale {scale} for {path} is outside -10..10")
+    return LoraSpec(Path(path).expanduser(), scale)
+
+
+def resolve_lora(name: str, lora_dirs: list[str]) -> Path:
+    """The file for a LoRA *name* (``anime`` or ``anime.safetensors``) in ``lora_dirs``.
+
+    Names only: separators, ``..`` and absolute paths are refused, so an HTTP client
+    can never reach a file outside the configured folders.
+    """
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ZTurboError(f"invalid LoRA name {name!r}: use a file name from the LoRA folders")
+    if not lora_dirs:
+        raise ZTurboError("no LoRA folders configured (setting lora_dirs)")
+    filename = name if name.endswith(".safetensors") else f"{name}.safetensors"
+    for folder in lora_dirs:
+        root = Path(folder).expanduser().resolve()
+        candidate = (root / filename).resolve()
+        if candidate.parent == root and candidate.is_file():
+            return candidate
+    raise ZTurboError(f"no LoRA named {name!r} in the LoRA folders")
+
+
+def list_loras(lora_dirs: list[str]) -> list[str]:
+    """The LoRA names ``resolve_lora`` accepts (for a server's listing)."""
+    names = set()
+    for folder in lora_dirs:
+        root = Path(folder).expanduser()
+        if root.is_dir():
+            names.update(p.stem for p in root.glob("*.safetensors")
+                         if _NAME.fullmatch(p.name) and p.is_file())
+    return sorted(names)
+
+
+def _adapter_modules(transformer, adapter: str) -> int:
+    """How many modules of ``transformer`` carry the adapter (0: its keys matched nothing)."""
+    return sum(1 for m in transformer.modules()
+               if adapter in (getattr(m, "lora_A", None) or {}))
+
+
+def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str, Any]]:
+    """Load, check and scale LoRAs on ``pipe.transformer``; their identities.
+
+    Fused (the default) they cost nothing per step. Quantised (GGUF) weights cannot take a
+    fused delta, so there the adapters stay as active peft layers with their scales.
+    """
+    if len(specs) > MAX_LORAS:
+        raise ZTurboError(f"{len(specs)} LoRAs given; the limit is {MAX_LORAS}")
+    names, identities = [], []
+    for i, spec in enumerate(specs):
+        if not spec.path.is_file():
+            raise ZTurboError(f"LoRA file {spec.path} does not exist")
+        if spec.path.suffix != ".safetensors":
+            raise ZTurboError(f"LoRA file {spec.path} is not .safetensors (pickle files are "
+                              f"refused)")
+        adapter = f"lora{i}"
+        try:
+            pipe.load_lora_weights(str(spec.path), adapter_name=adapter, use_safetensors=True)
+        except LOAD_ERRORS as exc:
+            raise ZTurboError(f"cannot load LoRA {spec.path}: {exc}") from None
+        if _adapter_modules(pipe.transformer, adapter) == 0:
+            pipe.delete_adapters(adapter)
+            raise ZTurboError(f"LoRA {spec.path}: none of its keys match this transformer "
+                              f"(a LoRA for another model?)")
+        names.append(adapter)
+        identities.append({"file": spec.path.name, "sha256": file_sha256(spec.path),
+                           "scale": spec.scale, "fused": fuse})
+    if names:
+        pipe.set_adapters(names, adapter_weights=[s.scale for s in specs])
+        if fuse:
+            pipe.fuse_lora(components=["transformer"], adapter_names=names)
+            pipe.unload_lora_weights()
+    return identities
+
+
+# -- per-request LoRAs (HTTP: by name from lora_dirs) ------------------------------------------
+
+class LoraPick(BaseModel):
+    """A LoRA chosen per request by *name* from ``lora_dirs``; ``make_request`` fills in the
+    file's sha256 so the teleport key follows the file's content, not its name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(min_length=1, max_length=128)
+    scale: Annotated[float, Strict()] = Field(1.0, ge=-10.0, le=10.0)  # no true, NaN or "1"
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+MAX_REQUEST_ADAPTERS = 8  # adapters kept loaded for requests; the oldest is dropped past this
+# sha256 -> the file pick_loras resolved it to (content-addressed: a request names a LoRA by
+# the hash make_request put in it, so the worker finds the same file whatever settings it has)
+_PICKED: dict[str, Path] = {}
+
+
+def pick_loras(picks, lora_dirs: list[str]) -> tuple:
+    """Request LoRA picks (``LoraPick``s: make_request has checked their shape) resolved to
+    files in ``lora_dirs``, each with its sha256 (the teleport key follows content, not names)."""
+    out = []
+    for pick in picks:
+        path = resolve_lora(pick.name, lora_dirs)
+        sha = file_sha256(path)
+        _PICKED[sha] = path
+        out.append(pick.model_copy(update={"sha256": sha}))
+    return tuple(out)
+
+
+def _load_request_adapter(engine, pick, wanted: set[str]) -> str:
+    """The adapter name of one picked LoRA, loading it (and evicting an adapter no pick of
+    this request uses) on first use. A failed load leaves no partial adapter behind."""
+    pipe = engine.pipe
+    loaded: dict[str, str] = engine.__dict__.setdefault("_request_adapters", {})
+    if pick.sha256 in loaded:
+        loaded[pick.sha256] = loaded.pop(pick.sha256)  # most recently used goes last
+        return loaded[pick.sha256]
+    path = _PICKED.get(pick.sha256) or resolve_lora(pick.name, engine.settings.lora_dirs)
+    if file_sha256(path) != pick.sha256:
+        raise ZTurboError(f"LoRA {pick.name!r} changed since the request was made")
+    adapter = f"req_{pick.sha256[:16]}"
+    try:
+        pipe.load_lora_weights(str(path), adapter_name=adapter, use_safetensors=True)
+        if _adapter_modules(pipe.transformer, adapter) == 0:
+            raise ZTurboError(f"LoRA {pick.name!r}: none of its keys match this transformer")
+    except Exception as exc:
+        _drop_adapter(pipe, adapter)
+        if isinstance(exc, ZTurboError):
+            raise
+        if isinstance(exc, LOAD_ERRORS):
+            raise ZTurboError(f"cannot load LoRA {pick.name!r}: {exc}") from None
+        raise
+    loaded[pick.sha256] = adapter
+    # evict the least recently used adapters, never one this request picked
+    while len(loaded) > MAX_REQUEST_ADAPTERS:
+        victim = next(sha for sha in loaded if sha not in wanted)
+        _drop_adapter(pipe, loaded.pop(victim))
+    return adapter
+
+
+def _drop_adapter(pipe, adapter: str) -> None:
+    """Delete an adapter from the transformer if it is (even partly) there."""
+    if adapter in (getattr(pipe.transformer, "peft_config", None) or {}):
+        pipe.delete_adapters(adapter)
+
+
+def _restore_adapters(engine) -> None:
+    """The engine's own adapter state: its unfused engine-level LoRAs (GGUF) on with their
+    scales, or every adapter off."""
+    pipe = engine.pipe
+    if not getattr(pipe.transformer, "peft_config", None):
+        return  # no adapter was ever loaded: nothing to switch off
+    own = _own_adapters(engine)
+    if own:
+        pipe.enable_lora()
+        pipe.set_adapters([n for n, _ in own], adapter_weights=[w for _, w in own])
+    else:
+        pipe.disable_lora()
+
+
+def _own_adapters(engine) -> list[tuple[str, float]]:
+    """Engine-level LoRAs that stay unfused (GGUF): active adapters of the engine itself."""
+    return [(f"lora{i}", e["scale"]) for i, e in enumerate(engine.extras.get("loras", []))
+            if not e.get("fused", True)]
+
+
+@contextlib.contextmanager
+def request_loras(engine, picks):
+    """Activate a request's LoRAs (unfused peft adapters) for one generation, then restore
+    the engine's own adapter state, on every path: a load, a check or ``set_adapters``
+    failing part-way restores it too. The engine lock must be held: adapters live on the
+    shared transformer.
+
+    A pick with scale 0 is exactly the base model: it is not loaded at all (and the
+    teleport key drops it, ``caches.keys``)."""
+    active = [p for p in picks if p.scale != 0]
+    if not active:
+        yield
+        return
+    pipe = engine.pipe
+    wanted = {p.sha256 for p in active}
+    try:
+        names = [_load_request_adapter(engine, pick, wanted) for pick in active]
+        own = _own_adapters(engine)
+        pipe.enable_lora()
+        pipe.set_adapters(names + [n for n, _ in own],
+                          adapter_weights=[p.scale for p in active] + [w for _, w in own])
+        yield
+    finally:
+        _restore_adapters(engine)

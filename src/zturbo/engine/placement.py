@@ -1,0 +1,96 @@
+"""Where the components live: one device, per-component devices, or CPU offload.
+
+The usual VRAM budgets for Z-Image-Turbo in bfloat16 (DiT ~12 GB, Qwen3-4B ~8 GB, VAE
+~0.2 GB, plus activations): 24 GB holds everything; at 16 GB put the text encoder on
+the CPU (``text_encoder_device cpu``, its one pass per prompt is cheap there); at 8 GB
+use ``offload sequential`` (layers stream from RAM; slow but it runs). ``offload model``
+moves whole components in and out of the accelerator as they are used.
+
+diffusers' offload needs an accelerator: on a CPU-only engine it is a clear error,
+since everything already lives in RAM there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from zturbo.errors import ZTurboError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ZTurboError(f"device {name!r} asked for, but CUDA is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def component_device(engine, name: str) -> torch.device:
+    """Where inputs for component ``name`` go: its own device, or under offload the
+    engine's (accelerate's hooks bring the weights there; sequential offload leaves
+    them on the meta device in between)."""
+    if engine.extras.get("offload"):
+        return engine.device
+    return next(getattr(engine.pipe, name).parameters()).device
+
+
+def place(pipe, device: torch.device, *, offload: str = "none",
+          text_encoder_device: str | None = None, vae_device: str | None = None) -> dict[str, Any]:
+    """Move ``pipe``'s components; returns the placement extras for the fingerprint
+    (another device for a component can change its numerics)."""
+    if offload != "none":
+        if device.type == "cpu":
+            raise ZTurboError(f"offload {offload} needs an accelerator (cuda, xpu or mps); on "
+                              f"cpu every weight is already in RAM: use offload none")
+        if text_encoder_device or vae_device:
+            raise ZTurboError("offload and per-component devices do not combine: choose one")
+        if offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=device)
+        return {"offload": offload}
+    pipe.to(device)
+    extras: dict[str, Any] = {}
+    for name, spec in (("text_encoder", text_encoder_device), ("vae", vae_device)):
+        if spec is None or getattr(pipe, name, None) is None:  # generator-only: no encoder
+            continue
+        target = pick_device(spec)
+        getattr(pipe, name).to(target)
+        if target != device:
+            extras[name] = {"device": str(target)}
+    return extras
+
+
+def numerics_identity(device: torch.device) -> dict[str, Any]:
+    """What changes the numerics of a run on this device, beyond dtype and library versions.
+
+    CUDA: the GPU model, its compute capability and the CUDA / cuDNN versions (kernels and
+    their reduction orders differ between them). CPU: torch's intra-op thread count (how a
+    reduction is split: 1 vs 2 threads moves about one pixel level in 200,000) and the SIMD
+    level torch dispatches to (``get_cpu_capability``: AVX2 vs AVX512 kernels). Read live,
+    so a process that changes its thread count changes its cache keys with it.
+    """
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        return {"gpu": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}",
+                "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    if device.type == "cpu":
+        return {"threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {}

@@ -1,0 +1,312 @@
+"""Loading Z-Image (Hub id, local diffusers folder, or a demo model) and fingerprinting it.
+
+The fingerprint is a stable digest of everything that decides the pixels: the weights'
+identity (Hub revision, or hashes of local weight files), dtype, device type, library
+versions, the numerics identity of the hardware (GPU model and CUDA/cuDNN, or CPU threads
+and SIMD level: ``placement.numerics_identity``), and extras that later features add
+(quantisation, LoRAs, attention backend).
+Every cache keys on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from zturbo.caches import build_cache
+from zturbo.config import DEFAULT_MODEL, Settings, load_settings, make_request, state_dir
+from zturbo.engine import accel, demo
+from zturbo.engine.lora import apply_loras, parse_lora
+from zturbo.engine.placement import numerics_identity, pick_device, pick_dtype, place
+from zturbo.engine.quant import load_transformer_file, text_encoder_quant_config
+from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
+from zturbo.errors import ModelUnavailable, ZTurboError
+from zturbo.generation.img2img import as_source, source_size
+from zturbo.generation.orchestrator import generate
+from zturbo.hashing import digest, file_sha256
+
+COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model", ".jinja")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def quiet_libraries() -> None:
+    """Turn off the libraries' own progress bars and chatter (we show our own progress)."""
+    import diffusers  # lazy: keeps CLI start fast
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def weights_identity(folder: Path, component: str) -> str:
+    """What identifies one component's weights: a Hub revision, or hashes of its files."""
+    parts = folder.resolve().parts
+    if "snapshots" in parts:  # a Hugging Face cache snapshot: the folder name is the commit
+        i = parts.index("snapshots")
+        repo = parts[i - 1].removeprefix("models--").replace("--", "/")
+        return f"hub:{repo}@{parts[i + 1]}/{component}"
+    sub = folder / component
+    files = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    return digest({str(p.relative_to(sub)): file_sha256(p) for p in files})
+
+
+def resolve_folder(spec: str, settings: Settings) -> Path:
+    """The local diffusers folder for a model spec, or a clear ModelUnavailable within seconds."""
+    if demo.is_demo(spec):
+        return demo.ensure(spec, state_dir() / "models")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise ModelUnavailable(
+                f"{path} is a folder but not a diffusers model (no model_index.json); point "
+                f"--model at the folder holding model_index.json, or use --model demo"
+            )
+        return path
+    if path.exists() or not _HUB_ID.fullmatch(spec):
+        what = "is a file, not a model folder" if path.exists() else "is no such folder"
+        raise ModelUnavailable(
+            f"model {spec!r} {what}, and not a Hub id like {DEFAULT_MODEL!r} "
+            f"(or a demo model: {', '.join(demo.RECIPES)})"
+        )
+    return _hub_snapshot(spec, settings.revision)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download  # lazy: keeps CLI start fast
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    advice = (  # no advice to set HF_HUB_OFFLINE when it is set already
+        f"use a local folder (--model /path/to/{repo_id.split('/')[-1]}), download it on a "
+        f"connected machine (`hf download {repo_id}`), "
+        f"{'' if offline else 'set HF_HUB_OFFLINE=1 to use only the local cache, '}"
+        f"or try --model demo"
+    )
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub is unreachable"
+        raise ModelUnavailable(f"model {repo_id!r} is not in the local cache and {why}: {advice}")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelUnavailable(f"cannot download {repo_id!r}: {exc}. Or {advice}") from None
+
+
+@dataclass
+class Engine:
+    """Loaded components, their fingerprints and the process-wide generation lock."""
+
+    pipe: Any
+    spec: str
+    folder: Path
+    device: torch.device
+    dtype: torch.dtype
+    settings: Settings
+    identity: dict[str, str]
+    extras: dict[str, Any] = field(default_factory=dict)  # quantisation, loras, attention...
+    load_seconds: float = 0.0
+    caches: Any = None  # zturbo.caches.TieredCache: teleport, embeddings, VAE latents
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def close(self) -> None:
+        """Release the cache tiers (a server calls this at shutdown)."""
+        if self.caches is not None:
+            self.caches.close()
+
+    @property
+    def is_demo(self) -> bool:
+        return demo.is_demo(self.spec)
+
+    def check_fits(self, request) -> None:
+        """Refuse what only the loaded model can rule out (the text encoder's layers, the
+        DiT's layers and text positions), so a server refuses it before queueing a job."""
+        encoder = getattr(self.pipe, "text_encoder", None)
+        if encoder is not None and request.embeddings_sha256 is None:
+            _check_hidden_layer(encoder, request.hidden_layer)
+        layers = len(self.pipe.transformer.layers)
+        bad = [i for i in (request.slg_layers if request.slg_scale else ()) if i >= layers]
+        if bad:
+            raise ZTurboError(f"slg_layers {', '.join(map(str, bad))} out of range: this DiT "
+                              f"has {layers} layers (0..{layers - 1})")
+        check_text_limit(self, request.max_sequence_length)
+        accel.check_request(self, request)
+
+    def _runtime(self) -> dict[str, Any]:
+        import diffusers  # lazy: keeps CLI start fast
+        import transformers
+
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device.type,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "numerics": numerics_identity(self.device),
+        }
+
+    def component_fingerprint(self, *components: str) -> str:
+        """Digest of the named components' weights plus runtime and extras."""
+        return digest({
+            "weights": {c: self.identity[c] for c in components},
+            "runtime": self._runtime(),
+            "extras": {c: self.extras.get(c) for c in components if self.extras.get(c)},
+        })
+
+    @property
+    def text_fingerprint(self) -> str:
+        return self.component_fingerprint("text_encoder", "tokenizer")
+
+    @property
+    def vae_fingerprint(self) -> str:
+        return self.component_fingerprint("vae")
+
+    @property
+    def fingerprint(self) -> str:
+        """The model fingerprint: every component, the runtime and every extra."""
+        return digest({"weights": self.identity, "runtime": self._runtime(),
+                       "extras": self.extras})
+
+    @property
+    def has_text_encoder(self) -> bool:
+        """False for a generator-only engine (``load(..., text_encoder=False)``)."""
+        return self.pipe.text_encoder is not None
+
+    def info(self) -> dict[str, Any]:
+        n_params = sum(p.numel() for p in self.pipe.transformer.parameters())
+        return {
+            "model": self.spec,
+            "folder": str(self.folder),
+            "fingerprint": self.fingerprint,
+            "text_encoder_fingerprint": self.text_fingerprint,
+            "vae_fingerprint": self.vae_fingerprint,
+            "transformer_params": n_params,
+            "load_seconds": round(self.load_seconds, 3),
+            **self._runtime(),
+            "extras": self.extras,
+        }
+
+    def generate(self, prompt: str | None = None, *, on_step=None, image=None, mask=None,
+                 embeddings=None, **fields: Any):
+        """``engine.generate("a cat", seed=42)``: build a Request and run it.
+
+        ``image`` / ``mask`` (a PIL image or a file path) make it img2img / inpaint.
+        ``embeddings`` (an ``embedfile.EmbeddingFile``) replaces the text encoder: its prompt,
+        its content digest and how it was encoded go into the Request.
+        """
+        if prompt is not None:
+            fields["prompt"] = prompt
+        if embeddings is not None:
+            fields = {**fields, **embeddings.request_fields()}
+        source, hashes = as_source(image, mask, max_pixels=self.settings.max_pixels)
+        for name, value in source_size(source).items():  # output size: the source's
+            fields[name] = value if fields.get(name) is None else fields[name]
+        request = make_request(self.settings, **{**fields, **hashes})
+        return generate(self, request, on_step=on_step, source=source,
+                        embeddings=embeddings)
+
+
+def load(
+    model: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    settings: Settings | None = None,
+    loras: list[str] | None = None,
+    transformer_file: str | None = None,
+    text_encoder: bool = True,
+) -> Engine:
+    """Load a model: ``zturbo.load("demo")``, a Hub id, or a local diffusers folder.
+
+    ``loras`` (``PATH[:SCALE]``) are fused at load; ``transformer_file`` (.gguf or
+    .safetensors) replaces the folder's transformer. Both default to the settings.
+    ``text_encoder=False`` makes a generator-only engine: the Qwen3 encoder and tokenizer
+    are never loaded (prompt embeddings then come from ``zturbo encode`` files).
+    """
+    if settings is None:
+        settings, _ = load_settings(flags={"model": model, "device": device, "dtype": dtype})
+    overrides = {k: v for k, v in (("loras", loras), ("transformer_file", transformer_file))
+                 if v is not None}
+    settings = settings.model_copy(update=overrides)
+    spec = model or settings.model
+    started = time.perf_counter()
+    quiet_libraries()
+    torch_device = pick_device(device or settings.device)
+    torch_dtype = pick_dtype(dtype or settings.dtype, torch_device)
+    accel.check(settings, torch_device, torch_dtype)  # before any download or load
+    folder = resolve_folder(spec, settings)
+    if demo.is_demo(spec):
+        print(demo.NOTICE.format(name=spec), file=sys.stderr)
+    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    if missing:
+        raise ModelUnavailable(f"{folder} lacks component folder(s): {', '.join(missing)}")
+    pipe, identity, extras = _load_pipeline(folder, settings, torch_device, torch_dtype,
+                                            text_encoder=text_encoder)
+    pipe.set_progress_bar_config(disable=True)
+    engine = Engine(
+        pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
+        settings=settings.model_copy(update={"model": spec}), identity=identity,
+        extras=extras, caches=build_cache(settings),
+    )
+    accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
+    engine.load_seconds = time.perf_counter() - started
+    return engine
+
+
+def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype: torch.dtype,
+                   text_encoder: bool = True):
+    """The pipeline with the settings' weight knobs applied, its identity and extras:
+    a single-file/GGUF transformer, a quantised text encoder, LoRAs, placement."""
+    from diffusers import ZImagePipeline  # lazy: keeps CLI start fast
+
+    identity = {c: weights_identity(folder, c) for c in COMPONENTS}
+    extras: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if text_encoder else {"text_encoder": None, "tokenizer": None}
+    specs = [parse_lora(t) for t in settings.loras]  # parse errors before the slow part
+    quant = text_encoder_quant_config(settings.text_encoder_quant, device, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        extras["text_encoder"] = {"quant": settings.text_encoder_quant}
+    if settings.transformer_file:
+        transformer, extras["transformer"] = load_transformer_file(
+            Path(settings.transformer_file), folder, dtype)
+        kwargs["transformer"] = transformer
+        identity["transformer"] = f"file:{extras['transformer']['sha256']}"
+    try:
+        pipe = ZImagePipeline.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                                              **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelUnavailable(f"cannot load the model in {folder}: {exc}") from None
+    if specs:
+        gguf = extras.get("transformer", {}).get("format") == "gguf"
+        extras["loras"] = apply_loras(pipe, specs, fuse=not gguf)
+    for name, value in place(pipe, device, offload=settings.offload,
+                             text_encoder_device=settings.text_encoder_device,
+                             vae_device=settings.vae_device).items():
+        extras[name] = {**extras.get(name, {}), **value} if isinstance(value, dict) else value
+    return pipe, identity, extras

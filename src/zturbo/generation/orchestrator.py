@@ -1,0 +1,223 @@
+"""Generation of one Request: the orchestration over the steps (``zturbo.engine.steps``).
+
+embedding cache -> teleport plan/lookup -> denoise the rest -> store resume points ->
+decode, one image per seed, under the engine lock and the request's LoRAs and VAE tiling.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from zturbo.caches import teleport
+from zturbo.caches.encoders import cached_embed
+from zturbo.caches.packing import tensor_digest
+from zturbo.config import Request, img2img_start_step
+from zturbo.config.metadata import save_png
+from zturbo.engine import accel
+from zturbo.engine import dype as dype_rope
+from zturbo.engine import slg as skip_layer
+from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from here
+    LATENT_CHANNELS,
+    Cancelled,
+    Embedding,
+    StepBlend,
+    StepCallback,
+    check_text_limit,
+    decode,
+    denoise,
+    embed,
+    latent_shape,
+    noise,
+    sigmas,
+)
+from zturbo.errors import ZTurboError
+from zturbo.generation.img2img import Source, Start, check_source, image_start
+from zturbo.generation.multipass import pass_request, pass_size, pass_steps
+from zturbo.generation.request_scope import request_scope
+
+
+@dataclass
+class Result:
+    images: list[Image.Image]
+    seeds: list[int]
+    request: Request
+    model: str
+    fingerprint: str
+    timings: dict[str, float]
+    token_count: int
+    warnings: list[str] = field(default_factory=list)
+    teleport: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, pattern: str | Path) -> list[Path]:
+        """Save each image as PNG with its parameters; ``{seed}`` in the pattern is filled."""
+        return [save_png(self, i, pattern) for i in range(len(self.images))]
+
+
+def embed_params(request: Request, negative: bool = False) -> dict[str, Any]:
+    """The arguments of ``embed`` for a request: exactly what decides its embedding (and key).
+
+    The template wraps the prompt only, never the negative prompt.
+    """
+    return {"prompt": request.negative_prompt if negative else request.prompt,
+            "max_sequence_length": request.max_sequence_length,
+            "hidden_layer": request.hidden_layer, "long_prompt": request.long_prompt,
+            "template_body": None if negative else request.template_body}
+
+
+def embed_request(engine, request: Request, embeddings=None
+                  ) -> tuple[Embedding, list[torch.Tensor] | None, str]:
+    """The prompt embedding, the negative one (guidance > 0 only), and a digest of both.
+
+    Both go through the embedding cache; the digest identifies the embedding bit for bit in
+    the teleport key. A request naming precomputed embeddings (``embeddings_sha256``) takes
+    them from ``embeddings`` (an ``embedfile.EmbeddingFile``), never from the encoder.
+    """
+    if request.embeddings_sha256 is not None:
+        if embeddings is None or embeddings.sha256 != request.embeddings_sha256:
+            raise ZTurboError(
+                f"this request uses prompt embeddings sha256 {request.embeddings_sha256[:12]}...: "
+                f"give that embeddings file (--embeddings FILE)"
+            )
+        emb, negative = embeddings.for_engine(engine, need_negative=request.guidance > 0)
+    else:
+        emb, _ = cached_embed(engine, embed_params(request))
+        negative = None
+        if request.guidance > 0:
+            negative = cached_embed(engine, embed_params(request, negative=True))[0].tensors
+    digest = tensor_digest({f"p{i}": x for i, x in enumerate(emb.tensors)}
+                           | {f"n{i}": x for i, x in enumerate(negative or [])})
+    return emb, negative, digest
+
+
+def trajectory_sigmas(request: Request) -> list[float]:
+    """The unshifted sigmas one image runs: all of them, or the tail that strength keeps."""
+    full = sigmas(request.steps)
+    if request.image is None or request.strength is None:
+        return full
+    return full[img2img_start_step(request.steps, request.strength):]
+
+
+def steps_run(request: Request) -> int:
+    """DiT passes one image of ``request`` runs (strength runs fewer, passes more)."""
+    return pass_steps(request) if request.passes else len(trajectory_sigmas(request))
+
+
+def start(engine, request: Request, seed: int, source: Source) -> Start:
+    """Where one image's trajectory begins: noise (txt2img), or the noised source image
+    with the inpaint blend (img2img, inpaint)."""
+    if request.image is None:
+        return Start(noise(seed, request.width, request.height))
+    return image_start(engine, request, seed, source, trajectory_sigmas(request))
+
+
+def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, digest: str,
+             source: Source, timings: dict[str, float],
+             on_step: StepCallback | None = None) -> tuple[Image.Image, dict[str, Any]]:
+    """One image through teleport: the stored image of its trajectory (a lookup), or resume a
+    stored latent of it (the final one decodes only), or run it in full; store what it
+    computed; then decode. The engine lock must be held."""
+    schedule = trajectory_sigmas(request)
+    slg = skip_layer.SLG.from_request(request)
+    replay = teleport.plan(engine, request.for_seed(seed), seed, digest, steps=len(schedule),
+                           extra_forwards=slg.extra_forwards(len(schedule)) if slg else 0)
+    t = began = time.perf_counter()
+    image = teleport.lookup_image(engine, replay, request.width, request.height)
+    if image is not None:
+        timings["lookup"] = timings.get("lookup", 0.0) + time.perf_counter() - t
+        return image, replay.report()
+    resumed = teleport.lookup(engine, replay, latent_shape(request.width, request.height))
+    first = 0 if resumed is None else replay.hit_step
+    latents = resumed
+    if first < len(schedule):
+        begin = None
+        if resumed is None or request.mask is not None:  # a resumed inpaint still blends
+            begin = start(engine, request, seed, source)
+        if request.image is not None:
+            timings["vae_encode"] = timings.get("vae_encode", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        latents = denoise(
+            engine, emb.tensors, begin.latents if resumed is None else resumed,
+            schedule[first:], guidance=request.guidance, shift=request.shift,
+            negative=negative, on_step=replay.capturing(on_step), first_step=first,
+            total_steps=len(schedule), blend=begin.blend if begin is not None else None,
+            dype=dype_rope.DyPE.from_request(request), slg=slg,
+        )
+        elapsed = time.perf_counter() - t
+        timings["denoise"] += elapsed
+        if replay.captured:  # a resumed run may still fill deeper resume points
+            teleport.store(engine, replay, elapsed / (len(schedule) - first))
+    t = time.perf_counter()
+    image = decode(engine, latents)[0]
+    timings["decode"] += time.perf_counter() - t
+    teleport.store_image(engine, replay, image, time.perf_counter() - began)
+    return image, replay.report()
+
+
+def run_passes(engine, request: Request, seed: int, emb, negative, digest: str, source: Source,
+               timings: dict[str, float], on_step=None) -> tuple[Image.Image, dict]:
+    """One seed through every pass (each through teleport); the engine lock must be held.
+    Returns the image and the last pass's teleport report with every pass's under
+    ``passes``."""
+    if source.mask is not None:
+        raise ZTurboError("multi-pass does not combine with an inpaint mask")
+    total, done = pass_steps(request), 0
+
+    def step(n, _total, latents):
+        if on_step is not None:
+            on_step(done + n, total, latents)
+
+    image, reports = source.image, []
+    for p in request.passes:
+        if image is not None:
+            image = image.resize(pass_size(request, p), Image.Resampling.LANCZOS)
+        sub = pass_request(request, p, seed, image)
+        image, report = run_seed(engine, sub, seed, emb, negative, digest, Source(image=image),
+                                 timings, step)
+        reports.append(report)
+        done += steps_run(sub)
+    return image, {**reports[-1], "passes": reports}
+
+
+def generate(engine, request: Request, on_step: StepCallback | None = None,
+             source: Source | None = None, *, embeddings=None) -> Result:
+    """Run one Request: one image per seed, each exactly what a single-seed run gives.
+
+    With teleport on, each image first looks for a stored latent of its trajectory and
+    resumes from the deepest one; otherwise it runs in full and stores its resume points.
+    ``source`` carries the pixels that ``request.image`` / ``request.mask`` name by hash;
+    ``embeddings`` (an ``embedfile.EmbeddingFile``) is required when the request names
+    precomputed prompt embeddings (``request.embeddings_sha256``).
+    """
+    source = source or Source()
+    check_source(request, source)
+    accel.check_request(engine, request)
+    request, warnings = skip_layer.fit_request(request, engine.pipe.transformer)
+    timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
+    started = time.perf_counter()
+    images: list[Image.Image] = []
+    replays: list[dict[str, Any]] = []
+    with request_scope(engine, request):  # restores the engine's state on every path
+        t = time.perf_counter()
+        emb, negative, digest = embed_request(engine, request, embeddings)
+        timings["encode"] = time.perf_counter() - t
+        run = run_passes if request.passes else run_seed
+        for seed in request.seeds():
+            image, replay = run(engine, request, seed, emb, negative, digest, source, timings,
+                                on_step)
+            images.append(image)
+            replays.append(replay)
+    timings["total"] = time.perf_counter() - started
+    if emb.truncated:
+        warnings.append(
+            f"prompt is {emb.token_count} tokens; truncated to max_sequence_length "
+            f"{request.max_sequence_length}"
+        )
+    return Result(images=images, seeds=request.seeds(), request=request, model=engine.spec,
+                  fingerprint=engine.fingerprint, timings=timings,
+                  token_count=emb.token_count, warnings=warnings, teleport=replays)

@@ -1,0 +1,407 @@
+"""Scale-out on Ray Serve: the same FastAPI app as ``zturbo serve``, generator replicas behind it.
+
+Two deployments in one Serve application:
+
+- ``Ingress``: ``serve.ingress`` over ``create_app`` (the very routes of the single-process
+  server, no copy). Its JobQueue keeps admission control (429 + Retry-After), jobs, SSE
+  and the history (with ``state_backend: redis`` shared by several ingress replicas,
+  ``ingresses``: a job is watched, cancelled and fetched through any of them); instead of a local engine it holds a :class:`RemoteEngine`, and its
+  worker threads (one per generator replica) run each job on a generator replica.
+- ``Generator``: one engine per replica (``num_gpus: 1`` when CUDA is present, else one CPU
+  and one torch thread). A run streams ``step`` events and ends with the PNGs (bytes) and
+  the Result's JSON fields: only plain data crosses the process boundary.
+
+Cache-aware routing: the ingress names each request's trajectory (a digest of the Request)
+as a Serve *multiplexed model id*; a replica "loads" that id for free, so Serve's router
+sends the next identical request to the replica that served it (its memory tier) when that
+replica is free, and elsewhere otherwise (then the shared Redis tier answers).
+
+Faults: a generator replica that dies under a job is retried once on another replica
+(runs are deterministic: the image is the same); if that fails too the job ends with an
+error that says to retry. A job is never left ``running``.
+
+This is a front-end module: it may import the server and generate; nothing below imports it.
+It imports Ray at the top: the CLI imports it only for ``zturbo serve --ray``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import DeploymentUnavailableError
+
+from zturbo.config import Request, Settings, load_settings
+from zturbo.engine.steps import Cancelled
+from zturbo.errors import ZTurboError
+from zturbo.generation.orchestrator import Result
+from zturbo.hashing import digest
+from zturbo.server.jobs import DeviceLost
+
+log = logging.getLogger("zturbo.server.ray")
+APP = "zturbo"
+RETRIES = 1  # a job whose replica died runs once more elsewhere
+AFFINITY_KEYS = 64  # trajectory ids a replica stays "warm" for (its LRU affinity set)
+PASSED_ENV = ("ZTURBO_HOME", "HF_HOME", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
+
+
+class ReplicaLost(DeviceLost):
+    """Every replica a job was tried on died under it: the client should retry (503)."""
+
+
+@dataclass
+class Scale:
+    """How many generator replicas and how much each takes."""
+
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas
+    target_ongoing: float = 1.0  # autoscaling: target ongoing requests per replica
+    max_ongoing: int = 1  # one image at a time per engine
+    max_queued: int = 64  # more wait at the handle -> 429
+    affinity: bool = True  # cache-aware routing (multiplexed trajectory ids)
+    retry_after_s: int = 5
+    ingresses: int = 1  # ingress replicas; more than one needs state_backend: redis
+
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscale[1] if self.autoscale else self.replicas
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """``MIN:MAX`` -> (min, max); a clear error otherwise."""
+    low, sep, high = text.partition(":")
+    try:
+        pair = int(low), int(high)
+    except ValueError:
+        raise ZTurboError(f"--autoscale wants MIN:MAX replicas, e.g. 1:4 (got {text!r})") from None
+    if not sep or pair[0] < 0 or pair[1] < max(pair[0], 1):
+        raise ZTurboError(f"--autoscale wants 0 <= MIN <= MAX, MAX >= 1 (got {text!r})")
+    return pair
+
+
+def affinity_id(request: Request) -> str:
+    """A request's trajectory identity for routing (the teleport key minus the model, which
+    every replica of one deployment shares)."""
+    return digest(request.model_dump(mode="json"))[:32]
+
+
+# -- the generator replica -------------------------------------------------------------------
+@serve.deployment(name="Generator")
+class Generator:
+    """One engine; ``run`` streams a generation's events (the Serve deployment's body)."""
+
+    def __init__(self, settings: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        os.environ.update(env or {})
+        import torch  # heavy: loaded with the engine
+
+        from zturbo.generation.models import load
+
+        self.settings = Settings.model_validate(settings)
+        if not torch.cuda.is_available():
+            torch.set_num_threads(1)  # one CPU per replica; part of the numerics identity
+        self.engine = load(settings=self.settings)
+        self.name = ray.get_runtime_context().get_actor_name() or "local"
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.engine.spec, "fingerprint": self.engine.fingerprint,
+                "replica": self.name}
+
+    @serve.multiplexed(max_num_models_per_replica=AFFINITY_KEYS)
+    async def affinity(self, trajectory: str) -> str:
+        return trajectory  # "loading" a trajectory id costs nothing: the set is the map
+
+    async def run(self, request: dict[str, Any]):
+        """Yield ``started``, ``step``... then ``done`` (PNGs + JSON) or ``error``."""
+        trajectory = serve.get_multiplexed_model_id()
+        if trajectory:
+            await self.affinity(trajectory)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def on_step(done: int, total: int, latents) -> None:
+            if stop.is_set():
+                raise Cancelled("the ingress cancelled the run")
+            loop.call_soon_threadsafe(events.put_nowait,
+                                      {"event": "step", "done": done, "total": total})
+
+        yield {"event": "started", "replica": self.name}
+        task = asyncio.ensure_future(asyncio.to_thread(self._generate, request, on_step))
+        try:
+            while not (task.done() and events.empty()):
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield task.result()
+        finally:
+            stop.set()  # cancelled by the caller (or done): the thread stops at its next step
+
+    def _generate(self, request: dict[str, Any], on_step) -> dict[str, Any]:
+        from zturbo.generation.orchestrator import generate
+
+        try:
+            result = generate(self.engine, Request.model_validate(request), on_step=on_step)
+        except Cancelled as exc:
+            return {"event": "cancelled", "message": str(exc)}
+        except ZTurboError as exc:
+            return {"event": "error", "bad_input": True, "message": str(exc)}
+        except Exception as exc:  # the device failing: report it, keep the replica
+            log.exception("generation failed")
+            return {"event": "error", "bad_input": False,
+                    "message": f"generation failed: {type(exc).__name__}: {exc}"}
+        return {"event": "done", "replica": self.name, **pack(result)}
+
+
+def pack(result: Result) -> dict[str, Any]:
+    """A Result as plain data: lossless PNG bytes and JSON fields."""
+    pngs = []
+    for image in result.images:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    return {"pngs": pngs, "seeds": list(result.seeds),
+            "request": result.request.model_dump(mode="json"), "model": result.model,
+            "fingerprint": result.fingerprint, "timings": dict(result.timings),
+            "token_count": result.token_count, "warnings": list(result.warnings),
+            "teleport": list(result.teleport)}
+
+
+@dataclass
+class RemoteResult(Result):
+    replica: str = ""  # which generator replica made it (metrics label)
+
+
+def unpack(data: dict[str, Any]) -> RemoteResult:
+    from PIL import Image
+
+    images = []
+    for png in data["pngs"]:
+        with Image.open(io.BytesIO(png)) as im:
+            images.append(im.copy())
+    return RemoteResult(images=images, seeds=data["seeds"],
+                        request=Request.model_validate(data["request"]), model=data["model"],
+                        fingerprint=data["fingerprint"], timings=data["timings"],
+                        token_count=data["token_count"], warnings=data["warnings"],
+                        teleport=data["teleport"], replica=data["replica"])
+
+
+# -- the ingress side ------------------------------------------------------------------------
+class RemoteEngine:
+    """What the ingress app holds instead of a loaded engine: the generator handle."""
+
+    pipe = None  # no text encoder here: /api/encode answers 409 (encode on a replica host)
+    caches = None  # the caches live in the replicas (fleet view: the replica_* metrics)
+
+    def __init__(self, handle, settings: Settings, affinity: bool) -> None:
+        self.handle, self.spec, self.affinity = handle, settings.model, affinity
+        self._fingerprint: str | None = None  # the replicas', asked once, then from results
+        self.lock = threading.Lock()  # create_app reads the fingerprint under the engine lock
+        self._lock = threading.Lock()
+        self._serving: dict[int, str] = {}  # worker thread -> replica running its job
+
+    @property
+    def fingerprint(self) -> str:
+        """A replica's engine fingerprint (the first read asks one replica: blocking, so the
+        app reads it in a thread, as it does a local engine's)."""
+        if self._fingerprint is None:
+            self._fingerprint = self.handle.info.remote().result()["fingerprint"]
+        return self._fingerprint
+
+    @fingerprint.setter
+    def fingerprint(self, value: str) -> None:
+        self._fingerprint = value
+
+    def close(self) -> None:
+        pass
+
+    def check_fits(self, request) -> None:
+        """What only the loaded model can rule out is checked where the model is: the
+        replica refuses such a request as bad input (the ingress has no layers to count)."""
+
+    def serving(self) -> list[str]:
+        """Replica actor names running a job now."""
+        with self._lock:
+            return sorted(set(self._serving.values()))
+
+    def _mark(self, replica: str | None) -> None:
+        with self._lock:
+            if replica is None:
+                self._serving.pop(threading.get_ident(), None)
+            else:
+                self._serving[threading.get_ident()] = replica
+
+
+def remote_generate(engine: RemoteEngine, request: Request, on_step=None,
+                    source=None) -> RemoteResult:
+    """The JobQueue runner behind the Ray ingress: run on a replica, retry once if it dies."""
+    if source is not None:
+        raise ZTurboError("img2img/inpaint is not available on the Ray app yet: use "
+                          "`zturbo serve` for edits")
+    seen = {"steps": 0}
+    for attempt in range(RETRIES + 1):
+        try:
+            return _attempt(engine, request, on_step, seen)
+        except (RayActorError, DeploymentUnavailableError) as exc:
+            log.warning("generator replica lost (attempt %d): %s", attempt + 1, exc)
+        finally:
+            engine._mark(None)
+    raise ReplicaLost(f"the generator replica died {RETRIES + 1} times under this job: "
+                      "retry the request")
+
+
+def _attempt(engine: RemoteEngine, request: Request, on_step, seen: dict) -> RemoteResult:
+    options: dict[str, Any] = {"stream": True}
+    if engine.affinity:
+        options["multiplexed_model_id"] = affinity_id(request)
+    stream = engine.handle.options(**options).run.remote(request.model_dump(mode="json"))
+    steps = 0
+    try:
+        for event in stream:
+            kind = event["event"]
+            if kind == "started":
+                engine._mark(event["replica"])
+            elif kind == "step":
+                steps += 1
+                if steps > seen["steps"] and on_step is not None:  # a retry repeats steps
+                    seen["steps"] = steps
+                    on_step(event["done"], event["total"], None)
+            elif kind == "done":
+                result = unpack(event)
+                engine.fingerprint = result.fingerprint
+                return result
+            elif kind == "cancelled":
+                raise Cancelled(event["message"])
+            elif event.get("bad_input"):
+                raise ZTurboError(event["message"])
+            else:
+                raise RuntimeError(event["message"])
+    except Cancelled:
+        stream.cancel()
+        raise
+    raise RuntimeError("the generator stream ended without a result")
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    """The HTTP front: the app of ``create_app`` with a RemoteEngine (Serve builds it)."""
+
+    def __init__(self, generator, settings: dict[str, Any], workers: int, affinity: bool,
+                 env: dict[str, str] | None = None) -> None:
+        os.environ.update(env or {})
+        self.settings = Settings.model_validate(settings)
+        self.engine = RemoteEngine(generator, self.settings, affinity)
+        self.workers = workers
+
+    def __serve_build_asgi_app__(self):
+        from zturbo.server.app import create_app
+
+        return create_app(self.settings, engine=self.engine, runner=remote_generate,
+                          workers=self.workers)
+
+    def serving(self) -> list[str]:
+        """Generator replicas running a job now (operators and the fault test use it)."""
+        return self.engine.serving()
+
+
+# -- building the application ----------------------------------------------------------------
+def build(settings: Settings, scale: Scale, env: dict[str, str] | None = None):
+    """The Serve application (bound deployments) for ``serve.run``."""
+    import torch  # heavy: only to see whether replicas want a GPU
+
+    check_ingresses(settings, scale)
+    env = {**{k: os.environ[k] for k in PASSED_ENV if k in os.environ}, **(env or {})}
+    options: dict[str, Any] = {
+        "max_ongoing_requests": scale.max_ongoing, "max_queued_requests": scale.max_queued,
+        "backpressure_config": BackpressureConfig(status_code=429,
+                                                  retry_after_s=scale.retry_after_s),
+        "ray_actor_options": ({"num_gpus": 1} if torch.cuda.is_available()
+                              else {"num_cpus": 1}),
+        "health_check_period_s": 2, "graceful_shutdown_timeout_s": 5,
+    }
+    if scale.autoscale:
+        low, high = scale.autoscale
+        options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
+                                         "target_ongoing_requests": scale.target_ongoing}
+    else:
+        options["num_replicas"] = scale.replicas
+    generator = Generator.options(**options)
+    workers = scale.max_replicas * scale.max_ongoing
+    ingress = Ingress.options(
+        num_replicas=scale.ingresses, ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=settings.queue_depth + 2 * workers + 8,
+        max_queued_requests=settings.queue_depth,
+        backpressure_config=BackpressureConfig(status_code=429,
+                                               retry_after_s=scale.retry_after_s),
+    )
+    payload = settings.model_dump(mode="json")
+    return ingress.bind(generator.bind(payload, env), payload, workers, scale.affinity, env)
+
+
+def check_ingresses(settings: Settings, scale: Scale) -> None:
+    """Several ingress replicas must share jobs, events, images and history (Redis):
+    with the local backend a client would see only the jobs of the replica it reached."""
+    if scale.ingresses < 1:
+        raise ZTurboError(f"ingresses must be at least 1 (got {scale.ingresses})")
+    if scale.ingresses > 1 and settings.state_backend != "redis":
+        raise ZTurboError("ingresses > 1 needs state_backend: redis (and redis_url), so every "
+                          "ingress sees every job")
+
+
+def app_builder(args: dict[str, Any]):
+    """The import path of the Serve config (deploy/serve.yaml): ``args`` holds ``profile``,
+    the Scale fields (``replicas``, ``autoscale: "1:4"``, ``max_ongoing``, ``max_queued``,
+    ``affinity``) and any Settings keys (``model``, ``redis_url``...)."""
+    args = dict(args or {})
+    scale_keys = ("replicas", "target_ongoing", "max_ongoing", "max_queued", "affinity",
+                  "retry_after_s", "ingresses")
+    scale = Scale(**{k: args.pop(k) for k in scale_keys if k in args})
+    if "autoscale" in args:
+        scale.autoscale = parse_autoscale(str(args.pop("autoscale")))
+    settings, _ = load_settings(args.pop("profile", None), args)
+    return build(settings, scale)
+
+
+# -- zturbo serve --ray ------------------------------------------------------------------------
+def run(settings: Settings, scale: Scale) -> None:
+    """Start (or join ``RAY_ADDRESS``) Ray, deploy, serve until SIGINT/SIGTERM, shut down."""
+    joined = bool(os.environ.get("RAY_ADDRESS"))
+    if joined:
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(2, scale.max_replicas), include_dashboard=False,
+                 object_store_memory=int(os.environ.get("ZTURBO_RAY_OBJECT_STORE_MB", "80")) << 20,
+                 log_to_driver=False)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build(settings, scale), name=APP, route_prefix="/", blocking=False)
+        print(f"zturbo: serving {settings.model} on Ray Serve at "
+              f"http://{settings.host}:{settings.port} ({_scale_text(scale)})", flush=True)
+        while not stop.wait(0.5):  # short waits: the signal handler runs between them
+            pass
+    finally:
+        serve.delete(APP) if joined else serve.shutdown()
+        ray.shutdown()
+        print("zturbo: Ray Serve stopped", flush=True)
+
+
+def _scale_text(scale: Scale) -> str:
+    if scale.autoscale:
+        return f"autoscaling {scale.autoscale[0]}-{scale.autoscale[1]} generator replicas"
+    return f"{scale.replicas} generator replica(s)"

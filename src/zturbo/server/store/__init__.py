@@ -1,0 +1,39 @@
+"""What every ingress of one service shares, one interface with two backends.
+
+``History`` (SQLite + PNG files under the outputs dir) is the single-process default: the
+jobs live in this process's JobQueue, so the store only keeps their rows and the images.
+``RedisStore`` (``state_backend: redis``) shares everything another ingress needs to
+watch, cancel and fetch a job it did not run: the job record and its status, the event
+log a follower reads (SSE), cancel requests, the PNG bytes and the history rows.
+
+The interface (both backends; ``shared`` says whether the live part means anything):
+
+- jobs: ``add_job(id, request, created, owner=)``, ``set_job(id, status, ...)``,
+  ``job(id)``, ``interrupt_unfinished(reason)``;
+- images: ``add_image(row)``, ``image(id)``, ``images(query=, limit=, offset=)``,
+  ``replay(row, n)``, ``full_run(...)``, ``put_png(id, data)``, ``png(id)``;
+- live (shared only; the local backend's JobQueue holds them in memory): ``add_event``,
+  ``events(id, after, wait_s)``, ``request_cancel``, ``cancel_reasons``, ``heartbeat``,
+  ``expire_owners``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zturbo.config import Settings
+from zturbo.errors import ZTurboError
+from zturbo.server.store.history import History
+from zturbo.server.store.redis_store import RedisStore, StoreUnavailable
+
+__all__ = ["History", "RedisStore", "StoreUnavailable", "open_store"]
+
+
+def open_store(settings: Settings, history_file: Path, outputs: Path) -> History | RedisStore:
+    """The store ``settings.state_backend`` names: SQLite + files, or Redis."""
+    if settings.state_backend == "redis":
+        if not settings.redis_url:
+            raise ZTurboError("state_backend redis needs redis_url")
+        return RedisStore(settings.redis_url, ttl_s=settings.redis_ttl_s,
+                          timeout_s=settings.redis_timeout_s, lease_s=settings.state_lease_s)
+    return History(history_file, outputs)

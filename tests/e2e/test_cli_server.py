@@ -1,0 +1,123 @@
+"""``zturbo generate`` through a running ``zturbo serve`` (a real subprocess on the demo
+model), its records in the state dir, and the fallbacks when no server can take the job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zturbo.cli import remote
+from zturbo.config import load_settings, make_request, metadata
+from zturbo.server import running
+
+from conftest import run_cli_process
+from serverkit import app_for, gate, live_server, one_thread, wait_for
+
+pytestmark = pytest.mark.subprocess
+
+ARGS = ["--model", "demo", "-W", "64", "-H", "64", "-s", "2", "--seed", "5"]
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path)).copy()
+
+
+@pytest.fixture
+def serve(zturbo_home):
+    """``zturbo serve --model demo`` on a free port; yields its record once it is ready."""
+    from serverkit import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "zturbo.cli", "serve", "--model", "demo",
+                             "--port", str(port)], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        record = wait_for(lambda: proc.poll() is None and running.live_records(), 120,
+                          "the server's record")[0]
+        yield record, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_generate_uses_the_running_server_same_pixels_and_metadata(serve, tmp_path):
+    record, proc = serve
+    assert record.pid == proc.pid and record.model == "demo" and not record.api_key_required
+    first = run_cli_process("generate", "a red robot", *ARGS, "-o", str(tmp_path / "s.png"),
+                            "--json")
+    assert first.returncode == 0, first.stderr
+    shown = json.loads(first.stdout.strip().splitlines()[-1])
+    assert shown["server"] == record.url and not shown["teleport"]["hit"]
+    assert "denoising 1 2" in first.stderr  # the progress came from the server's events
+    again = run_cli_process("generate", "a red robot", *ARGS, "-o", str(tmp_path / "s.png"))
+    assert again.returncode == 0, again.stderr
+    assert "teleport: hit at step 1" in again.stdout and f"via {record.url}" in again.stdout
+    local = run_cli_process("generate", "a red robot", *ARGS, "-o", str(tmp_path / "l.png"),
+                            "--server", "off", "--no-teleport")
+    assert local.returncode == 0, local.stderr
+    assert "via" not in local.stdout
+    served, replayed, here = (metadata.read(tmp_path / n) for n in ("s.png", "s-1.png", "l.png"))
+    assert np.array_equal(pixels(tmp_path / "s.png"), pixels(tmp_path / "l.png"))
+    assert np.array_equal(pixels(tmp_path / "s-1.png"), pixels(tmp_path / "l.png"))
+    assert served["request"] == replayed["request"]
+    assert {**served["request"], "teleport": False} == here["request"]
+    assert served["fingerprint"] == here["fingerprint"] == record.fingerprint
+    assert served["parameters"] == here["parameters"]
+    proc.terminate()
+    proc.wait(30)
+    assert running.live_records() == []  # removed on shutdown
+
+
+def test_dead_records_are_ignored_and_removed(zturbo_home):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    settings, _ = load_settings(flags={"model": "demo"})
+    path = running.write(running.ServerRecord(
+        url="http://127.0.0.1:9", pid=int(gone), model="demo",
+        engine_key=running.engine_key(settings), fingerprint="f", api_key_required=False,
+        started=time.time()))
+    assert running.matching(settings) == [] and not path.exists()
+    other, _ = load_settings(flags={"model": "demo", "dtype": "bfloat16"})
+    assert running.engine_key(other) != running.engine_key(settings)
+
+
+def test_unreachable_server_falls_back_to_a_local_load(tmp_path):
+    out = run_cli_process("generate", "a red robot", *ARGS, "-o", str(tmp_path / "f.png"),
+                          "--server", "http://127.0.0.1:9")
+    assert out.returncode == 0, out.stderr
+    assert "is not ready; loading the model here" in out.stderr
+    assert (tmp_path / "f.png").exists() and "via" not in out.stdout
+
+
+def test_busy_server_and_api_key(engine, tmp_path):
+    settings, _ = load_settings(flags={"model": "demo", "width": 64, "height": 64, "steps": 2})
+    request = make_request(settings, prompt="a red robot", seed=3)
+    with one_thread(), live_server(app_for(engine, queue_depth=1, api_key="k3y"),
+                                 {"Authorization": "Bearer k3y"}) as url:
+        keyed = settings.model_copy(update={"server": url, "api_key": "k3y"})
+        assert remote.pick(settings.model_copy(update={"server": url})) is None  # 401: no key
+        server = remote.pick(keyed)
+        assert server is not None
+        steps = []
+        result = remote.run(server, request, lambda done, total: steps.append(done))
+        assert steps[-1] == 2 and result.images[0].seed == 3
+        (tmp_path / "r.png").write_bytes(result.images[0].png)
+        assert metadata.read(tmp_path / "r.png")["request"]["seed"] == 3
+        with gate(engine, at=1) as g:
+            import httpx
+
+            headers = {"Authorization": "Bearer k3y"}
+            body = request.model_dump(mode="json")
+            assert httpx.post(url + "/api/jobs", json=body, headers=headers).status_code == 202
+            g.wait()  # running; the next one fills the queue
+            assert httpx.post(url + "/api/jobs", json=body, headers=headers).status_code == 202
+            with pytest.raises(remote.Unavailable, match="busy"):
+                remote.run(server, request, lambda *_: None)
+            g.release()

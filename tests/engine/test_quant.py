@@ -1,0 +1,68 @@
+"""GGUF transformers (written here by the gguf package) and text-encoder quantisation."""
+
+import numpy as np
+import pytest
+import torch
+
+import zturbo
+from zturbo.errors import ZTurboError
+
+from conftest import pixels
+from knob_files import make_gguf
+
+
+def image(engine, seed=5):
+    return pixels(engine.generate("a red robot", seed=seed, width=64, height=64).images[0])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def test_gguf_f32_is_exact_and_q8_0_is_close(engine, tmp_path):
+    f32 = zturbo.load("demo", transformer_file=str(make_gguf(engine, tmp_path / "t-f32.gguf",
+                                                             "F32")))
+    q8 = zturbo.load("demo", transformer_file=str(make_gguf(engine, tmp_path / "t-q8.gguf",
+                                                            "Q8_0")))
+    assert np.array_equal(image(f32), image(engine))
+    got = psnr(image(q8), image(engine))
+    assert 30.0 < got < float("inf"), got
+    assert q8.extras["transformer"]["format"] == "gguf"
+    assert q8.extras["transformer"]["types"] == ["F32", "Q8_0"]
+    assert f32.extras["transformer"]["types"] == ["F32"]
+    assert len({engine.fingerprint, f32.fingerprint, q8.fingerprint}) == 3
+    # the text encoder and VAE are the base model's: their caches stay shared
+    assert q8.text_fingerprint == engine.text_fingerprint
+    assert q8.vae_fingerprint == engine.vae_fingerprint
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    assert any(isinstance(p, GGUFParameter) for p in q8.pipe.transformer.parameters())
+
+
+def test_single_file_safetensors_transformer_is_exact(engine, tmp_path):
+    from safetensors.torch import save_file
+
+    from knob_files import demo_transformer
+
+    path = tmp_path / "transformer.safetensors"
+    save_file(demo_transformer(engine).state_dict(), path)
+    single = zturbo.load("demo", transformer_file=str(path))
+    assert single.extras["transformer"]["format"] == "safetensors"
+    assert np.array_equal(image(single), image(engine))
+
+
+def test_bad_transformer_files_are_clear_errors(tmp_path):
+    with pytest.raises(ZTurboError, match="does not exist"):
+        zturbo.load("demo", transformer_file=str(tmp_path / "none.gguf"))
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF but not really")
+    with pytest.raises(ZTurboError, match="junk.gguf"):
+        zturbo.load("demo", transformer_file=str(junk))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_text_encoder_quantisation_needs_cuda():
+    settings, _ = zturbo.load_settings(flags={"model": "demo", "text_encoder_quant": "8bit"})
+    with pytest.raises(ZTurboError, match="needs CUDA"):
+        zturbo.load(settings=settings)

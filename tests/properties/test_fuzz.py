@@ -1,0 +1,88 @@
+"""A bounded fuzz run over every route: schemathesis generates requests from the app's own
+OpenAPI schema and sends them in-process (ASGI) to a server on the demo engine with small
+limits. No answer may be a 5xx, and every answer must match the schema (status codes
+declared, bodies in the declared shape, content types declared).
+
+``make fuzz`` runs the same test longer (``FUZZ_EXAMPLES``) and prints the figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.python.asgi import shutdown_lifespans
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from serverkit import app_for, one_thread
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "6"))  # per route; make fuzz: many more
+REPORT = os.environ.get("FUZZ_REPORT")  # a JSON file for the figures (make fuzz)
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance,
+          content_type_conformance]
+STATUSES: collections.Counter = collections.Counter()
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(engine):
+    app = app_for(engine, max_steps=2, max_pixels=64 * 64, max_images=2, max_prompt_chars=300,
+                  max_upload_mb=0.05, queue_depth=4, request_timeout_s=30, preview_every=0)
+    with one_thread():
+        yield app
+        shutdown_lifespans()  # schemathesis keeps an app's lifespan up until told
+    if REPORT:
+        _write_report(Path(REPORT))
+
+
+def test_fuzz_every_route(fuzz_app):
+    api = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
+    operations = [result.ok() for result in api.get_all_operations()]
+    assert len(operations) >= 15  # every route of the app is in the schema
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            _fuzz(operation, mode)
+    assert sum(STATUSES.values()) >= len(operations)
+
+
+def _fuzz(operation, mode) -> None:
+    """``EXAMPLES`` generated cases for one route, valid ones or invalid ones (``mode``),
+    each sent and checked."""
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case) -> None:
+        response = case.call()
+        STATUSES[(operation.label, response.status_code)] += 1
+        case.validate_response(response, checks=CHECKS)
+
+    try:
+        run()
+    except Unsatisfiable:  # a route with no inputs has no invalid ones to send
+        assert mode is GenerationMode.NEGATIVE, operation.label
+
+
+def _write_report(path: Path) -> None:
+    by_code = collections.Counter()
+    for (_, code), n in STATUSES.items():
+        by_code[code] += n
+    report = {"examples_per_route": EXAMPLES, "requests": sum(by_code.values()),
+              "statuses": dict(sorted(by_code.items())),
+              "server_errors": sum(n for code, n in by_code.items() if code >= 500),
+              "by_route": {f"{label} {code}": n for (label, code), n in sorted(STATUSES.items())}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))

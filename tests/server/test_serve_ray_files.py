@@ -1,0 +1,45 @@
+"""The shipped deployment files parse and name what the code provides (the Serve config
+itself is deployed by tests/e2e/test_serve_ray.py; the KubeRay manifest cannot run here)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zturbo.config import Settings
+from zturbo.errors import ZTurboError
+from zturbo.server.ray import Scale, app_builder, check_ingresses
+
+ROOT = Path(__file__).resolve().parents[2]
+SCALE_KEYS = {"replicas", "autoscale", "target_ongoing", "max_ongoing", "max_queued",
+              "affinity", "retry_after_s", "ingresses"}
+
+
+def _apps(config: dict) -> list[dict]:
+    return config["applications"]
+
+
+def test_kuberay_manifest_embeds_a_serve_config_the_builder_accepts():
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kuberay-rayservice.yaml").read_text()))
+    service = next(d for d in docs if d["kind"] == "RayService")
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    shipped = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    for app in _apps(serve_config) + _apps(shipped):
+        assert app["import_path"] == "zturbo.server.ray:app_builder" and callable(app_builder)
+        unknown = set(app["args"]) - SCALE_KEYS - set(Settings.model_fields) - {"profile"}
+        assert not unknown, unknown
+    redis_conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["redis.conf"]
+    # volatile-lru: cache entries (all with a TTL) are evicted, never live job state
+    assert "maxmemory-policy volatile-lru" in redis_conf and "maxmemory " in redis_conf
+    workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert workers["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_several_ingresses_need_the_shared_state():
+    """Ingress replicas on the local backend would each see only their own jobs."""
+    with pytest.raises(ZTurboError, match="state_backend: redis"):
+        check_ingresses(Settings(), Scale(ingresses=2))
+    with pytest.raises(ZTurboError, match="at least 1"):
+        check_ingresses(Settings(), Scale(ingresses=0))
+    check_ingresses(Settings(state_backend="redis", redis_url="redis://127.0.0.1:1/0"),
+                    Scale(ingresses=2))

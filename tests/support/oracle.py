@@ -1,0 +1,538 @@
+"""The cache-vs-no-cache oracle (issue 14): a cache must never change a single pixel.
+
+Seeded random sequences of requests run on ONE engine with every cache tier on (memory,
+disk, a real Redis; teleport with several resume points). Each request that succeeds must
+equal, pixel for pixel, what a separate engine with every cache and teleport off returns
+for that request alone (references are memoised per request JSON within a run).
+
+The requests mix what can go wrong with caches: a small prompt vocabulary (so embeddings
+and trajectories repeat), exact repeats and near-repeats, seeds, sizes, steps, guidance
+and negative prompts, templates, hidden layers, long-prompt modes, per-request LoRAs
+(including ones that fail to load, and more LoRAs than the engine keeps loaded),
+img2img and inpaint from a few sources with and without VAE tiling, skip-layer guidance,
+DyPE, multi-pass, cancels (``Cancelled`` from ``on_step``) and injected failures, cache
+entries corrupted on disk and in Redis, and a fresh engine on the same disk and Redis. A
+sequence runs on one acceleration setup (plain, or a static step cache): step caching is
+engine-level, so each setup gets its own cache-on and cache-off engines.
+
+    PYTHONPATH=src python tests/support/oracle.py --seed 1 --sequences 20 --requests 40
+    PYTHONPATH=src python tests/support/oracle.py --seed 1234 --upto 17     # replay one failure
+    make oracle SEED=1 SEQUENCES=200 N=40
+
+Only the public API is used (``zturbo.load``, ``Settings``, ``engine.generate``, the cache
+stats), plus the test helpers that write LoRA files. Exit status 1 on any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the test helpers beside us
+
+import numpy as np
+from PIL import Image
+
+import zturbo
+from zturbo import Settings, ZTurboError
+
+try:
+    from zturbo.generation.orchestrator import Cancelled
+except ImportError:  # the step functions may live in zturbo.engine.steps
+    from zturbo.engine.steps import Cancelled
+
+# Acceleration setups (engine-level settings). Steps each setup draws from: the static
+# presets only mask steps for 4, 6 and 8+ steps.
+SETUPS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "dbcache-fast": {"step_cache": "dbcache", "step_cache_preset": "fast"},
+    "taylorseer-medium": {"step_cache": "taylorseer", "step_cache_preset": "medium"},
+}
+SETUP_STEPS = {"plain": [1, 2, 3, 4], "dbcache-fast": [4, 6, 8], "taylorseer-medium": [4, 6, 8]}
+
+PROMPTS = ["a red robot", "a cat sitting on a windowsill", "neon city at night",
+           "portrait of an old fisherman, cinematic lighting"]
+LONG_PROMPT = ("watercolor painting of a mountain lake, highly detailed, sharp focus, soft "
+               "shadows, the quick brown fox jumps over the lazy dog, ") * 3
+NEGATIVES = ["", "", "blurry", "low quality, blurry"]
+SIZES = [32, 48, 64, 96, 128]
+GOOD_LORAS = [f"style{i}" for i in range(10)]  # more than the 8 adapters an engine keeps
+BAD_LORAS = ["foreign", "broken"]  # no matching keys; not a safetensors file
+SOURCES = {"src-a": (64, 64, 1), "src-b": (128, 96, 2), "src-c": (96, 128, 3)}
+# hits by kind: teleport by what served the image (Result.teleport[i]["served"]: resume from
+# a stored step, final_latent decoded, or the stored image), the rest from the tiers' stats
+HIT_KINDS = ("teleport", "teleport:resume", "teleport:final_latent", "teleport:image",
+             "embedding", "vae_latent")
+
+
+class InjectedFailure(RuntimeError):
+    """Raised from on_step to stand for a crash in the middle of a run."""
+
+
+# ------------------------------------------------------------------ the random requests
+
+
+def new_spec(rng: random.Random, setup: str) -> dict[str, Any]:
+    """One random request: Request fields, the source image and mask by name, a fault."""
+    prompt = rng.choice(PROMPTS + [LONG_PROMPT])
+    f: dict[str, Any] = {
+        "prompt": prompt, "seed": rng.choice([1, 2, 3, rng.randrange(10_000)]),
+        "width": rng.choice(SIZES), "height": rng.choice(SIZES),
+        "steps": rng.choice(SETUP_STEPS[setup]), "num_images": rng.choice([1, 1, 1, 2]),
+        "guidance": rng.choice([0.0, 0.0, 1.5, 3.0]), "negative_prompt": rng.choice(NEGATIVES),
+        "template": rng.choice([None, None, None, "photo", "anime"]),
+        "hidden_layer": rng.choice([-2, -2, -2, -1, 1]),
+    }
+    if prompt == LONG_PROMPT or rng.random() < 0.1:
+        f["max_sequence_length"] = rng.choice([16, 32, 64])
+        f["long_prompt"] = rng.choice(["truncate", "interpolate", "pool", "attention_pool"])
+    if rng.random() < 0.3:
+        names = rng.sample(GOOD_LORAS, rng.choice([1, 1, 2]))
+        if rng.random() < 0.35:  # a good pick, then one that fails to load
+            names.append(rng.choice(BAD_LORAS))
+        f["loras"] = [f"{n}:{rng.choice([0.0, 0.5, 1.0, 1.5])}" for n in names]
+    if rng.random() < 0.25:
+        f["slg_scale"] = rng.choice([1.0, 2.0])
+        f["slg_layers"] = rng.choice([[0], [1], [0, 1]])
+        f["slg_start"] = 0.0
+        f["slg_stop"] = rng.choice([0.5, 1.0])
+    if rng.random() < 0.15:
+        f["dype"] = rng.choice(["vision_yarn", "yarn", "ntk"])
+        f["dype_base"] = 256
+    if rng.random() < 0.3:
+        f["vae_tiling"] = True
+        f["vae_tile_size"] = 64
+        f["vae_tile_overlap"] = rng.choice([0.25, 0.5])
+    spec: dict[str, Any] = {"fields": f, "image": None, "mask": None}
+    if rng.random() < 0.35:
+        spec["image"] = rng.choice(sorted(SOURCES))
+        f["strength"] = rng.choice([0.5, 0.75, 1.0])
+        if rng.random() < 0.35:
+            spec["mask"] = spec["image"]  # a box mask of the source's size
+    elif setup == "plain" and rng.random() < 0.12:
+        f["passes"] = rng.choice(["0.5:2:1.0,1.0:2:0.5", "0.5:1:1.0,1.0:3:0.75"])
+        f["width"], f["height"] = rng.choice([64, 96, 128]), rng.choice([64, 96, 128])
+    if rng.random() < 0.05:
+        f["teleport"] = False
+    spec["fault"] = new_fault(rng, f["steps"])
+    return spec
+
+
+def new_fault(rng: random.Random, steps: int) -> dict[str, Any] | None:
+    roll = rng.random()
+    if roll < 0.08:
+        return {"kind": "cancel", "at": rng.randint(1, steps)}
+    if roll < 0.12:
+        return {"kind": "raise", "at": rng.randint(1, steps)}
+    return None
+
+
+def next_spec(rng: random.Random, setup: str, history: list[dict]) -> dict[str, Any]:
+    """A new request, an exact repeat of an earlier one, or a near-repeat."""
+    roll = rng.random()
+    if history and roll < 0.3:
+        spec = json.loads(json.dumps(rng.choice(history)))
+        spec["fault"] = new_fault(rng, spec["fields"]["steps"])
+        return spec
+    if history and roll < 0.5:
+        spec = json.loads(json.dumps(rng.choice(history)))
+        f = spec["fields"]
+        changes = ["seed", "num_images", "size", "tiling", "guidance", "slg", "plain"]
+        change = "tiling" if spec["image"] and rng.random() < 0.5 else rng.choice(changes)
+        if change == "seed":
+            f["seed"] = rng.choice([1, 2, 3, rng.randrange(10_000)])
+        elif change == "num_images":
+            f["num_images"] = 3 - f.get("num_images", 1)
+        elif change == "size" and not f.get("passes"):
+            f["width"] = rng.choice(SIZES)
+        elif change == "tiling":  # tiled then untiled (or the reverse) of the same source
+            f["vae_tiling"] = not f.get("vae_tiling", False)
+            f["vae_tile_size"], f["vae_tile_overlap"] = 64, 0.25
+        elif change == "plain":  # the same request without its LoRAs and knobs
+            for name in ("loras", "slg_scale", "slg_layers", "slg_start", "slg_stop", "dype"):
+                f.pop(name, None)
+        elif change == "guidance":
+            f["guidance"] = rng.choice([0.0, 1.5])
+        else:
+            f.update(slg_scale=2.0, slg_layers=[1], slg_start=0.0, slg_stop=1.0)
+        spec["fault"] = new_fault(rng, f["steps"])
+        return spec
+    return new_spec(rng, setup)
+
+
+def between(rng: random.Random) -> str | None:
+    """Something that happens between requests: a cache entry corrupted, a new engine."""
+    roll = rng.random()
+    if roll < 0.04:
+        return "corrupt-disk"
+    if roll < 0.07:
+        return "corrupt-redis"
+    if roll < 0.10:
+        return "restart"
+    return None
+
+
+# ------------------------------------------------------------------ files and engines
+
+
+def source_image(name: str) -> Image.Image:
+    width, height, seed = SOURCES[name]
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, width * height * 3).reshape(height, width, 3)
+    return Image.fromarray(((base + rng.integers(0, 64, base.shape)) % 256).astype(np.uint8))
+
+
+def box_mask(name: str) -> Image.Image:
+    width, height, _ = SOURCES[name]
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
+    return Image.fromarray(mask, "L")
+
+
+def make_lora_dir(engine, folder: Path) -> Path:
+    """style0..style9 (one random LoRA, each scaled differently: ten distinct files), a LoRA
+    matching no module, and a file that is not safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from knob_files import make_foreign_lora, make_lora
+
+    folder.mkdir(parents=True, exist_ok=True)
+    base = load_file(make_lora(engine, folder, name="base", seed=7))
+    (folder / "base.safetensors").unlink()
+    for i, name in enumerate(GOOD_LORAS):
+        save_file({k: v * (1.0 + 0.2 * i) for k, v in base.items()}, folder / f"{name}.safetensors")
+    make_foreign_lora(folder / "foreign.safetensors")
+    (folder / "broken.safetensors").write_bytes(b"not a safetensors file")
+    return folder
+
+
+REPEATS = ("image", "latent", "off")  # teleport_repeat of the cache-on engine, by seed
+
+
+def cache_settings(setup: str, lora_dir: Path, redis_url: str | None, cached: bool,
+                   repeat: str = "image") -> Settings:
+    if cached:
+        caches = {"memory_cache_mb": 64, "disk_cache_mb": 256, "redis_url": redis_url,
+                  "teleport": True, "teleport_start_step": 2, "teleport_store_steps": [1, 3, 5],
+                  "teleport_repeat": repeat}
+    else:
+        caches = {"memory_cache_mb": 0, "disk_cache_mb": 0, "redis_url": None, "teleport": False}
+    return Settings(model="demo", device="cpu", lora_dirs=[str(lora_dir)],
+                    **SETUPS[setup], **caches)
+
+
+@dataclass
+class Outcome:
+    images: list[np.ndarray] | None = None
+    error: str | None = None
+    clear: bool = True  # the error is a ZTurboError (one clear line), not a crash
+    teleport: list[dict] = field(default_factory=list)  # Result.teleport, one per image
+
+
+def run(engine, spec: dict[str, Any], with_fault: bool = True) -> Outcome:
+    fault = spec.get("fault") if with_fault else None
+
+    def on_step(done: int, total: int, latents) -> None:
+        if fault and done == fault["at"]:
+            raise (Cancelled if fault["kind"] == "cancel" else InjectedFailure)(
+                f"oracle {fault['kind']} at step {done}")
+
+    name = spec.get("image")
+    try:
+        result = engine.generate(
+            image=source_image(name) if name else None,
+            mask=box_mask(spec["mask"]) if spec.get("mask") else None,
+            on_step=on_step, **spec["fields"])
+    except Exception as exc:  # noqa: BLE001 - a crash is an outcome to compare, not the end
+        return Outcome(error=f"{type(exc).__name__}: {exc}".strip(),
+                       clear=isinstance(exc, (ZTurboError, InjectedFailure)))
+    return Outcome(images=[np.asarray(im).copy() for im in result.images],
+                   teleport=list(result.teleport))
+
+
+# ------------------------------------------------------------------ the oracle
+
+
+@dataclass
+class Figures:
+    sequences: int = 0
+    requests: int = 0
+    compared: int = 0
+    failed_as_expected: int = 0
+    rejected_by_both: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(HIT_KINDS, 0))
+    references: int = 0
+    crashes: dict[str, int] = field(default_factory=dict)  # both engines raised, not clearly
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class Oracle:
+    """Sequences over shared cache-off reference engines (one per setup)."""
+
+    def __init__(self, workdir: Path, redis_url: str, out=sys.stdout) -> None:
+        self.workdir = Path(workdir)
+        self.redis_url = redis_url
+        self.out = out
+        self.models = self.workdir / "models"
+        self.figures = Figures()
+        self._references: dict[str, Outcome] = {}
+        self._ref_engines: dict[str, Any] = {}
+        self._use_home(self.workdir / "ref-home")
+        self.lora_dir = make_lora_dir(self._ref_engine("plain"), self.workdir / "loras")
+
+    def _use_home(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "models").exists():
+            self.models.mkdir(parents=True, exist_ok=True)
+            (home / "models").symlink_to(self.models)
+        os.environ["ZTURBO_HOME"] = str(home)
+
+    def _ref_engine(self, setup: str):
+        if setup not in self._ref_engines:
+            lora_dir = getattr(self, "lora_dir", self.workdir / "loras")
+            self._ref_engines[setup] = zturbo.load(
+                "demo", settings=cache_settings(setup, lora_dir, None, cached=False))
+        return self._ref_engines[setup]
+
+    def reference(self, setup: str, spec: dict[str, Any]) -> Outcome:
+        """What a cache-off engine returns for this request alone (memoised per request)."""
+        key = json.dumps({"setup": setup, **{k: spec[k] for k in ("fields", "image", "mask")}},
+                         sort_keys=True)
+        if key not in self._references:
+            outcome = run(self._ref_engine(setup), spec, with_fault=False)
+            if outcome.error is not None:  # a failed run may leave state behind: start afresh
+                self._ref_engines.pop(setup).close()
+            self._references[key] = outcome
+            self.figures.references += 1
+        return self._references[key]
+
+    def sequence(self, seed: int, requests: int, upto: int | None = None) -> bool:
+        """One seeded sequence on a fresh cache-on engine; False at its first mismatch."""
+        rng = random.Random(seed)  # the requests and events: a function of the seed alone
+        damage = random.Random(f"damage-{seed}")  # which entry a corruption hits
+        setup = list(SETUPS)[seed % len(SETUPS)]
+        home = self.workdir / f"seq-{seed}"
+        shutil.rmtree(home, ignore_errors=True)
+        self._use_home(home)
+        _flush_redis(self.redis_url)
+        repeat = REPEATS[(seed // len(SETUPS)) % len(REPEATS)]
+        engine = self._cached_engine(setup, repeat)
+        history: list[dict] = []
+        self.figures.sequences += 1
+        try:
+            for index in range(requests if upto is None else upto + 1):
+                event = between(rng)
+                if event:
+                    self.figures.events[event] = self.figures.events.get(event, 0) + 1
+                    engine = self._event(event, engine, setup, repeat, damage, home)
+                spec = next_spec(rng, setup, history)
+                if not self._check(engine, setup, spec, seed, index):
+                    return False
+                history.append(spec)
+        finally:
+            self._count_hits(engine)
+            engine.close()
+        return True
+
+    def _cached_engine(self, setup: str, repeat: str):
+        return zturbo.load("demo", settings=cache_settings(setup, self.lora_dir, self.redis_url,
+                                                           cached=True, repeat=repeat))
+
+    def _event(self, event: str, engine, setup: str, repeat: str, rng: random.Random,
+               home: Path):
+        if event == "restart":  # memory tier lost; disk and Redis kept
+            engine.close()
+            return self._cached_engine(setup, repeat)
+        if event == "corrupt-disk":
+            files = sorted((home / "cache").rglob("*.bin"))
+            if files:
+                _flip_byte(rng.choice(files), rng)
+        else:
+            _corrupt_redis(self.redis_url, rng)
+        return engine
+
+    def _count_hits(self, engine) -> None:
+        """Embedding and VAE-latent hits of the sequence: the disk tier's counters are
+        cumulative over every engine that used the sequence's fresh state dir."""
+        kinds = engine.caches.stats()["kinds"]
+        for kind, counts in kinds.items():  # teleport hits are counted per response
+            if kind != "teleport":
+                self.figures.hits[kind] = self.figures.hits.get(kind, 0) + int(counts.get("hits", 0))
+
+    def _check(self, engine, setup: str, spec: dict, seed: int, index: int) -> bool:
+        self.figures.requests += 1
+        got = run(engine, spec)
+        for replay in got.teleport:
+            served = replay.get("served", "resume" if replay.get("hit") else "full")
+            if served != "full":
+                self.figures.hits["teleport"] += 1
+                key = f"teleport:{served}"
+                self.figures.hits[key] = self.figures.hits.get(key, 0) + 1
+        if got.error is not None and _expected(spec, got.error):
+            self.figures.failed_as_expected += 1
+            return True
+        want = self.reference(setup, spec)
+        if got.error is not None and want.error is not None:
+            self.figures.rejected_by_both += 1
+            if not want.clear:  # not a clear error: a bug worth a look
+                crash = f"{setup}: {want.error[:120]}"
+                self.figures.crashes[crash] = self.figures.crashes.get(crash, 0) + 1
+            return True
+        problem = _difference(got, want)
+        if problem is None:
+            self.figures.compared += 1
+            return True
+        replays = "; ".join(f"{t.get('served')} at step {t['resumed_at_step']} ({t['tier']})"
+                            if t.get("hit")
+                            else f"miss, stored {t.get('stored')}, bypass {t.get('bypass')}"
+                            for t in got.teleport) or "none"
+        mismatch = {"seed": seed, "index": index, "setup": setup, "problem": problem,
+                    "teleport": replays,
+                    "repro": f"PYTHONPATH=src python tests/support/oracle.py --seed {seed} --upto {index}",
+                    "request": spec}
+        self.figures.mismatches.append(mismatch)
+        print(f"MISMATCH seed {seed} request {index} ({setup}): {problem}; teleport: {replays}\n"
+              f"  reproduce: {mismatch['repro']}\n  request: {json.dumps(spec)}",
+              file=self.out, flush=True)
+        return False
+
+    def close(self) -> None:
+        for engine in self._ref_engines.values():
+            engine.close()
+
+
+def _expected(spec: dict[str, Any], error: str) -> bool:
+    """A failure the request asked for: its injected fault, or a LoRA that cannot load."""
+    fault = spec.get("fault")
+    if fault and error.startswith(("Cancelled", "InjectedFailure")):
+        return True
+    loras = spec["fields"].get("loras") or []
+    return any(pick.split(":")[0] in BAD_LORAS for pick in loras) and "LoRA" in error
+
+
+def _difference(got: Outcome, want: Outcome) -> str | None:
+    if want.error is not None:
+        return f"the cache-on engine succeeded, the cache-off engine failed: {want.error}"
+    if got.error is not None:
+        return f"the cache-on engine failed ({got.error}), the cache-off engine succeeded"
+    if len(got.images) != len(want.images):
+        return f"{len(got.images)} images, the cache-off engine gave {len(want.images)}"
+    for i, (a, b) in enumerate(zip(got.images, want.images)):
+        if a.shape != b.shape:
+            return f"image {i} is {a.shape}, the cache-off engine's is {b.shape}"
+        if not np.array_equal(a, b):
+            diff = np.abs(a.astype(int) - b.astype(int))
+            return (f"image {i} differs from the cache-off engine's: {int((diff > 0).sum())} "
+                    f"values, up to {int(diff.max())} levels")
+    return None
+
+
+def _flip_byte(path: Path, rng: random.Random) -> None:
+    data = bytearray(path.read_bytes())
+    if data:
+        data[rng.randrange(len(data))] ^= 0x5A
+        path.write_bytes(bytes(data))
+
+
+def _corrupt_redis(url: str, rng: random.Random) -> None:
+    import redis  # the oracle's own client, to damage entries behind the tier's back
+
+    client = redis.Redis.from_url(url)
+    keys = sorted(client.scan_iter("zturbo:*"))
+    if keys:
+        key = rng.choice(keys)
+        value = bytearray(client.get(key) or b"")
+        if value:
+            value[rng.randrange(len(value))] ^= 0x5A
+            client.set(key, bytes(value))
+
+
+def _flush_redis(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+# ------------------------------------------------------------------ command line
+
+
+def run_oracle(workdir: Path, redis_url: str, seeds: list[int], requests: int,
+               upto: int | None = None, minutes: float | None = None, out=sys.stdout) -> Figures:
+    """Run sequences for ``seeds`` (or, with ``minutes``, from seeds[0] on until the time is
+    up); keep going after a mismatch so a long run finds every failing seed."""
+    started = time.perf_counter()
+    oracle = Oracle(workdir, redis_url, out=out)
+    try:
+        seed = seeds[0]
+        todo = list(seeds)
+        while todo or (minutes and time.perf_counter() - started < minutes * 60):
+            seed = todo.pop(0) if todo else seed + 1
+            oracle.sequence(seed, requests, upto)
+    finally:
+        oracle.close()
+    oracle.figures.seconds = round(time.perf_counter() - started, 1)
+    return oracle.figures
+
+
+def summary(figures: Figures) -> str:
+    f = figures
+    failing = sorted({m["seed"] for m in f.mismatches})
+    lines = [
+        f"oracle: {f.sequences} sequences, {f.requests} requests in {f.seconds} s",
+        (f"  compared pixel for pixel: {f.compared}; failed as injected/expected: "
+         f"{f.failed_as_expected}; rejected by both engines: {f.rejected_by_both}; "
+         f"references computed: {f.references}"),
+        "  cache hits: " + ", ".join(f"{k} {v}" for k, v in f.hits.items()),
+        "  events: " + (", ".join(f"{k} {v}" for k, v in sorted(f.events.items())) or "none"),
+        "  both engines crashed (not a cache bug, but a bug): "
+        + (", ".join(f"{k} x{v}" for k, v in sorted(f.crashes.items())) or "none"),
+        f"  mismatches: {len(f.mismatches)}" + (f" (seeds {failing})" if failing else ""),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from localredis import LocalRedis
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=1, help="first sequence seed")
+    parser.add_argument("--sequences", type=int, default=1, help="sequences (seeds seed, seed+1...)")
+    parser.add_argument("--requests", type=int, default=40, help="requests per sequence")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds instead (seed mod 3 picks the setup: 0 plain)")
+    parser.add_argument("--upto", type=int, default=None,
+                        help="stop each sequence after this request index (reproduce a failure)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="keep starting sequences until this many minutes have passed")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+    seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
+             else list(range(args.seed, args.seed + args.sequences)))
+    with tempfile.TemporaryDirectory(prefix="zturbo-oracle-") as tmp, \
+            LocalRedis(Path(tmp) / "redis") as server:
+        figures = run_oracle(Path(tmp), server.url, seeds, args.requests, args.upto,
+                             args.minutes)
+    print(summary(figures))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures.as_dict(), indent=2) + "\n")
+    return 1 if figures.mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
