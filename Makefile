@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test`.
-.PHONY: setup demo lint test docs bench fuzz oracle
+.PHONY: setup demo lint test test-fast docs bench fuzz oracle
 
 setup:
 	@scripts/setup
@@ -18,6 +18,10 @@ test: setup lint
 	@scripts/system-deps
 	.venv/bin/python -m pytest -q
 
+# the inner loop (under 2 minutes): no browser, no new processes, no long runs
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not browser and not subprocess and not slow"
+
 docs: setup
 	.venv/bin/python scripts/gen_cli_docs.py
 
@@ -30,9 +34,9 @@ bench: setup
 fuzz: setup
 	.venv/bin/python scripts/fuzz.py $(if $(EXAMPLES),--examples $(EXAMPLES),)
 
-# the randomized cache-vs-no-cache oracle, long run (tests/oracle.py; a bounded run is in make test):
+# the randomized cache-vs-no-cache oracle, long run (tests/support/oracle.py; a bounded run is in make test):
 # make oracle SEED=1 SEQUENCES=100 N=40, or MINUTES=30 to run sequences until then; JSON=path
 oracle: setup
 	@scripts/system-deps
-	.venv/bin/python tests/oracle.py --seed $(or $(SEED),1) --sequences $(or $(SEQUENCES),30) \
+	.venv/bin/python tests/support/oracle.py --seed $(or $(SEED),1) --sequences $(or $(SEQUENCES),30) \
 		--requests $(or $(N),40) $(if $(MINUTES),--minutes $(MINUTES),) $(if $(JSON),--json $(JSON),)
