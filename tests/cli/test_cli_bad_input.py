@@ -47,7 +47,7 @@ def test_output_path_is_checked_before_generating(zturbo_home, tmp_path):
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith("zturbo: error: cannot write images to"), out.stderr
         assert "Traceback" not in out.stderr and "seed 3" not in out.stdout
-    from zturbo.cli.root import output_pattern
+    from zturbo.cli.generate import output_pattern
 
     folder = tmp_path / "pics"
     folder.mkdir()  # -o DIR writes inside it
@@ -58,7 +58,7 @@ def test_output_path_is_checked_before_generating(zturbo_home, tmp_path):
 
 
 def test_a_failed_save_falls_back_to_the_state_dir(engine, zturbo_home, capsys):
-    from zturbo.cli.root import save_images
+    from zturbo.cli.generate import save_images
     from zturbo.generation.orchestrator import generate
 
     settings = load_settings(flags={"model": "demo"})[0]
