@@ -6,7 +6,9 @@ import numpy as np
 from safetensors.torch import load_file
 
 from zturbo.config import make_request
+from zturbo.engine.demo_files import demo_transformer
 from zturbo.engine.slg import fitted_layers
+from zturbo.generation.models import resolve_folder
 from zturbo.generation.orchestrator import generate
 
 from conftest import pixels, run_cli
@@ -39,11 +41,14 @@ def test_demo_files_fit_the_demo_transformer(engine, tmp_path):
     paths = out.stdout.split()
     assert [p.rsplit("/", 1)[-1] for p in paths] == [
         "demo-lora.safetensors", "demo-lora-kohya.safetensors", "demo-transformer-Q8_0.gguf"]
-    modules = {name for name, _ in engine.pipe.transformer.named_modules()}
+    # a fresh transformer from the model folder: the session engine may carry LoRA
+    # adapters that earlier tests loaded (they wrap the attention projections)
+    transformer = demo_transformer(resolve_folder("demo", engine.settings))
+    modules = {name for name, _ in transformer.named_modules()}
     lora = load_file(paths[0])
     assert lora and all(k.removeprefix("transformer.").rsplit(".lora_", 1)[0] in modules
                         for k in lora)
     assert all(k.startswith("lora_unet_") for k in load_file(paths[1]))
     names = {t.name for t in gguf.GGUFReader(paths[2]).tensors}
-    assert names == set(engine.pipe.transformer.state_dict())
+    assert names == set(transformer.state_dict())
     assert run_cli("demo", "files", str(tmp_path / "x"), "--model", "nope").returncode == 2
