@@ -1,5 +1,7 @@
 """The encode/generate split: safetensors embeddings and a generator-only engine."""
 
+import uuid
+
 import numpy as np
 import pytest
 import torch
@@ -22,8 +24,11 @@ def test_generator_only_engine_never_loads_the_text_encoder(engine, generator_on
     assert generator_only.pipe.text_encoder is None and generator_only.pipe.tokenizer is None
     assert not generator_only.has_text_encoder and engine.has_text_encoder
     assert generator_only.fingerprint == engine.fingerprint  # same weights, same pixels
+    # a prompt no earlier test embedded: the session's disk tier (shared by both engines)
+    # would otherwise serve its embedding, and nothing would need the text encoder
+    never_embedded = f"a cat {uuid.uuid4().hex}"
     with pytest.raises(ZTurboError, match="without a text encoder"):
-        generator_only.generate("a cat", seed=1, width=64, height=64, steps=1)
+        generator_only.generate(never_embedded, seed=1, width=64, height=64, steps=1)
 
 
 def test_embeddings_file_gives_the_full_engines_pixels(engine, generator_only, tmp_path):
