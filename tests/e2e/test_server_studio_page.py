@@ -17,7 +17,6 @@ import io
 import json
 import re
 import shlex
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,10 +25,9 @@ from PIL import Image
 
 from conftest import run_cli
 from knob_files import make_lora
-from serverkit import app_for, gate, launch_chromium, live_server, needs_chromium, one_thread
+from serverkit import (ARTIFACTS, app_for, check_axe, gate, launch_chromium, live_server,
+                       needs_chromium, one_thread)
 
-AXE = Path(__file__).parents[1] / "vendor" / "axe.min.js"
-ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 BADGE = re.compile(r"replayed from step \d+ in \d+\.\d\d s · full run \d+\.\d\d s")
 
 pytestmark = [pytest.mark.browser, needs_chromium]
@@ -80,22 +78,6 @@ def generate(page, *, keys=True):
     expect(page.locator("#status")).to_have_text("done", timeout=60_000)
     page.wait_for_function("document.getElementById('result-image').naturalWidth > 0 && "
                            "!document.getElementById('result').hidden", timeout=30_000)
-
-
-def axe_violations(page) -> list[dict]:
-    page.add_script_tag(path=str(AXE))
-    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
-    return [{"id": v["id"], "impact": v["impact"], "help": v["help"],
-             "nodes": [n["target"] for n in v["nodes"]][:5]} for v in result["violations"]]
-
-
-def check_axe(page, where: str) -> list[dict]:
-    found = axe_violations(page)
-    bad = [v for v in found if v["impact"] in ("serious", "critical")]
-    assert not bad, f"axe at {where}: {json.dumps(bad, indent=1)}"
-    print(f"axe at {where}: {len(found)} violation(s) below serious: "
-          f"{[(v['id'], v['impact']) for v in found]}")
-    return found
 
 
 def journey(page, tag: str, seed: int) -> dict:

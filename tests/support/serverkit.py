@@ -22,6 +22,9 @@ from zturbo.config import load_settings
 from zturbo.server import create_app
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
+AXE = Path(__file__).parents[1] / "vendor" / "axe.min.js"
+ARTIFACTS = Path(__file__).parents[1] / "artifacts"  # screenshots (git-ignored)
+DESKTOP, PHONE = {"width": 1280, "height": 800}, {"width": 390, "height": 844}
 
 # Debian's chromium (scripts/system-deps installs it), driven by Playwright in browser tests
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -36,6 +39,33 @@ def launch_chromium(playwright):
     """A headless Chromium for one test module or test (close it when done)."""
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                       headless=True)
+
+
+def axe_violations(page) -> list[dict]:
+    """axe-core's violations on the page (axe injected from tests/vendor, never fetched)."""
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [{"id": v["id"], "impact": v["impact"], "help": v["help"],
+             "nodes": [n["target"] for n in v["nodes"]][:5]} for v in result["violations"]]
+
+
+def check_axe(page, where: str) -> list[dict]:
+    """No serious or critical axe violation; the lesser ones are printed."""
+    found = axe_violations(page)
+    bad = [v for v in found if v["impact"] in ("serious", "critical")]
+    assert not bad, f"axe at {where}: {json.dumps(bad, indent=1)}"
+    print(f"axe at {where}: {len(found)} violation(s) below serious: "
+          f"{[(v['id'], v['impact']) for v in found]}")
+    return found
+
+
+def screenshot(page, name: str, full_page: bool = False) -> Path:
+    """Save a screenshot to tests/artifacts/NAME.png and print its path."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    print(f"screenshot: {path}")
+    return path
 
 
 def settings(**flags):
@@ -125,12 +155,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(app, headers: dict | None = None):
-    """A real uvicorn server on a free 127.0.0.1 port, in a thread; yields its base URL.
-    ``headers`` go with the readiness check (an API key)."""
+def live_server(app, headers: dict | None = None, port: int | None = None):
+    """A real uvicorn server on a free 127.0.0.1 port (or ``port``: a server started again
+    where a stopped one was), in a thread; yields its base URL. ``headers`` go with the
+    readiness check (an API key)."""
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -1,7 +1,8 @@
 // zturbo studio: plain JS, no build step. Talks to the same API as every other client:
 // POST /api/jobs (+ /edit), GET /api/jobs/{id}/events (SSE, read with fetch so an API key
 // can be sent), GET /api/jobs (the queue), POST /api/jobs/{id}/cancel, GET /api/history,
-// GET /api/images/{id}[?size=], GET /api/loras, GET /api/templates, POST /api/metadata.
+// GET /api/images/{id}[?size=], GET /api/loras, GET /api/templates, POST /api/metadata,
+// GET /api/ready and /api/health (is the server there?).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,15 +10,24 @@ const THUMB = 256;
 const state = {
   key: localStorage.getItem("zturbo-key") || "", job: null, lastSeed: null, shown: null,
   results: [], options: null, templates: {}, loras: [], offset: 0, pageSize: 24,
-  gallery: [], boxIndex: -1, model: null,
+  gallery: [], boxIndex: -1, model: null, cancelRequested: false, delivered: false,
 };
+const HEARTBEAT_MS = 15000;  // while idle, ask /api/ready this often: the header stays true
+
+class ServerDown extends Error {  // fetch itself failed: no answer at all from the server
+  constructor() { super("the server is not answering"); }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function headers(extra = {}) {
   return state.key ? { ...extra, Authorization: `Bearer ${state.key}` } : extra;
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: headers(options.headers) });
+  let response;
+  try { response = await fetch(path, { ...options, headers: headers(options.headers) }); }
+  catch (_) { serverLost(); throw new ServerDown(); }
   if (response.status === 401) {
     $("keybar").hidden = false;
     throw new Error("this server needs an API key");
@@ -32,9 +42,49 @@ async function api(path, options = {}) {
 
 const json = async (path, options) => (await api(path, options)).json();
 
-function showError(message) {
+function showError(message) {  // in a box fixed to the viewport: seen wherever one scrolled
   $("error").textContent = message || "";
-  $("error").hidden = !message;
+  $("error-box").hidden = !message;
+}
+
+// ---- a lost server: say so in words, keep asking, and come back when it answers ------------
+let reconnecting = null;
+
+function serverLost() {
+  if (reconnecting) return reconnecting;
+  $("model").textContent = "server not answering";
+  $("model").classList.remove("ok");
+  $("model").classList.add("bad");
+  $("notice").textContent = "The server is not answering; retrying...";
+  reconnecting = (async () => {
+    for (let delay = 1000; ; delay = Math.min(delay * 1.5, 5000)) {
+      await sleep(delay);
+      try { if ((await fetch("/api/health", { cache: "no-store" })).ok) break; } catch (_) { /* still down */ }
+    }
+    $("notice").textContent = "";
+    $("model").classList.remove("bad");
+    reconnecting = null;
+    if (state.options) await loadReady().catch(() => {});
+    else await start();  // the first load never finished: do it now
+  })();
+  return reconnecting;
+}
+
+async function serverBack() {  // true once the server answers again; false if cancelled first
+  const back = serverLost();
+  let answered = false;
+  back.then(() => { answered = true; });
+  while (!answered && !state.cancelRequested) await sleep(200);
+  return answered;
+}
+
+async function loadReady() {  // the header says what the server has, or that it is not there
+  let ready = null;
+  try { ready = await (await fetch("/api/ready", { headers: headers(), cache: "no-store" })).json(); }
+  catch (_) { serverLost(); return; }
+  state.model = ready?.ready ? ready.model : null;
+  $("model").textContent = ready?.ready ? `model ${ready.model}` : "model loading...";
+  $("model").classList.toggle("ok", !!ready?.ready);
 }
 
 const blobs = new Map();  // image URL -> object URL (ids never change: fetch each once)
@@ -67,16 +117,14 @@ async function loadOptions() {
   $("prompt").maxLength = options.limits.max_prompt_chars;
   matchAspect();
   await Promise.all([loadTemplates(), loadLoras()]);
-  const ready = await (await api("/api/ready").catch(() => null))?.json?.();
-  state.model = ready?.ready ? ready.model : null;
-  $("model").textContent = ready?.ready ? `model ${ready.model}` : "model loading...";
-  $("model").classList.toggle("ok", !!ready?.ready);
+  await loadReady();
 }
 
 async function loadTemplates() {
   const { templates } = await json("/api/templates");
   state.templates = Object.fromEntries(templates.map((t) => [t.name, t]));
   $("template-row").hidden = !templates.length;
+  $("template").replaceChildren(new Option("none", ""));
   for (const t of templates) {
     const option = new Option(t.name, t.name);
     option.title = t.description;
@@ -207,26 +255,64 @@ function restore(request) {  // put a stored request back into the form
 
 // ---- generate, follow, the queue, cancel ------------------------------------------------
 async function generate() {
-  if (state.job) return;
+  if (state.job || $("generate").disabled) return;
   showError("");
+  state.cancelRequested = false;
+  state.delivered = false;
   $("generate").disabled = true;
+  $("cancel").disabled = false;
+  $("empty").hidden = true;  // the work takes the empty card's place, in view
+  $("pending").hidden = !$("result").hidden;
+  reveal($("stage"));
   try {
-    const job = await (await submitJob()).json();
-    state.job = job.id;
-    $("cancel").disabled = false;
-    setProgress(0, 1, `queued (position ${job.queue_position ?? 1})`);
-    watchQueue();
-    await follow(job.id, onEvent);
+    await submitAndFollow();
   } catch (err) {
-    showError(err.message);
-    setProgress(0, 1, "failed");
+    failed(err.message);
   } finally {
     state.job = null;
     $("generate").disabled = false;
     $("cancel").disabled = true;
-    $("preview").hidden = true;
+    if (!state.delivered) $("preview").hidden = true;  // else it stays until the image is in
+    $("pending").hidden = true;
+    $("empty").hidden = !!state.shown;
     refreshQueue();
   }
+}
+
+async function submitAndFollow() {  // submit, then follow to the end; a lost server is waited for
+  for (;;) {
+    try {
+      if (!state.job) {
+        const job = await (await submitJob()).json();
+        state.job = job.id;
+        setProgress(0, 1, `queued (position ${job.queue_position ?? 1})`);
+        watchQueue();
+        if (state.cancelRequested) await cancel();
+      }
+      if (await follow(state.job, onEvent)) return;
+      serverLost();  // the stream ended before the job did: the server went away
+    } catch (err) {
+      if (!(err instanceof ServerDown)) throw err;
+    }
+    setProgress(0, 1, "waiting for the server");
+    if (!await serverBack()) { setProgress(0, 1, "cancelled"); return; }
+    if (state.cancelRequested && state.job) await cancel();
+  }
+}
+
+function failed(message) {  // the newest request failed: say so, and mark the old result stale
+  showError(message);
+  setProgress(0, 1, "failed");
+  $("stage").classList.toggle("stale", !$("result").hidden);
+  $("stale-note").hidden = $("result").hidden;
+}
+
+function reveal(element) {  // scroll element's top into view unless it is already on screen
+  const box = element.getBoundingClientRect();
+  const top = parseFloat(getComputedStyle(element).scrollMarginTop) || 0;
+  if (box.top >= top && box.top < innerHeight * 0.5) return;
+  const smooth = !matchMedia("(prefers-reduced-motion: reduce)").matches;
+  element.scrollIntoView({ block: "start", behavior: smooth ? "smooth" : "auto" });
 }
 
 function submitJob() {  // JSON for a prompt; multipart with the init image for img2img
@@ -255,8 +341,10 @@ function onInitChosen() {  // img2img: the output size follows the source image
   probe.src = URL.createObjectURL(file);
 }
 
-async function follow(jobId, handle) {  // Server-Sent Events (events.js)
-  return followEvents(await api(`/api/jobs/${jobId}/events`), handle);
+async function follow(jobId, handle) {  // Server-Sent Events (events.js): true when it ended
+  const response = await api(`/api/jobs/${jobId}/events`);
+  try { return await followEvents(response, handle); }
+  catch (_) { serverLost(); throw new ServerDown(); }  // the stream broke off
 }
 
 function setProgress(done, total, text) {
@@ -270,16 +358,22 @@ function onEvent(event, data) {  // returns true when the job ended
   if (event === "started") setProgress(0, data.total, "started");
   if (event === "step") {
     setProgress(data.step, data.total, `step ${data.step}/${data.total}`);
-    if (data.preview) { $("preview").src = data.preview; $("preview").hidden = false; }
+    if (data.preview) {
+      $("preview").src = data.preview;
+      $("preview").hidden = false;
+      $("pending").hidden = true;
+    }
   }
   if (event === "done") {
     setProgress(1, 1, "done");
+    state.delivered = true;
     state.lastSeed = data.seeds[0];
-    showResults(data.images).then(() => loadGallery(true)).catch((e) => showError(e.message));
+    showResults(data.images).then(() => { reveal($("stage")); return loadGallery(true); })
+      .catch((e) => showError(e.message));
     return true;
   }
   if (event === "cancelled") { setProgress(0, 1, "cancelled"); return true; }
-  if (event === "error") { showError(data.message); setProgress(0, 1, "error"); return true; }
+  if (event === "error") { failed(data.message); return true; }
   return false;
 }
 
@@ -307,10 +401,11 @@ async function refreshQueue() {
   }));
 }
 
-async function cancel() {
+async function cancel() {  // also while waiting for a lost server: the wait stops
+  state.cancelRequested = true;
   if (!state.job) return;
   try { await api(`/api/jobs/${state.job}/cancel`, { method: "POST" }); }
-  catch (err) { showError(err.message); }
+  catch (err) { if (!(err instanceof ServerDown)) showError(err.message); }
 }
 
 // ---- the result: large image, its strip, badge, parameters --------------------------------
@@ -341,7 +436,10 @@ async function showResult(item) {  // a history item, or an image of a "done" ev
   img.dataset.imageId = item.id;
   img.hidden = false;
   $("empty").hidden = true;
+  $("pending").hidden = true;
   $("preview").hidden = true;
+  $("stage").classList.remove("stale");
+  $("stale-note").hidden = true;
   for (const b of $("strip").children) b.classList.toggle("active", b.getAttribute("aria-label").includes(`seed ${item.seed})`));
   $("download").href = url;
   $("download").download = `zturbo-${item.seed}.png`;
@@ -533,6 +631,7 @@ function wire() {
   if (/Mac|iPhone|iPad/.test(navigator.platform)) {
     for (const kbd of document.querySelectorAll("kbd")) if (kbd.textContent === "Ctrl") kbd.textContent = "⌘";
   }
+  $("error-close").addEventListener("click", () => showError(""));
   $("keybar").addEventListener("submit", (e) => {
     e.preventDefault();
     state.key = $("apikey").value.trim();
@@ -555,9 +654,17 @@ async function start() {
   try {
     await loadOptions();
     await loadGallery(true);
+    if (!state.shown && state.gallery.length) await showResult(state.gallery[0]);  // a reload
     refreshQueue();
-  } catch (err) { showError(err.message); }
+  } catch (err) { if (!(err instanceof ServerDown)) showError(err.message); }
+}
+
+function heartbeat() {  // idle: is the server (still) there? The header follows the answer
+  setInterval(() => {
+    if (!state.job && !reconnecting && document.visibilityState === "visible") loadReady();
+  }, HEARTBEAT_MS);
 }
 
 wire();
 start();
+heartbeat();
