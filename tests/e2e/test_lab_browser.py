@@ -1,7 +1,8 @@
 """The lab's pages in headless Chromium (Debian's, via Playwright): a run's report.html from
 file:// with every non-file request aborted (slider compare, same-frame refusal, zoom,
 copy as CLI command), and the Lab view against a live server (start a 2-frame sweep, watch
-it complete, open its report). Plus the lab API's errors and path-traversal safety."""
+it complete, open its report; the Lab page's grid, compare, cancel and states at two
+widths: test_lab_page.py). Plus the lab API's errors and path-traversal safety."""
 
 from __future__ import annotations
 
@@ -100,12 +101,13 @@ def test_lab_view_runs_a_sweep_and_opens_its_report(engine, tmp_path):
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(base + "/lab")
             page.fill("#lab-prompt", "a lighthouse at dusk")
-            page.fill("#lab-vary", "steps=1,2")
+            page.select_option("#lab-x-field", "steps")
+            page.fill("#lab-x-values", "1,2")
             page.fill("#lab-width", "32")
             page.fill("#lab-height", "32")
             page.click("#lab-run")
-            expect(page.locator("#lab-status")).to_have_text("done", timeout=60_000)
-            expect(page.locator("#lab-frames figure")).to_have_count(2)
+            expect(page.locator("#lab-status")).to_have_text("done: 2 frames", timeout=60_000)
+            expect(page.locator("#lab-grid .cell img")).to_have_count(2)
             expect(page.locator("#lab-runs li")).to_have_count(1)
             with page.context.expect_page() as opened:
                 page.click("#lab-report")

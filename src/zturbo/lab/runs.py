@@ -18,12 +18,13 @@ import json
 import os
 import re
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from zturbo.config import state_dir
 from zturbo.errors import ZTurboError
+from zturbo.lab.grid import grid_json, grid_layout
+from zturbo.lab.spec import SweepSpec, load_spec
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SPEC, RESULTS, SUMMARY, SHEET, REPORT = ("sweep.toml", "results.jsonl", "summary.md",
@@ -116,16 +117,40 @@ class RunFolder:
         path = self.path / row["file"]
         return path.is_file() and file_sha256(path) == row["png_sha256"]
 
-    def summary(self) -> dict[str, Any]:
-        """What ``zturbo lab runs`` and ``GET /api/lab/runs`` list."""
-        rows = self.results()
+    def spec(self) -> SweepSpec | None:
+        """The sweep of this folder (sweep.toml), or None when it is missing or unreadable."""
         try:
-            prompt = str(tomllib.loads(self.file(SPEC).read_text()).get("prompt", ""))
-        except (OSError, tomllib.TOMLDecodeError):
-            prompt = ""
+            return load_spec(self.file(SPEC).read_text())
+        except (OSError, UnicodeDecodeError, ZTurboError):
+            return None
+
+    def summary(self) -> dict[str, Any]:
+        """What ``zturbo lab runs`` and ``GET /api/lab/runs`` list: the prompt, the axes,
+        frames made of ``total``, ``state`` (``done``: every frame and the report are there;
+        else ``interrupted``), a ``thumbnail`` (the first frame made, relative to the folder)
+        and the ``grid`` (``grid.grid_json``; each made cell has its ``file``)."""
+        rows = self.results()
+        spec = self.spec()
+        axes = spec.axes if spec else []
+        total = grid_layout(axes).size if spec else len(rows)
+        made = [{"frame": r.get("frame"), "file": r["file"], "coords": r.get("coords", {})}
+                for r in rows if isinstance(r.get("file"), str)]
+        report = self.file(REPORT).exists()
         return {"name": self.name, "path": str(self.path), "frames": len(rows),
-                "prompt": prompt[:120], "report": self.file(REPORT).exists(),
+                "prompt": (spec.prompt if spec else "")[:120], "report": report,
+                "total": total, "state": "done" if report and len(rows) >= total else "interrupted",
+                "axes": [{"field": a.field, "values": list(a.values)} for a in axes],
+                "thumbnail": made[0]["file"] if made else None,
+                "grid": grid_json(axes, made),
+                "created": _mtime(self.file(SPEC)),
                 "modified": self.path.stat().st_mtime if self.path.exists() else 0.0}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def list_runs(root: Path | None = None) -> list[dict[str, Any]]:

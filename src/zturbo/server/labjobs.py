@@ -20,6 +20,7 @@ from typing import Any
 
 from zturbo.errors import ZTurboError
 from zturbo.generation.orchestrator import Cancelled
+from zturbo.lab.grid import grid_json
 from zturbo.lab.runner import run
 from zturbo.lab.runs import RunFolder
 from zturbo.lab.spec import SweepSpec
@@ -105,7 +106,8 @@ class LabJobs:
             return {"id": job.id, "status": job.status, "done": job.done, "total": job.total,
                     "skipped": job.skipped, "error": job.error, "run": job.folder.name,
                     "frames": list(job.frames), "report": _url(job, "report.html"),
-                    "events": f"/api/lab/sweeps/{job.id}/events"}
+                    "events": f"/api/lab/sweeps/{job.id}/events", "prompt": job.spec.prompt,
+                    "grid": grid_json(job.spec.axes, job.frames)}
 
     # -- what jobs.follow reads ------------------------------------------------------
     def watch(self, job: LabJob, delta: int) -> None:

@@ -14,9 +14,10 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
 
 from zturbo.errors import ZTurboError
+from zturbo.lab.axes import ENGINE_AXES, sweepable
 from zturbo.lab.runner import build_spec, default_folder, plan
 from zturbo.lab.runs import list_runs, run_file, runs_root
-from zturbo.lab.spec import reference_prompts
+from zturbo.lab.spec import presets, reference_prompts
 from zturbo.server.errors import ApiError
 from zturbo.server.jobs import follow
 from zturbo.server.labjobs import LabJob, LabJobs
@@ -121,10 +122,18 @@ async def cancel_sweep(sweep_id: str, request: Request):
 
 @router.get("/api/lab/runs")
 def runs(request: Request):
-    """Run folders under ``<state>/runs``, newest first."""
+    """Run folders under ``<state>/runs``, newest first (a run a sweep of this server is
+    making is ``running``), with what the Lab page's form offers: the sweepable fields and
+    the presets a server runs (none that loads weights files)."""
+    busy = {j.folder.name for j in lab_jobs(request).all() if not j.terminal}
     return {"runs": [{k: v for k, v in r.items() if k != "path"}
                      | {"report": f"/api/lab/runs/{r['name']}/files/report.html"
-                        if r["report"] else None} for r in list_runs(runs_root())]}
+                        if r["report"] else None}
+                     | ({"state": "running"} if r["name"] in busy else {})
+                     for r in list_runs(runs_root())],
+            "sweepable": [f for f in sweepable() if f not in ENGINE_AXES],
+            "presets": {name: p.get("help", "") for name, p in presets().items()
+                        if not any(v.startswith(ENGINE_AXES) for v in p.get("vary", []))}}
 
 
 @router.get("/api/lab/runs/{run}/files/{relative:path}", response_class=FileResponse)
