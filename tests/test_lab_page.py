@@ -190,3 +190,51 @@ def test_cancel_and_honest_states_and_errors_in_the_page_words(engine, size):
         assert "done" not in page.inner_text("#lab-status")
         screenshot(page, f"lab-{tag}-cancelled")
         assert not errors, errors
+
+
+def test_the_report_lays_the_sweep_out_as_its_grid_and_compares_neighbours(engine, tmp_path):
+    """report.html from file:// (nothing else reachable), at both widths: X across, Y down
+    with their labels, one panel per Z value; a cell compares with its neighbour along X,
+    Y or Z."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from zturbo.lab import RunFolder
+    from zturbo.lab.runner import build_spec, run
+
+    folder = RunFolder(tmp_path / "run")
+    with one_thread():
+        run(build_spec("a copper kettle", ["steps=1,2", "seed=1,2", "guidance=0,0.5"],
+                       width=32, height=32), folder, engine=engine)
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            for tag, size in (("desktop", DESKTOP), ("phone", PHONE)):
+                page = browser.new_context(viewport=size).new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file://")
+                           else r.abort())
+                page.goto(folder.file("report.html").as_uri())
+                assert labels(page.locator("#grid h3")) == ["guidance=0", "guidance=0.5"]
+                head = page.locator("#grid table").nth(0).locator("thead th")
+                assert labels(head)[1:] == ["steps=1", "steps=2"]
+                assert labels(page.locator("#grid table").nth(0).locator("tbody th")) == [
+                    "seed=1", "seed=2"]
+                expect(page.locator("#grid img")).to_have_count(8)
+                page.locator("#grid table").nth(1).locator("tbody tr").nth(1).locator(
+                    "button").nth(1).click()  # guidance=0.5, seed=2, steps=2
+                assert page.get_attribute("#img-left", "src") == (
+                    "frames/steps-2_seed-2_guidance-0.5.png")
+                assert page.get_attribute("#img-right", "src") == (
+                    "frames/steps-1_seed-2_guidance-0.5.png")  # the end of X: the previous
+                page.click("#along button:has-text('along seed')")
+                assert page.get_attribute("#img-right", "src") == (
+                    "frames/steps-2_seed-1_guidance-0.5.png")
+                page.click("#along button:has-text('along guidance')")
+                assert page.get_attribute("#img-right", "src") == (
+                    "frames/steps-2_seed-2_guidance-0.png")
+                no_sideways_scroll(page, size)
+                screenshot(page, f"lab-report-{tag}", full_page=True)
+                assert not errors, errors
+        finally:
+            browser.close()

@@ -57,6 +57,8 @@ def test_report_compares_two_frames_offline(engine, tmp_path):
             _offline(page, blocked)
             page.goto(url)
             expect(page.locator("#grid img")).to_have_count(3)
+            assert page.locator("#grid thead th").all_inner_texts() == [
+                "steps=1", "steps=2", "steps=3"]
             page.wait_for_function("[...document.querySelectorAll('#grid img')]"
                                    ".every(i => i.complete && i.naturalWidth === 32)")
             page.select_option("#left", label="steps=1")
@@ -76,9 +78,9 @@ def test_report_compares_two_frames_offline(engine, tmp_path):
             expect(page.locator("#compare-msg")).to_have_text("")
             page.fill("#zoom", "4")
             assert page.eval_on_selector("#stage", "e => e.style.transform") == "scale(4)"
-            page.click("#grid figure >> nth=1")
-            expect(page.locator("#lightbox")).to_be_visible()
-            page.click("#lightbox")
+            page.click("#grid button >> nth=2")  # a cell: compared with its neighbour
+            assert page.get_attribute("#img-left", "src") == "frames/steps-3.png"
+            assert page.get_attribute("#img-right", "src") == "frames/steps-2.png"
             expect(page.locator("#metrics tbody tr")).to_have_count(3)
             page.click("#params details >> nth=0")
             page.click("button.copy >> nth=0")

@@ -2,7 +2,8 @@
 
 No CDN, no network: the style and script are inline, the frames are relative paths into
 the run folder (``frames/*.png``), so the folder can be zipped and shared. The page has the
-grid (click to enlarge), a two-sided slider compare of any two different frames, a zoom
+X/Y/Z grid (``grid.py``; click a frame to compare it with its neighbour along an axis), a
+two-sided slider compare of any two different frames, a zoom
 that magnifies both sides together, the metrics table, and each frame's exact parameters
 with a "copy as CLI command" button.
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 from zturbo.config import Request
 from zturbo.lab.axes import value_text
+from zturbo.lab.grid import grid_json
 from zturbo.lab.spec import SweepSpec
 
 # Request fields that have no `zturbo generate` flag of the same name, or need none.
@@ -57,8 +59,9 @@ def report_data(spec: SweepSpec, rows: list[dict[str, Any]], reference: str,
                "cli": cli_command(r["request"], r.get("model"), r.get("transformer_file")),
                "width": r["request"]["width"], "height": r["request"]["height"]}
               for r in rows]
+    cells = [{"coords": f["coords"], "index": i} for i, f in enumerate(frames)]
     return {"prompt": spec.prompt, "axes": [a.field for a in spec.axes], "caption": caption,
-            "reference": reference, "frames": frames}
+            "reference": reference, "frames": frames, "grid": grid_json(spec.axes, cells)}
 
 
 def report_html(spec: SweepSpec, rows: list[dict[str, Any]], reference: str, caption: str) -> str:
