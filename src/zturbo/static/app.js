@@ -10,7 +10,7 @@ const THUMB = 256;
 const state = {
   key: localStorage.getItem("zturbo-key") || "", job: null, lastSeed: null, shown: null,
   results: [], options: null, templates: {}, loras: [], offset: 0, pageSize: 24,
-  gallery: [], boxIndex: -1, model: null, cancelRequested: false, delivered: false,
+  gallery: [], galleryRun: 0, boxIndex: -1, boxItem: null, model: null, cancelRequested: false, delivered: false,
 };
 const HEARTBEAT_MS = 15000;  // while idle, ask /api/ready this often: the header stays true
 
@@ -514,9 +514,11 @@ function commandFor(item, kind) {
 
 // ---- gallery and lightbox ---------------------------------------------------------------------
 async function loadGallery(reset) {
-  if (reset) { state.offset = 0; state.gallery = []; $("gallery").replaceChildren(); }
+  const run = reset ? ++state.galleryRun : state.galleryRun;  // a newer reset wins
   const q = encodeURIComponent($("search").value);
-  const page = await json(`/api/history?limit=${state.pageSize}&offset=${state.offset}&q=${q}`);
+  const page = await json(`/api/history?limit=${state.pageSize}&offset=${reset ? 0 : state.offset}&q=${q}`);
+  if (run !== state.galleryRun) return;
+  if (reset) { state.offset = 0; state.gallery = []; $("gallery").replaceChildren(); }
   state.offset += page.items.length;
   $("more").hidden = state.offset >= page.total;
   $("gallery-count").textContent = `${page.total} image${page.total === 1 ? "" : "s"}`;
@@ -551,6 +553,7 @@ async function openBox(index) {
   const item = state.gallery[index];
   if (!item) return;
   state.boxIndex = index;
+  state.boxItem = item;  // what the lightbox shows, even if the history reloads meanwhile
   const url = await imageUrl(item.url);
   $("lightbox-image").src = url;
   $("lightbox-image").alt = item.prompt;
@@ -586,7 +589,7 @@ async function dropped(file) {
 
 function wireLightbox() {
   const box = $("lightbox");
-  const current = () => state.gallery[state.boxIndex];
+  const current = () => state.boxItem;
   $("lightbox-close").addEventListener("click", () => box.close());
   $("lightbox-prev").addEventListener("click", () => openBox(state.boxIndex - 1));
   $("lightbox-next").addEventListener("click", () => openBox(state.boxIndex + 1));
