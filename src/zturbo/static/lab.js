@@ -455,6 +455,9 @@ $("compare-slider").addEventListener("input", slide);
 $("compare-zoom").addEventListener("input", zoom);
 $("compare").addEventListener("click", zoomAt);
 $("compare-close").addEventListener("click", () => $("compare-box").close());
+$("compare-right").addEventListener("load", (e) => {  // fit the whole picture in the dialog
+  $("compare").style.setProperty("--aspect", e.target.naturalWidth / e.target.naturalHeight);
+});
 $("compare-box").addEventListener("click", (e) => { if (e.target === $("compare-box")) $("compare-box").close(); });
 addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !$("compare-box").open) {
