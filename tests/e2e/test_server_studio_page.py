@@ -25,8 +25,16 @@ from PIL import Image
 
 from conftest import run_cli
 from knob_files import make_lora
-from serverkit import (ARTIFACTS, app_for, check_axe, gate, launch_chromium, live_server,
-                       needs_chromium, one_thread)
+from serverkit import (
+    ARTIFACTS,
+    app_for,
+    check_axe,
+    gate,
+    launch_chromium,
+    live_server,
+    needs_chromium,
+    one_thread,
+)
 
 BADGE = re.compile(r"replayed from step \d+ in \d+\.\d\d s · full run \d+\.\d\d s")
 

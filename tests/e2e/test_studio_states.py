@@ -18,8 +18,20 @@ import contextlib
 
 import pytest
 
-from serverkit import (DESKTOP, PHONE, app_for, check_axe, free_port, gate, launch_chromium,
-                       live_server, needs_chromium, one_thread, screenshot, wait_for)
+from serverkit import (
+    DESKTOP,
+    PHONE,
+    app_for,
+    check_axe,
+    free_port,
+    gate,
+    launch_chromium,
+    live_server,
+    needs_chromium,
+    one_thread,
+    screenshot,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.browser, needs_chromium]
 SIZES = pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])

@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from .axes import Axis
+from zturbo.lab.axes import Axis
 
 
 @dataclass(frozen=True)

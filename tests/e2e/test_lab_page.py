@@ -19,10 +19,21 @@ import contextlib
 
 import pytest
 
-from serverkit import (DESKTOP, PHONE, app_for, check_axe, gate, launch_chromium, live_server,
-                       needs_chromium, one_thread, screenshot, wait_for)
+from serverkit import (
+    DESKTOP,
+    PHONE,
+    app_for,
+    check_axe,
+    gate,
+    launch_chromium,
+    live_server,
+    needs_chromium,
+    one_thread,
+    screenshot,
+    wait_for,
+)
 
-pytestmark = needs_chromium
+pytestmark = [pytest.mark.browser, needs_chromium]
 SIZES = pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
 LUMINANCE = """(selector) => {
   const [r, g, b] = getComputedStyle(document.querySelector(selector)).backgroundColor
