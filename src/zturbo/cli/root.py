@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from typer._click import exceptions as usage  # typer's own (vendored) click errors
 
-from zturbo.cli import cache, config, demo, generate, lab, profiler, prompt, serve
+from zturbo.cli import cache, config, demo, generate, lab, mcp, profiler, prompt, serve
 
 app = typer.Typer(
     help="zturbo: generate images with Z-Image-Turbo, replay them exactly, serve them.",
@@ -37,6 +37,7 @@ def root(
 # top-level commands first, then the command groups (the order of `zturbo --help`)
 app.add_typer(generate.app)  # zturbo generate, zturbo info
 app.add_typer(serve.app)  # zturbo serve; FastAPI loads only when it runs
+app.add_typer(mcp.app)  # zturbo mcp (stdio); the MCP SDK loads only when it runs
 app.add_typer(prompt.app)  # zturbo encode
 app.add_typer(profiler.app)  # zturbo profile
 app.add_typer(lab.app)  # zturbo sweep

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from importlib.resources import files
 from pathlib import Path
 
@@ -38,6 +38,13 @@ from zturbo.server.state import ServerState
 from zturbo.server.statelock import StateLock, server_url
 from zturbo.server.store import StoreUnavailable, open_store
 from zturbo.server.uploads import max_body_bytes
+
+try:  # the MCP front end needs the mcp package (the mcp extra)
+    from .mcp.http import Endpoint as McpEndpoint
+except ModuleNotFoundError as missing:
+    if (missing.name or "").split(".")[0] not in ("mcp", "mcp_types"):
+        raise
+    McpEndpoint = None  # type: ignore[assignment, misc]
 
 log = logging.getLogger("zturbo.server")
 # No API key needed: health, and the page's own code (no data in it; the page asks for the
@@ -81,7 +88,8 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
             log.warning("shared state: %s", exc)
         loader = asyncio.create_task(_load(st))
         try:
-            yield
+            async with _running(mcp):
+                yield
         finally:
             withdraw(st.record)  # no new CLI client from here on
             loader.cancel()
@@ -108,6 +116,7 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
     for module in (openai_images, generate, encode, jobs_routes, images, ops, library):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(lab_routes.router, responses=ERROR_RESPONSES)  # the lab (docs/lab.md)
+    mcp = _mount_mcp(app)
     static = files("zturbo").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -116,6 +125,25 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
         return FileResponse(str(static.joinpath("index.html")), media_type="text/html")
 
     return app
+
+
+def _mount_mcp(app: FastAPI):
+    """``/mcp``: the MCP server on streamable HTTP (docs/mcp.md), or without the mcp package
+    a one-line 501 that says how to get it. Returns the endpoint (None without)."""
+    if McpEndpoint is None:
+        async def missing(request):
+            return error_response(501, "the MCP endpoint needs the mcp package: pip install "
+                                       "'zturbo[mcp]'", "unavailable")
+
+        app.add_route("/mcp", missing, include_in_schema=False)
+        return None
+    endpoint = McpEndpoint(app)
+    app.add_route("/mcp", endpoint, include_in_schema=False)
+    return endpoint
+
+
+def _running(mcp) -> AbstractAsyncContextManager:
+    return mcp.running() if mcp is not None else nullcontext()
 
 
 async def _load(st: ServerState) -> None:

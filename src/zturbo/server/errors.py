@@ -72,8 +72,9 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    """One line from FastAPI's list of errors: ``body.width: Input should be ...``."""
+def validation_message(exc) -> str:
+    """One line from pydantic's list of errors (a body's or a tool's arguments):
+    ``width: Input should be ...``; an unknown name says ``unknown field``."""
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
     msg = str(err.get("msg", "invalid input")).removeprefix("Value error, ")
@@ -82,34 +83,33 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"{where}: {msg}"
 
 
+def as_api_error(exc: ZTurboError) -> ApiError:
+    """The status, kind and headers a failure is answered with, on every front end: bad
+    input 400, a full queue 429 (Retry-After), loading or a store down 503."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, QueueFull):
+        return ApiError(429, str(exc), "rate_limit_error",
+                        headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, NotAccepting):
+        return ApiError(503, str(exc), "unavailable",
+                        headers={"Retry-After": str(RETRY_LOADING_S)})
+    if isinstance(exc, StoreUnavailable):
+        return ApiError(503, str(exc), "unavailable", headers={"Retry-After": "5"})
+    return ApiError(400, str(exc))
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn exceptions into the one error shape."""
 
-    @app.exception_handler(ApiError)
-    async def _api(request: Request, exc: ApiError):
-        return error_response(exc.status, str(exc), exc.kind, headers=exc.headers)
-
-    @app.exception_handler(QueueFull)
-    async def _full(request: Request, exc: QueueFull):
-        return error_response(429, str(exc), "rate_limit_error",
-                              headers={"Retry-After": str(exc.retry_after)})
-
-    @app.exception_handler(NotAccepting)
-    async def _closed(request: Request, exc: NotAccepting):
-        return error_response(503, str(exc), "unavailable",
-                              headers={"Retry-After": str(RETRY_LOADING_S)})
-
-    @app.exception_handler(StoreUnavailable)
-    async def _store_down(request: Request, exc: StoreUnavailable):
-        return error_response(503, str(exc), "unavailable", headers={"Retry-After": "5"})
-
     @app.exception_handler(ZTurboError)
     async def _zturbo(request: Request, exc: ZTurboError):
-        return error_response(400, str(exc))
+        error = as_api_error(exc)
+        return error_response(error.status, str(error), error.kind, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return error_response(422, _validation_message(exc))
+        return error_response(422, validation_message(exc))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
@@ -121,7 +121,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
+        return error_response(500, internal_error(exc), "server_error")
+
+
+def internal_error(exc: Exception) -> str:
+    """What a client is told about a bug (the traceback goes to the log only)."""
+    return f"internal error: {type(exc).__name__}"
 
 
 TOO_LARGE = "request body too large (setting max_upload_mb)"

@@ -477,9 +477,11 @@ class JobQueue:
             self.metrics.set_queue(queued, running)
 
 
-async def follow(queue: JobQueue, job: Job):
-    """Yield a job's events as they happen, from the first, until it ends."""
-    queue.watch(job, +1)
+async def follow(queue: JobQueue, job: Job, previews: bool = True):
+    """Yield a job's events as they happen, from the first, until it ends. ``previews``:
+    count this follower as a watcher, so step events carry preview images."""
+    watching = 1 if previews else 0
+    queue.watch(job, +watching)
     try:
         index = 0
         while True:
@@ -493,4 +495,4 @@ async def follow(queue: JobQueue, job: Job):
             if not events:
                 await job.changed.wait()
     finally:
-        queue.watch(job, -1)
+        queue.watch(job, -watching)

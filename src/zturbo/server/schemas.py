@@ -30,9 +30,13 @@ _CARRIED = (BeforeValidator, Strict)
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
-def _optional_request_fields() -> dict[str, Any]:
+def request_fields(exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Request's fields as a body's (``create_model``): the prompt required, every other
+    one optional (None: the settings' default), ``exclude`` left out."""
     fields: dict[str, Any] = {}
     for name, info in Request.model_fields.items():
+        if name in exclude:
+            continue
         if name == "prompt":
             fields[name] = (str, Field(..., description="what to draw"))
             continue
@@ -44,10 +48,8 @@ def _optional_request_fields() -> dict[str, Any]:
     return fields
 
 
-RequestFields = create_model(
-    "RequestFields", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
-    **_optional_request_fields()
-)
+BODY_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)  # unknown names are refused
+RequestFields = create_model("RequestFields", __config__=BODY_CONFIG, **request_fields())
 
 
 class JobBody(RequestFields):  # type: ignore[misc, valid-type]

@@ -7,6 +7,7 @@ job (at the next step); the worker enforces the per-request timeout.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from fastapi import Request as HttpRequest
 
@@ -39,25 +40,36 @@ async def _disconnected(http: HttpRequest) -> None:
 async def run(st: ServerState, request: Request, http: HttpRequest, source=None) -> Job:
     """Submit and wait for the job to end; raise the ApiError its failure maps to.
     ``source`` carries the img2img pixels the request names by hash."""
-    job = submit(st, request, source)
+    return await wait(st, submit(st, request, source), _disconnected(http))
+
+
+async def wait(st: ServerState, job: Job, gone: Awaitable | None = None) -> Job:
+    """Wait for a submitted job to end; raise the ApiError its failure maps to. ``gone``
+    returns when the client hangs up (the job is then cancelled); a caller cancelled meanwhile
+    (a front end's own cancel) cancels the job too."""
     ended = asyncio.ensure_future(job.ended.wait())
-    gone = asyncio.ensure_future(_disconnected(http))
+    left = asyncio.ensure_future(gone if gone is not None else asyncio.Event().wait())
     # the worker enforces the timeout at each step; this bound only guards a hung device
     limit = st.settings.request_timeout_s + HUNG_MARGIN_S
     try:
-        await asyncio.wait({ended, gone}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the server is stopping this request
+        await asyncio.wait({ended, left}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server is stopping this request, or the client
         st.jobs.cancel(job.id, "the request was cancelled")
         raise
     finally:
-        for task in (ended, gone):
+        for task in (ended, left):
             task.cancel()
     if not job.ended.is_set():
-        if gone.done() and not gone.cancelled():
+        if left.done() and not left.cancelled():
             st.jobs.cancel(job.id, "the client disconnected")
             raise ApiError(499, "client disconnected")
         st.jobs.cancel(job.id, "timed out waiting for the device")
         raise ApiError(504, f"no answer from the device within {limit:g} s", "timeout")
+    return outcome(job)
+
+
+def outcome(job: Job) -> Job:
+    """A finished job, or the ApiError its failure maps to."""
     if job.status == "done":
         return job
     if job.status == "cancelled":

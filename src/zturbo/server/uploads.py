@@ -40,18 +40,24 @@ def max_body_bytes(settings) -> int:
 
 async def read_image(upload: UploadFile, settings, *, decode: bool = True) -> Upload:
     """Read one uploaded image, or raise a 4xx ApiError that says what is wrong."""
-    limit = max_upload_bytes(settings)
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, f"{upload.filename or 'upload'} is larger than "
-                            f"{settings.max_upload_mb:g} MiB (setting max_upload_mb)")
-    if not data:
-        raise ApiError(400, f"{upload.filename or 'upload'} is empty")
+    data = await upload.read(max_upload_bytes(settings) + 1)
     # decoding and hashing take a while for large images: off the event loop
-    return await asyncio.to_thread(_decode, data, upload.filename or "upload", settings, decode)
+    return await asyncio.to_thread(decode_image, data, upload.filename or "upload", settings,
+                                   decode)
 
 
-def _decode(data: bytes, name: str, settings, decode: bool) -> Upload:
+def check_size(data: bytes, name: str, settings) -> None:
+    """An upload's bytes within ``max_upload_mb`` and not empty, else a 4xx ApiError."""
+    if len(data) > max_upload_bytes(settings):
+        raise ApiError(413, f"{name} is larger than {settings.max_upload_mb:g} MiB (setting "
+                            f"max_upload_mb)")
+    if not data:
+        raise ApiError(400, f"{name} is empty")
+
+
+def decode_image(data: bytes, name: str, settings, decode: bool = True) -> Upload:
+    """An uploaded image's bytes checked (size, header, pixels) and decoded."""
+    check_size(data, name, settings)
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as exc:

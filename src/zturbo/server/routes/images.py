@@ -95,10 +95,14 @@ def thumbnail(png: Path | io.BytesIO, size: int) -> bytes:
 def image_info(image_id: str, request: Request):
     """One history row (as in ``/api/history``): request, seed, timings, teleport report,
     ``seconds`` and ``full_run``."""
-    st = state(request)
-    row = image_row(st, image_id)  # 404 for an unknown id
+    return image_public(state(request), image_id)
+
+
+def image_public(st: ServerState, image_id: str) -> dict[str, Any]:
+    """An image's history row as clients see it (404: unknown id, or its file gone)."""
+    row = image_row(st, image_id)
     if not st.history.shared:
-        image_path(st, image_id)  # 404 for a file gone
+        image_path(st, image_id)
     return public(st, row)
 
 
@@ -107,7 +111,11 @@ def history(request: Request, q: str = Query("", max_length=1000),
             limit: int = Query(24, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0, le=MAX_OFFSET)):
     """Images, newest first; ``q`` searches the prompts (any case). A plain ``def``: FastAPI
     runs it in its thread pool, so a search over a long history never stalls the loop."""
-    st = state(request)
+    return history_page(state(request), q, limit, offset)
+
+
+def history_page(st: ServerState, q: str, limit: int, offset: int) -> dict[str, Any]:
+    """One page of the history, newest first (``q``: a search in the prompts)."""
     rows, total = st.history.images(query=q, limit=limit, offset=offset)
     return {"items": [public(st, r) for r in rows], "total": total, "limit": limit,
             "offset": offset}

@@ -30,14 +30,18 @@ def _stored(st: ServerState, job_id: str) -> dict | None:
     return st.history.job(job_id) if JOB_ID.fullmatch(job_id) else None
 
 
-def live_job(job_id: str, request: Request) -> Job | dict:
+def find_job(st: ServerState, job_id: str) -> Job | dict:
     """The job in memory, else its record in the store (a finished job of an earlier run, or
     with the shared backend a job another ingress runs), else 404."""
-    st = state(request)
     job = st.jobs.get(job_id) or _stored(st, job_id)
     if job is None:
         raise ApiError(404, f"no job {job_id!r}", "not_found")
     return job
+
+
+def live_job(job_id: str, request: Request) -> Job | dict:
+    """``find_job`` as a dependency."""
+    return find_job(state(request), job_id)
 
 
 @router.post("", status_code=202)
@@ -133,7 +137,11 @@ async def follow_stored(store, record: dict) -> AsyncIterator[dict]:
 @router.post("/{job_id}/cancel")
 async def cancel(request: Request, job: Job | dict = Depends(live_job)):
     """Cancel: a queued job at once, a running one at its next step. 409 once it ended."""
-    st = state(request)
+    return await cancel_job(state(request), job)
+
+
+async def cancel_job(st: ServerState, job: Job | dict) -> dict:
+    """Cancel a job (409 once it ended); its summary."""
     if isinstance(job, dict) and st.history.shared:  # another ingress runs it: ask its owner
         if await asyncio.to_thread(st.history.request_cancel, job["id"],
                                    "cancelled by the client"):

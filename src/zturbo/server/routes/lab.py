@@ -21,7 +21,7 @@ from zturbo.lab.spec import presets, reference_prompts
 from zturbo.server.errors import ApiError
 from zturbo.server.jobs import follow
 from zturbo.server.labjobs import LabJob, LabJobs
-from zturbo.server.state import state
+from zturbo.server.state import ServerState, state
 
 router = APIRouter(tags=["lab"])
 MAX_FRAMES = 256
@@ -41,7 +41,12 @@ class SweepBody(BaseModel):
 
 
 def lab_jobs(request: Request) -> LabJobs:
-    app_state = request.app.state
+    return app_lab_jobs(request.app)
+
+
+def app_lab_jobs(app) -> LabJobs:
+    """The app's sweeps (made on first use; the lifespan shuts them down)."""
+    app_state = app.state
     if not hasattr(app_state, "zturbo_lab"):
         app_state.zturbo_lab = LabJobs()
     return app_state.zturbo_lab
@@ -63,7 +68,12 @@ def sweep_job(sweep_id: str, request: Request) -> LabJob:
 @router.post("/api/lab/sweeps", status_code=202)
 async def start_sweep(body: SweepBody, request: Request):
     """Start a sweep on the server's engine; follow it at ``events``; its report at ``report``."""
-    st = state(request)
+    job = start(state(request), lab_jobs(request), body)
+    return lab_jobs(request).summary(job)
+
+
+def start(st: ServerState, jobs: LabJobs, body: SweepBody) -> LabJob:
+    """Check a sweep (the server's limits) and start it on the server's engine."""
     if st.engine is None:
         raise ApiError(503, "the model is still loading; see /api/ready", "unavailable")
     prompt, name = body.prompt, body.prompt_name
@@ -85,9 +95,8 @@ async def start_sweep(body: SweepBody, request: Request):
         raise ApiError(400, str(exc)) from None
     if len(frames) > MAX_FRAMES:
         raise ApiError(400, f"{len(frames)} frames: a server sweep has at most {MAX_FRAMES}")
-    job = lab_jobs(request).start(st.engine, st.settings, spec, default_folder(spec), len(frames),
-                                  asyncio.get_running_loop())
-    return lab_jobs(request).summary(job)
+    return jobs.start(st.engine, st.settings, spec, default_folder(spec), len(frames),
+                      asyncio.get_running_loop())
 
 
 @router.get("/api/lab/sweeps")

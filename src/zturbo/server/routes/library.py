@@ -21,7 +21,12 @@ def loras(request: Request):
     """The LoRA names a request may give in ``loras: [{"name", "scale"}]`` (sorted);
     ``configured`` is false when the server has no ``lora_dirs``. A plain ``def``: listing
     folders runs in the thread pool."""
-    dirs = state(request).settings.lora_dirs
+    return lora_names(state(request).settings)
+
+
+def lora_names(settings) -> dict:
+    """``{configured, loras: [{name}]}``: the LoRAs in the settings' ``lora_dirs``."""
+    dirs = settings.lora_dirs
     return {"configured": bool(dirs), "loras": [{"name": n} for n in list_loras(dirs)]}
 
 

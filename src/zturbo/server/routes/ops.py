@@ -13,7 +13,7 @@ from zturbo.config import Request as GenRequest
 from zturbo.engine import prompt_templates
 from zturbo.server.errors import RETRY_LOADING_S
 from zturbo.server.metrics import cache_stats
-from zturbo.server.state import state
+from zturbo.server.state import ServerState, state
 
 router = APIRouter(tags=["operations"])
 
@@ -30,12 +30,21 @@ async def ready(request: Request):
     """200 once the model is loaded and the worker runs; 503 (with the reason) before, when
     the job worker has stopped, and while the shared state store (Redis) does not answer."""
     st = state(request)
+    answer = readiness(st)
+    if not answer["ready"]:
+        loading = st.fingerprint is None  # not loaded yet (or failed): ask again later
+        return JSONResponse(answer, status_code=503, headers={
+            "Retry-After": str(RETRY_LOADING_S)} if loading else None)
+    return answer
+
+
+def readiness(st: ServerState) -> dict:
+    """``{ready: true, model, fingerprint}``, or ``{ready: false, error}``."""
     if st.engine is None or st.fingerprint is None:
-        return JSONResponse({"ready": False, "error": st.load_error or "loading the model"},
-                            status_code=503, headers={"Retry-After": str(RETRY_LOADING_S)})
+        return {"ready": False, "error": st.load_error or "loading the model"}
     down = st.jobs.worker_down() or st.jobs.store_down()
     if down:
-        return JSONResponse({"ready": False, "error": down}, status_code=503)
+        return {"ready": False, "error": down}
     return {"ready": True, "model": st.engine.spec, "fingerprint": st.fingerprint}
 
 
@@ -58,7 +67,11 @@ async def caches(request: Request):
 @router.get("/api/options")
 async def options(request: Request):
     """What the web page needs: defaults, limits, aspects and buckets, templates."""
-    s = state(request).settings
+    return page_options(state(request).settings)
+
+
+def page_options(s) -> dict:
+    """Defaults, choices, limits, aspects and buckets, templates (GET /api/options)."""
     return {
         "defaults": {"width": s.width, "height": s.height, "steps": s.steps,
                      "guidance": s.guidance, "shift": s.shift, "hidden_layer": s.hidden_layer,

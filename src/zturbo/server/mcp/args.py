@@ -1,0 +1,66 @@
+"""The tools' arguments, and so their JSON schemas: derived from ``Request`` as the HTTP
+bodies are (``schemas.request_fields``), so a field added to Request reaches agents with no
+edit here, and is validated once, by ``make_request``."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import BaseModel, Field, create_model
+
+from ...config import Int
+from ..routes.images import MAX_OFFSET, MAX_PAGE
+from ..routes.lab import SweepBody
+from ..schemas import BODY_CONFIG, JobBody, request_fields
+
+IMAGE_URI = "zturbo://images/"
+# Request names img2img pixels by hash; the edit tool takes the pixels themselves
+PIXEL_FIELDS = frozenset({"image", "mask"})
+SOURCE_FIELDS = PIXEL_FIELDS | {"strength"}  # img2img: the edit tool's
+
+
+def _sizing() -> dict[str, Any]:
+    """The job body's aspect and bucket (an official size instead of width and height)."""
+    return {name: (JobBody.model_fields[name].annotation, copy.copy(JobBody.model_fields[name]))
+            for name in ("aspect", "bucket")}
+
+
+GenerateArgs = create_model(
+    "GenerateArgs", __config__=BODY_CONFIG, **request_fields(SOURCE_FIELDS), **_sizing())
+
+EditArgs = create_model(
+    "EditArgs", __config__=BODY_CONFIG, **request_fields(PIXEL_FIELDS), **_sizing(),
+    image=(str, Field(..., description=f"the source image: base64 PNG/JPEG/WebP (a data: URL "
+                                       f"too) or one of ours, {IMAGE_URI}<id>")),
+    mask=(str | None, Field(None, description="inpaint: white where to repaint; base64 or "
+                                              f"{IMAGE_URI}<id>")),
+)
+
+
+class ListImagesArgs(BaseModel):
+    model_config = BODY_CONFIG
+
+    query: str = Field("", max_length=1000, description="words to find in the prompts (any case)")
+    limit: Int = Field(24, ge=1, le=MAX_PAGE, description="images per page")
+    offset: Int = Field(0, ge=0, le=MAX_OFFSET, description="images to skip (newest first)")
+
+
+class ImageArgs(BaseModel):
+    model_config = BODY_CONFIG
+
+    id: str = Field(..., max_length=100, description=f"an image id, or {IMAGE_URI}<id>")
+
+
+class CancelArgs(BaseModel):
+    model_config = BODY_CONFIG
+
+    id: str = Field(..., max_length=100, description="a job id (in generate's progress "
+                                                     "messages and info's queue) or a sweep id")
+
+
+class NoArgs(BaseModel):
+    model_config = BODY_CONFIG
+
+
+SweepArgs = SweepBody  # the HTTP route's body: the same limits
