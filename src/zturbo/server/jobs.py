@@ -382,6 +382,8 @@ class JobQueue:
                 self._finish(job, "error", error=f"generation failed: {type(exc).__name__}: {exc}")
             return
         run_s = time.monotonic() - started
+        if self.metrics:  # before the job ends: a client that sees it done sees its metrics
+            self.metrics.job_result(result)
         with self._lock:
             self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * run_s
             job.images = images
@@ -390,8 +392,6 @@ class JobQueue:
             job.warnings = list(result.warnings)
             job.step = job.total
             self._finish(job, "done")
-        if self.metrics:
-            self.metrics.job_result(result)
 
     def _timeout_message(self) -> str:
         return f"timed out after {self.settings.request_timeout_s:g} s (setting request_timeout_s)"
