@@ -1,4 +1,4 @@
-"""The everyday commands start without torch, diffusers, transformers or FastAPI.
+"""The everyday commands start without torch, diffusers, transformers, FastAPI or the MCP SDK.
 
 Each runs in a fresh interpreter; at exit it reports which heavy modules got imported.
 (Absence is asserted, not speed: benchmarks/cli.py times them.)
@@ -16,7 +16,7 @@ from PIL import Image
 
 from zturbo.config import load_settings, make_request, metadata
 
-HEAVY = ("torch", "diffusers", "transformers", "fastapi", "uvicorn", "httpx")
+HEAVY = ("torch", "diffusers", "transformers", "fastapi", "uvicorn", "httpx", "mcp")
 PROBE = ("import atexit, json, sys\n"
          "atexit.register(lambda: print('HEAVY=' + json.dumps([m for m in {heavy!r} "
          "if m in sys.modules]), file=sys.stderr))\n"
@@ -41,7 +41,7 @@ def test_everyday_commands_import_nothing_heavy(tmp_path):
     png = tmp_path / "made.png"
     Image.new("RGB", (64, 64)).save(png, pnginfo=metadata.pnginfo(request, "demo", "f" * 64))
     for args in (["--help"], ["--version"], ["info", str(png)], ["config", "show"],
-                 ["generate", "--help"]):
+                 ["generate", "--help"], ["mcp", "--help"]):
         heavy, out = imported(*args)
         assert out.returncode == 0, (args, out.stderr)
         assert heavy == [], f"zturbo {' '.join(args)} imported {heavy}"
