@@ -305,3 +305,43 @@ def test_stdio_zturbo_mcp(engine, zturbo_home):
         assert np.array_equal(rgb(png_of(first)), rgb(r.content))
         assert bad.content[0].text == http.post("/api/jobs", json={**ARGS, "steps": 0}
                                                 ).json()["error"]["message"]
+
+
+def test_zturbo_mcp_refuses_a_state_dir_a_server_holds():
+    from conftest import run_cli
+    from zturbo.server.statelock import StateLock
+
+    lock = StateLock().acquire("http://127.0.0.1:8123")
+    try:
+        out = run_cli("mcp", "--model", "demo")
+    finally:
+        lock.release()
+    assert out.returncode == 2
+    assert "http://127.0.0.1:8123" in out.stderr and "/mcp endpoint" in out.stderr
+
+
+MISSING_SDK = """
+import sys
+sys.modules["mcp"] = None  # as if the mcp extra were not installed
+from fastapi.testclient import TestClient
+from zturbo.config import load_settings
+from zturbo.server import create_app
+from zturbo.cli import main
+app = create_app(load_settings(flags={"model": "demo"})[0])
+answer = TestClient(app).post("/mcp", json={})
+print(answer.status_code, answer.json()["error"]["message"])
+sys.argv = ["zturbo", "mcp", "--model", "demo"]
+main()
+"""
+
+
+def test_without_the_sdk_mcp_says_how_to_get_it():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", MISSING_SDK], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": SRC})
+    assert out.stdout.startswith("501 the MCP endpoint needs the mcp package"), out.stderr
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("zturbo: error: zturbo mcp needs the mcp package (mcp")
+    assert last.endswith("pip install 'zturbo[mcp]'")

@@ -135,7 +135,7 @@ def _mount_mcp(app: FastAPI):
             return error_response(501, "the MCP endpoint needs the mcp package: pip install "
                                        "'zturbo[mcp]'", "unavailable")
 
-        app.add_route("/mcp", missing, include_in_schema=False)
+        app.add_route("/mcp", missing, methods=["GET", "POST", "DELETE"], include_in_schema=False)
         return None
     endpoint = McpEndpoint(app)
     app.add_route("/mcp", endpoint, include_in_schema=False)

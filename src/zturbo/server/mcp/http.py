@@ -32,9 +32,11 @@ class Endpoint:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         settings = self.app.state.zturbo.settings
+        # shared state (Ray ingress replicas): no session lives in one replica's memory
         manager = StreamableHTTPSessionManager(
             app=self.server, security_settings=security(settings),
-            max_request_body_size=max_body_bytes(settings))
+            max_request_body_size=max_body_bytes(settings),
+            stateless=settings.state_backend == "redis")
         async with manager.run():
             self._manager = manager
             try:

@@ -26,7 +26,7 @@ from ..errors import ApiError
 from ..jobs import Job, JobQueue, follow
 from ..labjobs import LabJob, LabJobs
 from ..metrics import cache_stats
-from ..routes.images import history_page, image_path, image_png, image_public
+from ..routes.images import history_page, image_png, image_public
 from ..routes.jobs import cancel_job, find_job
 from ..routes.lab import app_lab_jobs, start
 from ..routes.library import lora_names
@@ -175,7 +175,8 @@ def _described(call: Call, image: dict[str, Any]) -> dict[str, Any]:
     out = {**image, "uri": IMAGE_URI + image["id"],
            "served": str((image.get("teleport") or {}).get("served", "full"))}
     if call.local:
-        out["file"] = str(image_path(call.st, image["id"])) if not call.st.history.shared else None
+        path = call.st.history.image_file(image["id"])  # None: not on disk (gone, or Redis)
+        out["file"] = str(path) if path is not None else None
         out.pop("url", None)
     else:
         out["url"] = call.url(image["url"])
