@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from ...errors import ZTurboError
 from ..errors import as_api_error, internal_error, validation_message
 from ..routes.images import MAX_PAGE, history_page, image_png
+from ..routes.lab import MAX_FRAMES
 from . import tools
 from .args import (IMAGE_URI, CancelArgs, EditArgs, GenerateArgs, ImageArgs, ListImagesArgs,
                    NoArgs, SweepArgs)
@@ -69,8 +70,8 @@ TOOLS = {spec.name: spec for spec in (
              "Cancel a job (queued: at once; running: at its next step) or a lab sweep."),
     ToolSpec("sweep", SweepArgs, tools.sweep,
              "Run a small lab sweep: vary axes (e.g. \"steps=4,8\") or a preset over one "
-             "prompt, on this server's model (at most 256 frames). Returns the run's summary "
-             "and a link to its report (contact sheet, metrics)."),
+             f"prompt, on this server's model (at most {MAX_FRAMES} frames). Returns the run's "
+             "summary and a link to its report (contact sheet, metrics)."),
     ToolSpec("models", NoArgs, tools.models,
              "The model this server runs, its fingerprint, the LoRAs and prompt templates a "
              "request may name.", read_only=True),

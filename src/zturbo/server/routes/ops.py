@@ -32,7 +32,7 @@ async def ready(request: Request):
     st = state(request)
     answer = readiness(st)
     if not answer["ready"]:
-        loading = st.fingerprint is None  # not loaded yet (or failed): ask again later
+        loading = st.engine is None or st.fingerprint is None  # (or failed): ask again later
         return JSONResponse(answer, status_code=503, headers={
             "Retry-After": str(RETRY_LOADING_S)} if loading else None)
     return answer
