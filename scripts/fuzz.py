@@ -1,8 +1,9 @@
 """``make fuzz``: the suite's fuzz run (tests/properties/test_fuzz.py), longer, with its figures.
 
 Runs schemathesis over every route of the app (in-process, demo engine, small limits),
-``--examples`` valid and as many invalid cases per route, then prints the requests, the
-statuses by code and the 5xx count, and writes them to benchmarks/results/fuzz.json.
+``--examples`` valid and as many invalid cases per route, and 25 x ``--examples`` malformed
+JSON-RPC bodies at ``/mcp`` (hypothesis), then prints the requests, the statuses by code and
+the 5xx count, and writes them to benchmarks/results/fuzz.json.
 Exits non-zero when any check failed (a 5xx or an answer off the schema).
 """
 
