@@ -40,7 +40,7 @@ from zturbo.server.store import StoreUnavailable, open_store
 from zturbo.server.uploads import max_body_bytes
 
 try:  # the MCP front end needs the mcp package (the mcp extra)
-    from .mcp.http import Endpoint as McpEndpoint
+    from zturbo.server.mcp.http import Endpoint as McpEndpoint
 except ModuleNotFoundError as missing:
     if (missing.name or "").split(".")[0] not in ("mcp", "mcp_types"):
         raise

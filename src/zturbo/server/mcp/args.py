@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
-from ...config import Int
-from ..routes.images import MAX_OFFSET, MAX_PAGE
-from ..routes.lab import SweepBody
-from ..schemas import BODY_CONFIG, JobBody, request_fields
+from zturbo.config import Int
+from zturbo.server.routes.images import MAX_OFFSET, MAX_PAGE
+from zturbo.server.routes.lab import SweepBody
+from zturbo.server.schemas import BODY_CONFIG, JobBody, request_fields
 
 IMAGE_URI = "zturbo://images/"
 # Request names img2img pixels by hash; the edit tool takes the pixels themselves

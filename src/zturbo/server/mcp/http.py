@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 
-from ..errors import error_response
-from ..uploads import max_body_bytes
-from . import server
+from zturbo.server.errors import error_response
+from zturbo.server.mcp import server
+from zturbo.server.uploads import max_body_bytes
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

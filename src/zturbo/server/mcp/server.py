@@ -21,14 +21,22 @@ from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
-from ...errors import ZTurboError
-from ..errors import as_api_error, internal_error, validation_message
-from ..routes.images import MAX_PAGE, history_page, image_png
-from ..routes.lab import MAX_FRAMES
-from . import tools
-from .args import (IMAGE_URI, CancelArgs, EditArgs, GenerateArgs, ImageArgs, ListImagesArgs,
-                   NoArgs, SweepArgs)
-from .tools import PNG, Answer, Call
+from zturbo.errors import ZTurboError
+from zturbo.server.errors import as_api_error, internal_error, validation_message
+from zturbo.server.mcp import tools
+from zturbo.server.mcp.args import (
+    IMAGE_URI,
+    CancelArgs,
+    EditArgs,
+    GenerateArgs,
+    ImageArgs,
+    ListImagesArgs,
+    NoArgs,
+    SweepArgs,
+)
+from zturbo.server.mcp.tools import PNG, Answer, Call
+from zturbo.server.routes.images import MAX_PAGE, history_page, image_png
+from zturbo.server.routes.lab import MAX_FRAMES
 
 log = logging.getLogger("zturbo.server")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mcp.server.stdio import stdio_server
 
-from .server import build
+from zturbo.server.mcp.server import build
 
 
 async def serve(app) -> None:

@@ -20,21 +20,21 @@ from typing import Any
 
 import mcp_types as types
 
-from ...img2img import as_source, source_size
-from .. import sync
-from ..errors import ApiError
-from ..jobs import Job, JobQueue, follow
-from ..labjobs import LabJob, LabJobs
-from ..metrics import cache_stats
-from ..routes.images import history_page, image_png, image_public
-from ..routes.jobs import cancel_job, find_job
-from ..routes.lab import app_lab_jobs, start
-from ..routes.library import lora_names
-from ..routes.ops import page_options, readiness, templates
-from ..schemas import request_from_body
-from ..state import ServerState
-from ..uploads import Upload, decode_image, max_upload_bytes
-from .args import IMAGE_URI
+from zturbo.generation.img2img import as_source, source_size
+from zturbo.server import sync
+from zturbo.server.errors import ApiError
+from zturbo.server.jobs import Job, JobQueue, follow
+from zturbo.server.labjobs import LabJob, LabJobs
+from zturbo.server.mcp.args import IMAGE_URI
+from zturbo.server.metrics import cache_stats
+from zturbo.server.routes.images import history_page, image_png, image_public
+from zturbo.server.routes.jobs import cancel_job, find_job
+from zturbo.server.routes.lab import app_lab_jobs, start
+from zturbo.server.routes.library import lora_names
+from zturbo.server.routes.ops import page_options, readiness, templates
+from zturbo.server.schemas import request_from_body
+from zturbo.server.state import ServerState
+from zturbo.server.uploads import Upload, decode_image, max_upload_bytes
 
 log = logging.getLogger("zturbo.server")
 PNG = "image/png"

@@ -8,6 +8,7 @@ import base64
 import io
 import os
 import sys
+from pathlib import Path
 
 import anyio
 import httpx
@@ -19,13 +20,14 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
-from serverkit import SMALL, app_for, gate, live_server, one_thread, wait_for
 from zturbo.config import Request
 from zturbo.server.mcp.args import SOURCE_FIELDS
 
+from serverkit import SMALL, app_for, gate, live_server, one_thread, wait_for
+
 ARGS = {"prompt": "a lighthouse at dusk", "seed": 7, **SMALL, "steps": 3}
 TOOLS = {"generate", "edit", "list_images", "get_image", "cancel", "sweep", "models", "info"}
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture(autouse=True)
@@ -256,6 +258,7 @@ def test_sweep_tool_runs_the_lab_and_links_the_report(engine):
     assert nothing.content[0].text == "nothing to sweep: give vary or preset"
 
 
+@pytest.mark.subprocess
 def test_stdio_zturbo_mcp(engine, zturbo_home):
     """``zturbo mcp --model demo`` as an agent launches it: tools, pixels equal to the HTTP
     API's, a repeat from the cache, progress, a bad argument, a cancel from the client."""
@@ -308,8 +311,9 @@ def test_stdio_zturbo_mcp(engine, zturbo_home):
 
 
 def test_zturbo_mcp_refuses_a_state_dir_a_server_holds():
-    from conftest import run_cli
     from zturbo.server.statelock import StateLock
+
+    from conftest import run_cli
 
     lock = StateLock().acquire("http://127.0.0.1:8123")
     try:
@@ -335,6 +339,7 @@ main()
 """
 
 
+@pytest.mark.subprocess
 def test_without_the_sdk_mcp_says_how_to_get_it():
     import subprocess
 
