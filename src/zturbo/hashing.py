@@ -62,3 +62,20 @@ def file_sha256(path: Path) -> str:
     except OSError:
         pass  # a memo is an optimisation only
     return memo[memo_key]
+
+
+COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")  # a model folder's
+# what a component's weights are made of (weights, configs, tokenizer files)
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model", ".jinja")
+
+
+def weights_identity(folder: Path, component: str) -> str:
+    """What identifies one component's weights: a Hub revision, or hashes of its files."""
+    parts = folder.resolve().parts
+    if "snapshots" in parts:  # a Hugging Face cache snapshot: the folder name is the commit
+        i = parts.index("snapshots")
+        repo = parts[i - 1].removeprefix("models--").replace("--", "/")
+        return f"hub:{repo}@{parts[i + 1]}/{component}"
+    sub = folder / component
+    files = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    return digest({str(p.relative_to(sub)): file_sha256(p) for p in files})

@@ -15,7 +15,7 @@ from PIL import Image
 
 from zturbo.cli import remote
 from zturbo.config import load_settings, make_request, metadata
-from zturbo.server import running
+from zturbo.server import engine_identity, running
 
 from conftest import run_cli_process
 from serverkit import app_for, gate, live_server, one_thread, wait_for
@@ -54,7 +54,7 @@ def test_generate_uses_the_running_server_same_pixels_and_metadata(serve, tmp_pa
                             "--json")
     assert first.returncode == 0, first.stderr
     shown = json.loads(first.stdout.strip().splitlines()[-1])
-    assert shown["server"] == record.url and not shown["teleport"]["hit"]
+    assert shown["server"] == record.url and not shown["teleport"]["hit"], first.stderr
     assert "denoising 1 2" in first.stderr  # the progress came from the server's events
     again = run_cli_process("generate", "a red robot", *ARGS, "-o", str(tmp_path / "s.png"))
     assert again.returncode == 0, again.stderr
@@ -80,20 +80,26 @@ def test_dead_records_are_ignored_and_removed(zturbo_home):
                           capture_output=True, text=True, check=True).stdout.strip()
     settings, _ = load_settings(flags={"model": "demo"})
     path = running.write(running.ServerRecord(
-        url="http://127.0.0.1:9", pid=int(gone), model="demo",
-        engine_key=running.engine_key(settings), fingerprint="f", api_key_required=False,
-        started=time.time()))
+        url="http://127.0.0.1:9", pid=int(gone), model="demo", identity={}, fingerprint="f",
+        api_key_required=False, started=time.time()))
     assert running.matching(settings) == [] and not path.exists()
+    path = running.write(running.ServerRecord(
+        url="http://127.0.0.1:9", pid=int(gone), model="demo", identity={}, fingerprint="f",
+        api_key_required=False, started=time.time()))
+    path.chmod(0o666)  # never trusted, but the user's own: removed once its process is gone
+    assert running.live_records() == [] and not path.exists()
     other, _ = load_settings(flags={"model": "demo", "dtype": "bfloat16"})
-    assert running.engine_key(other) != running.engine_key(settings)
+    assert engine_identity.settings_key(other) != engine_identity.settings_key(settings)
 
 
-def test_unreachable_server_falls_back_to_a_local_load(tmp_path):
+def test_a_named_server_that_is_down_is_an_error(tmp_path):
     out = run_cli_process("generate", "a red robot", *ARGS, "-o", str(tmp_path / "f.png"),
-                          "--server", "http://127.0.0.1:9")
-    assert out.returncode == 0, out.stderr
-    assert "is not ready; loading the model here" in out.stderr
-    assert (tmp_path / "f.png").exists() and "via" not in out.stdout
+                          "--server", "http://127.0.0.1:1")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "zturbo: error: http://127.0.0.1:1 is unreachable (ConnectError) "
+        "(--server auto would generate here instead)"]
+    assert not (tmp_path / "f.png").exists() and out.stdout == ""
 
 
 def test_busy_server_and_api_key(engine, tmp_path):
@@ -102,11 +108,12 @@ def test_busy_server_and_api_key(engine, tmp_path):
     with one_thread(), live_server(app_for(engine, queue_depth=1, api_key="k3y"),
                                  {"Authorization": "Bearer k3y"}) as url:
         keyed = settings.model_copy(update={"server": url, "api_key": "k3y"})
-        assert remote.pick(settings.model_copy(update={"server": url})) is None  # 401: no key
+        with pytest.raises(remote.Unavailable, match="requires an API key"):
+            remote.pick(settings.model_copy(update={"server": url}))
         server = remote.pick(keyed)
         assert server is not None
         steps = []
-        result = remote.run(server, request, lambda done, total: steps.append(done))
+        result = remote.run(server, request, lambda done, total: steps.append(done), 60)
         assert steps[-1] == 2 and result.images[0].seed == 3
         (tmp_path / "r.png").write_bytes(result.images[0].png)
         assert metadata.read(tmp_path / "r.png")["request"]["seed"] == 3
@@ -119,5 +126,5 @@ def test_busy_server_and_api_key(engine, tmp_path):
             g.wait()  # running; the next one fills the queue
             assert httpx.post(url + "/api/jobs", json=body, headers=headers).status_code == 202
             with pytest.raises(remote.Unavailable, match="busy"):
-                remote.run(server, request, lambda *_: None)
+                remote.run(server, request, lambda *_: None, 60)
             g.release()

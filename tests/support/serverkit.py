@@ -175,6 +175,21 @@ def live_server(app, headers: dict | None = None, port: int | None = None):
         thread.join(30)
 
 
+@contextlib.contextmanager
+def announced_server(engine, **flags):
+    """``live_server`` for an app that records itself in the state dir as ``zturbo serve``
+    does; yields its URL once the record is there."""
+    from zturbo.server import running
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app = create_app(settings(**flags), engine=engine, announce=url)
+    with live_server(app, port=port):
+        wait_for(lambda: any(r.url == url for r in running.live_records()), 30,
+                 "the server's record")
+        yield url
+
+
 def _ready(base: str, headers: dict | None = None) -> bool:
     try:
         return httpx.get(base + "/api/ready", headers=headers, timeout=2).status_code == 200

@@ -38,8 +38,9 @@ class PlainTicker:
         if done >= total:
             self.set_stage("decoding")
 
-    def close(self) -> None:
-        self._write(f"{', ' if self.stage else ''}done {time.perf_counter() - self.started:.2f}s\n")
+    def close(self, outcome: str = "done") -> None:
+        self._write(f"{', ' if self.stage else ''}{outcome} "
+                    f"{time.perf_counter() - self.started:.2f}s\n")
 
 
 class RichTicker:
@@ -94,8 +95,10 @@ class Feedback:
             ticker.set_stage(first_stage)
             try:
                 yield ticker
-            finally:
-                ticker.close()
+            except BaseException:
+                ticker.close("stopped")  # the reason follows on its own line
+                raise
+            ticker.close()
             return
         from rich.progress import (
             BarColumn,

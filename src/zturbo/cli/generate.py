@@ -114,7 +114,7 @@ def generate(
     text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
     text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
-    server: Annotated[str | None, typer.Option("--server", help="Send the request to a running `zturbo serve`: auto (one on this machine with the same model, found in the state dir), off, or its URL. Falls back to loading the model here when none is ready, busy or unreachable.")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="Send the request to a running `zturbo serve`: auto (one on this machine with the same engine, found in the state dir; falls back to loading the model here when none can take it), off, or its URL (an error when it can't).")] = None,
     step_cache: StepCache = None, step_cache_preset: StepCachePreset = None,
     step_cache_mask: StepCacheMask = None, cache_dit_fn: CacheDitFn = None,
     cache_dit_bn: CacheDitBn = None, cache_dit_warmup: CacheDitWarmup = None,
@@ -205,33 +205,54 @@ def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, so
 
 
 def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) -> list:
-    """Run ``requests`` on a running server while one answers; return those left to do here."""
-    from zturbo.cli import remote  # httpx: only when generating
-    from zturbo.config.metadata import (  # PIL: only when writing images
-        output_path,
-        write_bytes_atomic,
-    )
+    """Run ``requests`` on a running server while one answers; return those left to do here.
 
-    server = remote.pick(settings)
-    if server is None:
-        if settings.server not in ("auto", "off"):
-            typer.echo(f"zturbo: note: {settings.server} is not ready; loading the model here",
-                       err=True)
+    With ``--server auto`` a server that can't be used (or an answer that can't be) is one
+    note, then the rest runs here; a server the user named (``--server URL``) is an error."""
+    from zturbo.cli import remote  # httpx: only when generating
+    from zturbo.config.metadata import write_bytes_atomic  # PIL: only when writing images
+
+    named = settings.server not in ("auto", "off")
+    try:
+        server = remote.pick(settings)
+    except remote.Unavailable as exc:
+        if named:
+            raise ZTurboError(f"{exc} (--server auto would generate here instead)") from None
+        typer.echo(f"zturbo: note: {exc}; loading the model here", err=True)
         return requests
+    if server is None:
+        return requests
+    deadline = remote.deadline_s(settings)
     for i, request in enumerate(requests):
         try:
             with feedback.image(f"seed {request.seed} on {server.url}", request.steps,
                                 first_stage="queued") as ticker:
-                result = remote.run(server, request, ticker.step)
+                result = remote.run(server, request, ticker.step, deadline)
+            paths = [served_path(pattern, image.seed) for image in result.images]
         except remote.Unavailable as exc:
+            if named:
+                raise ZTurboError(f"{exc} (--server auto would generate here instead)") from None
             typer.echo(f"zturbo: note: {exc}; loading the model here", err=True)
             return requests[i:]
         for warning in result.warnings:
             typer.echo(f"zturbo: warning: {warning}", err=True)
-        for image in result.images:
-            path = write_bytes_atomic(image.png, output_path(pattern, image.seed))
+        for image, path in zip(result.images, paths, strict=True):
+            path = write_bytes_atomic(image.png, path)
             _report(path, image.seed, result.timings, image.teleport, as_json, server.url)
     return []
+
+
+def served_path(pattern: str, seed: int) -> Path:
+    """Where a served image goes: the pattern's path for ``seed``, which must lie in the
+    pattern's folder (a seed never steers a path elsewhere)."""
+    from zturbo.cli import remote  # httpx: only when generating
+    from zturbo.config.metadata import output_path  # PIL: only when writing images
+
+    path = output_path(pattern, seed)
+    base = pattern_folder(Path(pattern)).resolve()
+    if not path.resolve().is_relative_to(base):
+        raise remote.Unavailable(f"seed {seed} names a path outside {base}")
+    return path
 
 
 def _report(path, seed: int, t: dict, replay: dict, as_json: bool, server: str | None = None):
@@ -260,9 +281,7 @@ def output_pattern(output: str | None, settings) -> str:
     path = Path(output).expanduser() if output else settings.outputs / "zturbo-{seed}.png"
     if output and path.is_dir():
         path = path / "zturbo-{seed}.png"
-    folder = path.parent
-    while "{seed}" in str(folder):  # a per-seed folder: check the one it will be made in
-        folder = folder.parent
+    folder = pattern_folder(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".zturbo-probe-")
@@ -272,6 +291,14 @@ def output_pattern(output: str | None, settings) -> str:
         raise ZTurboError(f"cannot write images to {folder} (-o {output or path}): "
                           f"{exc.strerror or exc}") from None
     return str(path)
+
+
+def pattern_folder(pattern: Path) -> Path:
+    """The folder every path of ``pattern`` lies in (a per-seed folder: the one it is made in)."""
+    folder = pattern.expanduser().parent
+    while "{seed}" in str(folder):
+        folder = folder.parent
+    return folder
 
 
 def save_images(result, pattern: str, settings) -> list[Path]:

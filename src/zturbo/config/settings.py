@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -37,6 +38,8 @@ from zturbo.config.sizes import (
 )
 from zturbo.errors import ZTurboError
 from zturbo.paths import state_dir
+
+API_KEY = re.compile(r"[\x21-\x7e]{1,512}")  # a Bearer token: visible ASCII, no spaces
 
 
 def config_path() -> Path:
@@ -149,7 +152,7 @@ class Settings(BaseSettings):
     # server (HTTP issue)
     host: str = Field("127.0.0.1", description="address the server binds")
     port: int = Field(8000, description="port the server binds")
-    api_key: str | None = Field(None, description="Bearer key required by the server when set")
+    api_key: str | None = Field(None, description="Bearer key required by the server when set: 1-512 printable ASCII characters, no spaces")
     public_url: str | None = Field(
         None, description="base of the server's links (response_format url), e.g. "
         "https://img.example.com; unset: the request's Host"
@@ -217,6 +220,16 @@ class Settings(BaseSettings):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError(f"public_url {value!r} must start with http:// or https://")
         return value.rstrip("/") if value else None
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # empty: no key
+        if not API_KEY.fullmatch(value):
+            raise ValueError("api_key must be 1-512 printable ASCII characters without spaces "
+                             "(it travels in an HTTP header)")  # never echo a secret
+        return value
 
     @field_validator("step_cache_mask")
     @classmethod

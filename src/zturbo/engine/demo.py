@@ -15,8 +15,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 RECIPE = 1  # bump when a recipe changes: the folder name changes, so old builds are not reused
 
 
@@ -97,6 +95,7 @@ def build_tokenizer(vocab_size: int = 600):
 
 def build_pipeline(name: str):
     """The demo pipeline in memory, with deterministic random weights."""
+    import torch  # lazy: a client finds the demo folder without it
     from diffusers import (  # lazy: keeps CLI start fast
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -137,9 +136,14 @@ def build_pipeline(name: str):
                           tokenizer=tokenizer, transformer=transformer)
 
 
+def folder(name: str, models_dir: Path) -> Path:
+    """Where the demo model ``name`` is (or will be) built."""
+    return models_dir / f"{name}-r{RECIPE}"
+
+
 def ensure(name: str, models_dir: Path) -> Path:
     """The demo model's folder, building it once (atomically, safe across processes)."""
-    target = models_dir / f"{name}-r{RECIPE}"
+    target = folder(name, models_dir)
     if (target / "model_index.json").exists():
         return target
     models_dir.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,8 @@ from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_toke
 from zturbo.errors import ModelUnavailable, ZTurboError
 from zturbo.generation.img2img import as_source, source_size
 from zturbo.generation.orchestrator import generate
-from zturbo.hashing import digest, file_sha256
+from zturbo.hashing import COMPONENTS, digest, weights_identity
 
-COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
-_HASHED_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model", ".jinja")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
@@ -49,18 +47,6 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-
-
-def weights_identity(folder: Path, component: str) -> str:
-    """What identifies one component's weights: a Hub revision, or hashes of its files."""
-    parts = folder.resolve().parts
-    if "snapshots" in parts:  # a Hugging Face cache snapshot: the folder name is the commit
-        i = parts.index("snapshots")
-        repo = parts[i - 1].removeprefix("models--").replace("--", "/")
-        return f"hub:{repo}@{parts[i + 1]}/{component}"
-    sub = folder / component
-    files = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
-    return digest({str(p.relative_to(sub)): file_sha256(p) for p in files})
 
 
 def resolve_folder(spec: str, settings: Settings) -> Path:

@@ -27,7 +27,7 @@ from zturbo.generation.measure import warmup
 from zturbo.generation.models import load
 from zturbo.server import errors
 from zturbo.server.announce import announce as write_record
-from zturbo.server.announce import withdraw
+from zturbo.server.announce import engine_identity, watch, withdraw
 from zturbo.server.errors import ERROR_RESPONSES, TOO_LARGE, error_response
 from zturbo.server.jobs import JobQueue
 from zturbo.server.metrics import Metrics
@@ -165,7 +165,10 @@ async def _load(st: ServerState) -> None:
     st.fingerprint = await asyncio.to_thread(_fingerprint, st.engine)
     st.jobs.start(st.engine, asyncio.get_running_loop())
     if st.announce:
-        st.record = write_record(st.settings, st.fingerprint, st.announce)
+        identity = await asyncio.to_thread(engine_identity, st.settings, st.engine)
+        st.record = write_record(st.settings, identity, st.fingerprint, st.announce)
+        if st.record is not None:  # until shutdown cancels this task
+            await watch(st.settings, identity["files"], st.record)
 
 
 def _fingerprint(engine) -> str:

@@ -1,38 +1,30 @@
 """Records of the ``zturbo serve`` processes running on this machine, in the state dir.
 
 A server writes ``<state>/servers/<pid>-<port>.json`` once its model is loaded and removes
-it on shutdown; ``zturbo generate`` reads them to send its request to a server that holds
-the same model instead of loading it again. A record of a dead process (a server that was
-killed) is ignored and removed.
+it on shutdown (or when a file it loaded changes on disk); ``zturbo generate`` reads them to
+send its request to a server that holds the same engine instead of loading it again. "The
+same engine" is decided by identity, not by settings: the record carries the engine's
+identity parts, and the client compares them with its own (zturbo.server.engine_identity).
 
-Whether a server holds "the same model" is decided before anything is loaded, from the
-settings that build the engine (``engine_key``): weights, dtype, device, LoRAs, single-file
-transformer, placement, speed levers, and the teleport resume points. A local file in
-those settings is named by absolute path, size and modification time, so another file
-under the same relative name never matches. The record also carries the loaded engine's
-fingerprint, which the client reports.
+A record is trusted only when it is the user's own regular file, not group- or
+world-writable, its URL is loopback and its port is held by its pid (``trusted``). A record
+of a dead process is removed when seen.
 """
 
 from __future__ import annotations
 
-import hashlib
+import ipaddress
 import json
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from zturbo.config import Settings, state_dir
-
-ENGINE_FIELDS = (
-    "model", "revision", "device", "dtype", "loras", "transformer_file", "text_encoder_quant",
-    "offload", "text_encoder_device", "vae_device", "step_cache", "step_cache_preset",
-    "step_cache_mask", "step_cache_policy", "cache_dit_fn", "cache_dit_bn", "cache_dit_warmup",
-    "cache_dit_rdt", "cache_dit_max_cached", "cache_dit_mc", "cache_dit_taylorseer",
-    "cache_dit_ts_order", "attention", "compile", "compile_mode", "teleport_start_step",
-    "teleport_store_steps",
-)
+from zturbo.server.engine_identity import client_parts, same_identity
 
 
 @dataclass(frozen=True)
@@ -40,45 +32,18 @@ class ServerRecord:
     url: str
     pid: int
     model: str
-    engine_key: str
+    identity: dict[str, Any]
     fingerprint: str
     api_key_required: bool
     started: float
 
 
+_FIELD_TYPES = {"url": str, "pid": int, "model": str, "identity": dict, "fingerprint": str,
+                "api_key_required": bool, "started": (int, float)}
+
+
 def servers_dir() -> Path:
     return state_dir() / "servers"
-
-
-def _file_identity(text: str) -> str:
-    """A local file named in a setting, as ``abs-path|size|mtime``; other text unchanged.
-
-    ``PATH:SCALE`` (a LoRA) keeps its scale."""
-    path, sep, scale = text, "", ""
-    if not Path(text).expanduser().exists() and ":" in text:
-        path, sep, scale = text.rpartition(":")
-    candidate = Path(path).expanduser()
-    if not candidate.is_file():
-        return text
-    stat = candidate.stat()
-    return f"{candidate.resolve()}|{stat.st_size}|{stat.st_mtime_ns}{sep}{scale}"
-
-
-def _model_identity(spec: str) -> str:
-    """A local diffusers folder by absolute path; a Hub id or demo name as given."""
-    folder = Path(spec).expanduser()
-    return str(folder.resolve()) if (folder / "model_index.json").is_file() else spec
-
-
-def engine_key(settings: Settings) -> str:
-    """Digest of the settings that decide which engine a process loads."""
-    values: dict[str, Any] = {name: getattr(settings, name) for name in ENGINE_FIELDS}
-    values["model"] = _model_identity(settings.model)
-    values["loras"] = [_file_identity(spec) for spec in settings.loras]
-    if settings.transformer_file:
-        values["transformer_file"] = _file_identity(settings.transformer_file)
-    text = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def client_url(host: str, port: int) -> str:
@@ -89,11 +54,16 @@ def client_url(host: str, port: int) -> str:
 
 
 def write(record: ServerRecord) -> Path:
-    """Write the record atomically (a reader never sees half of it)."""
+    """Write the record atomically (a reader never sees half of it), readable by the user
+    only, in a folder only the user can write."""
     folder = servers_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record.pid}-{record.url.rsplit(':', 1)[-1]}.json"
-    fd, tmp = tempfile.mkstemp(prefix=".server-", suffix=".json", dir=folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        port = urlsplit(record.url).port
+    except ValueError:
+        port = None
+    path = folder / f"{record.pid}-{port or 0}.json"
+    fd, tmp = tempfile.mkstemp(prefix=".server-", suffix=".json", dir=folder)  # mode 0600
     with os.fdopen(fd, "w") as f:
         json.dump(asdict(record), f)
     os.replace(tmp, path)
@@ -109,27 +79,124 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process: alive
+    except PermissionError:  # another user's process: alive (and not trusted: see holds_port)
         return True
     return True
 
 
-def live_records() -> list[ServerRecord]:
-    """Records of running servers, newest first; records of dead processes are removed."""
-    records = []
-    for path in sorted(servers_dir().glob("*.json")):
+def _ownership(path: Path) -> str | None:
+    """``"own"``: the user's own regular file (not a link) that no one else may write;
+    ``"writable"``: the user's own, but group- or world-writable; None: not the user's."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        return None
+    return "writable" if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) else "own"
+
+
+def _parse(path: Path) -> ServerRecord | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or set(data) != set(_FIELD_TYPES):
+        return None
+    for name, kind in _FIELD_TYPES.items():
+        value = data[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return None
+    return ServerRecord(**data) if data["pid"] > 0 else None
+
+
+def loopback_port(url: str) -> int | None:
+    """The port of an ``http://`` URL on a loopback address, else None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname or ""
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return None
+    if parts.scheme != "http" or not loopback or parts.username or parts.password:
+        return None
+    return port if port and parts.path in ("", "/") and not parts.query else None
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on ``port`` (from /proc/net), or None where /proc can't say."""
+    inodes, seen = set(), False
+    for table in ("tcp", "tcp6"):
         try:
-            record = ServerRecord(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            continue  # being written or not ours: skip
-        if alive(record.pid):
-            records.append(record)
-        else:
+            lines = Path("/proc/net", table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        seen = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])  # 0A: LISTEN
+    return inodes if seen else None
+
+
+def holds_port(pid: int, port: int) -> bool:
+    """Whether process ``pid`` listens on ``port``: its open sockets in /proc, or psutil
+    where there is no /proc; False when neither can tell."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return _holds_port_psutil(pid, port)
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone, or another user's process
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
+def _holds_port_psutil(pid: int, port: int) -> bool:
+    try:
+        import psutil  # optional: only where /proc is missing
+    except ImportError:
+        return False
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in psutil.Process(pid).net_connections(kind="inet"))
+    except (psutil.Error, OSError):
+        return False
+
+
+def trusted(record: ServerRecord) -> bool:
+    """A loopback URL whose port the record's process holds."""
+    port = loopback_port(record.url)
+    return port is not None and holds_port(record.pid, port)
+
+
+def live_records() -> list[ServerRecord]:
+    """Trusted records of running servers, newest first. Records of dead processes are
+    removed; records that fail a check (another user's or writable file, a URL off this
+    machine, a port the pid does not hold, a malformed file) are skipped."""
+    records = []
+    folder = servers_dir()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        ownership = _ownership(path)
+        record = _parse(path) if ownership else None
+        if record is None:
+            continue
+        if not alive(record.pid):
             remove(path)
+        elif ownership == "own" and trusted(record):
+            records.append(record)
     return sorted(records, key=lambda r: r.started, reverse=True)
 
 
 def matching(settings: Settings) -> list[ServerRecord]:
-    """Running servers that hold the engine these settings would load."""
-    key = engine_key(settings)
-    return [r for r in live_records() if r.engine_key == key]
+    """Trusted running servers whose engine identity equals the one ``settings`` make here."""
+    parts, known = client_parts(settings), {}
+    return [r for r in live_records() if same_identity(r.identity, parts, known)]

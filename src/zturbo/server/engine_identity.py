@@ -1,0 +1,203 @@
+"""The identity parts of an engine, as a running server records them and as a client
+computes them for the engine it would load; ``zturbo generate`` sends its request to a
+server only when every part is equal (zturbo.server.running). Compared cheapest first:
+
+- ``settings``: the engine settings that are not files (dtype, device, placement, speed
+  levers, attention, compile, the teleport resume points);
+- ``versions``: the libraries on the numeric path;
+- ``files``: the weights of every component by content (file hashes, memoised in the state
+  dir by zturbo.hashing, or a Hub snapshot's commit), a single-file transformer and the
+  fused LoRAs by sha256 and scale;
+- ``numerics``: the engine's numerics identity (``numerics``: measured live in a server,
+  memoised per environment for a fresh client by ``fresh_numerics``, so a client imports
+  torch once per environment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable
+from importlib import metadata as dist
+from pathlib import Path
+from typing import Any
+
+from zturbo.config import Settings, state_dir
+from zturbo.engine import demo
+from zturbo.engine.lora import parse_lora
+from zturbo.hashing import COMPONENTS, digest, file_sha256, weights_identity
+
+ENGINE_FIELDS = (
+    "model", "revision", "device", "dtype", "loras", "transformer_file", "text_encoder_quant",
+    "offload", "text_encoder_device", "vae_device", "step_cache", "step_cache_preset",
+    "step_cache_mask", "step_cache_policy", "cache_dit_fn", "cache_dit_bn", "cache_dit_warmup",
+    "cache_dit_rdt", "cache_dit_max_cached", "cache_dit_mc", "cache_dit_taylorseer",
+    "cache_dit_ts_order", "attention", "compile", "compile_mode", "teleport_start_step",
+    "teleport_store_steps",
+)
+CONTENT_FIELDS = ("model", "loras", "transformer_file")  # compared by content: ``files``
+NUMERIC_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors")
+PART_ORDER = ("settings", "versions", "files", "numerics")  # cheapest first
+NUMERICS_MEMO = "client_numerics.json"
+MEMO_ENTRIES = 64
+SHELL_ONLY = ("PWD", "OLDPWD")  # where the shell stands: no kernel reads it
+CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "microcode",
+              "flags", "CPU implementer", "CPU architecture", "CPU variant", "CPU part",
+              "CPU revision", "Features")
+
+
+def settings_key(settings: Settings) -> str:
+    """Digest of the engine settings that are not files (those are compared by content)."""
+    values = {name: getattr(settings, name) for name in ENGINE_FIELDS
+              if name not in CONTENT_FIELDS}
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def versions() -> dict[str, str | None]:
+    """The installed versions of the libraries on the numeric path (read without importing)."""
+    found: dict[str, str | None] = {}
+    for name in NUMERIC_LIBRARIES:
+        try:
+            found[name] = dist.version(name)
+        except dist.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def numerics(settings: Settings) -> dict[str, Any]:
+    """The numerics identity of the engine ``settings`` make, measured in this process (the
+    one function behind the numerics part; the engine's fingerprint reads the same identity).
+    A server calls it live: its process may have changed a switch."""
+    from zturbo.engine.placement import numerics_identity, pick_device  # torch: only when measuring
+
+    return json.loads(json.dumps(numerics_identity(pick_device(settings.device)), default=str))
+
+
+def fresh_numerics(settings: Settings) -> dict[str, Any]:
+    """``numerics`` as a fresh process gets it (a client, before it imports torch): memoised
+    in the state dir under everything two fresh processes can differ in (every environment
+    variable but the shell's working directory, the installed packages, Python, the CPU and
+    GPU, the CPUs this process may run on, the engine settings), so only the first client
+    in an environment imports torch to compare."""
+    key = digest({"env": {k: v for k, v in os.environ.items() if k not in SHELL_ONLY},
+                  "packages": _installed(), "python": sys.version, "host": _host(),
+                  "settings": settings_key(settings)})
+    path = state_dir() / NUMERICS_MEMO
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if not isinstance(memo, dict) or not isinstance(memo.get(key), dict):
+        memo = memo if isinstance(memo, dict) else {}
+        memo[key] = numerics(settings)
+        _write_memo(path, dict(list(memo.items())[-MEMO_ENTRIES:]))
+    return memo[key]
+
+
+def _installed() -> list[str]:
+    """Every installed distribution with its version (dist-info folder names on sys.path)."""
+    names = []
+    for entry in sys.path:
+        try:
+            with os.scandir(entry or ".") as found:
+                names.extend(e.name for e in found if e.name.endswith((".dist-info", ".egg-info")))
+        except OSError:
+            continue
+    return sorted(names)
+
+
+def _host() -> dict[str, Any]:
+    """The CPU (model and flags, not its clock), the CPUs this process may use, the GPUs."""
+    facts: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count()}
+    if hasattr(os, "sched_getaffinity"):
+        facts["cpus"] = sorted(os.sched_getaffinity(0))
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        facts["cpu"] = [line for line in block.splitlines()
+                        if line.split(":")[0].strip() in CPU_FIELDS]
+    except OSError:
+        facts["cpu"] = platform.processor()
+    gpus = sorted(Path("/proc/driver/nvidia").glob("gpus/*/information"))
+    facts["gpus"] = [_text(p) for p in [Path("/proc/driver/nvidia/version"), *gpus]]
+    return facts
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _write_memo(path: Path, memo: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a memo is an optimisation only
+
+
+def model_folder(spec: str, revision: str | None) -> Path | None:
+    """The local folder ``spec`` names, found without building or downloading anything."""
+    if demo.is_demo(spec):
+        folder: Path | None = demo.folder(spec, state_dir() / "models")
+    elif (Path(spec).expanduser() / "model_index.json").is_file():
+        folder = Path(spec).expanduser()
+    else:
+        folder = _hub_snapshot(spec, revision)
+    return folder if folder is not None and (folder / "model_index.json").is_file() else None
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download  # lazy: only for a Hub id
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):  # not cached, or not a Hub id
+        return None
+
+
+def lora_identities(loras: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fused LoRAs as ``{sha256, scale}`` (the engine's ``extras["loras"]`` or computed)."""
+    return [{"sha256": lora["sha256"], "scale": float(lora["scale"])} for lora in loras]
+
+
+def file_parts(settings: Settings) -> dict[str, Any] | None:
+    """The weights and fused files ``settings`` name, by content (None: one is missing)."""
+    folder = model_folder(settings.model, settings.revision)
+    try:
+        specs = [parse_lora(text) for text in settings.loras]
+        if folder is None or not all(spec.path.is_file() for spec in specs):
+            return None
+        weights = {c: weights_identity(folder, c) for c in COMPONENTS}
+        if settings.transformer_file:
+            weights["transformer"] = f"file:{file_sha256(Path(settings.transformer_file))}"
+        loras = [{"sha256": file_sha256(s.path), "scale": s.scale} for s in specs]
+    except (OSError, ValueError):  # a file gone or unreadable meanwhile, a bad LoRA spec
+        return None
+    return {"weights": weights, "loras": lora_identities(loras)}
+
+
+def client_parts(settings: Settings) -> dict[str, Callable[[], Any]]:
+    """How this process computes each identity part for ``settings`` (called lazily)."""
+    return {"settings": lambda: settings_key(settings), "versions": versions,
+            "files": lambda: file_parts(settings), "numerics": lambda: fresh_numerics(settings)}
+
+
+def same_identity(identity: dict[str, Any], parts: dict[str, Callable[[], Any]],
+                  known: dict[str, Any]) -> bool:
+    """Whether every part of a recorded ``identity`` equals this process's, computed lazily
+    (cheapest first) and kept in ``known`` for the next record."""
+    for name in PART_ORDER:
+        if name not in known:  # as a record holds it (JSON: lists, not tuples)
+            known[name] = json.loads(json.dumps(parts[name](), default=str))
+        if known[name] is None or identity.get(name) != known[name]:
+            return False
+    return set(identity) == set(PART_ORDER)
