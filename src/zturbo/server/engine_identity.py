@@ -15,7 +15,6 @@ server only when every part is equal (zturbo.server.running). Compared cheapest 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -51,10 +50,8 @@ CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "mic
 
 def settings_key(settings: Settings) -> str:
     """Digest of the engine settings that are not files (those are compared by content)."""
-    values = {name: getattr(settings, name) for name in ENGINE_FIELDS
-              if name not in CONTENT_FIELDS}
-    text = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return digest({name: getattr(settings, name) for name in ENGINE_FIELDS
+                   if name not in CONTENT_FIELDS})
 
 
 def versions() -> dict[str, str | None]:
