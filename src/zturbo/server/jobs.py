@@ -488,7 +488,7 @@ async def follow(queue: JobQueue, job: Job):
             index += len(events)
             for event in events:
                 yield event
-                if event["event"] in ("done", "error", "cancelled"):
+                if event["event"] in ("done", "error", "cancelled", "interrupted"):
                     return
             if not events:
                 await job.changed.wait()
