@@ -33,7 +33,8 @@ def main() -> int:
         return rc or 1
     report = json.loads(REPORT.read_text())
     print(f"\nfuzz: {report['requests']} requests, {report['examples_per_route']} examples "
-          f"per route and mode, {report['server_errors']} server errors (5xx)")
+          f"per route and mode, {report['server_errors']} server errors (5xx), "
+          f"{report.get('accepted_sweeps', 0)} sweeps accepted (202)")
     print(f"{'status':>8} {'requests':>9}")
     for code, count in report["statuses"].items():
         print(f"{code:>8} {count:>9}")

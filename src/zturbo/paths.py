@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -12,3 +13,29 @@ def state_dir() -> Path:
     """The state dir (demo models, caches, outputs): ``$ZTURBO_HOME`` or the user data dir."""
     home = os.environ.get("ZTURBO_HOME")
     return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("zturbo"))
+
+
+def contained_file(root: Path, relative: str | Path) -> Path | None:
+    """``root / relative`` as a real path, only when it is a regular file inside ``root``'s
+    real path: no ``..``, no absolute part, and no symlink (of a folder on the way or of the
+    file) that leads out of ``root``. None otherwise. Every file a server serves from a
+    folder goes through here."""
+    real_root = Path(root).resolve()
+    try:
+        target = (real_root / relative).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return None
+    if not target.is_relative_to(real_root) or not target.is_file():
+        return None
+    return target
+
+
+def writable_folder(folder: Path) -> Path:
+    """``folder``, made if missing and proven writable (a probe file is made and removed);
+    raises OSError (read-only file system, no permission, a file in the way)."""
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".zturbo-probe-")
+    os.close(fd)
+    os.unlink(probe)
+    return folder

@@ -151,3 +151,64 @@ def test_lab_view_runs_a_sweep_and_opens_its_report(engine, tmp_path):
             assert events[0] == "queued" and events[-1] == "cancelled", events
         finally:
             browser.close()
+
+
+HOSTILE = ("{{TITLE}} {{CAPTION}} {{DATA}} {{ title }} {{ caption }} {{ data|tojson }} "
+           "{% raw %} {# <!--<script> </script><script>window.pwned=1</script> "
+           "<img src=x onerror=\"window.pwned=2\"> ]]> & &amp; '\" <\\/script>")
+
+
+def _no_script_ran(page) -> None:
+    assert page.evaluate("window.pwned") is None
+
+
+def test_report_with_hostile_prompts_renders_and_runs_no_script(engine, tmp_path):
+    """Every placeholder name, comment openers and script tags in the prompt and the
+    negative prompt: the report shows them as text, runs none, and still works; served
+    over HTTP, its CSP also stops a script planted in the file."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from zturbo.lab.runs import runs_root
+
+    folder = RunFolder(runs_root() / "hostile")
+    spec = build_spec(HOSTILE, ["steps=1,2"], negative_prompt="</script><!--<script>{{DATA}}",
+                      guidance=1.5, width=32, height=32)
+    run(spec, folder, engine=engine)
+    app = app_for(engine)
+    with one_thread(), live_server(app) as base, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            for url in (folder.file("report.html").as_uri(),
+                        f"{base}/api/lab/runs/hostile/files/report.html"):
+                page = browser.new_page()
+                errors, dialogs = [], []
+                page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+                page.on("dialog", lambda d, dialogs=dialogs: (dialogs.append(d), d.dismiss()))
+                page.goto(url)
+                expect(page.locator("#grid img")).to_have_count(2)
+                page.wait_for_function("[...document.querySelectorAll('#grid img')]"
+                                       ".every(i => i.complete && i.naturalWidth === 32)")
+                expect(page.locator(".caption")).to_contain_text(HOSTILE.split(" <img")[0][:60])
+                assert "negative_prompt=</script><!--<script>{{DATA}}" in page.inner_text(
+                    ".caption")  # shown as text
+                assert page.locator(".caption img, .caption script").count() == 0
+                data = "JSON.parse(document.getElementById('data').textContent)"
+                assert page.evaluate(f"{data}.prompt") == HOSTILE  # the data, intact
+                assert page.evaluate(f"{data}.frames[0].request.prompt") == HOSTILE
+                assert "window.pwned=1" in page.text_content("#params pre >> nth=0")
+                _no_script_ran(page)
+                assert not errors and not dialogs, (url, errors)
+                page.close()
+
+            # a script planted in the file is blocked by the served page's CSP
+            report = folder.file("report.html")
+            report.write_text(report.read_text().replace(
+                "<body>", "<body><script>window.pwned=3</script>", 1))
+            page = browser.new_page()
+            page.goto(f"{base}/api/lab/runs/hostile/files/report.html")
+            expect(page.locator("#grid img")).to_have_count(2)  # its own script still runs
+            _no_script_ran(page)
+            assert httpx.get(f"{base}/api/lab/runs/hostile/files/report.html").headers[
+                "content-security-policy"].endswith("sandbox allow-scripts")
+        finally:
+            browser.close()

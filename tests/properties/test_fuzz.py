@@ -34,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from serverkit import app_for, one_thread
+from sweep_strategies import sweep_bodies, vary_axis
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +43,8 @@ REPORT = os.environ.get("FUZZ_REPORT")  # a JSON file for the figures (make fuzz
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance,
           content_type_conformance]
 STATUSES: collections.Counter = collections.Counter()
+SWEEPS = "POST /api/lab/sweeps"
+schemathesis.openapi.format("sweep-axis", vary_axis())  # valid cases carry valid axes
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,32 @@ def test_fuzz_every_route(fuzz_app):
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             _fuzz(operation, mode)
     assert sum(STATUSES.values()) >= len(operations)
+
+
+def test_fuzz_lab_sweeps_with_accepted_bodies(fuzz_app):
+    """Whole sweep bodies the lab accepts (a prompt, valid axes, a few frames), sent through
+    the same checks: the accepting path (planning, the queue, the worker) answers 202 or,
+    when the lab queue is full, 429; never a 5xx."""
+    api = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
+    operation = api[SWEEPS.split()[1]][SWEEPS.split()[0]]
+    accepted = collections.Counter()
+    lab = fuzz_app.state.zturbo_lab
+    for job in lab.all():  # the sweeps the route fuzzing left queued: room for these
+        lab.cancel(job)
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @given(body=sweep_bodies())
+    def run(body) -> None:
+        case = operation.Case(body=body, media_type="application/json")
+        response = case.call()
+        STATUSES[(SWEEPS, response.status_code)] += 1
+        accepted[response.status_code] += 1
+        case.validate_response(response, checks=CHECKS)
+        assert response.status_code in (202, 429), response.text
+
+    run()
+    assert accepted[202] >= 1, accepted
 
 
 def _fuzz(operation, mode) -> None:
@@ -164,6 +193,7 @@ def _write_report(path: Path) -> None:
     report = {"examples_per_route": EXAMPLES, "requests": sum(by_code.values()),
               "statuses": dict(sorted(by_code.items())),
               "server_errors": sum(n for code, n in by_code.items() if code >= 500),
+              "accepted_sweeps": STATUSES[(SWEEPS, 202)],
               "by_route": {f"{label} {code}": n for (label, code), n in sorted(STATUSES.items())}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))

@@ -75,7 +75,7 @@ def sweep_command(progress):
                 spec = load_spec(from_spec.read_text())
             except OSError as exc:
                 raise ZTurboError(f"cannot read --from: {exc}") from None
-            folder = RunFolder(output) if output else RunFolder(from_spec.resolve().parent)
+            folder: RunFolder | None = RunFolder(output or from_spec.resolve().parent)
             if model:
                 spec.model = model
         else:
@@ -87,11 +87,13 @@ def sweep_command(progress):
             spec = build_spec(text, vary, preset=preset, reference=reference, model=model, seed=seed,
                               width=width, height=height, steps=steps, guidance=guidance,
                               negative_prompt=negative_prompt, template=template)
-            folder = RunFolder(output) if output else default_folder(spec)
+            folder = RunFolder(output) if output else None
         settings, _ = load_settings(profile, {"model": spec.model, "device": device, "dtype": dtype,
                                               "transformer_file": transformer_file})
         spec.model = spec.model or settings.model
+        folder = folder or default_folder(spec, settings)
         total = len(plan(spec, settings))  # validates every frame before anything loads
+        folder.check_writable()  # so is the run folder: one line, exit 2
         typer.echo(f"zturbo: sweep of {total} frame(s) into {folder.path}", err=True)
         outcome = _run_with_bar(run, progress, spec, folder, settings, total, as_json)
         _print_outcome(outcome, as_json)

@@ -29,6 +29,7 @@ def sweep(prompt: str, vary: list[str] | None = None, *, preset: str | None = No
     """Run (or resume) a sweep; returns a ``runner.SweepOutcome``. ``vary`` like the CLI's
     ``--vary`` (``"steps=4,8"``), ``fixed`` any Request fields (width=256...). Without
     ``engine``, ``model`` is loaded (each ``transformer_file`` value in turn)."""
+    from zturbo.config import load_settings
     from zturbo.lab.runner import (  # lazy: keeps import fast (torch)
         build_spec,
         default_folder,
@@ -36,6 +37,8 @@ def sweep(prompt: str, vary: list[str] | None = None, *, preset: str | None = No
     )
 
     spec = build_spec(prompt, vary, preset=preset, reference=reference,
-                      model=model or (engine.spec if engine is not None else None), **fixed)
-    folder = RunFolder(Path(out)) if out else default_folder(spec)
-    return run(spec, folder, engine=engine, on_frame=on_frame)
+                      model=model or (engine.spec if engine is not None else None), fixed=fixed)
+    settings = (engine.settings if engine is not None
+                else load_settings(flags={"model": spec.model})[0])
+    folder = RunFolder(Path(out)) if out else default_folder(spec, settings)
+    return run(spec, folder, engine=engine, settings=settings, on_frame=on_frame)

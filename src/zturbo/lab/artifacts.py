@@ -43,7 +43,8 @@ def caption(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
              and (v != defaults.get(k) or k in MAIN_KNOBS) and v != "none"}
     prompt = spec.prompt.strip().replace("\n", " ")
     prompt = prompt if len(prompt) <= 160 else prompt[:157] + "..."
-    return (f"prompt: {prompt} | model: {rows[0].get('model')} | "
+    made = f" ({rows[0]['dtype']} on {rows[0]['device']})" if "dtype" in rows[0] else ""
+    return (f"prompt: {prompt} | model: {rows[0].get('model')}{made} | "
             + ", ".join(f"{k}={value_text(v)}" for k, v in sorted(fixed.items())))
 
 

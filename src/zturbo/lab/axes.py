@@ -9,10 +9,15 @@ value fails before anything runs, with the same message every front end gives. S
 - ``orientation=landscape,portrait`` swaps width and height of portrait frames.
 
 ``transformer_file`` is an engine axis: each file is loaded in turn, one engine at a time.
+
+Numbers in the grammar (ranges, ``WIDTHxHEIGHT``, megapixels) are ASCII digits only, and
+every axis is counted before a value is validated: at most ``MAX_VALUES`` values per axis,
+``MAX_AXES`` axes and ``MAX_FRAMES`` frames in a grid (a front end may allow fewer).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -28,8 +33,14 @@ ENGINE_AXES = ("transformer_file",)
 # Fields a sweep cannot vary: they name inputs by hash, or are not one frame's knob.
 FIXED_ONLY = ("image", "mask", "num_images", "embeddings_sha256", "loras", "template_body",
               "passes", "strength")
-RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-MAX_RANGE = 1000
+# ASCII digits only (str.isdigit and \d also take superscripts and other scripts' digits)
+INT = r"-?[0-9]{1,12}"
+RANGE = re.compile(rf"({INT})\.\.({INT})", re.ASCII)
+SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})", re.ASCII)
+DECIMAL = re.compile(r"[0-9]{0,6}(\.[0-9]{1,12})?", re.ASCII)
+MAX_VALUES = 1000  # per axis (a range counts its values)
+MAX_AXES = 6
+MAX_FRAMES = 10_000  # the product of the axes' lengths, counted before any Request is built
 
 
 @dataclass(frozen=True)
@@ -59,15 +70,22 @@ def sweepable() -> list[str]:
     return sorted([*fields, *SIZE_AXES, *ENGINE_AXES])
 
 
+def vary_field(text: str) -> str:
+    """The field a ``--vary`` text names (``" transformer-file=a"`` -> ``transformer_file``)."""
+    return text.partition("=")[0].strip().replace("-", "_")
+
+
 def parse_vary(text: str) -> Axis:
-    """``"steps=1,3,8"`` / ``"seed=1..8"`` / ``"aspect=1:1,16:9"`` -> an Axis."""
-    field, sep, raw = text.partition("=")
-    field = field.strip().replace("-", "_")
+    """``"steps=1,3,8"`` / ``"seed=1..8"`` / ``"aspect=1:1,16:9"`` -> an Axis. The values
+    are counted (ranges by their bounds) before any is parsed."""
+    field, sep, raw = vary_field(text), *text.partition("=")[1:]
     if not sep or not raw.strip():
         raise ZTurboError(f"--vary {text!r}: write FIELD=v1,v2,... (e.g. steps=4,8)")
     if field not in sweepable():
         raise ZTurboError(f"--vary: cannot sweep {field!r}; sweepable: {', '.join(sweepable())}")
     items = [v.strip() for v in raw.split(",") if v.strip()]
+    if sum(_count(field, item) for item in items[:MAX_VALUES + 1]) > MAX_VALUES:
+        raise ZTurboError(f"--vary {field}: at most {MAX_VALUES} values per axis")
     values: list[Any] = []
     for item in items:
         values.extend(_expand(field, item))
@@ -76,15 +94,52 @@ def parse_vary(text: str) -> Axis:
     return Axis(field, tuple(values))
 
 
+def _range(field: str, item: str) -> tuple[int, int] | None:
+    """``LOW..HIGH`` (ASCII digits) as its bounds; None when ``item`` is no range."""
+    if ".." not in item:
+        return None
+    match = RANGE.fullmatch(item)
+    if match is None:
+        raise ZTurboError(f"--vary {field}={item!r}: a range is LOW..HIGH in digits 0-9")
+    lo, hi = int(match[1]), int(match[2])
+    if hi < lo:
+        raise ZTurboError(f"--vary {field}={item}: a range is LOW..HIGH with LOW <= HIGH")
+    return lo, hi
+
+
+def _count(field: str, item: str) -> int:
+    bounds = _range(field, item)
+    return 1 if bounds is None else bounds[1] - bounds[0] + 1
+
+
 def _expand(field: str, item: str) -> list[Any]:
-    match = RANGE.match(item)
-    if match:
-        lo, hi = int(match[1]), int(match[2])
-        if hi < lo or hi - lo >= MAX_RANGE:
-            raise ZTurboError(f"--vary {field}={item}: a range is LOW..HIGH, at most "
-                              f"{MAX_RANGE} values")
-        return [parse_value(field, str(v)) for v in range(lo, hi + 1)]
+    bounds = _range(field, item)
+    if bounds is not None:
+        return [parse_value(field, str(v)) for v in range(bounds[0], bounds[1] + 1)]
     return [parse_value(field, item)]
+
+
+def grid_size(axes: list[Axis]) -> int:
+    """How many frames the axes make (their lengths multiplied), without building any."""
+    return math.prod(len(a.values) for a in axes)
+
+
+def check_grid(axes: list[Axis], max_frames: int = MAX_FRAMES) -> int:
+    """The grid's frame count, refused over ``MAX_AXES`` axes or ``max_frames`` frames."""
+    if len(axes) > MAX_AXES:
+        raise ZTurboError(f"{len(axes)} axes: a sweep has at most {MAX_AXES}")
+    count = grid_size(axes)
+    if count > max_frames:
+        raise ZTurboError(f"{count} frames: a sweep here has at most {max_frames}")
+    return count
+
+
+@functools.cache
+def field_adapter(field: str) -> TypeAdapter:
+    """The Request field's type with its limits, built once per field."""
+    info = Request.model_fields[field]
+    kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    return TypeAdapter(kind)
 
 
 def parse_value(field: str, text: Any) -> Any:
@@ -101,28 +156,24 @@ def parse_value(field: str, text: Any) -> Any:
         return text
     if field == "transformer_file":
         return str(text)
-    info = Request.model_fields[field]
-    kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
-    adapter = TypeAdapter(kind)
+    if field not in Request.model_fields:
+        raise ZTurboError(f"no sweepable field {field!r}; sweepable: {', '.join(sweepable())}")
+    adapter = field_adapter(field)
     try:  # text from the command line is read as text ("8" -> 8); Request's types are strict
         value = (adapter.validate_strings(text) if isinstance(text, str)
                  else adapter.validate_python(text))
     except ValidationError as exc:
-        raise ZTurboError(f"--vary {field}={text}: {first_error(exc)}") from None
+        raise ZTurboError(f"--vary {field}={text!r}: {first_error(exc)}") from None
     return list(value) if isinstance(value, tuple) else value
 
 
 def _scale_value(text: str) -> str:
     """``"1280x720"`` stays; ``"0.9"`` megapixels becomes the nearest 16:9 size."""
-    if "x" in text:
-        w, _, h = text.partition("x")
-        if not (w.isdigit() and h.isdigit()):
-            raise ZTurboError(f"scale {text!r}: write WIDTHxHEIGHT or megapixels")
+    if SIZE.fullmatch(text):
         return text
-    try:
-        mp = float(text)
-    except ValueError:
-        raise ZTurboError(f"scale {text!r}: write WIDTHxHEIGHT or megapixels") from None
+    if "x" in text or not text or not DECIMAL.fullmatch(text):
+        raise ZTurboError(f"scale {text!r}: write WIDTHxHEIGHT or megapixels (digits 0-9)")
+    mp = float(text)
     if not 0 < mp <= 16:
         raise ZTurboError(f"scale {text!r}: megapixels must be in (0, 16]")
     width = math.sqrt(mp * 1e6 * 16 / 9)

@@ -63,6 +63,9 @@ class Composition:
     start_sigma: float
     cached_sigma: float
     latents: torch.Tensor = field(repr=False, default=None)
+    request: Request | None = None  # the full prompt's Request (refined on the long schedule)
+    model: str = ""
+    fingerprint: str = ""
 
 
 def unit_latent(engine, request: Request, at: int) -> tuple[torch.Tensor, bool]:
@@ -167,4 +170,4 @@ def compose(engine, prompt: str, *, units: list[str] | None = None, seed: int = 
         timings["decode"] = time.perf_counter() - t
     timings["compose"] = sum(timings[k] for k in ("combine", "encode", "refine", "decode"))
     return Composition(image, [info for _, info in found], timings, refine, index, start_sigma,
-                       cached_sigma, out)
+                       cached_sigma, out, full, engine.spec, engine.fingerprint)

@@ -6,15 +6,25 @@ X/Y/Z grid (``grid.py``; click a frame to compare it with its neighbour along an
 two-sided slider compare of any two different frames, a zoom
 that magnifies both sides together, the metrics table, and each frame's exact parameters
 with a "copy as CLI command" button.
+
+The page is a Jinja2 template with autoescaping: the title and caption are HTML-escaped,
+the data is JSON with ``<``, ``>``, ``&`` and ``'`` escaped (``tojson``), so no prompt can
+end the data's ``<script>`` element or add markup. Served over HTTP the page also gets a
+Content-Security-Policy that allows only its own inline script (``SCRIPT_HASH``) and runs
+it sandboxed, in an origin of its own.
 """
 
 from __future__ import annotations
 
-import html
-import json
+import base64
+import functools
+import hashlib
+import re
 import shlex
 from importlib.resources import files
 from typing import Any
+
+import jinja2
 
 from zturbo.config import Request
 from zturbo.lab.axes import value_text
@@ -65,7 +75,25 @@ def report_data(spec: SweepSpec, rows: list[dict[str, Any]], reference: str,
 
 
 def report_html(spec: SweepSpec, rows: list[dict[str, Any]], reference: str, caption: str) -> str:
-    data = json.dumps(report_data(spec, rows, reference, caption)).replace("</", "<\\/")
-    template = files("zturbo.lab").joinpath("report_template.html").read_text()
-    return (template.replace("{{TITLE}}", html.escape(spec.preset or "sweep"))
-            .replace("{{CAPTION}}", html.escape(caption)).replace("{{DATA}}", data))
+    return _template().render(title=spec.preset or "sweep", caption=caption,
+                              data=report_data(spec, rows, reference, caption))
+
+
+@functools.cache
+def _template_text() -> str:
+    return files("zturbo.lab").joinpath("report_template.html").read_text(encoding="utf-8")
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(_template_text())
+
+
+@functools.cache
+def script_hash() -> str:
+    """CSP source of the report's inline script (``'sha256-...'``): the template's own
+    script, byte for byte (rendering never changes it)."""
+    script = re.search(r"<script>(.*?)</script>", _template_text(), re.DOTALL)
+    digest = hashlib.sha256(script[1].encode("utf-8")).digest() if script else b""
+    return f"'sha256-{base64.b64encode(digest).decode()}'"

@@ -25,8 +25,9 @@ from zturbo.config import state_dir
 from zturbo.errors import ZTurboError
 from zturbo.lab.grid import grid_json, grid_layout
 from zturbo.lab.spec import SweepSpec, load_spec
+from zturbo.paths import contained_file, writable_folder
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
 SPEC, RESULTS, SUMMARY, SHEET, REPORT = ("sweep.toml", "results.jsonl", "summary.md",
                                          "contact-sheet.png", "report.html")
 
@@ -56,11 +57,12 @@ def file_sha256(path: Path) -> str:
 
 
 def frame_key(name: str, request: dict[str, Any], model: str | None,
-              transformer_file: str | None) -> str:
+              transformer_file: str | None, engine: str) -> str:
     """A frame's identity, hashed: its name and what decides its pixels (its Request, the
-    model and the weights file)."""
+    model, the weights file and the engine settings' key: dtype, device, step caching...).
+    A resumed frame must also have been made by an engine of the same fingerprint."""
     data = json.dumps({"frame": name, "request": request, "model": model,
-                       "transformer_file": transformer_file}, sort_keys=True)
+                       "transformer_file": transformer_file, "engine": engine}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()
 
 
@@ -81,6 +83,16 @@ class RunFolder:
 
     def create(self) -> None:
         self.frames.mkdir(parents=True, exist_ok=True)
+
+    def check_writable(self) -> None:
+        """Refuse, before any work, a run folder that is a file or cannot be written."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ZTurboError(f"run folder {self.path} is a file: give a folder with -o")
+        try:
+            writable_folder(self.path)
+        except OSError as exc:
+            raise ZTurboError(f"cannot write the run folder {self.path}: "
+                              f"{exc.strerror or exc}") from None
 
     # -- results.jsonl ------------------------------------------------------------------
     def results(self) -> list[dict[str, Any]]:
@@ -159,16 +171,16 @@ def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
     if not root.is_dir():
         return []
     found = [RunFolder(p).summary() for p in root.iterdir()
-             if p.is_dir() and (p / SPEC).exists() and RUN_NAME.match(p.name)]
+             if p.is_dir() and (p / SPEC).exists() and RUN_NAME.fullmatch(p.name)]
     return sorted(found, key=lambda r: r["modified"], reverse=True)
 
 
 def run_file(root: Path, run: str, relative: str) -> Path:
-    """A file inside a run folder, refusing anything that would leave it (path traversal)."""
-    if not RUN_NAME.match(run):
+    """A file of a run folder, refusing anything that would leave the runs root: a path
+    traversal, or a symlink (the run folder itself, or one inside it) that leads out."""
+    if not RUN_NAME.fullmatch(run):
         raise ZTurboError(f"no run {run!r}")
-    base = (root / run).resolve()
-    target = (base / relative).resolve()
-    if not target.is_relative_to(base) or not target.is_file():
+    target = contained_file(root, Path(run) / relative)
+    if target is None:
         raise ZTurboError(f"no file {relative!r} in run {run!r}")
     return target

@@ -15,10 +15,15 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
+from pydantic import ValidationError
+
+from zturbo.config import Request, first_error
 from zturbo.errors import ZTurboError
-from zturbo.lab.axes import Axis, parse_value, parse_vary
+from zturbo.lab.axes import Axis, field_adapter, parse_value, parse_vary
 
 DEFAULT_SEED = 42
+LIST_FORMS = ("loras", "passes")
+MAX_SLUG = 80  # + "-" + a 10-character hash: well under a run name's 128 characters
 SPEC_VERSION = 1
 
 
@@ -31,14 +36,17 @@ class SweepSpec:
     reference: dict[str, Any] | None = None  # axis values picking the reference frame
     preset: str | None = None
 
-    def digest(self) -> str:
-        """Short content hash: the default run folder's name ends with it."""
-        data = json.dumps(self.to_dict(), sort_keys=True, default=str)
+    def digest(self, engine: str = "") -> str:
+        """Short content hash (of the sweep, and of the engine's identity when given): the
+        default run folder's name ends with it."""
+        data = json.dumps(self.to_dict(), sort_keys=True, default=str) + engine
         return hashlib.sha256(data.encode()).hexdigest()[:10]
 
     def slug(self) -> str:
+        """The start of the default run folder's name: the preset or the swept fields, cut
+        so that the whole name stays a valid run name."""
         base = self.preset or "-".join(a.field for a in self.axes) or "single"
-        return re.sub(r"[^A-Za-z0-9_-]+", "-", base)
+        return re.sub(r"[^A-Za-z0-9_-]+", "-", base)[:MAX_SLUG].strip("-_") or "sweep"
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"version": SPEC_VERSION, "prompt": self.prompt}
@@ -57,11 +65,29 @@ class SweepSpec:
         try:
             axes = [Axis(a["field"], tuple(parse_value(a["field"], v) for v in a["values"]))
                     for a in data.get("axes", [])]
-            return cls(prompt=str(data["prompt"]), axes=axes, fixed=dict(data.get("fixed", {})),
+            return cls(prompt=str(data["prompt"]), axes=axes,
+                       fixed=check_fixed(dict(data.get("fixed", {}))),
                        model=data.get("model"), reference=data.get("reference"),
                        preset=data.get("preset"))
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ZTurboError(f"sweep spec: missing or bad entry {exc}") from None
+
+
+def check_fixed(fixed: dict[str, Any]) -> dict[str, Any]:
+    """The fixed fields of a sweep, set ones only: each must be a Request field (the prompt
+    is the sweep's own) with a value of that field's type; the whole Request is validated
+    again for every frame when the sweep is planned."""
+    fixed = {k: v for k, v in fixed.items() if v is not None}
+    for name, value in fixed.items():
+        if name == "prompt" or name not in Request.model_fields:
+            raise ZTurboError(f"fixed: {name!r} is not a Request field a sweep can fix")
+        if name in LIST_FORMS:
+            continue  # make_request reads their list forms ("anime:0.8") and validates them
+        try:
+            field_adapter(name).validate_python(value)
+        except ValidationError as exc:
+            raise ZTurboError(f"fixed {name}: {first_error(exc)}") from None
+    return fixed
 
 
 def reference_prompts() -> dict[str, str]:

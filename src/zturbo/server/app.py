@@ -30,6 +30,7 @@ from zturbo.server.announce import announce as write_record
 from zturbo.server.announce import engine_identity, watch, withdraw
 from zturbo.server.errors import ERROR_RESPONSES, TOO_LARGE, error_response
 from zturbo.server.jobs import JobQueue
+from zturbo.server.labjobs import LabJobs, records_dir
 from zturbo.server.metrics import Metrics
 from zturbo.server.routes import encode, generate, images, library, openai_images, ops
 from zturbo.server.routes import jobs as jobs_routes
@@ -86,6 +87,9 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
             history.interrupt_unfinished()
         except StoreUnavailable as exc:  # Redis down: requests say 503 until it is back
             log.warning("shared state: %s", exc)
+        app.state.zturbo_lab = LabJobs(records_dir())  # sweeps: one lab worker, recorded
+        if own_lock is not None or (state_lock and state_lock.held):
+            app.state.zturbo_lab.interrupt_unfinished()  # a sweep a stopped server left
         loader = asyncio.create_task(_load(st))
         try:
             async with _running(mcp):

@@ -25,18 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from zturbo.config import Settings, state_dir
+from zturbo.config.engine_identity import ENGINE_FIELDS
 from zturbo.engine import demo
 from zturbo.engine.lora import parse_lora
 from zturbo.hashing import COMPONENTS, digest, file_sha256, weights_identity
 
-ENGINE_FIELDS = (
-    "model", "revision", "device", "dtype", "loras", "transformer_file", "text_encoder_quant",
-    "offload", "text_encoder_device", "vae_device", "step_cache", "step_cache_preset",
-    "step_cache_mask", "step_cache_policy", "cache_dit_fn", "cache_dit_bn", "cache_dit_warmup",
-    "cache_dit_rdt", "cache_dit_max_cached", "cache_dit_mc", "cache_dit_taylorseer",
-    "cache_dit_ts_order", "attention", "compile", "compile_mode", "teleport_start_step",
-    "teleport_store_steps",
-)
 CONTENT_FIELDS = ("model", "loras", "transformer_file")  # compared by content: ``files``
 NUMERIC_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors")
 PART_ORDER = ("settings", "versions", "files", "numerics")  # cheapest first

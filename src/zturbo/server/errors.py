@@ -68,6 +68,8 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error",
                    headers: dict[str, str] | None = None) -> JSONResponse:
+    # an echoed lone surrogate cannot be UTF-8: written as its escape, never a 500
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": kind, "code": status}}
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -490,7 +490,7 @@ async def follow(queue: JobQueue, job: Job, previews: bool = True):
             index += len(events)
             for event in events:
                 yield event
-                if event["event"] in ("done", "error", "cancelled"):
+                if event["event"] in ("done", "error", "cancelled", "interrupted"):
                     return
             if not events:
                 await job.changed.wait()

@@ -224,7 +224,7 @@ async def sweep(call: Call, args) -> Answer:
     st = call.st
     await until_ready(st)
     lab = app_lab_jobs(call.app)
-    job = start(st, lab, args)
+    job = await start(st, lab, args)
     try:
         await _sweep_progress(call, lab, job)
     except asyncio.CancelledError:

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zturbo.paths import contained_file
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -128,10 +130,7 @@ class History:
         row = self.image(image_id)
         if row is None or self.outputs is None:
             return None
-        path = Path(row["path"]).resolve()
-        if not path.is_relative_to(self.outputs.resolve()) or not path.is_file():
-            return None
-        return path
+        return contained_file(self.outputs, row["path"])
 
     def png(self, image_id: str) -> bytes | None:
         path = self.image_file(image_id)
