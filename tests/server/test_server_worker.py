@@ -1,5 +1,5 @@
-"""The job worker cannot die silently (issue 14 defect 5): a failing history write ends the
-job anyway and is retried; any exception around a job leaves the worker serving; a worker
+"""The job worker cannot die silently: a failing history write ends the
+job anyway and is retried (and /api/ready says the history is behind meanwhile); any exception around a job leaves the worker serving; a worker
 that does stop makes /api/ready and new jobs say so."""
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ def test_a_failed_history_write_ends_the_job_and_is_retried(engine):
         first = c.post("/api/jobs", json=JOB).json()["id"]
         wait_for(lambda: c.get(f"/api/jobs/{first}").json()["status"] == "done", 20,
                  "the first job to end although its history write failed")
-        assert c.get("/api/ready").status_code == 200
+        ready = c.get("/api/ready")  # not ready while the history is behind
+        assert ready.status_code == 503 and "database or disk is full" in ready.text
+        assert ready.headers["Retry-After"]
         r = c.post("/api/generate", json={**JOB, "seed": 5})  # the worker still serves
         assert r.status_code == 200, r.text
         wait_for(lambda: history.job(first)["status"] == "done", 20,
                  "the failed history write to be retried")
         assert not failures["left"]
+        wait_for(lambda: c.get("/api/ready").status_code == 200, 20, "ready once it is written")
 
 
 def test_the_worker_survives_an_exception_around_a_job_and_ready_reports_its_end(engine):

@@ -195,7 +195,9 @@ class Guard:
     """Pure ASGI middleware: the API key check and per-route request metrics.
 
     Pure ASGI (not BaseHTTPMiddleware) so streaming responses and client-disconnect
-    messages pass through untouched.
+    messages pass through untouched. It is also where an unexpected exception of any route
+    ends: logged and answered 500 in the one error shape, never passed on to uvicorn (which
+    would drop the client's keep-alive connection).
     """
 
     def __init__(self, app, settings: Settings, metrics: Metrics) -> None:
@@ -206,11 +208,11 @@ class Guard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": 500, "sent": False}
 
         async def send_status(message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["sent"] = message["status"], True
             await send(message)
 
         try:
@@ -225,6 +227,11 @@ class Guard:
                 await response(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
+        except Exception as exc:  # noqa: BLE001 - the one place a route's bug ends
+            log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+            if not status["sent"]:  # else the response is under way: it ends unfinished
+                await error_response(500, f"internal error: {type(exc).__name__}",
+                                     "server_error")(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", None)
             name = route or ("static" if scope["path"].startswith("/static/") else "unmatched")

@@ -4,6 +4,13 @@ The event loop never runs a generation: HTTP handlers submit a ``Job`` and await
 events. Job state is changed only under ``JobQueue._lock``; events cross from the worker
 thread to the event loop with ``call_soon_threadsafe``.
 
+History writes never happen under that lock: a job's rows (its status changes, its images)
+join one ordered queue of pending writes, which the worker writes between jobs. A write
+that fails (disk full, a database locked past its busy timeout) stays queued and is retried
+every ``HISTORY_RETRY_S``; meanwhile the job ends as it ran (``done`` with its images, which
+are served from the queued rows) and ``history_down`` says why the history is behind
+(/api/ready answers 503). A submission whose first row cannot be written is refused (503).
+
 Batch size is 1 on purpose: every image must equal its single-seed run exactly (the
 replay rule), and a batch of two differs from two single runs by up to one uint8 level
 on CPU, so compatible requests are queued, not merged.
@@ -33,6 +40,7 @@ from zturbo.server.store.redis_store import RedisStore, StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
 KEEP_FINISHED = 256  # finished jobs kept in memory for GET /api/jobs/{id}; older ones: history
+HISTORY_RETRY_S = 2.0  # how often the idle worker retries history writes that failed
 
 
 class QueueFull(ZTurboError):
@@ -117,8 +125,13 @@ class JobQueue:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         self._mean_run_s = 1.0
-        # history writes that failed (disk full, database locked), retried by the worker
-        self._unwritten: collections.deque[tuple[str, str, dict[str, Any]]] = collections.deque()
+        # history writes not made yet, oldest first: (store method, args, keyword args);
+        # written by the worker between jobs, kept and retried while they fail
+        self._unwritten: collections.deque[tuple[str, tuple, dict[str, Any]]] = (
+            collections.deque())
+        self._history_lock = threading.Lock()  # one writer of _unwritten at a time, in order
+        self._history_error: str | None = None  # why the last history write failed
+        self._reserved = 0  # queue slots held by submissions writing their first row
         self.worker_error: str | None = None  # why the worker thread ended, if it did
         self._mirror: Mirror | None = None  # copies events to a shared store (redis backend)
 
@@ -154,15 +167,14 @@ class JobQueue:
             self._wake.notify_all()
         for thread in self._threads:
             thread.join(timeout=max(grace_s, 1.0) + 60.0)
-        with self._lock:
-            self._retry_history()
+        self._flush_history()
         if self._mirror is not None:
             self._mirror.stop()
             self._mirror = None
         try:
             self.history.interrupt_unfinished("the server shut down before it finished")
-        except StoreUnavailable as exc:  # its lease expires: another ingress ends its jobs
-            log.warning("shared state: cannot close this ingress's jobs: %s", exc)
+        except StoreUnavailable as exc:  # its lease expires (or the next start ends them)
+            log.warning("state store: cannot close this server's jobs: %s", exc)
 
     def _wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -176,7 +188,11 @@ class JobQueue:
 
     # -- submit / query / cancel ---------------------------------------------------------
     def submit(self, request: Request, source: Any = None) -> Job:
-        """Queue a request, or raise QueueFull (-> 429) / NotAccepting (-> 503)."""
+        """Queue a request, or raise QueueFull (-> 429) / NotAccepting (-> 503) /
+        StoreUnavailable (its history row cannot be written: -> 503).
+
+        Blocking (the row is written here, waiting out a busy database): call it off the
+        event loop. The row is written outside the queue's lock, in a slot held meanwhile."""
         now = time.time()
         job = Job(id=uuid.uuid4().hex, request=request, created=now,
                   deadline=time.monotonic() + self.settings.request_timeout_s, source=source)
@@ -184,11 +200,25 @@ class JobQueue:
             if not self._accepting:
                 raise NotAccepting(self.worker_down() or
                                    "the server is not accepting jobs (loading or shutting down)")
-            if len(self._queue) >= self.settings.queue_depth:
+            if len(self._queue) + self._reserved >= self.settings.queue_depth:
                 retry = self._retry_after()
                 raise QueueFull(f"the queue is full ({self.settings.queue_depth} jobs waiting); "
                                 f"retry in {retry} s", retry)
+            self._reserved += 1
+        try:
             self.history.add_job(job.id, request.model_dump(mode="json"), now)
+        except Exception as exc:
+            self._history_failed(exc)
+            with self._lock:
+                self._reserved -= 1
+                self._wake.notify_all()  # the idle worker probes until writes succeed
+            raise StoreUnavailable(str(exc)) from None
+        with self._lock:
+            self._reserved -= 1
+            if not self._accepting:  # shut down (or the worker died) while the row was written
+                self._unwritten.append(("set_job", (job.id, "cancelled"), {
+                    "finished": time.time(), "error": "the server stopped accepting jobs"}))
+                raise NotAccepting(self.worker_down() or "the server is shutting down")
             self._queue.append(job)
             self._jobs[job.id] = job
             self._publish(job, "queued", {"position": len(self._queue)})
@@ -222,6 +252,7 @@ class JobQueue:
                 self._queue.remove(job)
                 self._finish(job, "cancelled", error=reason)
                 self._publish_positions()
+                self._wake.notify_all()  # its row is written by the worker
             else:
                 job.cancel_reason = reason
         self._gauges()
@@ -279,6 +310,17 @@ class JobQueue:
             return None  # running (or not started yet: no threads)
         return f"the job worker stopped: {self.worker_error or 'unknown reason'}"
 
+    def history_down(self) -> str | None:
+        """Why history writes fail now (None: the last one succeeded and none is waiting)."""
+        return self._history_error
+
+    def pending_image(self, image_id: str) -> dict[str, Any] | None:
+        """The row of an image whose history write is still queued (None: not queued)."""
+        for method, args, _ in list(self._unwritten):
+            if method == "add_image" and args[0]["id"] == image_id:
+                return args[0]
+        return None
+
     def store_down(self) -> str | None:
         """Why the shared state store failed the last time the mirror asked (None: fine)."""
         mirror = self._mirror
@@ -289,7 +331,7 @@ class JobQueue:
         thread is recorded, so /api/ready and submit say the worker is gone."""
         try:
             self._work()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - recorded, then the thread ends
             self.worker_error = f"{type(exc).__name__}: {exc}"
             log.critical("zturbo: the job worker stopped: %s", self.worker_error)
             with self._lock:
@@ -299,23 +341,17 @@ class JobQueue:
                     if not job.terminal:
                         self._finish(job, "error",
                                      error=f"the job worker stopped: {self.worker_error}")
+            self._flush_history()
 
     def _work(self) -> None:
         while True:
-            with self._lock:
-                while not self._queue and not self._stopping:
-                    self._wake.wait(timeout=5.0 if self._unwritten else None)
-                    self._retry_history()
-                if self._stopping:
-                    return
-                job = self._queue.popleft()
-                job.status, job.started = "running", time.time()
-                self._running.append(job)
-                self._publish(job, "started", {"total": job.total})
-                self._publish_positions()
+            job = self._next_job()
+            if job is None:
+                return
             try:
                 self._gauges()
-                self._write_history(job.id, "running", started=job.started)
+                self._record("set_job", job.id, "running", started=job.started)
+                self._flush_history()
                 if self.metrics:
                     self.metrics.observe_stage("queue", job.started - job.created)
                 self._run(job)
@@ -331,27 +367,56 @@ class JobQueue:
                     self._wake.notify_all()
                 self._gauges()
 
-    def _write_history(self, job_id: str, status: str, **fields: Any) -> None:
-        """Record a job's state; a failing write (disk full, locked) is kept and retried."""
-        try:
-            self.history.set_job(job_id, status, **fields)
-        except Exception as exc:
-            log.warning("history: cannot record job %s as %s (%s); retrying later",
-                        job_id, status, exc)
-            self._unwritten.append((job_id, status, fields))
+    def _next_job(self) -> Job | None:
+        """The next job, marked running (None: stopping). Between jobs the worker writes the
+        queued history rows, and retries them every HISTORY_RETRY_S while they fail."""
+        while True:
+            self._flush_history()
+            with self._lock:
+                if self._stopping:
+                    return None
+                if self._queue:
+                    job = self._queue.popleft()
+                    job.status, job.started = "running", time.time()
+                    self._running.append(job)
+                    self._publish(job, "started", {"total": job.total})
+                    self._publish_positions()
+                    return job
+                behind = self._unwritten or self._history_error
+                self._wake.wait(timeout=HISTORY_RETRY_S if behind else None)
 
-    def _retry_history(self) -> None:
-        """Write the history rows that failed before, oldest first, until one fails again."""
-        while self._unwritten:
-            job_id, status, fields = self._unwritten[0]
+    def _record(self, method: str, *args: Any, **fields: Any) -> None:
+        """Queue one history write (``self.history.<method>(*args, **fields)``)."""
+        self._unwritten.append((method, args, fields))
+
+    def _flush_history(self) -> None:
+        """Write the queued history rows, oldest first, until one fails (it stays queued).
+        With nothing queued after a failure, a probe write says when the store is back."""
+        with self._history_lock:
             try:
-                self.history.set_job(job_id, status, **fields)
-            except Exception:
+                if not self._unwritten and self._history_error:
+                    self.history.probe()
+                while self._unwritten:
+                    method, args, fields = self._unwritten[0]
+                    getattr(self.history, method)(*args, **fields)
+                    self._unwritten.popleft()
+            except Exception as exc:
+                self._history_failed(exc)
                 return
-            self._unwritten.popleft()
+            if self._history_error is not None:
+                log.warning("history: writes succeed again")
+            self._history_error = None
+
+    def _history_failed(self, exc: Exception) -> None:
+        """Remember why a history write failed; log the first failure of a streak."""
+        if self._history_error is None:
+            log.warning("history: a write failed (%s); keeping %d row(s) to retry every %g s",
+                        exc, len(self._unwritten), HISTORY_RETRY_S)
+        self._history_error = f"history writes fail: {exc}"
 
     def _run(self, job: Job) -> None:
         started = time.monotonic()
+        result, images = None, []
         try:
             if started > job.deadline:
                 job.timed_out = True
@@ -359,39 +424,35 @@ class JobQueue:
             result = self.runner(self.engine, job.request, on_step=self._on_step(job),
                                  source=job.source)
             images = self._save(job, result)
+            status, error = "done", None
         except Cancelled:
-            with self._lock:
-                if job.timed_out:
-                    self._finish(job, "error", error=self._timeout_message())
-                else:
-                    self._finish(job, "cancelled", error=job.cancel_reason or "cancelled")
-            return
+            status, error = (("error", self._timeout_message()) if job.timed_out
+                             else ("cancelled", job.cancel_reason or "cancelled"))
         except (DeviceLost, StoreUnavailable) as exc:
-            with self._lock:
-                job.device_lost = True
-                self._finish(job, "error", error=str(exc))
-            return
+            job.device_lost = True
+            status, error = "error", str(exc)
         except ZTurboError as exc:
-            with self._lock:
-                job.bad_input = True
-                self._finish(job, "error", error=str(exc))
-            return
+            job.bad_input = True
+            status, error = "error", str(exc)
         except Exception as exc:  # a bug or the device failing: report it, keep serving
             log.exception("job %s failed", job.id)
-            with self._lock:
-                self._finish(job, "error", error=f"generation failed: {type(exc).__name__}: {exc}")
-            return
-        run_s = time.monotonic() - started
-        if self.metrics:  # before the job ends: a client that sees it done sees its metrics
+            status, error = "error", f"generation failed: {type(exc).__name__}: {exc}"
+        # the rows go in (or are queued to retry) before the job ends, so a client that
+        # saw it end finds it in the history
+        finished = time.time()
+        self._record("set_job", job.id, status, finished=finished, error=error)
+        self._flush_history()
+        if self.metrics and result is not None and status == "done":  # counted before it ends
             self.metrics.job_result(result)
         with self._lock:
-            self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * run_s
-            job.images = images
-            job.timings = {k: round(v, 6) for k, v in result.timings.items()}
-            job.teleport = list(result.teleport)
-            job.warnings = list(result.warnings)
-            job.step = job.total
-            self._finish(job, "done")
+            if result is not None and status == "done":
+                self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * (time.monotonic() - started)
+                job.images = images
+                job.timings = {k: round(v, 6) for k, v in result.timings.items()}
+                job.teleport = list(result.teleport)
+                job.warnings = list(result.warnings)
+                job.step = job.total
+            self._finish(job, status, error=error, finished=finished)
 
     def _timeout_message(self) -> str:
         return f"timed out after {self.settings.request_timeout_s:g} s (setting request_timeout_s)"
@@ -441,18 +502,21 @@ class JobQueue:
                 "teleport": teleport, "path": str(path),
             }
             replay = self.history.replay(row, len(result.seeds))  # before this row is in
-            self.history.add_image(row)
+            self._record("add_image", row)  # written with the job's rows, retried if it fails
             saved.append({"id": image_id, "seed": seed, "url": image_url(image_id),
                           "teleport": teleport, "request": request, **replay})
         result.timings["save"] = time.perf_counter() - t
         return saved
 
-    def _finish(self, job: Job, status: str, error: str | None = None) -> None:
+    def _finish(self, job: Job, status: str, error: str | None = None,
+                finished: float | None = None) -> None:
         """Make a job terminal (caller holds the lock): history, event, memory bound.
-        The job ends (its event is set) even when the history write fails."""
-        job.status, job.finished, job.error = status, time.time(), error
-        self._retry_history()
-        self._write_history(job.id, status, finished=job.finished, error=error)
+        ``finished``: the caller queued the job's final row itself, at that time; else it
+        is queued here (the worker writes it). The job ends (its event is set) even when
+        the history write fails."""
+        job.status, job.finished, job.error = status, finished or time.time(), error
+        if finished is None:
+            self._record("set_job", job.id, status, finished=job.finished, error=error)
         if status == "done":
             self._publish(job, "done", {"images": job.images, "timings": job.timings,
                                         "teleport": job.teleport, "seeds": job.request.seeds(),

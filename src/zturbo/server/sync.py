@@ -20,13 +20,26 @@ HUNG_MARGIN_S = 30.0
 
 
 def submit(st: ServerState, request: Request, source=None) -> Job:
-    """Queue a request (503 while the model loads or after it failed to load)."""
+    """Queue a request (503 while the model loads or after it failed to load). Blocking
+    (the job's history row is written): the handlers call ``queue``."""
     if st.load_error:
         raise unavailable(f"the model failed to load: {st.load_error}")
     if st.engine is None or st.history is None:
         raise unavailable("the model is still loading; see /api/ready")
     st.engine.check_fits(request)  # a job the worker would refuse never takes a queue slot
     return st.jobs.submit(request, source)
+
+
+async def queue(st: ServerState, request: Request, source=None) -> Job:
+    """``submit`` off the event loop: its history write may wait out a busy database."""
+    return await asyncio.to_thread(submit, st, request, source)
+
+
+def _cancel_queued(st: ServerState):
+    def cancel(task: asyncio.Future) -> None:
+        if not task.cancelled() and task.exception() is None:
+            st.jobs.cancel(task.result().id, "the request was cancelled")
+    return cancel
 
 
 async def _disconnected(http: HttpRequest) -> None:
@@ -40,7 +53,13 @@ async def _disconnected(http: HttpRequest) -> None:
 async def run(st: ServerState, request: Request, http: HttpRequest, source=None) -> Job:
     """Submit and wait for the job to end; raise the ApiError its failure maps to.
     ``source`` carries the img2img pixels the request names by hash."""
-    return await wait(st, submit(st, request, source), _disconnected(http))
+    submitting = asyncio.ensure_future(queue(st, request, source))
+    try:
+        job = await asyncio.shield(submitting)
+    except asyncio.CancelledError:  # stopped while the job was being queued: cancel it then
+        submitting.add_done_callback(_cancel_queued(st))
+        raise
+    return await wait(st, job, _disconnected(http))
 
 
 async def wait(st: ServerState, job: Job, gone: Awaitable | None = None) -> Job:

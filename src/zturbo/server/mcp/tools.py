@@ -135,7 +135,7 @@ def _base64(text: str, name: str, limit: int, limit_mb: float) -> bytes:
 
 async def _run(call: Call, request, source=None) -> Answer:
     st = call.st
-    job = sync.submit(st, request, source)
+    job = await sync.queue(st, request, source)  # its history write waits off the loop
     reporter = asyncio.ensure_future(_job_progress(call, st.jobs, job))
     try:
         job = await sync.wait(st, job)

@@ -28,8 +28,11 @@ MAX_OFFSET = 2**63 - 1  # SQLite's integers are 64-bit
 
 
 def image_row(st: ServerState, image_id: str) -> dict[str, Any]:
-    """An image's history row, or 404 (ids are looked up, never joined into a path)."""
-    row = st.history.image(image_id) if IMAGE_ID.fullmatch(image_id) else None
+    """An image's history row (or its row still waiting to be written), or 404 (ids are
+    looked up, never joined into a path)."""
+    row = None
+    if IMAGE_ID.fullmatch(image_id):
+        row = st.history.image(image_id) or st.jobs.pending_image(image_id)
     if row is None:
         raise ApiError(404, f"no image {image_id!r}", "not_found")
     return row
@@ -37,8 +40,7 @@ def image_row(st: ServerState, image_id: str) -> dict[str, Any]:
 
 def image_path(st: ServerState, image_id: str) -> Path:
     """The file of an image id (local backend): it must lie inside the server's output dir."""
-    image_row(st, image_id)
-    path = st.history.image_file(image_id)
+    path = st.history.file_of(image_row(st, image_id))
     if path is None:
         raise ApiError(404, f"image {image_id} is no longer on disk", "not_found")
     return path
@@ -46,6 +48,8 @@ def image_path(st: ServerState, image_id: str) -> Path:
 
 def image_png(st: ServerState, image_id: str) -> bytes:
     """The PNG bytes of an image id, from either backend (404 when gone)."""
+    if not st.history.shared:
+        return image_path(st, image_id).read_bytes()
     image_row(st, image_id)
     data = st.history.png(image_id)
     if data is None:

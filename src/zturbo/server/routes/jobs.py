@@ -49,7 +49,7 @@ async def submit(body: JobBody, request: Request):
     """Queue a generation; follow it at ``events``. 429 with Retry-After when the queue is full."""
     st = state(request)
     req = await asyncio.to_thread(request_from_body, st.settings, body)  # hashes LoRA files
-    return _accepted(st, sync.submit(st, req))
+    return _accepted(st, await sync.queue(st, req))
 
 
 @router.post("/edit", status_code=202)
@@ -75,7 +75,7 @@ async def submit_edit(
         max_pixels=st.settings.max_pixels)
     req = await asyncio.to_thread(request_from_body, st.settings, body, extra=hashes,
                                   defaults=source_size(source))
-    return _accepted(st, sync.submit(st, req, source))
+    return _accepted(st, await sync.queue(st, req, source))
 
 
 def _accepted(st: ServerState, job: Job) -> dict:

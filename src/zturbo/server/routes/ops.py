@@ -28,13 +28,12 @@ async def health():
                                                 "content": {"application/json": {}}}})
 async def ready(request: Request):
     """200 once the model is loaded and the worker runs; 503 (with the reason) before, when
-    the job worker has stopped, and while the shared state store (Redis) does not answer."""
-    st = state(request)
-    answer = readiness(st)
-    if not answer["ready"]:
-        loading = st.engine is None or st.fingerprint is None  # (or failed): ask again later
-        return JSONResponse(answer, status_code=503, headers={
-            "Retry-After": str(RETRY_LOADING_S)} if loading else None)
+    the job worker has stopped, while the shared state store (Redis) does not answer, and
+    while history writes fail (disk full, a database locked past its busy timeout)."""
+    answer = readiness(state(request))
+    if not answer["ready"]:  # every reason may pass: ask again later
+        return JSONResponse(answer, status_code=503,
+                            headers={"Retry-After": str(RETRY_LOADING_S)})
     return answer
 
 
@@ -42,7 +41,7 @@ def readiness(st: ServerState) -> dict:
     """``{ready: true, model, fingerprint}``, or ``{ready: false, error}``."""
     if st.engine is None or st.fingerprint is None:
         return {"ready": False, "error": st.load_error or "loading the model"}
-    down = st.jobs.worker_down() or st.jobs.store_down()
+    down = st.jobs.worker_down() or st.jobs.store_down() or st.jobs.history_down()
     if down:
         return {"ready": False, "error": down}
     return {"ready": True, "model": st.engine.spec, "fingerprint": st.fingerprint}

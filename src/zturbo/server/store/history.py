@@ -1,9 +1,15 @@
 """The server's history: SQLite under the state dir, one row per job and one per image.
 
 SQLite is the embedded default: no service to run, survives a restart, and one file an
-operator can copy. One connection shared by the worker thread and the request threads,
-guarded by a lock (SQLite serialises writers anyway; the lock keeps the Python object safe).
-Rows hold JSON text, never pickles.
+operator can copy. Two connections shared by the worker thread and the request threads, one
+that writes and one that reads, each guarded by a lock (SQLite serialises writers anyway; the
+locks keep the Python objects safe). In WAL mode a reader never waits for a writer, so a
+write waiting out a busy database (an operator's ``sqlite3`` session, a backup: up to
+``BUSY_TIMEOUT_S``) does not hold up the reads. Rows hold JSON text, never pickles.
+
+A write that fails (disk full, I/O error, a lock held past the busy timeout) raises
+``StoreUnavailable`` (503 with Retry-After); the job worker keeps the rows it could not
+write and retries them (jobs.py).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zturbo.errors import ZTurboError
 from zturbo.paths import contained_file
 
 SCHEMA = """
@@ -46,9 +53,27 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_created ON images (created DESC);
 CREATE INDEX IF NOT EXISTS images_seed ON images (seed, fingerprint);
 """
+# How long a write waits for another connection's lock before it fails (the worker then keeps
+# the row and retries it): an operator's sqlite3 session or a backup may hold one for seconds.
+BUSY_TIMEOUT_S = 30.0
+PROBE_BYTES = 8192  # the probe's row: larger than most requests, so it needs new pages too
+_WRITE_FAILED = ("the history database cannot be written ({exc}): the disk of the server's "
+                 "state dir may be full or failing; retry later")
 TERMINAL = ("done", "error", "cancelled")
 # how many images the row's job made (its timings are the whole job's)
 JOB_IMAGES = "(SELECT COUNT(*) FROM images j WHERE j.job_id = images.job_id) AS job_images"
+
+
+class StoreUnavailable(ZTurboError):
+    """The state store cannot be read or written now (Redis does not answer, the history
+    database's disk is full or failing): the client should retry (503 with Retry-After)."""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                         isolation_level=None)
+    db.row_factory = sqlite3.Row
+    return db
 
 
 class History:
@@ -63,41 +88,73 @@ class History:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.outputs = outputs
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()  # the writing connection
+        self._read_lock = threading.Lock()  # the reading connection
+        self._db = _connect(path)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: no corruption on a crash, only the last commits may be lost on
             # power loss; FULL costs an fsync (~5 ms here) per write, 4 writes per job.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+        self._reader = _connect(path)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     def _run(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        """A read (never waits for a writer: WAL)."""
+        try:
+            with self._read_lock:
+                return self._reader.execute(sql, args).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"the history database cannot be read ({exc}): retry "
+                                   "later") from None
+
+    def _write(self, sql: str, args: tuple = ()) -> int:
+        """The one low-level write: the rows it changed, or StoreUnavailable naming the disk."""
+        try:
+            with self._lock:
+                return self._db.execute(sql, args).rowcount
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(_WRITE_FAILED.format(exc=exc)) from None
+
+    def probe(self) -> None:
+        """A real write of a job row as large as a big request, undone in the same
+        transaction: StoreUnavailable while the database cannot take the rows the server
+        writes (disk full, I/O error, locked past the busy timeout)."""
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("INSERT INTO jobs (id, status, request, created) VALUES "
+                                     "('#probe', 'probe', ?, 0)", ("x" * PROBE_BYTES,))
+                    self._db.execute("DELETE FROM jobs WHERE id = '#probe'")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite ends it itself on some errors
+                        self._db.execute("ROLLBACK")
+                    raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(_WRITE_FAILED.format(exc=exc)) from None
 
     def interrupt_unfinished(self, reason: str = "the server stopped before it finished") -> int:
         """Mark jobs a crashed server left queued or running as errors (none stay 'running')."""
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE jobs SET status='error', error=?, finished=? WHERE status NOT IN (?,?,?)",
-                (reason, time.time(), *TERMINAL),
-            )
-            return cur.rowcount
+        return self._write(
+            "UPDATE jobs SET status='error', error=?, finished=? WHERE status NOT IN (?,?,?)",
+            (reason, time.time(), *TERMINAL),
+        )
 
     def add_job(self, job_id: str, request: dict[str, Any], created: float) -> None:
-        self._run("INSERT INTO jobs (id, status, request, created) VALUES (?, 'queued', ?, ?)",
-                  (job_id, json.dumps(request), created))
+        self._write("INSERT INTO jobs (id, status, request, created) VALUES (?, 'queued', ?, ?)",
+                    (job_id, json.dumps(request), created))
 
     def set_job(self, job_id: str, status: str, *, started: float | None = None,
                 finished: float | None = None, error: str | None = None) -> None:
         # a job that ends done has no error, whatever an earlier state said
-        self._run(
+        self._write(
             "UPDATE jobs SET status=?, started=COALESCE(?, started), "
             "finished=COALESCE(?, finished), "
             "error=CASE WHEN ?='done' THEN NULL ELSE COALESCE(?, error) END WHERE id=?",
@@ -119,7 +176,9 @@ class History:
         values = {**row, **{k: json.dumps(row[k]) for k in ("request", "timings", "teleport")}}
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
-        self._run(f"INSERT INTO images ({cols}) VALUES ({marks})", tuple(values.values()))
+        # OR IGNORE: a retried write whose first try did commit adds no second row
+        self._write(f"INSERT OR IGNORE INTO images ({cols}) VALUES ({marks})",
+                    tuple(values.values()))
 
     def put_png(self, image_id: str, data: bytes) -> None:
         """Nothing to do: the image is the file at its row's ``path`` (the JobQueue wrote it)."""
@@ -128,7 +187,11 @@ class History:
         """The file of an image id, only inside ``outputs`` (ids are looked up, never joined
         into a path); None for an unknown id or a file gone."""
         row = self.image(image_id)
-        if row is None or self.outputs is None:
+        return self.file_of(row) if row is not None else None
+
+    def file_of(self, row: dict[str, Any]) -> Path | None:
+        """The file of an image row, only inside ``outputs``; None when it is gone."""
+        if self.outputs is None:
             return None
         return contained_file(self.outputs, row["path"])
 

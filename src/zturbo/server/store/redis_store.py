@@ -33,7 +33,7 @@ from redis.retry import Retry
 from zturbo.caches.redis_tier import _safe_url
 from zturbo.errors import ZTurboError
 from zturbo.hashing import digest
-from zturbo.server.store.history import TERMINAL, History
+from zturbo.server.store.history import TERMINAL, History, StoreUnavailable
 
 T = TypeVar("T")
 PREFIX = "zturbo:state:v1:"
@@ -51,10 +51,6 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 return redis.call('HGET', KEYS[1], 'owner')
 """
-
-
-class StoreUnavailable(ZTurboError):
-    """The shared state store (Redis) does not answer: the client should retry (503)."""
 
 
 class RedisStore:
@@ -181,6 +177,10 @@ class RedisStore:
         values = self._call(lambda r: r.mget([self._k("cancel", j) for j in job_ids]))
         return {j: v.decode() for j, v in zip(job_ids, values, strict=True) if v is not None}
 
+    def probe(self) -> None:
+        """A small real write: StoreUnavailable while Redis does not take writes."""
+        self._call(lambda r: r.set(self._k("probe"), repr(time.time()), ex=60))
+
     def heartbeat(self) -> None:
         """Renew this ingress's lease on its jobs."""
         self._call(lambda r: r.zadd(self._k("owners"), {self.owner: time.time() + self.lease_s}))
@@ -216,6 +216,10 @@ class RedisStore:
         return self._call(lambda r: r.get(self._k("png", image_id)))
 
     def image_file(self, image_id: str) -> None:
+        """No file: the image is only in Redis (``png``)."""
+        return None
+
+    def file_of(self, row: dict[str, Any]) -> None:
         """No file: the image is only in Redis (``png``)."""
         return None
 
