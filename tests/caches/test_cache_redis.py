@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from zturbo.caches import DiskTier, MemoryTier, RedisTier, TieredCache
+from zturbo.caches.seal import OVERHEAD, unseal
 from zturbo.errors import ZTurboError
 
 TIMEOUT_S, RETRY_S = 0.2, 0.4
@@ -37,7 +38,7 @@ def test_binary_values_ttl_and_versioned_prefix(server, tier):
     assert tier.get("teleport", key(1)) == data
     raw = redis.Redis.from_url(server.url)
     name = f"zturbo:v1:teleport:{key(1)}"
-    assert raw.get(name) == data
+    assert unseal(tier._sealer.secret, "teleport", key(1), raw.get(name)) == data  # sealed
     raw.expire(name, 10)
     assert tier.get("teleport", key(1)) == data  # a read renews the lifetime
     assert 3590 < raw.ttl(name) <= 3600
@@ -55,9 +56,9 @@ def test_clear_and_stats_touch_only_our_prefix(server, tier):
         tier.put("teleport", key(i), b"x" * 10)
     tier.put("embedding", key(0), b"y" * 5)
     stats = tier.stats()
-    assert stats["up"] and stats["entries"] == 4 and stats["bytes"] == 35
-    assert stats["kinds"] == {"embedding": {"entries": 1, "bytes": 5},
-                              "teleport": {"entries": 3, "bytes": 30}}
+    assert stats["up"] and stats["entries"] == 4 and stats["bytes"] == 35 + 4 * OVERHEAD
+    assert stats["kinds"] == {"embedding": {"entries": 1, "bytes": 5 + OVERHEAD},
+                              "teleport": {"entries": 3, "bytes": 30 + 3 * OVERHEAD}}
     assert tier.clear("teleport") == 3 and tier.clear() == 1
     assert raw.get("someone-else:key") == b"keep me"
     assert older.get("teleport", key(0)) == b"old"

@@ -15,6 +15,7 @@ import torch
 from zturbo import load_settings
 from zturbo.caches import DiskTier, MemoryTier, TieredCache, build_cache, pack, unpack
 from zturbo.caches.memory import entry_cost
+from zturbo.caches.seal import OVERHEAD
 from zturbo.errors import ZTurboError
 
 MIB = 1024 * 1024
@@ -116,10 +117,11 @@ def test_disk_evicts_by_last_access_and_holds_the_cap(tmp_path):
     assert tier.get("teleport", key(1)) is None
     assert all(tier.get("teleport", key(i)) == value(i, MIB) for i in (0, 2, 3))
     stats = tier.stats()
-    assert stats["evictions"] == 1 and stats["entries"] == 3 and stats["bytes"] == 3 * MIB
+    stored = 3 * (MIB + OVERHEAD)  # each value sealed
+    assert stats["evictions"] == 1 and stats["entries"] == 3 and stats["bytes"] == stored
     assert len(list((tmp_path / "v1" / "data").rglob("*.bin"))) == 3  # evicted file removed
     tier.put("teleport", key(9), value(9, 4 * MIB))  # over the cap: not stored
-    assert tier.get("teleport", key(9)) is None and tier.stats()["bytes"] == 3 * MIB
+    assert tier.get("teleport", key(9)) is None and tier.stats()["bytes"] == stored
 
 
 def _entry_file(tmp_path, k: str):

@@ -12,6 +12,7 @@ from zturbo.caches import build_cache
 
 from conftest import run_cli, run_cli_process
 from localredis import free_port
+from zturbo.caches.seal import OVERHEAD
 
 
 def key(i) -> str:
@@ -40,7 +41,7 @@ def test_stats_json_in_a_new_process_sees_other_processes_counters(zturbo_home):
     assert data["kinds"]["teleport"]["hits"] == 1 and data["kinds"]["teleport"]["misses"] == 1
     assert data["kinds"]["teleport"]["saved_s"] == 0.5
     disk = data["tiers"]["disk"]
-    assert disk["entries"] == 5 and disk["bytes"] == 3200
+    assert disk["entries"] == 5 and disk["bytes"] == 3200 + 5 * OVERHEAD  # values are sealed
     assert disk["kinds"]["embedding"]["entries"] == 2
     assert disk["path"] == str(zturbo_home / "cache" / "v1")
 
@@ -52,7 +53,7 @@ def test_stats_table_and_an_unreachable_redis(zturbo_home):
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
     assert rows["teleport"].split()[1:4] == ["1", "1", "50.0%"]
-    assert rows["disk"].split()[1:3] == ["5", "3200"]
+    assert rows["disk"].split()[1:3] == ["5", str(3200 + 5 * OVERHEAD)]
     assert "(unreachable)" in rows["redis"]
     assert "Traceback" not in out.stderr
 

@@ -8,7 +8,8 @@ and keeps pickle as a storage mode; lmdb has a fixed map size and no eviction. S
 
 Writes are atomic: the value goes to a temp file, is renamed to a name no other write
 uses, and only then is the index row committed. A reader checks size and sha256; a
-mismatch is a miss and the entry is removed.
+mismatch is a miss and the entry is removed. Files are sealed (seal.py: an HMAC over kind,
+key and bytes under the cache secret): one whose MAC fails is a miss, counted as forged.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from zturbo.caches.base import SCHEMA, CacheTier, check_key, check_kind, log
+from zturbo.caches.seal import Sealer
 
 _ORPHAN_GRACE_S = 60.0  # a file this new may belong to a write that hasn't committed yet
 
@@ -43,8 +45,10 @@ class DiskTier(CacheTier):
 
     name = "disk"
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, secret: bytes | None = None) -> None:
+        """``secret``: the seal's key (default: the cache secret, seal.cache_secret)."""
         super().__init__()
+        self._sealer = Sealer(self.name, secret)
         self.root = Path(root) / f"v{SCHEMA}"
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
@@ -69,17 +73,20 @@ class DiskTier(CacheTier):
             if data is None or len(data) != size or hashlib.sha256(data).hexdigest() != digest:
                 self._remove_bad(kind, key, file)
                 return None
+            opened = self._sealer.open(kind, key, data)
+            if opened is None:  # intact but not sealed for this key: a miss, left in place
+                return None
             with self._lock, self._transaction() as db:
                 db.execute("UPDATE entries SET accessed = ? WHERE kind = ? AND key = ? AND "
                            "file = ?", (time.time(), kind, key, file))
-            return data
+            return opened
         except (OSError, sqlite3.Error) as exc:
             self.failed("get", exc)
             return None
 
     def put(self, kind: str, key: str, data: bytes) -> None:
         check_key(kind, key)
-        data = bytes(data)
+        data = self._sealer.seal(kind, key, bytes(data))
         if len(data) > self.max_bytes:
             return
         file = f"data/{kind}/{key[:2]}/{key}.{secrets.token_hex(6)}.bin"
@@ -133,6 +140,7 @@ class DiskTier(CacheTier):
                 "bytes": sum(k["bytes"] for k in kinds.values()), "max_bytes": self.max_bytes,
                 "evictions": sum(k["evictions"] for k in kinds.values()),
                 "corrupt": sum(k["corrupt"] for k in kinds.values()), "errors": self._errors,
+                "forged": self._sealer.forged,
                 "path": str(self.root), "kinds": dict(sorted(kinds.items()))}
 
     def close(self) -> None:

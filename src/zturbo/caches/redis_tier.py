@@ -4,6 +4,10 @@ Redis is optional at run time: when it is down or slower than ``timeout_s`` the 
 ONE warning, answers "miss" and skips its writes, and tries again only after ``retry_s``
 (so a dead server costs one timeout per ``retry_s``, not one per lookup). The first call
 that succeeds again logs that Redis is back.
+
+Values are sealed (seal.py: an HMAC over kind, key and bytes under the cache secret), so
+whoever can write to the Redis cannot make a replica serve an entry the replicas did not
+write for that key: an entry whose MAC fails is a miss, counted as forged.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from redis.retry import Retry
 
 from zturbo.caches.base import SCHEMA, CacheTier, check_key, check_kind, log
 from zturbo.errors import ZTurboError
+from zturbo.caches.seal import Sealer
 
 T = TypeVar("T")
 _STATS_SCAN_LIMIT = 100_000  # `zturbo cache stats` must stay quick on a big shared Redis
@@ -32,7 +37,9 @@ class RedisTier(CacheTier):
     name = "redis"
 
     def __init__(self, url: str, ttl_s: int, timeout_s: float,
-                 prefix: str = f"zturbo:v{SCHEMA}:", retry_s: float = 5.0) -> None:
+                 prefix: str = f"zturbo:v{SCHEMA}:", retry_s: float = 5.0,
+                 secret: bytes | None = None) -> None:
+        """``secret``: the seal's key (default: the cache secret, seal.cache_secret)."""
         super().__init__()
         if ttl_s <= 0 or timeout_s <= 0 or retry_s < 0:
             raise ZTurboError("redis_ttl_s and redis_timeout_s must be positive")
@@ -45,14 +52,17 @@ class RedisTier(CacheTier):
             raise ZTurboError(f"invalid redis_url {self.url!r}: {exc}") from None
         self._state = threading.Lock()
         self._down_until: float | None = None  # None: up
+        self._sealer = Sealer(self.name, secret)
 
     def get(self, kind: str, key: str) -> bytes | None:
         check_key(kind, key)
-        return self._call(lambda r: r.getex(self._name(kind, key), ex=self.ttl_s), None)
+        stored = self._call(lambda r: r.getex(self._name(kind, key), ex=self.ttl_s), None)
+        return None if stored is None else self._sealer.open(kind, key, stored)
 
     def put(self, kind: str, key: str, data: bytes) -> None:
         check_key(kind, key)
-        self._call(lambda r: r.set(self._name(kind, key), bytes(data), ex=self.ttl_s), None)
+        sealed = self._sealer.seal(kind, key, bytes(data))
+        self._call(lambda r: r.set(self._name(kind, key), sealed, ex=self.ttl_s), None)
 
     def delete(self, kind: str, key: str) -> None:
         check_key(kind, key)
@@ -95,7 +105,8 @@ class RedisTier(CacheTier):
                 else None,
                 "bytes": sum(k["bytes"] for k in kinds.values()) if kinds is not None else None,
                 "evictions": None,  # Redis expires and evicts by its own policy
-                "errors": self._errors, "up": self._down_until is None, "url": self.url,
+                "errors": self._errors, "forged": self._sealer.forged,
+                "up": self._down_until is None, "url": self.url,
                 "prefix": self.prefix, "ttl_s": self.ttl_s, "truncated": truncated,
                 "kinds": dict(sorted((kinds or {}).items()))}
 

@@ -26,6 +26,7 @@ from zturbo.caches.packing import pack, unpack
 from zturbo.caches.redis_tier import RedisTier
 from zturbo.config import Settings, state_dir
 from zturbo.errors import ZTurboError
+from zturbo.caches.seal import cache_secret
 
 __all__ = ["SCHEMA", "CacheTier", "DiskTier", "MemoryTier", "RedisTier", "TieredCache",
            "build_cache", "pack", "unpack"]
@@ -173,16 +174,18 @@ def build_cache(settings: Settings) -> TieredCache:
         if getattr(settings, name) < 0:
             raise ZTurboError(f"{name} must be 0 (off) or more, not {getattr(settings, name)}")
     tiers: list[CacheTier] = []
+    shared = settings.disk_cache_mb > 0 or bool(settings.redis_url)
+    secret = cache_secret(settings.cache_secret) if shared else None  # seals disk and Redis
     if settings.memory_cache_mb > 0:
         tiers.append(MemoryTier(int(settings.memory_cache_mb * MIB)))
     if settings.disk_cache_mb > 0:
         root = state_dir() / "cache"
         try:
-            tiers.append(DiskTier(root, int(settings.disk_cache_mb * MIB)))
+            tiers.append(DiskTier(root, int(settings.disk_cache_mb * MIB), secret))
         except OSError as exc:
             raise ZTurboError(f"cannot open the disk cache at {root}: {exc} "
                               "(set disk_cache_mb = 0 to run without it)") from None
     if settings.redis_url:
         tiers.append(RedisTier(settings.redis_url, settings.redis_ttl_s,
-                               settings.redis_timeout_s))
+                               settings.redis_timeout_s, secret=secret))
     return TieredCache(tiers)

@@ -36,6 +36,7 @@ from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zt
     friendly_errors,
 )
 from zturbo.config import config_path, load_settings
+from zturbo.config.settings import SECRET_SETTINGS
 
 app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
 
@@ -55,5 +56,5 @@ def config_show(
         return
     typer.echo(f"# config file: {config_path()}")
     for key, value in values.items():
-        shown = "***" if key == "api_key" and value else value
+        shown = "***" if key in SECRET_SETTINGS and value else value
         typer.echo(f"{key:22} {json.dumps(shown):40} {sources[key]}")

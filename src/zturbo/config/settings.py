@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis tier, e.g. redis://127.0.0.1:6379/0")
     redis_ttl_s: int = Field(7 * 24 * 3600, description="Redis entry lifetime in seconds")
     redis_timeout_s: float = Field(0.5, description="Redis socket timeout in seconds")
+    cache_secret: str | None = Field(
+        None, description="key of the HMAC sealing disk and Redis cache entries; the same on "
+        "every replica (unset: generated into <state>/cache.secret, mode 0600)")
     # acceleration (issue 6; see docs/performance.md). Engine-level: they enter the model
     # fingerprint through engine.extras["transformer"], so every cache keys on them.
     step_cache: Literal["off", "dbcache", "taylorseer"] = Field(
@@ -267,6 +270,9 @@ class Settings(BaseSettings):
     def outputs(self) -> Path:
         return Path(self.output_dir).expanduser() if self.output_dir else state_dir() / "outputs"
 
+
+# Settings whose values are never printed (``zturbo config`` shows *** instead).
+SECRET_SETTINGS = ("api_key", "cache_secret")
 
 # The config-file layer of the settings being built (set by load_settings, read by the source).
 _CONFIG_LAYER: ContextVar[dict[str, Any]] = ContextVar("_CONFIG_LAYER", default={})

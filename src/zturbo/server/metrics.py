@@ -106,6 +106,12 @@ class _CacheCollector:
                                   labels=["kind", "tier"])
         saved = CounterMetricFamily("zturbo_cache_saved_seconds", "Compute time saved by hits",
                                     labels=["kind"])
+        forged = CounterMetricFamily(
+            "zturbo_cache_forged", "Entries of a shared tier whose MAC failed (read as misses)",
+            labels=["tier"])
+        for tier, row in (stats.get("tiers") or {}).items():
+            if "forged" in row:
+                forged.add_metric([tier], int(row["forged"]))
         for kind, data in (stats.get("kinds") or {}).items():
             rows = [("all", data)] + list((data.get("tiers") or {}).items())
             for tier, row in rows:
@@ -114,4 +120,4 @@ class _CacheCollector:
                 misses.add_metric([kind, tier], m)
                 ratio.add_metric([kind, tier], h / (h + m) if h + m else 0.0)
             saved.add_metric([kind], float(data.get("saved_s", 0.0)))
-        yield from (hits, misses, ratio, saved)
+        yield from (hits, misses, ratio, saved, forged)
