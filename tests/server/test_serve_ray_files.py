@@ -28,11 +28,23 @@ def test_kuberay_manifest_embeds_a_serve_config_the_builder_accepts():
         assert app["import_path"] == "zturbo.server.ray:app_builder" and callable(app_builder)
         unknown = set(app["args"]) - SCALE_KEYS - set(Settings.model_fields) - {"profile"}
         assert not unknown, unknown
-    redis_conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["redis.conf"]
-    # volatile-lru: cache entries (all with a TTL) are evicted, never live job state
-    assert "maxmemory-policy volatile-lru" in redis_conf and "maxmemory " in redis_conf
+    conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    # the cache Redis evicts; the state Redis never does (zturbo refuses it otherwise)
+    assert "maxmemory-policy allkeys-lru" in conf["cache.conf"] and "maxmemory " in conf["cache.conf"]
+    assert "maxmemory-policy noeviction" in conf["state.conf"]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for name, config in (("zturbo-cache-redis", "cache.conf"), ("zturbo-state-redis", "state.conf")):
+        args = deployments[name]["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[0] == f"/etc/redis/{config}" and "--requirepass" in args
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    head_env = {e["name"]: e for e in head["containers"][0]["env"]}
+    assert "@zturbo-cache-redis:" in head_env["ZTURBO_REDIS_URL"]["value"]
+    assert "@zturbo-state-redis:" in head_env["ZTURBO_STATE_REDIS_URL"]["value"]
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     assert workers["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    worker_env = {e["name"]: e for e in workers["containers"][0]["env"]}
+    for env in (head_env, worker_env):  # one cache secret for every replica
+        assert env["ZTURBO_CACHE_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "zturbo-cache"
 
 
 def test_several_ingresses_need_the_shared_state():

@@ -21,8 +21,11 @@ import redis
 class LocalRedis:
     """``with LocalRedis(tmp) as server: server.url``."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None,
+                 config: dict[str, str] | None = None) -> None:
+        """``config``: more redis-server settings, e.g. ``{"maxmemory-policy": "allkeys-lru"}``."""
         self.workdir = Path(workdir)
+        self.config = dict(config or {})
         self.port = port or free_port()
         self._pick_port = port is None  # a port we picked may be taken before we bind it
         self._proc: subprocess.Popen | None = None
@@ -50,7 +53,8 @@ class LocalRedis:
         self._proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir),
-             "--logfile", str(self.workdir / "redis.log")],
+             "--logfile", str(self.workdir / "redis.log"),
+             *[arg for name, value in self.config.items() for arg in (f"--{name}", value)]],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
         deadline = time.monotonic() + wait_s

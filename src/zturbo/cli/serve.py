@@ -53,6 +53,7 @@ def serve(
 
     from zturbo.generation.models import resolve_folder  # lazy: keeps CLI start fast (torch)
     from zturbo.server.app import create_app  # lazy: keeps CLI start fast (FastAPI)
+    from zturbo.server.store import open_redis_state  # lazy: keeps CLI start fast (redis)
 
     if not ray and (replicas is not None or autoscale is not None):
         raise typer.BadParameter("--replicas and --autoscale need --ray")
@@ -72,6 +73,8 @@ def serve(
     if ray:
         serve_on_ray(settings, replicas, autoscale)
         return
+    if settings.state_backend == "redis":  # a state Redis that may evict is refused here
+        open_redis_state(settings).close()
     lock = StateLock().acquire(server_url(settings))  # before the history, before the port
     sock = bind(settings.host, settings.port)  # a busy port fails here, before "serving"
     typer.echo(f"zturbo: serving {settings.model} on http://{settings.host}:{settings.port}",

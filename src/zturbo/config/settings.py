@@ -175,7 +175,10 @@ class Settings(BaseSettings):
                     "off, or a server URL")
     state_backend: Literal["local", "redis"] = Field(
         "local", description="server jobs, events, images, history: local (SQLite + files) or "
-        "redis (shared by every ingress; needs redis_url)")
+        "redis (shared by every ingress; needs state_redis_url or redis_url)")
+    state_redis_url: str | None = Field(
+        None, description="state_backend redis: the Redis for jobs, events, images and history "
+        "(maxmemory-policy noeviction, checked at start-up); unset: redis_url")
     state_lease_s: float = Field(
         15.0, gt=0, description="redis state: an ingress silent this long is dead; its jobs end")
     # image side and weights (issue 5, docs/knobs.md)

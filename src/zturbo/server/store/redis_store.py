@@ -12,6 +12,12 @@ or raw PNG bytes, never pickles:
   (the newest ``MAX_ROWS`` are kept); ``full:{digest}`` the newest full run of a request;
 - ``owners`` zset owner -> lease end; ``owned:{owner}`` the owner's unfinished jobs.
 
+Nothing here may be evicted: a finished job's record and PNG gone while its history row
+stays would list images that answer 404. The state Redis (``state_redis_url``, else
+``redis_url``) must run with ``maxmemory-policy noeviction``; ``check_no_eviction`` refuses
+any other policy at start-up. (The cache tier is the opposite: give it its own Redis with
+an evicting policy, e.g. ``allkeys-lru``.)
+
 A finished job's record, events and images expire after ``redis_ttl_s``. An ingress that
 stops renewing its lease (``state_lease_s``) is dead: any ingress marks its unfinished
 jobs ``error`` (``expire_owners``). Redis down: every call raises StoreUnavailable within
@@ -39,6 +45,7 @@ T = TypeVar("T")
 PREFIX = "zturbo:state:v1:"
 MAX_ROWS = 10_000  # history rows kept in the shared index (oldest dropped first)
 MAX_EVENTS = 100_000  # a stream's cap (a bound, not a limit a real job reaches)
+NO_EVICTION = "noeviction"  # the one maxmemory-policy the state Redis may have
 BLOCK_S = 1.0  # longest wait of one events() read: followers re-check between waits
 JOB_FIELDS = ("status", "request", "created", "started", "finished", "error", "owner")
 # HSET the fields (ARGV after the 3 terminal statuses) unless the job is unknown or ended;
@@ -76,6 +83,17 @@ class RedisStore:
     def close(self) -> None:
         self._r.close()
         self._blocking.close()
+
+    def check_no_eviction(self) -> None:
+        """Refuse a Redis that may evict keys (ZTurboError naming its policy); read from
+        ``INFO memory``, which managed Redis services answer where CONFIG is disabled."""
+        policy = self._call(lambda r: r.info("memory")).get("maxmemory_policy")
+        if policy not in (None, NO_EVICTION):
+            raise ZTurboError(
+                f"the state Redis at {self.url} evicts keys (maxmemory-policy {policy}): "
+                "finished jobs and their images could vanish while their history rows stay. "
+                f"Give the state a Redis with maxmemory-policy {NO_EVICTION} (setting "
+                "state_redis_url; the cache tier keeps redis_url), see docs/scaleout.md")
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
