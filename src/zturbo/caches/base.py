@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import re
 import threading
 import time
@@ -21,6 +22,52 @@ log = logging.getLogger("zturbo.caches")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _KEY = re.compile(r"[0-9a-f]{16,128}")
 _WARN_EVERY_S = 300.0
+OUTAGE_LOG_EVERY_S = 60.0
+
+
+class OutageLog:
+    """Logs a service going down and coming back: a Redis that flaps (down, up, down...)
+    would otherwise write a line per change, hundreds a minute. A "down" is logged at most
+    once per ``every_s``, and a "back" only after a logged "down" (so the log never leaves
+    an outage it reported open); the changes in between are counted into the next line.
+    The state now is in the stats (``up``) and /api/ready."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = OUTAGE_LOG_EVERY_S) -> None:
+        self.logger, self.every_s = logger, every_s
+        self._lock = threading.Lock()
+        self._down_at = -math.inf  # when the last logged "down" was
+        self._open = False  # a logged "down" not yet followed by a logged "back"
+        self._skipped = 0
+
+    def down(self, message: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            loud = not self._open and now - self._down_at >= self.every_s
+            if loud:
+                self._down_at, self._open = now, True
+            skipped = self._take_skipped(loud)
+        if loud:
+            self._log(message, args, skipped)
+
+    def up(self, message: str, *args: object) -> None:
+        with self._lock:
+            loud, self._open = self._open, False
+            skipped = self._take_skipped(loud)
+        if loud:
+            self._log(message, args, skipped)
+
+    def _take_skipped(self, loud: bool) -> int:
+        if not loud:
+            self._skipped += 1
+            return 0
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
+    def _log(self, message: str, args: tuple, skipped: int) -> None:
+        if skipped:
+            message += " (%d up/down changes not logged since the last such line)"
+            args = (*args, skipped)
+        self.logger.warning(message, *args)
 
 
 def check_kind(kind: str) -> str:

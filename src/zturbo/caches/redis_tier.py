@@ -23,7 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from zturbo.caches.base import SCHEMA, CacheTier, check_key, check_kind, log
+from zturbo.caches.base import SCHEMA, CacheTier, OutageLog, check_key, check_kind, log
 from zturbo.errors import ZTurboError
 from zturbo.caches.seal import Sealer
 
@@ -53,6 +53,7 @@ class RedisTier(CacheTier):
         self._state = threading.Lock()
         self._down_until: float | None = None  # None: up
         self._sealer = Sealer(self.name, secret)
+        self._outages = OutageLog(log)
 
     def get(self, kind: str, key: str) -> bytes | None:
         check_key(kind, key)
@@ -158,14 +159,14 @@ class RedisTier(CacheTier):
                 self._down_until = time.monotonic() + self.retry_s
                 self._errors += 1
             if first:
-                log.warning("Redis cache at %s is unavailable (%s: %s); going on with the local "
-                            "tiers, retrying every %gs", self.url, type(exc).__name__, exc,
-                            self.retry_s)
+                self._outages.down("Redis cache at %s is unavailable (%s: %s); going on with "
+                                     "the local tiers, retrying every %gs", self.url,
+                                     type(exc).__name__, exc, self.retry_s)
             return default
         with self._state:
             back, self._down_until = self._down_until is not None, None
         if back:
-            log.warning("Redis cache at %s is back", self.url)
+            self._outages.up("Redis cache at %s is back", self.url)
         return result
 
     def _name(self, kind: str, key: str) -> str:

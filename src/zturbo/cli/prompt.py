@@ -22,7 +22,7 @@ from zturbo.cli.options import (
     Template,
     friendly_errors,
 )
-from zturbo.config import load_settings, make_request
+from zturbo.config import ascii_int, load_settings, make_request
 from zturbo.engine.prompt_templates import available, find
 from zturbo.errors import ZTurboError
 
@@ -35,7 +35,7 @@ def layer_list(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
+        return [ascii_int(v, "layer") for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise ZTurboError(f"--slg-layers {text!r}: give layer numbers like 7,8,9") from None
 

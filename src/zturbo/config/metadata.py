@@ -23,6 +23,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from zturbo.config.request import Request
 from zturbo.errors import ZTurboError
+from zturbo.config.sizes import ascii_digits
 
 JSON_KEY = "zturbo"
 SCHEMA = 1
@@ -203,6 +204,6 @@ def parse_a1111(text: str) -> dict[str, Any]:
                 fields[name] = value
     if "Size" in pairs and "x" in pairs["Size"]:
         w, h = pairs["Size"].split("x", 1)
-        if w.isdigit() and h.isdigit():
+        if ascii_digits(w) and ascii_digits(h) and max(len(w), len(h)) <= 9:
             fields["width"], fields["height"] = int(w), int(h)
     return fields

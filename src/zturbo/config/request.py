@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -78,16 +79,22 @@ class Request(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _knobs_off_are_canonical(cls, data: Any) -> Any:
-        """A knob that is off carries its default parameters, so it can't split the cache keys."""
+        """A knob that is off carries its default parameters, so it can't split the cache keys.
+        What was given for them must still be valid (no NaN slips in because a knob is off)."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        off = []
         if data.get("dype", "off") == "off":
-            for name in ("dype_scale", "dype_exponent", "dype_base"):
-                data.pop(name, None)
+            off += ["dype_scale", "dype_exponent", "dype_base"]
         if not data.get("slg_scale"):
-            for name in ("slg_layers", "slg_start", "slg_stop"):
-                data.pop(name, None)
+            off += ["slg_layers", "slg_start", "slg_stop"]
+        for name in off:
+            if name in data:
+                try:
+                    _field_adapter(name).validate_python(data.pop(name))
+                except ValidationError as exc:
+                    raise ValueError(f"{name}: {first_error(exc)}") from None
         return data
 
     @field_validator("slg_layers")
@@ -184,6 +191,14 @@ class Request(BaseModel):
 
 
 # Settings that are per-request defaults of the prompt-side and transformer knobs.
+@functools.cache
+def _field_adapter(name: str) -> TypeAdapter:
+    """A validator of one Request field alone (its type, strictness and bounds)."""
+    info = Request.model_fields[name]
+    kind: Any = Annotated[info.annotation, *info.metadata]
+    return TypeAdapter(kind, config=ConfigDict(allow_inf_nan=False))
+
+
 KNOB_SETTINGS = ("template", "hidden_layer", "long_prompt", "dype", "dype_scale",
                  "dype_exponent", "slg_scale", "slg_layers", "slg_start", "slg_stop")
 

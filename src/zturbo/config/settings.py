@@ -35,6 +35,7 @@ from zturbo.config.sizes import (
     TEXT_TOKEN_LIMIT,
     DypeMethod,
     LongPromptMode,
+    ascii_int,
 )
 from zturbo.errors import ZTurboError
 from zturbo.paths import state_dir
@@ -169,6 +170,8 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20.0, gt=0, description="largest upload (image edits, PNG drop) in MiB")
     max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS, description="most DiT passes a request may ask")
     preview_every: int = Field(2, ge=0, description="server: a latent preview every N steps (0: none)")
+    max_event_streams: int = Field(
+        256, ge=1, description="server: most job event streams (SSE) open at once (more: 429)")
     server: str = Field(
         "auto", pattern=r"^(auto|off|https?://\S+)$",
         description="zturbo generate: auto (a running zturbo serve with the same model), "
@@ -210,7 +213,7 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [int(v) for v in value.replace(" ", "").split(",") if v]
+            return [ascii_int(v, "a list item") for v in value.replace(" ", "").split(",") if v]
         return value
 
     @field_validator("cors_origins", "loras", "lora_dirs", mode="before")

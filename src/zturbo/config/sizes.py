@@ -50,3 +50,19 @@ def nearest_multiples(value: int, multiple: int = 16) -> tuple[int, int]:
     """The valid sizes either side of ``value`` (the lower one is at least ``multiple``)."""
     lower = max(multiple, value // multiple * multiple)
     return lower, lower + multiple
+
+
+def ascii_digits(text: str) -> bool:
+    """True when ``text`` is one or more ASCII digits 0-9: the one digit rule of every size
+    and number parser. ``str.isdigit``, ``int()`` and the regex ``\\d`` also take other
+    scripts' digits (``"١٠٢٤"``) and, for ``isdigit``, superscripts (``"²"``)."""
+    return bool(text) and text.isascii() and text.isdigit()
+
+
+def ascii_int(text: str, what: str) -> int:
+    """``text`` (an optional ``-`` and ASCII digits only, at most 18 of them) as an int, or
+    a ValueError naming ``what``."""
+    digits = text[1:] if text.startswith("-") else text
+    if not ascii_digits(digits) or len(digits) > 18:
+        raise ValueError(f"{what} {text[:40]!r} is not a whole number (ASCII digits 0-9)")
+    return int(text)

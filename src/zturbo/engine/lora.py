@@ -240,3 +240,20 @@ def request_loras(engine, picks):
         yield
     finally:
         _restore_adapters(engine)
+
+
+def check_readable(picks, lora_dirs: list[str]) -> None:
+    """Refuse a picked LoRA whose file has no readable safetensors header (the message a
+    load would give), so a server refuses it before it queues a job. What the header
+    names is checked against the transformer at load."""
+    from safetensors import safe_open  # lazy: keeps CLI start fast
+
+    for pick in picks:
+        path = _PICKED.get(pick.sha256) if pick.sha256 else None
+        path = path or resolve_lora(pick.name, lora_dirs)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                if not list(handle.keys()):
+                    raise ValueError("the file holds no tensors")
+        except LOAD_ERRORS as exc:
+            raise ZTurboError(f"cannot load LoRA {pick.name!r}: {exc}") from None

@@ -116,6 +116,17 @@ def start(engine, request: Request, seed: int, source: Source) -> Start:
     return image_start(engine, request, seed, source, trajectory_sigmas(request))
 
 
+def finite_latents(latents: torch.Tensor, request: Request) -> None:
+    """Refuse latents holding NaN or infinity (a ZTurboError: the request's, not the
+    server's): a knob far outside its working range (``shift`` 1e-300) gives them, and
+    they decode to a black image that must never be stored or returned."""
+    if not bool(torch.isfinite(latents).all()):
+        raise ZTurboError(
+            f"the denoised latents hold NaN or infinity (shift {request.shift:g}, guidance "
+            f"{request.guidance:g}, {request.steps} steps): a setting is outside its working "
+            "range; nothing was stored")
+
+
 def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, digest: str,
              source: Source, timings: dict[str, float],
              on_step: StepCallback | None = None) -> tuple[Image.Image, dict[str, Any]]:
@@ -150,6 +161,7 @@ def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, dige
         )
         elapsed = time.perf_counter() - t
         timings["denoise"] += elapsed
+        finite_latents(latents, request)  # before anything of this run is stored or returned
         if replay.captured:  # a resumed run may still fill deeper resume points
             teleport.store(engine, replay, elapsed / (len(schedule) - first))
     t = time.perf_counter()

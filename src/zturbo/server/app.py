@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -35,7 +36,7 @@ from zturbo.server.metrics import Metrics
 from zturbo.server.routes import encode, generate, images, library, openai_images, ops
 from zturbo.server.routes import jobs as jobs_routes
 from zturbo.server.routes import lab as lab_routes
-from zturbo.server.state import ServerState
+from zturbo.server.state import ServerState, Slots
 from zturbo.server.statelock import StateLock, server_url
 from zturbo.server.store import StoreUnavailable, open_store
 from zturbo.server.uploads import max_body_bytes
@@ -51,6 +52,9 @@ log = logging.getLogger("zturbo.server")
 # No API key needed: health, and the page's own code (no data in it; the page asks for the
 # key and sends it with every API call).
 OPEN_PATHS = ("/api/health", "/")
+# Event streams (SSE: a job's, a sweep's): held open, so their number is capped
+EVENT_STREAM = re.compile(r"/api/.+/events")
+STREAM_RETRY_S = 5
 
 
 def history_path() -> Path:
@@ -115,7 +119,7 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
     )
     app.state.zturbo = st
     errors.install(app)
-    _middleware(app, settings, metrics)
+    _middleware(app, settings, metrics, st.streams)
 
     for module in (openai_images, generate, encode, jobs_routes, images, ops, library):
         app.include_router(module.router, responses=ERROR_RESPONSES)
@@ -124,7 +128,7 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
     static = files("zturbo").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
         return FileResponse(str(static.joinpath("index.html")), media_type="text/html")
 
@@ -200,8 +204,8 @@ class Guard:
     would drop the client's keep-alive connection).
     """
 
-    def __init__(self, app, settings: Settings, metrics: Metrics) -> None:
-        self.app, self.settings, self.metrics = app, settings, metrics
+    def __init__(self, app, settings: Settings, metrics: Metrics, streams: Slots) -> None:
+        self.app, self.settings, self.metrics, self.streams = app, settings, metrics, streams
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -225,6 +229,8 @@ class Guard:
                     401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                     "authentication_error", headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send_status)
+            elif EVENT_STREAM.fullmatch(scope["path"]):
+                await self._stream(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
         except Exception as exc:  # noqa: BLE001 - the one place a route's bug ends
@@ -239,12 +245,28 @@ class Guard:
                                          time.perf_counter() - started)
 
 
-def _middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    async def _stream(self, scope, receive, send) -> None:
+        """An event stream in one of the ``max_event_streams`` slots, held until it ends
+        (429 when none is free: thousands of idle watchers would slow every route)."""
+        if not self.streams.take():
+            response = error_response(
+                429, f"too many open event streams ({self.streams.limit}, setting "
+                     "max_event_streams): retry later, or poll the job's status",
+                "rate_limit_error", headers={"Retry-After": str(STREAM_RETRY_S)})
+            await response(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.streams.give()
+
+
+def _middleware(app: FastAPI, settings: Settings, metrics: Metrics, streams: Slots) -> None:
     """Body cap, API key and metrics; CORS (outermost, so preflights need no key) only when
     configured. The body cap sits inside the Guard, so a declared oversized body gets the
     Guard's JSON 413 (the cap's own answer is plain text)."""
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_body_bytes(settings))
-    app.add_middleware(Guard, settings=settings, metrics=metrics)
+    app.add_middleware(Guard, settings=settings, metrics=metrics, streams=streams)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"],

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from zturbo.caches.base import OutageLog
 from zturbo.server.store.redis_store import RedisStore, StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
@@ -34,6 +35,7 @@ class Mirror:
         self._wake = threading.Condition()
         self._stop = False
         self.down: str | None = None  # why Redis failed the last step (None: it answers)
+        self._outages = OutageLog(log)  # a flapping Redis: a line a minute, not one per flip
         self._thread = threading.Thread(target=self._loop, name="zturbo-shared", daemon=True)
 
     def start(self) -> None:
@@ -74,7 +76,7 @@ class Mirror:
             step()
         except StoreUnavailable as exc:
             if self.down is None:
-                log.warning("shared state: %s; events wait meanwhile", exc)
+                self._outages.down("shared state: %s; events wait meanwhile", exc)
             self.down = str(exc)
             time.sleep(POLL_S)
             return
@@ -82,7 +84,7 @@ class Mirror:
             log.exception("shared state: the mirror thread failed a step")
             return
         if self.down is not None:
-            log.warning("shared state: Redis answers again")
+            self._outages.up("shared state: Redis answers again")
         self.down = None
 
     def _flush(self) -> None:

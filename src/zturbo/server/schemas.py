@@ -85,7 +85,7 @@ def request_from_body(settings: Settings, body: BaseModel, extra: dict | None = 
     return make_request(settings, **fields)
 
 
-_SIZE = re.compile(r"(\d+)x(\d+)")
+_SIZE = re.compile(r"([0-9]+)x([0-9]+)")  # ASCII digits only (config.ascii_digits)
 MAX_SIDE_DIGITS = 9  # a side with more digits is over any pixel limit (and int() stays cheap)
 
 

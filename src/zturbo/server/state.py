@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,25 @@ from zturbo.config import Settings
 from zturbo.server.jobs import JobQueue
 from zturbo.server.metrics import Metrics
 from zturbo.server.store import History, RedisStore
+
+
+class Slots:
+    """A cap on something held open (event streams): ``take`` a slot or be refused."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.used -= 1
 
 
 @dataclass
@@ -29,6 +49,10 @@ class ServerState:
     fingerprint: str | None = None
     announce: str | None = None  # the URL to record in the state dir once ready (zturbo serve)
     record: Path | None = None  # that record (zturbo.server.running), removed at shutdown
+    streams: Slots = field(init=False)  # open event streams (max_event_streams)
+
+    def __post_init__(self) -> None:
+        self.streams = Slots(self.settings.max_event_streams)
 
 
 def state(request: Request) -> ServerState:

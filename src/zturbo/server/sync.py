@@ -12,6 +12,8 @@ from collections.abc import Awaitable
 from fastapi import Request as HttpRequest
 
 from zturbo.config import Request
+from zturbo.engine.lora import check_readable
+from zturbo.generation.img2img import Source, check_source
 from zturbo.server.errors import ApiError, unavailable
 from zturbo.server.jobs import Job
 from zturbo.server.state import ServerState
@@ -26,7 +28,10 @@ def submit(st: ServerState, request: Request, source=None) -> Job:
         raise unavailable(f"the model failed to load: {st.load_error}")
     if st.engine is None or st.history is None:
         raise unavailable("the model is still loading; see /api/ready")
-    st.engine.check_fits(request)  # a job the worker would refuse never takes a queue slot
+    # a job the worker would refuse never takes a queue slot
+    check_source(request, source or Source())  # an image hash needs its pixels
+    check_readable(request.loras, st.settings.lora_dirs)
+    st.engine.check_fits(request)
     return st.jobs.submit(request, source)
 
 

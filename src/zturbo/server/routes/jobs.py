@@ -101,7 +101,8 @@ async def status(request: Request, job: Job | dict = Depends(live_job)):
 async def events(request: Request, job: Job | dict = Depends(live_job)
                  ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events from the start: ``queued`` (position), ``started``, ``step`` (with a
-    preview data URL every few steps), then one of ``done``, ``error``, ``cancelled``."""
+    preview data URL every few steps), then one of ``done``, ``error``, ``cancelled``. At
+    most ``max_event_streams`` streams are open at once (more: 429, app.Guard)."""
     st = state(request)
     if isinstance(job, Job):
         stream = follow(st.jobs, job)

@@ -20,8 +20,13 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/api/health")
 async def health():
-    """Alive (no API key needed)."""
+    """Alive (no API key needed; HEAD too, for probes that send it)."""
     return {"status": "ok"}
+
+
+@router.head("/api/health", include_in_schema=False)
+async def health_head():
+    return Response(status_code=200)
 
 
 @router.get("/api/ready", responses={503: {"description": "not ready: {ready: false, error}",
