@@ -9,10 +9,10 @@ import pytest
 
 from zturbo import load_settings
 from zturbo.caches import build_cache
+from zturbo.caches.seal import OVERHEAD
 
 from conftest import run_cli, run_cli_process
 from localredis import free_port
-from zturbo.caches.seal import OVERHEAD
 
 
 def key(i) -> str:

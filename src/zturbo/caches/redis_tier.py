@@ -24,8 +24,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from zturbo.caches.base import SCHEMA, CacheTier, OutageLog, check_key, check_kind, log
-from zturbo.errors import ZTurboError
 from zturbo.caches.seal import Sealer
+from zturbo.errors import ZTurboError
 
 T = TypeVar("T")
 _STATS_SCAN_LIMIT = 100_000  # `zturbo cache stats` must stay quick on a big shared Redis

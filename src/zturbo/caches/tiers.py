@@ -24,9 +24,9 @@ from zturbo.caches.disk import DiskTier
 from zturbo.caches.memory import MemoryTier
 from zturbo.caches.packing import pack, unpack
 from zturbo.caches.redis_tier import RedisTier
+from zturbo.caches.seal import cache_secret
 from zturbo.config import Settings, state_dir
 from zturbo.errors import ZTurboError
-from zturbo.caches.seal import cache_secret
 
 __all__ = ["SCHEMA", "CacheTier", "DiskTier", "MemoryTier", "RedisTier", "TieredCache",
            "build_cache", "pack", "unpack"]

@@ -43,7 +43,8 @@ __all__ = [
     "ASPECTS", "BUCKETS", "DEFAULT_MODEL", "DYPE_METHODS", "KNOB_SETTINGS", "LONG_PROMPT_MODES",
     "MAX_STEPS", "MAX_TEXT_CHARS", "SEED_LIMIT", "SHA256_HEX", "TEXT_TOKEN_LIMIT", "Bool",
     "DypeMethod", "Float", "Int", "LongPromptMode", "LoraPick", "LoraPicks", "Pass", "Passes",
-    "Request", "Settings", "ascii_digits", "ascii_int", "bucket_size", "check_text", "config_path", "first_error",
+    "Request", "Settings", "ascii_digits", "ascii_int", "bucket_size", "check_text",
+    "config_path", "first_error",
     "img2img_start_step", "load_settings", "make_request", "nearest_multiples", "parse_passes",
     "read_config", "state_dir",
 ]

@@ -22,8 +22,8 @@ from typing import Any
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from zturbo.config.request import Request
-from zturbo.errors import ZTurboError
 from zturbo.config.sizes import ascii_digits
+from zturbo.errors import ZTurboError
 
 JSON_KEY = "zturbo"
 SCHEMA = 1

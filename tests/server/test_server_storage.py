@@ -16,8 +16,9 @@ import time
 import httpx
 from fastapi.testclient import TestClient
 
-from serverkit import SMALL, app_for, gate, live_server, one_thread, wait_for
 from zturbo.server.app import history_path
+
+from serverkit import SMALL, app_for, gate, live_server, one_thread, wait_for
 
 JOB = {"prompt": "a red robot", "seed": 4, **SMALL, "teleport": False}
 FULL = "database or disk is full"

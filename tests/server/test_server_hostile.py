@@ -14,10 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 import zturbo
-from serverkit import SMALL, app_for, gate, live_server, one_thread, wait_for
 from zturbo.caches import RedisTier
 from zturbo.config import ascii_digits, ascii_int, load_settings
 from zturbo.errors import ZTurboError
+
+from serverkit import SMALL, app_for, gate, live_server, one_thread, wait_for
 
 JOB = {"prompt": "a red robot", "seed": 4, **SMALL, "teleport": False}
 

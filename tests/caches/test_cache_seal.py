@@ -14,11 +14,12 @@ import pytest
 import redis
 
 import zturbo
-from conftest import pixels
 from zturbo.caches import DiskTier, RedisTier, pack, unpack
 from zturbo.caches.seal import OVERHEAD, cache_secret, seal, unseal
 from zturbo.config import load_settings
 from zturbo.errors import ZTurboError
+
+from conftest import pixels
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
 SECRET, OTHER = b"s" * 32, b"o" * 32

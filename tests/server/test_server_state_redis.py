@@ -9,12 +9,13 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from conftest import run_cli
-from serverkit import SMALL, app_for, one_thread, settings
-from zturbo.caches.localredis import LocalRedis
 from zturbo.errors import ZTurboError
-from zturbo.server.redis_store import PREFIX
 from zturbo.server.store import open_store
+from zturbo.server.store.redis_store import PREFIX
+
+from conftest import run_cli
+from localredis import LocalRedis
+from serverkit import SMALL, app_for, one_thread, settings
 
 JOB = {"prompt": "a red robot", "seed": 4, **SMALL, "teleport": False}
 EVICTING = {"maxmemory": "64mb", "maxmemory-policy": "volatile-lru"}
