@@ -137,8 +137,9 @@ def test_event_streams_are_capped(engine):
         url = f"/api/jobs/{job}/events"
         with c.stream("GET", url) as one, c.stream("GET", url) as two:
             assert one.status_code == two.status_code == 200
-            for stream in (one, two):
-                next(stream.iter_lines())  # open and serving
+            lines = [stream.iter_lines() for stream in (one, two)]  # kept: a dropped
+            for line in lines:  # iterator would close its connection
+                next(line)  # open and serving
             third = c.get(url, timeout=10)
             assert third.status_code == 429 and "max_event_streams" in third.text
             assert int(third.headers["Retry-After"]) > 0

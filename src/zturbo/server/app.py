@@ -244,7 +244,6 @@ class Guard:
             self.metrics.observe_request(scope["method"], name, status["code"],
                                          time.perf_counter() - started)
 
-
     async def _stream(self, scope, receive, send) -> None:
         """An event stream in one of the ``max_event_streams`` slots, held until it ends
         (429 when none is free: thousands of idle watchers would slow every route)."""
