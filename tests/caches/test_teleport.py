@@ -134,7 +134,7 @@ ALTERNATIVES = {
     "template": "photo", "template_body": "{prompt}, photo", "hidden_layer": -3,
     "long_prompt": "pool", "embeddings_sha256": "ab" * 32, "dype": "yarn", "dype_scale": 3.0,
     "dype_exponent": 1.0, "dype_base": 768, "slg_scale": 2.0, "slg_layers": (1,),
-    "slg_start": 0.1, "slg_stop": 0.5,
+    "slg_start": 0.1, "slg_stop": 0.5, "variety": 0.5, "variety_steps": 0.6,
     "image": "ab" * 32, "strength": 0.3, "mask": "cd" * 32, "vae_tiling": True,
     "vae_tile_size": 256, "vae_tile_overlap": 0.5,
     "passes": (Pass(scale=0.5, steps=4, strength=1.0), Pass(scale=1.0, steps=2, strength=0.5)),
@@ -146,6 +146,7 @@ ALTERNATIVES = {
 # trajectory_fields): the matrix changes them on a request where they do.
 WHERE_IT_MATTERS = {
     "negative_prompt": {"guidance": 1.5},
+    "variety_steps": {"variety": 1.0},
     "vae_tiling": {"image": "ab" * 32, "strength": 0.5},
     "vae_tile_size": {"image": "ab" * 32, "strength": 0.5, "vae_tiling": True},
     "vae_tile_overlap": {"image": "ab" * 32, "strength": 0.5, "vae_tiling": True},

@@ -26,6 +26,11 @@ KEY_VERSION = 1
 NOT_IN_TRAJECTORY = frozenset({"num_images", "teleport", "seed"})
 
 
+# Knobs added to Request after keys were first stored: when the first field is off (0) the
+# whole group leaves the key, so every request without the knob keeps the key it had.
+OFF_UNLESS_SET = {"variety": ("variety", "variety_steps")}
+
+
 # the decode settings: after the trajectory (txt2img); the source encode (img2img)
 DECODE_FIELDS = ("vae_tiling", "vae_tile_size", "vae_tile_overlap")
 
@@ -39,10 +44,15 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
     - the VAE tiling fields for txt2img (tiling touches only the decode, after the stored
       latent, and the img2img source encode), and the tile size and overlap when tiling
       is off;
+    - the fields of knobs in ``OFF_UNLESS_SET`` while they are off (they leave the key);
     - a LoRA pick's name (its sha256 is the content), and picks with scale 0, which
       ``lora.request_loras`` does not load at all (the base model runs).
     """
     fields = request.model_dump(mode="json", exclude=set(NOT_IN_TRAJECTORY))
+    for name in OFF_UNLESS_SET:  # a knob added later: at its default it adds nothing
+        if not fields.get(name):
+            for dropped in OFF_UNLESS_SET[name]:
+                fields.pop(dropped, None)
     unused = []
     if request.guidance == 0:
         unused.append("negative_prompt")

@@ -102,6 +102,8 @@ def generate(
     slg_layers: Annotated[str | None, typer.Option("--slg-layers", help="DiT layers SLG skips, comma-separated. [default: 7,8,9]")] = None,
     slg_start: Annotated[float | None, typer.Option("--slg-start", help="SLG starts at this fraction of the steps. [default: 0.01]")] = None,
     slg_stop: Annotated[float | None, typer.Option("--slg-stop", help="SLG stops at this fraction of the steps. [default: 0.2]")] = None,
+    variety: Annotated[float | None, typer.Option("--variety", help="Seed variety: seeded noise in the prompt embedding for the first steps, 0-2 (0 is off). [default: 0]")] = None,
+    variety_steps: Annotated[float | None, typer.Option("--variety-steps", help="Share of the steps seed variety lasts, (0-1]. [default: 0.3]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
     image: Annotated[Path | None, typer.Option("--image", help="Source image for img2img; the output size defaults to its size (multiples of 16).")] = None,
     strength: Annotated[float | None, typer.Option("--strength", help="img2img/inpaint strength, the share of steps run (0-1]. [default: 0.6]")] = None,
@@ -136,7 +138,7 @@ def generate(
                  hidden_layer=hidden_layer, long_prompt=long_prompt, dype=dype,
                  dype_scale=dype_scale, dype_exponent=dype_exponent, dype_base=dype_base,
                  slg_scale=slg_scale, slg_layers=layer_list(slg_layers), slg_start=slg_start,
-                 slg_stop=slg_stop, strength=strength, passes=passes, vae_tiling=vae_tiling,
+                 slg_stop=slg_stop, variety=variety, variety_steps=variety_steps, strength=strength, passes=passes, vae_tiling=vae_tiling,
                  vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap)
     fields, stored_model = _request_fields(from_image, given)
     if template is not None:

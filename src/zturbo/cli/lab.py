@@ -46,7 +46,7 @@ def sweep_command(progress):
     def sweep(
         prompt: Annotated[str | None, typer.Argument(help="What to draw (or --prompt-name, or --from).")] = None,
         vary: Vary = None,
-        preset: Annotated[str | None, typer.Option("--preset", help="A classic experiment: steps, guidance, seeds, aspect, scale, quant (`zturbo lab presets`).")] = None,
+        preset: Annotated[str | None, typer.Option("--preset", help="A classic experiment: steps, guidance, seeds, aspect, scale, quant, variety (`zturbo lab presets`).")] = None,
         prompt_name: Annotated[str | None, typer.Option("--prompt-name", help="A named reference prompt (robot, hero). [default with --preset: robot]")] = None,
         reference: Annotated[str | None, typer.Option("--reference", help="The metrics' reference frame by its axis values, e.g. steps=15. [default: the first frame]")] = None,
         output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder. [default: <state>/runs/<axes>-<hash>: the same sweep resumes there]")] = None,

@@ -21,6 +21,7 @@ from zturbo.config.fields import SHA256_HEX, Bool, Float, Int, LoraPicks, Passes
 from zturbo.config.settings import Settings, first_error
 from zturbo.config.sizes import (
     MAX_STEPS,
+    MAX_VARIETY,
     SEED_LIMIT,
     TEXT_TOKEN_LIMIT,
     DypeMethod,
@@ -75,6 +76,9 @@ class Request(BaseModel):
     slg_layers: tuple[Int, ...] = Field((7, 8, 9), max_length=64)
     slg_start: Float = Field(0.01, ge=0.0, le=1.0)
     slg_stop: Float = Field(0.2, ge=0.0, le=1.0)
+    # Seed variety: seeded noise in the prompt embedding for the first share of the steps.
+    variety: Float = Field(0.0, ge=0.0, le=MAX_VARIETY)
+    variety_steps: Float = Field(0.3, gt=0.0, le=1.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +91,8 @@ class Request(BaseModel):
         off = []
         if data.get("dype", "off") == "off":
             off += ["dype_scale", "dype_exponent", "dype_base"]
+        if not data.get("variety"):
+            off += ["variety_steps"]
         if not data.get("slg_scale"):
             off += ["slg_layers", "slg_start", "slg_stop"]
         for name in off:

@@ -13,6 +13,8 @@ SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes any int64
 # positions 1..P (P = tokens padded to a multiple of 32) and the image at P + 1, so P + 1
 # <= 1535 and P <= 1504 (steps.text_token_limit derives it from a loaded model's config).
 TEXT_TOKEN_LIMIT = 1504
+# Seed variety's strength is in units of the embedding's own standard deviation.
+MAX_VARIETY = 2.0
 LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 DYPE_METHODS = ("off", "vision_yarn", "yarn", "ntk")
 LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]

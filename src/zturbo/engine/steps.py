@@ -20,6 +20,7 @@ from PIL import Image
 from zturbo.engine import dype as dype_rope
 from zturbo.engine import long_prompts
 from zturbo.engine import slg as skip_layer
+from zturbo.engine import variety as seed_variety
 from zturbo.engine.accel import prepare_denoise
 from zturbo.engine.placement import component_device
 from zturbo.engine.prompt_templates import apply_template
@@ -165,6 +166,7 @@ def denoise(
     dype: dype_rope.DyPE | None = None,
     slg: skip_layer.SLG | None = None,
     blend: StepBlend | None = None,
+    variety: seed_variety.Variety | None = None,
 ) -> torch.Tensor:
     """Run the DiT over ``sigma_list`` from ``latents``; returns the final float32 latents.
 
@@ -172,9 +174,11 @@ def denoise(
     run starts part-way through its trajectory) and place SLG's active window; ``blend``
     gets the same step numbers (0-based), so a resumed inpaint blends exactly as the full
     run did. ``dype`` and ``slg`` hook the shared transformer for this call only (the engine
-    lock is held).
+    lock is held). ``variety`` swaps in its perturbed embedding for the steps of its
+    window (numbered like ``blend``'s, so a resumed run sees what the full run saw).
     """
     total = total_steps or first_step + len(sigma_list)
+    noisy, until = variety.schedule(embeds, total) if variety is not None else (None, 0)
     prepare_denoise(engine, first_step, total, guidance)  # fresh step-cache state per run
     view = _pipeline_view(engine, shift)
 
@@ -184,6 +188,8 @@ def denoise(
             out["latents"] = blend(first_step + i, kwargs["latents"])
         if on_step is not None:
             on_step(first_step + i + 1, total, out.get("latents", kwargs["latents"]))
+        if noisy is not None and first_step + i + 1 == until:  # the window ends here
+            out["prompt_embeds"] = embeds
         return out
 
     height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
@@ -191,7 +197,8 @@ def denoise(
     with dype_rope.applied(transformer, dype), \
             skip_layer.applied(transformer, slg, first_step, total):
         out = view(
-            prompt_embeds=embeds, negative_prompt_embeds=negative if guidance > 0 else None,
+            prompt_embeds=seed_variety.embeds_at(first_step, embeds, noisy, until),
+            negative_prompt_embeds=negative if guidance > 0 else None,
             latents=latents.to(engine.device), sigmas=sigma_list, guidance_scale=guidance,
             height=height, width=width, output_type="latent", callback_on_step_end=callback,
             return_dict=False,

@@ -36,6 +36,7 @@ from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from
     noise,
     sigmas,
 )
+from zturbo.engine.variety import Variety
 from zturbo.errors import ZTurboError
 from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
@@ -158,6 +159,7 @@ def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, dige
             negative=negative, on_step=replay.capturing(on_step), first_step=first,
             total_steps=len(schedule), blend=begin.blend if begin is not None else None,
             dype=dype_rope.DyPE.from_request(request), slg=slg,
+            variety=Variety.from_request(request, seed),
         )
         elapsed = time.perf_counter() - t
         timings["denoise"] += elapsed
