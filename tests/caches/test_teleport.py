@@ -168,7 +168,9 @@ def test_key_matrix_covers_every_request_field(fresh):
     assert teleport_key(fresh, base, "e" * 64, 5, 1) != ref  # the step
     assert teleport_key(fresh, base, "e" * 64, 6, 2) != ref  # the image's seed
     for name in NOT_IN_TRAJECTORY - {"seed"}:  # provably irrelevant fields do not split the cache
-        other = base.model_copy(update={name: {"num_images": 3, "teleport": False}[name]})
+        other = base.model_copy(update={name: {"num_images": 3, "teleport": False,
+                                               "enhance": True,
+                                               "original_prompt": "a dog"}[name]})
         assert teleport_key(fresh, other, "e" * 64, 6, 1) == ref
 
 

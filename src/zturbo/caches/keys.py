@@ -23,7 +23,10 @@ KEY_VERSION = 1
 # Request fields that provably do not change one image's trajectory: how many images the
 # request asked for (each image is computed alone, with its own seed, which is keyed), and
 # whether to use teleport at all. ``seed`` is replaced by the image's own seed.
-NOT_IN_TRAJECTORY = frozenset({"num_images", "teleport", "seed"})
+# ``enhance`` and ``original_prompt``: a trajectory runs the text actually encoded (the
+# prompt, after enhancement), so an enhanced request and the plain request of its text
+# share their entries.
+NOT_IN_TRAJECTORY = frozenset({"num_images", "teleport", "seed", "enhance", "original_prompt"})
 
 
 # Knobs added to Request after keys were first stored: when the first field is off (0) the
@@ -105,3 +108,10 @@ def vae_latent_key(engine, image_sha256: str, width: int, height: int,
     if tiling is not None:  # untiled keeps the key it always had
         fields["tiling"] = tiling
     return digest(fields)
+
+
+def enhanced_key(engine, params: dict[str, Any]) -> str:
+    """Key of an enhanced prompt: the text encoder's fingerprint (it writes the text), the
+    system prompt's version, the decoding bounds and the input text (``params``)."""
+    return digest({"kind": "enhanced", "v": KEY_VERSION, "text": engine.text_fingerprint,
+                   "params": params})

@@ -104,6 +104,8 @@ def generate(
     slg_stop: Annotated[float | None, typer.Option("--slg-stop", help="SLG stops at this fraction of the steps. [default: 0.2]")] = None,
     variety: Annotated[float | None, typer.Option("--variety", help="Seed variety: seeded noise in the prompt embedding for the first steps, 0-2 (0 is off). [default: 0]")] = None,
     variety_steps: Annotated[float | None, typer.Option("--variety-steps", help="Share of the steps seed variety lasts, (0-1]. [default: 0.3]")] = None,
+    enhance: Annotated[bool | None, typer.Option("--enhance", help="Expand the prompt with the loaded Qwen3 text encoder first (greedy, cached); the image is keyed by the enhanced text.")] = None,
+    enhance_only: Annotated[bool, typer.Option("--enhance-only", help="Print the enhanced prompt and exit without generating.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
     image: Annotated[Path | None, typer.Option("--image", help="Source image for img2img; the output size defaults to its size (multiples of 16).")] = None,
     strength: Annotated[float | None, typer.Option("--strength", help="img2img/inpaint strength, the share of steps run (0-1]. [default: 0.6]")] = None,
@@ -138,7 +140,8 @@ def generate(
                  hidden_layer=hidden_layer, long_prompt=long_prompt, dype=dype,
                  dype_scale=dype_scale, dype_exponent=dype_exponent, dype_base=dype_base,
                  slg_scale=slg_scale, slg_layers=layer_list(slg_layers), slg_start=slg_start,
-                 slg_stop=slg_stop, variety=variety, variety_steps=variety_steps, strength=strength, passes=passes, vae_tiling=vae_tiling,
+                 slg_stop=slg_stop, variety=variety, variety_steps=variety_steps, enhance=enhance or enhance_only or None,
+                 strength=strength, passes=passes, vae_tiling=vae_tiling,
                  vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap)
     fields, stored_model = _request_fields(from_image, given)
     if template is not None:
@@ -159,6 +162,9 @@ def generate(
         "cache_dit_rdt": cache_dit_rdt, "cache_dit_mc": cache_dit_mc,
         "cache_dit_ts_order": ts_order, "attention": attention, "compile": compile_,
         "compile_mode": compile_mode, "server": server})
+    if enhance_only:
+        _enhance_only(settings, make_request(settings, **fields), as_json)
+        return
     source = _source(image, mask, settings, fields) if image or mask else None
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
@@ -186,6 +192,17 @@ def _source(image: Path | None, mask: Path | None, settings, fields: dict[str, A
     return source
 
 
+def _enhance_only(settings, request, as_json: bool) -> None:
+    """``--enhance-only``: the enhanced prompt on stdout, nothing generated."""
+    from zturbo.generation import models  # torch, transformers: only when enhancing here
+
+    with Feedback().status(f"loading {settings.model}"):
+        engine = models.load(settings=settings)
+    text = engine.enhance(request.prompt)
+    typer.echo(json.dumps({"prompt": text, "original_prompt": request.prompt})
+               if as_json else text)
+
+
 def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, source,
              file) -> None:
     """Load the model in this process and run ``requests``."""
@@ -203,7 +220,8 @@ def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, so
             typer.echo(f"zturbo: warning: {warning}", err=True)
         paths = save_images(result, pattern, settings)
         for path, image_seed, replay in zip(paths, result.seeds, result.teleport, strict=True):
-            _report(path, image_seed, result.timings, replay, as_json)
+            _report(path, image_seed, result.timings, replay, as_json,
+                    prompts=_prompts(result.request))
 
 
 def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) -> list:
@@ -240,7 +258,8 @@ def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) 
             typer.echo(f"zturbo: warning: {warning}", err=True)
         for image, path in zip(result.images, paths, strict=True):
             path = write_bytes_atomic(image.png, path)
-            _report(path, image.seed, result.timings, image.teleport, as_json, server.url)
+            _report(path, image.seed, result.timings, image.teleport, as_json, server.url,
+                    prompts=_prompts(image.request))
     return []
 
 
@@ -257,12 +276,24 @@ def served_path(pattern: str, seed: int) -> Path:
     return path
 
 
-def _report(path, seed: int, t: dict, replay: dict, as_json: bool, server: str | None = None):
-    """One line per image on stdout: path, seed, timings, teleport (and the server used)."""
+def _prompts(request) -> dict[str, str]:
+    """The enhanced prompt and the user's, when the prompt was enhanced (else nothing)."""
+    fields = request if isinstance(request, dict) else request.model_dump()
+    if not fields.get("original_prompt"):
+        return {}
+    return {"prompt": fields["prompt"], "original_prompt": fields["original_prompt"]}
+
+
+def _report(path, seed: int, t: dict, replay: dict, as_json: bool, server: str | None = None,
+            prompts: dict[str, str] | None = None):
+    """One line per image on stdout: path, seed, timings, teleport (and the server used);
+    an enhanced prompt goes with it (in the JSON line, or on stderr)."""
     if as_json:
         typer.echo(json.dumps({"path": str(path), "seed": seed, "timings": t,
-                               "teleport": replay, "server": server}))
+                               "teleport": replay, "server": server, **(prompts or {})}))
         return
+    if prompts:
+        typer.echo(f"zturbo: enhanced prompt: {prompts['prompt']}", err=True)
     via = f"  via {server}" if server else ""
     typer.echo(f"{path}  seed {seed}  encode {t.get('encode', 0):.2f}s  "
                f"denoise {t.get('denoise', 0):.2f}s  decode {t.get('decode', 0):.2f}s  "

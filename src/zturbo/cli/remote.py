@@ -57,6 +57,7 @@ class RemoteImage:
     seed: int
     png: bytes
     teleport: dict[str, Any]
+    request: dict[str, Any] = field(default_factory=dict)  # the request that ran
 
 
 @dataclass
@@ -265,7 +266,7 @@ def _follow(client: httpx.Client, server: Server, job_id: str, deadline_s: float
 class Done:
     """A checked ``done`` event: one image per requested seed."""
 
-    images: list[dict[str, Any]]  # id, seed, teleport
+    images: list[dict[str, Any]]  # id, seed, teleport, request (its prompt texts only)
     timings: dict[str, float]
     warnings: list[str]
 
@@ -286,7 +287,9 @@ def check_done(data: Any, request: Request) -> Done:
         teleport = image.get("teleport") or {}
         if not isinstance(teleport, dict):
             raise Unavailable("malformed 'done' event (teleport is not an object)")
-        images.append({"id": image["id"], "seed": seed, "teleport": teleport})
+        ran = image.get("request") if isinstance(image.get("request"), dict) else {}
+        texts = {k: ran[k] for k in ("prompt", "original_prompt") if isinstance(ran.get(k), str)}
+        images.append({"id": image["id"], "seed": seed, "teleport": teleport, "request": texts})
     if sorted(i["seed"] for i in images) != sorted(expected):
         raise Unavailable(f"malformed 'done' event ({len(images)} image(s) for "
                           f"{len(expected)} seed(s))")
@@ -353,5 +356,5 @@ def run(server: Server, request: Request, on_step: Callable[[int, int], None],
             url = f"{server.url}/api/images/{image['id']}"
             png = _fetch(client, url)
             check_png(png, image["seed"], server.fingerprint, url)
-            images.append(RemoteImage(image["seed"], png, image["teleport"]))
+            images.append(RemoteImage(image["seed"], png, image["teleport"], image["request"]))
     return RemoteResult(images, done.timings, job_id, done.warnings)

@@ -20,6 +20,7 @@ from pydantic import (
 from zturbo.config.fields import SHA256_HEX, Bool, Float, Int, LoraPicks, Passes, check_text
 from zturbo.config.settings import Settings, first_error
 from zturbo.config.sizes import (
+    ENHANCE_INPUT_CHARS,
     MAX_STEPS,
     MAX_VARIETY,
     SEED_LIMIT,
@@ -79,6 +80,11 @@ class Request(BaseModel):
     # Seed variety: seeded noise in the prompt embedding for the first share of the steps.
     variety: Float = Field(0.0, ge=0.0, le=MAX_VARIETY)
     variety_steps: Float = Field(0.3, gt=0.0, le=1.0)
+    # Prompt enhancer: ``enhance`` asks for it; once done the prompt is the enhanced text
+    # (what is encoded and keyed), ``enhance`` is false and ``original_prompt`` keeps the
+    # user's words (so a replay never enhances again).
+    enhance: Bool = False
+    original_prompt: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -121,6 +127,16 @@ class Request(BaseModel):
     @classmethod
     def _template(cls, value: str | None) -> str | None:
         return check_text(value, "template") if value is not None else value
+
+    @field_validator("original_prompt")
+    @classmethod
+    def _original(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        limit = (info.context or {}).get("max_prompt_chars")
+        if limit and len(value) > limit:
+            raise ValueError(f"original_prompt has {len(value)} characters; the limit is {limit}")
+        return check_text(value, "original_prompt")
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
@@ -171,6 +187,12 @@ class Request(BaseModel):
             raise ValueError("strength and mask need a source image (--image)")
         if self.passes and self.passes[-1].scale != 1.0:
             raise ValueError("the last pass must have scale 1.0 (the final size)")
+        if self.enhance and len(self.prompt) > ENHANCE_INPUT_CHARS:
+            raise ValueError(f"the prompt to enhance has {len(self.prompt)} characters; the "
+                             f"enhancer takes at most {ENHANCE_INPUT_CHARS}")
+        if self.enhance and self.embeddings_sha256 is not None:
+            raise ValueError("enhance needs the text encoder: it cannot run on prompt "
+                             "embeddings from a file")
         if self.vae_tile_size % 16:
             raise ValueError(f"vae_tile_size {self.vae_tile_size} is not a multiple of 16")
         return self

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     )
     slg_start: float = Field(0.01, description="SLG starts at this fraction of the steps")
     slg_stop: float = Field(0.2, description="SLG stops at this fraction of the steps")
+    # prompt enhancer (docs/knobs.md)
+    enhance_max_tokens: int = Field(512, ge=1, le=4096,
+                                    description="most new tokens the prompt enhancer writes")
+    enhance_timeout_s: float = Field(120.0, gt=0.0, le=3600.0,
+                                     description="time limit of one prompt enhancement")
     # limits
     max_pixels: int = Field(4096 * 4096, description="largest width*height accepted")
     max_prompt_chars: int = Field(20_000, description="longest prompt accepted, in characters")

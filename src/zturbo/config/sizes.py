@@ -15,6 +15,8 @@ SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes any int64
 TEXT_TOKEN_LIMIT = 1504
 # Seed variety's strength is in units of the embedding's own standard deviation.
 MAX_VARIETY = 2.0
+# The prompt enhancer expands short prompts: longer input is refused (it needs none).
+ENHANCE_INPUT_CHARS = 2000
 LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 DYPE_METHODS = ("off", "vision_yarn", "yarn", "ntk")
 LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]

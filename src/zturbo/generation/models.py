@@ -31,6 +31,7 @@ from zturbo.engine.placement import numerics_identity, pick_device, pick_dtype, 
 from zturbo.engine.quant import load_transformer_file, text_encoder_quant_config
 from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
 from zturbo.errors import ModelUnavailable, ZTurboError
+from zturbo.generation import enhancing
 from zturbo.generation.img2img import as_source, source_size
 from zturbo.generation.orchestrator import generate
 from zturbo.hashing import COMPONENTS, digest, weights_identity
@@ -198,7 +199,7 @@ class Engine:
         }
 
     def generate(self, prompt: str | None = None, *, on_step=None, image=None, mask=None,
-                 embeddings=None, **fields: Any):
+                 embeddings=None, on_event=None, **fields: Any):
         """``engine.generate("a cat", seed=42)``: build a Request and run it.
 
         ``image`` / ``mask`` (a PIL image or a file path) make it img2img / inpaint.
@@ -214,7 +215,13 @@ class Engine:
             fields[name] = value if fields.get(name) is None else fields[name]
         request = make_request(self.settings, **{**fields, **hashes})
         return generate(self, request, on_step=on_step, source=source,
-                        embeddings=embeddings)
+                        embeddings=embeddings, on_event=on_event)
+
+    def enhance(self, prompt: str, on_event=None) -> str:
+        """The enhanced text of ``prompt`` (``--enhance-only``), through the cache."""
+        request = make_request(self.settings, prompt=prompt, enhance=True, seed=0)
+        with self.lock:
+            return enhancing.resolve(self, request, on_event).prompt
 
 
 def load(

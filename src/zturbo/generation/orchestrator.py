@@ -38,6 +38,8 @@ from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from
 )
 from zturbo.engine.variety import Variety
 from zturbo.errors import ZTurboError
+from zturbo.generation import enhancing
+from zturbo.generation.enhancing import EventCallback
 from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
 from zturbo.generation.request_scope import request_scope
@@ -199,14 +201,17 @@ def run_passes(engine, request: Request, seed: int, emb, negative, digest: str, 
 
 
 def generate(engine, request: Request, on_step: StepCallback | None = None,
-             source: Source | None = None, *, embeddings=None) -> Result:
+             source: Source | None = None, *, embeddings=None,
+             on_event: EventCallback | None = None) -> Result:
     """Run one Request: one image per seed, each exactly what a single-seed run gives.
 
     With teleport on, each image first looks for a stored latent of its trajectory and
     resumes from the deepest one; otherwise it runs in full and stores its resume points.
     ``source`` carries the pixels that ``request.image`` / ``request.mask`` name by hash;
     ``embeddings`` (an ``embedfile.EmbeddingFile``) is required when the request names
-    precomputed prompt embeddings (``request.embeddings_sha256``).
+    precomputed prompt embeddings (``request.embeddings_sha256``). A request asking for
+    prompt enhancement is enhanced first (``enhancing.resolve``; ``on_event`` hears of it):
+    the Result's request is the one that ran, with the enhanced prompt.
     """
     source = source or Source()
     check_source(request, source)
@@ -218,6 +223,10 @@ def generate(engine, request: Request, on_step: StepCallback | None = None,
     replays: list[dict[str, Any]] = []
     with request_scope(engine, request):  # restores the engine's state on every path
         t = time.perf_counter()
+        if request.enhance:
+            request = enhancing.resolve(engine, request, on_event)
+            timings["enhance"] = time.perf_counter() - t
+            t = time.perf_counter()
         emb, negative, digest = embed_request(engine, request, embeddings)
         timings["encode"] = time.perf_counter() - t
         run = run_passes if request.passes else run_seed

@@ -104,7 +104,8 @@ class JobQueue:
 
     def __init__(self, settings, history: History | RedisStore | None, outputs: Path,
                  metrics=None, *, runner=generate, workers: int = 1) -> None:
-        """``runner(engine, request, on_step=, source=)`` makes a Result (``generate``; the
+        """``runner(engine, request, on_step=, source=)`` (and ``on_event=`` for a request
+        that asks for prompt enhancement) makes a Result (``generate``; the
         Ray app passes one that calls generator replicas); ``workers`` threads run jobs
         (one per local device; as many as the replicas behind a Ray ingress)."""
         self.engine = None  # set by start()
@@ -421,8 +422,9 @@ class JobQueue:
             if started > job.deadline:
                 job.timed_out = True
                 raise Cancelled("timed out in the queue")
+            events = {"on_event": self._on_event(job)} if job.request.enhance else {}
             result = self.runner(self.engine, job.request, on_step=self._on_step(job),
-                                 source=job.source)
+                                 source=job.source, **events)
             images = self._save(job, result)
             status, error = "done", None
         except Cancelled:
@@ -457,17 +459,32 @@ class JobQueue:
     def _timeout_message(self) -> str:
         return f"timed out after {self.settings.request_timeout_s:g} s (setting request_timeout_s)"
 
+    def _check_live(self, job: Job) -> None:
+        """Stop a job that was cancelled or ran past its deadline (at its next step or token)."""
+        if job.cancel_reason:
+            raise Cancelled(job.cancel_reason)
+        if time.monotonic() > job.deadline:
+            job.timed_out = True
+            raise Cancelled("timed out")
+
+    def _on_event(self, job: Job):
+        """Events before the steps (prompt enhancement): cancel and timeout checks on each
+        token; the enhanced prompt as an ``enhanced`` event before denoising starts."""
+        def on_event(name: str, data: dict[str, Any]) -> None:
+            self._check_live(job)
+            if name == "enhanced":
+                with self._lock:
+                    self._publish(job, "enhanced", dict(data))
+
+        return on_event
+
     def _on_step(self, job: Job):
         """The step callback: cancel and timeout checks, progress, a preview every few steps."""
         steps, every = job.request.steps, self.settings.preview_every
         state = {"image": 0, "last": 0}
 
         def on_step(done: int, total: int, latents) -> None:
-            if job.cancel_reason:
-                raise Cancelled(job.cancel_reason)
-            if time.monotonic() > job.deadline:
-                job.timed_out = True
-                raise Cancelled("timed out")
+            self._check_live(job)
             if done <= state["last"]:
                 state["image"] += 1
             state["last"] = done

@@ -245,8 +245,10 @@ class RemoteEngine:
 
 
 def remote_generate(engine: RemoteEngine, request: Request, on_step=None,
-                    source=None) -> RemoteResult:
-    """The JobQueue runner behind the Ray ingress: run on a replica, retry once if it dies."""
+                    source=None, on_event=None) -> RemoteResult:
+    """The JobQueue runner behind the Ray ingress: run on a replica, retry once if it dies.
+    A replica enhances a prompt itself; ``on_event`` hears nothing of it here (the images'
+    requests carry the enhanced prompt)."""
     if source is not None:
         raise ZTurboError("img2img/inpaint is not available on the Ray app yet: use "
                           "`zturbo serve` for edits")

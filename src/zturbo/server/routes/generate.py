@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -21,7 +22,8 @@ router = APIRouter(tags=["native"])
 async def generate(body: GenerateBody, request: Request):
     """Generate and answer with the PNG (``format: png``, one image) or JSON with base64
     PNGs (``format: json``). Headers name the image, its seed, the job, and what served it (``X-Zturbo-Served``:
-    image, final_latent, resume or full; see docs/teleport.md)."""
+    image, final_latent, resume or full; see docs/teleport.md), and an enhanced prompt
+    (``X-Zturbo-Enhanced-Prompt``, percent-encoded)."""
     st = state(request)
     req = await asyncio.to_thread(request_from_body, st.settings, body)  # hashes LoRA files
     if body.format == "png" and req.num_images > 1:
@@ -29,10 +31,13 @@ async def generate(body: GenerateBody, request: Request):
     job = await sync.run(st, req, request)
     if body.format == "png":
         image = job.images[0]
-        return Response(image_png(st, image["id"]), media_type="image/png",
-                        headers={"X-Zturbo-Image-Id": image["id"],
-                                 "X-Zturbo-Seed": str(image["seed"]), "X-Zturbo-Job-Id": job.id,
-                                 "X-Zturbo-Served": str(image["teleport"].get("served", "full"))})
+        headers = {"X-Zturbo-Image-Id": image["id"], "X-Zturbo-Seed": str(image["seed"]),
+                   "X-Zturbo-Job-Id": job.id,
+                   "X-Zturbo-Served": str(image["teleport"].get("served", "full"))}
+        ran = image.get("request") or {}
+        if ran.get("original_prompt"):  # percent-encoded UTF-8: headers are Latin-1
+            headers["X-Zturbo-Enhanced-Prompt"] = quote(ran["prompt"], safe="")
+        return Response(image_png(st, image["id"]), media_type="image/png", headers=headers)
     return {
         "job_id": job.id,
         "images": [{**image, "b64_png": base64.b64encode(

@@ -34,7 +34,9 @@ def _answer(st, job, request: Request, response_format: str) -> dict:
     base = st.settings.public_url or str(request.base_url).rstrip("/")
     data = []
     for image in job.images:
-        item = {"revised_prompt": None, "seed": image["seed"], "id": image["id"]}
+        ran = image.get("request") or {}
+        revised = ran.get("prompt") if ran.get("original_prompt") else None
+        item = {"revised_prompt": revised, "seed": image["seed"], "id": image["id"]}
         if response_format == "url":
             item["url"] = base + image["url"]
         else:
