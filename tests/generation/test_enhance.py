@@ -135,3 +135,15 @@ def test_an_enhanced_request_shares_the_plain_requests_entries(fresh):
     replay = fresh.generate(**ran.model_dump())
     assert "enhance" not in replay.timings and replay.request == ran
     assert kind_stats(fresh)["misses"] + kind_stats(fresh)["hits"] == 1
+
+
+def test_the_cost_model_reads_every_weight_once_per_token():
+    from zturbo.engine import costmodel
+
+    text = costmodel.ZIMAGE_TURBO.text
+    one = costmodel.decode_token(text, 0)
+    assert one.bytes == 2 * text.params and one.flops == 2.0 * text.params
+    longer = costmodel.decode_token(text, 1000)
+    assert longer.bytes > one.bytes and longer.flops > one.flops
+    h100 = costmodel.GPUS["h100"]
+    assert costmodel.floor_seconds(one, h100) == pytest.approx(2 * text.params / 3.35e12)

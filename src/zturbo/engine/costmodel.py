@@ -175,6 +175,15 @@ def text_encode(text: TextShape, tokens: int = 512, nbytes: int = 2) -> Cost:
     return layer * text.layers
 
 
+def decode_token(text: TextShape, context: int, nbytes: int = 2) -> Cost:
+    """One greedy token of the text encoder as a chat model (the prompt enhancer): every
+    weight read once (the tied head included), attention over ``context`` cached tokens.
+    Memory-bound on any GPU: the floor is the weights' bytes over the bandwidth."""
+    kv_bytes = 2 * text.layers * text.kv_heads * text.head_dim * context * nbytes
+    attention = 4.0 * text.layers * text.heads * text.head_dim * context
+    return Cost(2.0 * text.params + attention, nbytes * text.params + kv_bytes)
+
+
 def _conv(h: int, w: int, c_in: int, c_out: int, k: int, nbytes: int) -> Cost:
     return Cost(2.0 * h * w * k * k * c_in * c_out,
                 nbytes * (k * k * c_in * c_out + h * w * (c_in + c_out)))

@@ -253,12 +253,12 @@ def run_frame(engine, frame: Frame, folder: RunFolder, on_step=None) -> dict[str
     result = generate(engine, frame.request, on_step=on_step)
     path = folder.path / frame.file
     path.unlink(missing_ok=True)  # a stale frame (its line or bytes did not match)
-    info = pnginfo(frame.request, result.model, result.fingerprint,
+    info = pnginfo(result.request, result.model, result.fingerprint,
                    {"timings": {k: round(v, 4) for k, v in result.timings.items()},
                     "lab": {"coords": frame.coords, "key": frame.key}})
     path = write_png_atomic(result.images[0], path, info)
     row = {"frame": frame.name, "file": path.relative_to(folder.path).as_posix(), "key": frame.key, "coords": frame.coords,
-           "request": frame.request.model_dump(mode="json"), "seed": result.seeds[0],
+           "request": result.request.model_dump(mode="json"), "seed": result.seeds[0],
            "model": result.model, "fingerprint": result.fingerprint,
            "dtype": str(engine.dtype).removeprefix("torch."), "device": engine.device.type,
            "transformer_file": frame.transformer_file,
