@@ -11,6 +11,7 @@ from PIL import Image
 from zturbo.config import Request
 from zturbo.errors import ZTurboError
 from zturbo.lab.axes import value_text
+from zturbo.lab.diversity import diversity_markdown, sweep_diversity
 from zturbo.lab.metrics import compare, json_number, summary_markdown
 from zturbo.lab.report import report_html
 from zturbo.lab.runs import REPORT, SHEET, SUMMARY, RunFolder, write_text_atomic
@@ -59,9 +60,15 @@ def write_artifacts(spec: SweepSpec, folder: RunFolder, rows: list[dict[str, Any
         row["metrics"] = {k: json_number(v) if isinstance(v, float) else v
                           for k, v in measured.items()}
         row["metrics"]["reference"] = ref["frame"]
+    groups = sweep_diversity(rows, images)
+    for entry in groups:
+        for row in rows:
+            if row["frame"] in entry["frames"]:
+                row["diversity"] = {k: v for k, v in entry.items() if k != "frames"}
     folder.rewrite(rows)
     text = caption(spec, rows)
-    write_text_atomic(folder.file(SUMMARY), summary_markdown(rows, ref["frame"], text))
+    write_text_atomic(folder.file(SUMMARY), summary_markdown(rows, ref["frame"], text)
+                      + diversity_markdown(groups))
     sheet = contact_sheet([(r.get("coords", {}), images[r["key"]]) for r in rows], spec.axes, text)
     png = io.BytesIO()
     sheet.image.save(png, format="PNG")

@@ -71,7 +71,18 @@ def report_data(spec: SweepSpec, rows: list[dict[str, Any]], reference: str,
               for r in rows]
     cells = [{"coords": f["coords"], "index": i} for i, f in enumerate(frames)]
     return {"prompt": spec.prompt, "axes": [a.field for a in spec.axes], "caption": caption,
-            "reference": reference, "frames": frames, "grid": grid_json(spec.axes, cells)}
+            "reference": reference, "frames": frames, "grid": grid_json(spec.axes, cells),
+            "diversity": groups_of(rows)}
+
+
+def groups_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The seed groups' diversity entries the rows carry (``row["diversity"]``), once each."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        entry = r.get("diversity")
+        if entry and entry["group"] not in seen:
+            seen[entry["group"]] = entry
+    return list(seen.values())
 
 
 def report_html(spec: SweepSpec, rows: list[dict[str, Any]], reference: str, caption: str) -> str:
