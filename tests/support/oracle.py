@@ -62,6 +62,7 @@ SETUP_STEPS = {"plain": [1, 2, 3, 4], "dbcache-fast": [4, 6, 8], "taylorseer-med
 
 PROMPTS = ["a red robot", "a cat sitting on a windowsill", "neon city at night",
            "portrait of an old fisherman, cinematic lighting"]
+ENHANCE_TOKENS = 6  # the enhancer's bound on both engines (its text depends on it)
 LONG_PROMPT = ("watercolor painting of a mountain lake, highly detailed, sharp focus, soft "
                "shadows, the quick brown fox jumps over the lazy dog, ") * 3
 NEGATIVES = ["", "", "blurry", "low quality, blurry"]
@@ -124,8 +125,20 @@ def new_spec(rng: random.Random, setup: str) -> dict[str, Any]:
         f["width"], f["height"] = rng.choice([64, 96, 128]), rng.choice([64, 96, 128])
     if rng.random() < 0.05:
         f["teleport"] = False
+    draw_prompt_knobs(f)
     spec["fault"] = new_fault(rng, f["steps"])
     return spec
+
+
+def draw_prompt_knobs(f: dict[str, Any]) -> None:
+    """Seed variety and the prompt enhancer, drawn from a generator of their own (seeded by
+    the request drawn so far), so the sequences' other draws stay what they were."""
+    knobs = random.Random(json.dumps(f, sort_keys=True))
+    if knobs.random() < 0.25:
+        f["variety"] = knobs.choice([0.5, 1.0, 2.0])
+        f["variety_steps"] = knobs.choice([0.3, 0.6, 1.0])
+    if knobs.random() < 0.15:
+        f["enhance"] = True
 
 
 def new_fault(rng: random.Random, steps: int) -> dict[str, Any] | None:
@@ -159,7 +172,8 @@ def next_spec(rng: random.Random, setup: str, history: list[dict]) -> dict[str, 
             f["vae_tiling"] = not f.get("vae_tiling", False)
             f["vae_tile_size"], f["vae_tile_overlap"] = 64, 0.25
         elif change == "plain":  # the same request without its LoRAs and knobs
-            for name in ("loras", "slg_scale", "slg_layers", "slg_start", "slg_stop", "dype"):
+            for name in ("loras", "slg_scale", "slg_layers", "slg_start", "slg_stop", "dype",
+                         "variety", "variety_steps", "enhance"):
                 f.pop(name, None)
         elif change == "guidance":
             f["guidance"] = rng.choice([0.0, 1.5])
@@ -228,7 +242,7 @@ def cache_settings(setup: str, lora_dir: Path, redis_url: str | None, cached: bo
     else:
         caches = {"memory_cache_mb": 0, "disk_cache_mb": 0, "redis_url": None, "teleport": False}
     return Settings(model="demo", device="cpu", lora_dirs=[str(lora_dir)],
-                    **SETUPS[setup], **caches)
+                    enhance_max_tokens=ENHANCE_TOKENS, **SETUPS[setup], **caches)
 
 
 @dataclass

@@ -229,7 +229,20 @@ function fields() {
   const loras = pickedLoras();
   if (loras.length) body.loras = loras;
   if (!$("teleport").checked) body.teleport = false;
+  if ($("enhance").checked) body.enhance = true;
   return body;
+}
+
+function showEnhanced(text) {  // the enhancer's text, ready to be edited and re-run
+  $("enhanced").textContent = text;
+  $("enhanced-row").hidden = !text;
+}
+
+function useEnhanced() {  // the enhanced text becomes the prompt; enhancing it again is off
+  $("prompt").value = $("enhanced").textContent;
+  $("enhance").checked = false;
+  $("enhanced-row").hidden = true;
+  $("prompt").focus();
 }
 
 function restore(request) {  // put a stored request back into the form
@@ -246,6 +259,8 @@ function restore(request) {  // put a stored request back into the form
   $("lora-list").replaceChildren();
   for (const lora of request.loras || []) addLora(lora.name, lora.scale);
   $("teleport").checked = request.teleport !== false;
+  $("enhance").checked = false;  // a stored prompt is the text that was encoded
+  showEnhanced(request.original_prompt ? request.prompt : "");
   const advanced = (request.loras || []).length || request.negative_prompt || request.guidance
     || request.slg_scale || (request.dype && request.dype !== "off");
   if (advanced) $("advanced").open = true;
@@ -356,6 +371,7 @@ function setProgress(done, total, text) {
 function onEvent(event, data) {  // returns true when the job ended
   if (event === "queued") setProgress(0, 1, `queued (position ${data.position})`);
   if (event === "started") setProgress(0, data.total, "started");
+  if (event === "enhanced") showEnhanced(data.prompt);
   if (event === "step") {
     setProgress(data.step, data.total, `step ${data.step}/${data.total}`);
     if (data.preview) {
@@ -606,6 +622,7 @@ function wireLightbox() {
 
 function wire() {
   $("generate").addEventListener("click", generate);
+  $("use-enhanced").addEventListener("click", useEnhanced);
   $("cancel").addEventListener("click", cancel);
   $("init").addEventListener("change", onInitChosen);
   $("clear-init").addEventListener("click", () => { $("init").value = ""; onInitChosen(); });
