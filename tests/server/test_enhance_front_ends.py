@@ -142,3 +142,19 @@ def test_cli_enhance_only_generate_and_replay(tmp_path, monkeypatch):
     bad = run_cli("generate", "x" * 2001, *CLI, "--enhance")
     assert bad.returncode == 2 and "at most 2000" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_cli_on_a_running_server_reports_the_enhanced_prompt(fresh, tmp_path, monkeypatch):
+    from serverkit import live_server
+
+    monkeypatch.setenv("ZTURBO_ENHANCE_MAX_TOKENS", "12")
+    expected = fresh.enhance("a cat")
+    with live_server(app_for(fresh)) as base:
+        out = run_cli("generate", "a cat", "--model", "demo", "-W", "64", "-H", "64", "-s", "2",
+                      "--seed", "3", "--enhance", "--json", "--server", base,
+                      "-o", str(tmp_path / "a.png"))
+    assert out.returncode == 0, out.stderr
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["server"] == base
+    assert line["prompt"] == expected and line["original_prompt"] == "a cat"
+    assert metadata.read(tmp_path / "a.png")["request"]["original_prompt"] == "a cat"
