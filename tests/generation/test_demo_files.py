@@ -6,6 +6,7 @@ import numpy as np
 from safetensors.torch import load_file
 
 from zturbo.config import make_request
+from zturbo.engine import demo_files
 from zturbo.engine.demo_files import demo_transformer
 from zturbo.engine.slg import fitted_layers
 from zturbo.generation.models import resolve_folder
@@ -40,7 +41,9 @@ def test_demo_files_fit_the_demo_transformer(engine, tmp_path):
     assert out.returncode == 0, out.stderr
     paths = out.stdout.split()
     assert [p.rsplit("/", 1)[-1] for p in paths] == [
-        "demo-lora.safetensors", "demo-lora-kohya.safetensors", "demo-transformer-Q8_0.gguf"]
+        "demo-lora.safetensors",
+        *(f"demo-lora-{layout}.safetensors" for layout in demo_files.LAYOUT_WRITERS),
+        "demo-transformer-Q8_0.gguf"]
     # a fresh transformer from the model folder: the session engine may carry LoRA
     # adapters that earlier tests loaded (they wrap the attention projections)
     transformer = demo_transformer(resolve_folder("demo", engine.settings))
@@ -49,6 +52,6 @@ def test_demo_files_fit_the_demo_transformer(engine, tmp_path):
     assert lora and all(k.removeprefix("transformer.").rsplit(".lora_", 1)[0] in modules
                         for k in lora)
     assert all(k.startswith("lora_unet_") for k in load_file(paths[1]))
-    names = {t.name for t in gguf.GGUFReader(paths[2]).tensors}
+    names = {t.name for t in gguf.GGUFReader(paths[-1]).tensors}
     assert names == set(transformer.state_dict())
     assert run_cli("demo", "files", str(tmp_path / "x"), "--model", "nope").returncode == 2

@@ -106,7 +106,7 @@ def _step_fault(done, total, latents):
 INJECTIONS = {
     "lora_load": lambda e, m: m.setattr(e.pipe, "load_lora_weights",
                                         _after(e.pipe.load_lora_weights)),
-    "lora_check": lambda e, m: m.setattr(lora, "_adapter_modules", lambda t, a: 0),
+    "lora_convert": lambda e, m: m.setattr(lora, "check", _raise),  # convert/fit fails
     "set_adapters": lambda e, m: m.setattr(e.pipe, "set_adapters", _after(e.pipe.set_adapters)),
     "vae_tiling": lambda e, m: m.setattr(e.pipe.vae, "enable_tiling",
                                          _after(e.pipe.vae.enable_tiling)),

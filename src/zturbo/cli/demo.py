@@ -48,8 +48,9 @@ def demo_files_command(
     directory: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
     model: Annotated[str, typer.Option("--model", "-m", help="The demo model the files fit: demo, demo-small or demo-medium.")] = "demo",
 ) -> None:
-    """Write a sample LoRA (diffusers and kohya layouts) and a GGUF Q8_0 transformer for a
-    demo model, to try --lora and --transformer-file offline."""
+    """Write a sample LoRA (in the diffusers layout and every other layout `zturbo lora
+    inspect` knows) and a GGUF Q8_0 transformer for a demo model, to try --lora and
+    --transformer-file offline."""
     from zturbo.engine import (
         demo,  # torch, diffusers: only for this command
         demo_files,

@@ -22,7 +22,7 @@ ENGINE_FIELDS = (
     "step_cache_mask", "step_cache_policy", "cache_dit_fn", "cache_dit_bn", "cache_dit_warmup",
     "cache_dit_rdt", "cache_dit_max_cached", "cache_dit_mc", "cache_dit_taylorseer",
     "cache_dit_ts_order", "attention", "compile", "compile_mode", "teleport_start_step",
-    "teleport_store_steps",
+    "teleport_store_steps", "lora_partial",
 )
 
 

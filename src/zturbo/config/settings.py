@@ -197,6 +197,10 @@ class Settings(BaseSettings):
     lora_dirs: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="folders the server may pick LoRAs from by name"
     )
+    lora_partial: bool = Field(
+        False, description="apply a LoRA whose keys do not all fit, skipping (and reporting) "
+        "the rest; off: such a file is refused with the keys listed"
+    )
     transformer_file: str | None = Field(
         None, description="single-file transformer (.gguf or .safetensors) over the base model's"
     )

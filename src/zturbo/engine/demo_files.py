@@ -4,7 +4,12 @@
 
 - ``demo-lora.safetensors``: a LoRA on the attention projections (random A and B, made
   with peft, saved by diffusers' ``save_lora_weights``): ``--lora DIR/demo-lora.safetensors:0.8``
-- ``demo-lora-kohya.safetensors``: the same LoRA in the kohya layout other tools write;
+- the same LoRA in every layout trainers write (``LAYOUT_WRITERS``, read back by
+  ``lora_layouts``): ``demo-lora-kohya``, ``-musubi-tuner``, ``-comfyui`` (fused qkv),
+  ``-ai-toolkit``, ``-diffsynth``, ``-lycoris-lokr`` and ``-lycoris-loha``
+  ``.safetensors``. Each converts back to exactly the diffusers file's numbers (powers of
+  two for alphas, factors of 1 for the LyCORIS products), so each gives the same pixels
+  and cache keys;
 - ``demo-transformer-Q8_0.gguf``: the transformer as GGUF Q8_0:
   ``--transformer-file DIR/demo-transformer-Q8_0.gguf``.
 
@@ -56,6 +61,107 @@ def to_kohya(diffusers_file: Path, target: Path, rank: int = 4) -> Path:
     return target
 
 
+def _pairs(diffusers_file: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{module: (A, B)}`` of a diffusers-layout LoRA."""
+    tensors = load_file(diffusers_file)
+    return {k.removeprefix("transformer.").removesuffix(".lora_A.weight"):
+            (v, tensors[k.replace(".lora_A.", ".lora_B.")])
+            for k, v in tensors.items() if k.endswith(".lora_A.weight")}
+
+
+def _underscored(module: str) -> str:
+    return module.replace(".", "_")
+
+
+def to_musubi(diffusers_file: Path, target: Path) -> Path:
+    """musubi-tuner's layout: kohya names, alpha 1 (its default) with lora_down stored x rank
+    (a power of two here, so alpha / rank brings back the exact numbers)."""
+    out = {}
+    for module, (a, b) in _pairs(diffusers_file).items():
+        base = "lora_unet_" + _underscored(module)
+        out[f"{base}.lora_down.weight"] = a * a.shape[0]
+        out[f"{base}.lora_up.weight"] = b
+        out[f"{base}.alpha"] = torch.tensor(1.0)
+    save_file(out, target, metadata={"ss_network_module": "networks.lora_zimage"})
+    return target
+
+
+def to_comfyui(diffusers_file: Path, target: Path) -> Path:
+    """ComfyUI's layout: ``diffusion_model.`` and the original module names, q/k/v fused into
+    one ``qkv`` LoRA (downs stacked, ups block-diagonal, alpha x 3) and ``out``."""
+    pairs, out = _pairs(diffusers_file), {}
+    for module, (a, b) in pairs.items():
+        block, _, proj = module.rpartition(".attention.")
+        if proj in ("to_k", "to_v"):
+            continue
+        if proj == "to_q":
+            parts = [pairs[f"{block}.attention.{p}"] for p in ("to_q", "to_k", "to_v")]
+            name = f"diffusion_model.{block}.attention.qkv"
+            out[f"{name}.lora_down.weight"] = torch.cat([p[0] for p in parts])
+            out[f"{name}.lora_up.weight"] = torch.block_diag(*[p[1] for p in parts])
+            out[f"{name}.alpha"] = torch.tensor(float(3 * a.shape[0]))
+            continue
+        name = "diffusion_model." + module.replace("attention.to_out.0", "attention.out")
+        out[f"{name}.lora_down.weight"] = a
+        out[f"{name}.lora_up.weight"] = b
+        out[f"{name}.alpha"] = torch.tensor(float(a.shape[0]))
+    save_file(out, target)
+    return target
+
+
+def to_ai_toolkit(diffusers_file: Path, target: Path) -> Path:
+    """ai-toolkit's layout: ``diffusion_model.`` and diffusers names, lora_A/lora_B."""
+    save_file({f"diffusion_model.{m}.lora_{ab}.weight": t
+               for m, pair in _pairs(diffusers_file).items()
+               for ab, t in zip("AB", pair, strict=True)}, target)
+    return target
+
+
+def to_diffsynth(diffusers_file: Path, target: Path) -> Path:
+    """DiffSynth-Studio's layout: bare module names, lora_A/lora_B."""
+    save_file({f"{m}.lora_{ab}.weight": t for m, pair in _pairs(diffusers_file).items()
+               for ab, t in zip("AB", pair, strict=True)}, target)
+    return target
+
+
+def to_lokr(diffusers_file: Path, target: Path) -> Path:
+    """LyCORIS LoKr: ``kron(w1, w2_a @ w2_b)`` with ``w1 = [[1]]``: the LoRA itself."""
+    out = {}
+    for module, (a, b) in _pairs(diffusers_file).items():
+        base = "lycoris_" + _underscored(module)
+        out[f"{base}.lokr_w1"] = torch.ones(1, 1, dtype=a.dtype)
+        out[f"{base}.lokr_w2_a"], out[f"{base}.lokr_w2_b"] = b, a
+        out[f"{base}.alpha"] = torch.tensor(float(a.shape[0]))
+    save_file(out, target)
+    return target
+
+
+def to_loha(diffusers_file: Path, target: Path) -> Path:
+    """LyCORIS LoHa: ``(w1_a @ w1_b) * (w2_a @ w2_b)`` with the second product all ones."""
+    out = {}
+    for module, (a, b) in _pairs(diffusers_file).items():
+        base = "lycoris_" + _underscored(module)
+        out[f"{base}.hada_w1_a"], out[f"{base}.hada_w1_b"] = b, a
+        out[f"{base}.hada_w2_a"] = torch.ones(b.shape[0], 1, dtype=b.dtype)
+        out[f"{base}.hada_w2_b"] = torch.ones(1, a.shape[1], dtype=a.dtype)
+        out[f"{base}.alpha"] = torch.tensor(float(a.shape[0]))
+    save_file(out, target)
+    return target
+
+
+# layout -> writer of the demo LoRA in it (the diffusers file is the original)
+LAYOUT_WRITERS = {"kohya": to_kohya, "musubi-tuner": to_musubi, "comfyui": to_comfyui,
+                  "ai-toolkit": to_ai_toolkit, "diffsynth": to_diffsynth,
+                  "lycoris-lokr": to_lokr, "lycoris-loha": to_loha}
+
+
+def write_layouts(diffusers_file: Path, out_dir: Path) -> dict[str, Path]:
+    """The diffusers-layout LoRA in every other layout, ``{layout: path}``."""
+    stem = diffusers_file.stem
+    return {layout: writer(diffusers_file, out_dir / f"{stem}-{layout}.safetensors")
+            for layout, writer in LAYOUT_WRITERS.items()}
+
+
 def make_gguf(folder: Path, target: Path, qtype: str = "Q8_0") -> Path:
     """The transformer in ``folder`` as a GGUF file (diffusers key layout)."""
     from zturbo.engine.quant import write_gguf
@@ -67,6 +173,7 @@ def write_all(folder: Path, out_dir: Path) -> dict[str, Path]:
     """Every demo file for the model in ``folder``, in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lora = make_lora(folder, out_dir)
+    layouts = write_layouts(lora, out_dir)
     return {"lora": lora,
-            "lora_kohya": to_kohya(lora, out_dir / "demo-lora-kohya.safetensors"),
+            **{f"lora_{layout.replace('-', '_')}": path for layout, path in layouts.items()},
             "gguf": make_gguf(folder, out_dir / "demo-transformer-Q8_0.gguf")}

@@ -1,12 +1,13 @@
-"""LoRAs, fused into the transformer at load through diffusers' Z-Image LoRA loader.
+"""LoRAs, fused into the transformer at load, or picked per request as adapters.
 
-``ZImageLoraLoaderMixin.load_lora_weights`` reads diffusers-format files and converts the
-common non-diffusers layouts (``diffusion_model.`` prefixes, kohya ``lora_unet_`` names
-with ``lora_down``/``lora_up`` and alphas, dotted ``lora.down``). The LoRAs are fused with
+Every file is read and converted by ``lora_layouts`` (diffusers/PEFT, kohya, musubi-tuner,
+ComfyUI, ai-toolkit, DiffSynth-Studio, LyCORIS LoKr/LoHa) and fitted by ``lora_report``,
+which refuses keys it cannot apply (listed) unless ``lora_partial`` allows it; the
+converted tensors go to diffusers' loader. Fused LoRAs are fused with
 their scales and the adapter layers dropped, so generation runs the plain (faster)
 weights (on a GGUF transformer they stay unfused: quantised weights take no delta). LoRAs are therefore engine-level: a different set is a different engine, and
-their identity (file sha256 and scale) goes into ``engine.extras["loras"]``, which the
-model fingerprint digests.
+their identity (the digest of the converted tensors, and the scale) goes into
+``engine.extras["loras"]``, which the model fingerprint digests.
 
 Over HTTP a LoRA is picked by *name* from the configured ``lora_dirs`` (``resolve_lora``),
 never by a path a client sends.
@@ -23,6 +24,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from safetensors import SafetensorError
 
+from zturbo.engine.lora_layouts import load_conversion
+from zturbo.engine.lora_report import Checked, check, linears, require_applicable
 from zturbo.errors import ZTurboError
 from zturbo.hashing import file_sha256
 
@@ -87,14 +90,27 @@ def list_loras(lora_dirs: list[str]) -> list[str]:
     return sorted(names)
 
 
-def _adapter_modules(transformer, adapter: str) -> int:
-    """How many modules of ``transformer`` carry the adapter (0: its keys matched nothing)."""
-    return sum(1 for m in transformer.modules()
-               if adapter in (getattr(m, "lora_A", None) or {}))
+def load_checked(pipe, path: Path, adapter: str, partial: bool = False,
+                 scale: float = 1.0) -> Checked:
+    """Read, convert (any layout: ``lora_layouts``), fit and load one LoRA file as the
+    adapter ``adapter``; refused with the keys it cannot apply unless ``partial``. A failed
+    load leaves no partial adapter behind."""
+    checked = check(path, linears(pipe.transformer), scale)
+    require_applicable(checked, partial)
+    try:
+        pipe.load_lora_weights(dict(checked.tensors), adapter_name=adapter)
+    except Exception as exc:
+        _drop_adapter(pipe, adapter)
+        if isinstance(exc, LOAD_ERRORS):
+            raise ZTurboError(f"cannot load LoRA {path.name}: {exc}") from None
+        raise
+    return checked
 
 
-def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str, Any]]:
-    """Load, check and scale LoRAs on ``pipe.transformer``; their identities.
+def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True,
+                partial: bool = False) -> list[dict[str, Any]]:
+    """Load, check and scale LoRAs on ``pipe.transformer``; their identities (the digest of
+    the converted tensors: one LoRA in two layouts is one identity).
 
     Fused (the default) they cost nothing per step. Quantised (GGUF) weights cannot take a
     fused delta, so there the adapters stay as active peft layers with their scales.
@@ -103,23 +119,13 @@ def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True) -> list[dict[str
         raise ZTurboError(f"{len(specs)} LoRAs given; the limit is {MAX_LORAS}")
     names, identities = [], []
     for i, spec in enumerate(specs):
-        if not spec.path.is_file():
-            raise ZTurboError(f"LoRA file {spec.path} does not exist")
-        if spec.path.suffix != ".safetensors":
-            raise ZTurboError(f"LoRA file {spec.path} is not .safetensors (pickle files are "
-                              f"refused)")
         adapter = f"lora{i}"
-        try:
-            pipe.load_lora_weights(str(spec.path), adapter_name=adapter, use_safetensors=True)
-        except LOAD_ERRORS as exc:
-            raise ZTurboError(f"cannot load LoRA {spec.path}: {exc}") from None
-        if _adapter_modules(pipe.transformer, adapter) == 0:
-            pipe.delete_adapters(adapter)
-            raise ZTurboError(f"LoRA {spec.path}: none of its keys match this transformer "
-                              f"(a LoRA for another model?)")
+        checked = load_checked(pipe, spec.path, adapter, partial, spec.scale)
         names.append(adapter)
-        identities.append({"file": spec.path.name, "sha256": file_sha256(spec.path),
-                           "scale": spec.scale, "fused": fuse})
+        identity = {"sha256": checked.report.digest, "scale": spec.scale, "fused": fuse}
+        if checked.skipped:
+            identity["skipped"] = [s["key"] for s in checked.skipped]
+        identities.append(identity)
     if names:
         pipe.set_adapters(names, adapter_weights=[s.scale for s in specs])
         if fuse:
@@ -147,13 +153,29 @@ MAX_REQUEST_ADAPTERS = 8  # adapters kept loaded for requests; the oldest is dro
 _PICKED: dict[str, Path] = {}
 
 
+_DIGESTS: dict[str, str] = {}  # file sha256 -> digest of its converted tensors
+
+
+def lora_digest(path: Path) -> str:
+    """The digest of a LoRA file's converted tensors (memoised by the file's sha256); the
+    content identity of a LoRA whatever its layout."""
+    file_sha = file_sha256(path)
+    if file_sha not in _DIGESTS:
+        try:
+            _DIGESTS[file_sha] = load_conversion(path).digest()
+        except ZTurboError as exc:
+            raise ZTurboError(f"cannot load LoRA {path.stem!r}: {exc}") from None
+    return _DIGESTS[file_sha]
+
+
 def pick_loras(picks, lora_dirs: list[str]) -> tuple:
     """Request LoRA picks (``LoraPick``s: make_request has checked their shape) resolved to
-    files in ``lora_dirs``, each with its sha256 (the teleport key follows content, not names)."""
+    files in ``lora_dirs``, each with the digest of its converted tensors (the teleport key
+    follows content, not names nor the layout the file is in)."""
     out = []
     for pick in picks:
         path = resolve_lora(pick.name, lora_dirs)
-        sha = file_sha256(path)
+        sha = lora_digest(path)
         _PICKED[sha] = path
         out.append(pick.model_copy(update={"sha256": sha}))
     return tuple(out)
@@ -168,20 +190,10 @@ def _load_request_adapter(engine, pick, wanted: set[str]) -> str:
         loaded[pick.sha256] = loaded.pop(pick.sha256)  # most recently used goes last
         return loaded[pick.sha256]
     path = _PICKED.get(pick.sha256) or resolve_lora(pick.name, engine.settings.lora_dirs)
-    if file_sha256(path) != pick.sha256:
+    if lora_digest(path) != pick.sha256:
         raise ZTurboError(f"LoRA {pick.name!r} changed since the request was made")
     adapter = f"req_{pick.sha256[:16]}"
-    try:
-        pipe.load_lora_weights(str(path), adapter_name=adapter, use_safetensors=True)
-        if _adapter_modules(pipe.transformer, adapter) == 0:
-            raise ZTurboError(f"LoRA {pick.name!r}: none of its keys match this transformer")
-    except Exception as exc:
-        _drop_adapter(pipe, adapter)
-        if isinstance(exc, ZTurboError):
-            raise
-        if isinstance(exc, LOAD_ERRORS):
-            raise ZTurboError(f"cannot load LoRA {pick.name!r}: {exc}") from None
-        raise
+    load_checked(pipe, path, adapter, engine.settings.lora_partial)
     loaded[pick.sha256] = adapter
     # evict the least recently used adapters, never one this request picked
     while len(loaded) > MAX_REQUEST_ADAPTERS:

@@ -297,7 +297,8 @@ def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype
         raise ModelUnavailable(f"cannot load the model in {folder}: {exc}") from None
     if specs:
         gguf = extras.get("transformer", {}).get("format") == "gguf"
-        extras["loras"] = apply_loras(pipe, specs, fuse=not gguf)
+        extras["loras"] = apply_loras(pipe, specs, fuse=not gguf,
+                                       partial=settings.lora_partial)
     for name, value in place(pipe, device, offload=settings.offload,
                              text_encoder_device=settings.text_encoder_device,
                              vae_device=settings.vae_device).items():
