@@ -185,22 +185,26 @@ def test_bad_files_are_clear_errors_and_leave_the_engine_unchanged(engine, files
     assert np.array_equal(image(engine), base)
 
 
-def test_bad_request_picks_are_400_and_nothing_is_cached(engine, files, tmp_path):
+def test_bad_request_picks_are_400_and_nothing_is_cached(engine, files, tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
     from serverkit import app_for
+    from zturbo.caches.tiers import TieredCache
 
     folder = tmp_path / "loras"
     folder.mkdir()
     for name, (path, _) in bad_files(files, tmp_path).items():
         path.rename(folder / f"{name}.safetensors")
     base = image(engine)
+    adapters = set(getattr(engine.pipe.transformer, "peft_config", None) or {})
+    puts = []
+    monkeypatch.setattr(TieredCache, "put", lambda self, kind, key, data: puts.append(kind))
     with TestClient(app_for(engine, lora_dirs=str(folder))) as client:
         for name in ("truncated", "int", "nan", "shape", "flux", "sdxl", "rank", "tucker"):
             r = client.post("/api/generate", json={"prompt": "a red robot", "seed": 5,
                                                    "width": 64, "height": 64, "format": "json",
                                                    "loras": [{"name": name}]})
             assert r.status_code == 400, (name, r.text)
+    assert puts == []  # not an embedding, latent or image of a refused request was stored
     assert np.array_equal(image(engine), base)
-    assert not getattr(engine.pipe.transformer, "peft_config", None) or all(
-        not name.startswith("req_") for name in engine.pipe.transformer.peft_config)
+    assert set(getattr(engine.pipe.transformer, "peft_config", None) or {}) == adapters

@@ -271,7 +271,8 @@ def make_request(settings: Settings, **fields: Any) -> Request:
     if values.get("image") is not None:
         values.setdefault("strength", settings.strength)
     if values.get("loras"):
-        values["loras"] = pick_loras(_lora_picks(values["loras"]), settings.lora_dirs)
+        values["loras"] = pick_loras(_lora_picks(values["loras"]), settings.lora_dirs,
+                                     settings.lora_partial)
     values.setdefault("vae_tile_size", settings.vae_tile_size)
     values.setdefault("vae_tile_overlap", settings.vae_tile_overlap)
     if "vae_tiling" not in values:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 from safetensors import SafetensorError
 
 from zturbo.engine.lora_layouts import load_conversion
-from zturbo.engine.lora_report import Checked, check, linears, require_applicable
+from zturbo.engine.lora_report import Checked, check, fit, linears, require_applicable
 from zturbo.errors import ZTurboError
 from zturbo.hashing import file_sha256
 
@@ -153,29 +153,32 @@ MAX_REQUEST_ADAPTERS = 8  # adapters kept loaded for requests; the oldest is dro
 _PICKED: dict[str, Path] = {}
 
 
-_DIGESTS: dict[str, str] = {}  # file sha256 -> digest of its converted tensors
+_CHECKED: dict[str, Checked] = {}  # file sha256 -> its report against Z-Image (no tensors)
 
 
-def lora_digest(path: Path) -> str:
-    """The digest of a LoRA file's converted tensors (memoised by the file's sha256); the
-    content identity of a LoRA whatever its layout."""
+def lora_digest(path: Path, partial: bool = False) -> str:
+    """The digest of a LoRA file's converted tensors (memoised by the file's sha256): the
+    content identity of a LoRA whatever its layout. A file with keys Z-Image cannot take is
+    refused here (listed) unless ``partial``, before any adapter is looked up."""
     file_sha = file_sha256(path)
-    if file_sha not in _DIGESTS:
-        try:
-            _DIGESTS[file_sha] = load_conversion(path).digest()
-        except ZTurboError as exc:
-            raise ZTurboError(f"cannot load LoRA {path.stem!r}: {exc}") from None
-    return _DIGESTS[file_sha]
+    try:
+        if file_sha not in _CHECKED:
+            checked = fit(load_conversion(path), path.name, None)
+            _CHECKED[file_sha] = Checked({}, checked.report, checked.skipped)
+        require_applicable(_CHECKED[file_sha], partial)
+    except ZTurboError as exc:
+        raise ZTurboError(f"cannot load LoRA {path.stem!r}: {exc}") from None
+    return _CHECKED[file_sha].report.digest
 
 
-def pick_loras(picks, lora_dirs: list[str]) -> tuple:
+def pick_loras(picks, lora_dirs: list[str], partial: bool = False) -> tuple:
     """Request LoRA picks (``LoraPick``s: make_request has checked their shape) resolved to
     files in ``lora_dirs``, each with the digest of its converted tensors (the teleport key
     follows content, not names nor the layout the file is in)."""
     out = []
     for pick in picks:
         path = resolve_lora(pick.name, lora_dirs)
-        sha = lora_digest(path)
+        sha = lora_digest(path, partial)
         _PICKED[sha] = path
         out.append(pick.model_copy(update={"sha256": sha}))
     return tuple(out)
@@ -190,7 +193,7 @@ def _load_request_adapter(engine, pick, wanted: set[str]) -> str:
         loaded[pick.sha256] = loaded.pop(pick.sha256)  # most recently used goes last
         return loaded[pick.sha256]
     path = _PICKED.get(pick.sha256) or resolve_lora(pick.name, engine.settings.lora_dirs)
-    if lora_digest(path) != pick.sha256:
+    if lora_digest(path, engine.settings.lora_partial) != pick.sha256:
         raise ZTurboError(f"LoRA {pick.name!r} changed since the request was made")
     adapter = f"req_{pick.sha256[:16]}"
     load_checked(pipe, path, adapter, engine.settings.lora_partial)
