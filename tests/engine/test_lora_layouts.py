@@ -188,8 +188,9 @@ def test_bad_files_are_clear_errors_and_leave_the_engine_unchanged(engine, files
 def test_bad_request_picks_are_400_and_nothing_is_cached(engine, files, tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from serverkit import app_for
     from zturbo.caches.tiers import TieredCache
+
+    from serverkit import app_for
 
     folder = tmp_path / "loras"
     folder.mkdir()

@@ -5,6 +5,7 @@ hit names the full run it replayed, found in the history)."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,8 +30,13 @@ def client(engine, lora_dir):
 
 
 def test_loras_and_templates_are_listed_by_name(client, engine, tmp_path, monkeypatch):
-    assert client.get("/api/loras").json() == {"configured": True,
-                                               "loras": [{"name": "studio-style"}]}
+    listing = client.get("/api/loras").json()
+    assert listing["configured"] is True
+    assert [entry["name"] for entry in listing["loras"]] == ["studio-style"]
+    report = listing["loras"][0]["report"]  # what the picker shows: the file's report
+    assert report["layout"] == "diffusers" and report["ranks"] == [4]
+    assert len(report["applied"]) == 16 and report["not_applied"] == []
+    assert "/" not in json.dumps(report["file"])  # a file name, never a server path
     templates = {t["name"]: t for t in client.get("/api/templates").json()["templates"]}
     assert "{prompt}" in templates["cinematic"]["body"]
     assert templates["cinematic"]["source"] == "builtin" and templates["cinematic"]["description"]

@@ -171,6 +171,20 @@ def lora_digest(path: Path, partial: bool = False) -> str:
     return _CHECKED[file_sha].report.digest
 
 
+def describe_loras(lora_dirs: list[str]) -> list[dict[str, Any]]:
+    """``[{name, report} | {name, error}]`` for every LoRA in ``lora_dirs``: the report of
+    ``lora_report`` (against Z-Image's module names), or why the file cannot be used."""
+    out: list[dict[str, Any]] = []
+    for name in list_loras(lora_dirs):
+        try:
+            path = resolve_lora(name, lora_dirs)
+            lora_digest(path, partial=True)
+            out.append({"name": name, "report": _CHECKED[file_sha256(path)].report.to_json()})
+        except ZTurboError as exc:
+            out.append({"name": name, "error": str(exc)})
+    return out
+
+
 def pick_loras(picks, lora_dirs: list[str], partial: bool = False) -> tuple:
     """Request LoRA picks (``LoraPick``s: make_request has checked their shape) resolved to
     files in ``lora_dirs``, each with the digest of its converted tensors (the teleport key

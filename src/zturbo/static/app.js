@@ -146,10 +146,23 @@ function previewTemplate() {  // the prompt as the text encoder will read it
 async function loadLoras() {
   const { configured, loras } = await json("/api/loras");
   state.loras = loras.map((l) => l.name);
+  state.loraInfo = Object.fromEntries(loras.map((l) => [l.name, loraSummary(l)]));
   $("lora-none").hidden = configured && loras.length > 0;
   if (configured && !loras.length) $("lora-none").textContent = "The LoRA folders hold no .safetensors files.";
   $("lora-add-row").hidden = !loras.length;
-  $("lora-pick").replaceChildren(...state.loras.map((n) => new Option(n, n)));
+  $("lora-pick").replaceChildren(...state.loras.map((n) => {
+    const option = new Option(`${n} (${state.loraInfo[n]})`, n);
+    option.title = state.loraInfo[n];
+    return option;
+  }));
+}
+
+// one line from a LoRA's report: layout, rank, modules applied, keys skipped (or its error)
+function loraSummary(lora) {
+  if (lora.error) return `unusable: ${lora.error}`;
+  const r = lora.report;
+  const skipped = r.not_applied.length ? `, ${r.not_applied.length} keys not applied` : "";
+  return `${r.layout}, rank ${r.ranks.join("/")}, ${r.applied.length} modules${skipped}`;
 }
 
 function addLora(name, scale = 1) {

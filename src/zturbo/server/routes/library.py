@@ -1,4 +1,5 @@
-"""What a client may pick from: GET /api/loras (names in the configured ``lora_dirs``) and
+"""What a client may pick from: GET /api/loras (names in the configured ``lora_dirs``, each
+with its report: layout, ranks, targets, keys not applied) and
 GET /api/templates (the prompt templates with their bodies, for a preview).
 
 Names only: no folder or file path of the server is ever sent; a request names a LoRA and
@@ -10,7 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from zturbo.engine import prompt_templates
-from zturbo.engine.lora import list_loras
+from zturbo.engine.lora import describe_loras
 from zturbo.server.state import state
 
 router = APIRouter(tags=["page"])
@@ -25,9 +26,10 @@ def loras(request: Request):
 
 
 def lora_names(settings) -> dict:
-    """``{configured, loras: [{name}]}``: the LoRAs in the settings' ``lora_dirs``."""
+    """``{configured, loras: [{name, report} | {name, error}]}``: the LoRAs in the settings'
+    ``lora_dirs``, each with its report (``engine.lora_report``) or why it cannot be used."""
     dirs = settings.lora_dirs
-    return {"configured": bool(dirs), "loras": [{"name": n} for n in list_loras(dirs)]}
+    return {"configured": bool(dirs), "loras": describe_loras(dirs)}
 
 
 @router.get("/api/templates")
