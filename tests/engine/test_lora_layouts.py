@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import zturbo
@@ -209,3 +210,28 @@ def test_bad_request_picks_are_400_and_nothing_is_cached(engine, files, tmp_path
     assert puts == []  # not an embedding, latent or image of a refused request was stored
     assert np.array_equal(image(engine), base)
     assert set(getattr(engine.pipe.transformer, "peft_config", None) or {}) == adapters
+
+
+def test_cli_names_both_mechanisms(engine, files, tmp_path):
+    """``--fuse-lora`` (old name ``--lora``) fuses a file at load; ``--adapter NAME`` picks
+    one per request from ``--lora-dir``; a LoRA in another layout is the same LoRA."""
+    common = ["generate", "a red robot", "--model", "demo", "--seed", "5", "-W", "64", "-H", "64",
+              "--steps", "2", "--server", "off", "--no-teleport", "--json"]
+
+    def run(*extra):
+        out = run_cli(*common, "-o", str(tmp_path / f"{len(list(tmp_path.iterdir()))}.png"),
+                      *extra)
+        assert out.returncode == 0, out.stderr
+        path = json.loads(out.stdout.splitlines()[0])["path"]
+        return json.loads(Image.open(path).text["zturbo"])  # what the PNG says
+
+    base = run()
+    fused = run("--fuse-lora", f"{files['comfyui']}:0.75")
+    assert fused["fingerprint"] != base["fingerprint"]
+    assert run("--lora", f"{files['diffusers']}:0.75")["fingerprint"] == fused["fingerprint"]
+    folder = str(files["diffusers"].parent)
+    picked = run("--adapter", "demo-lora-lycoris-lokr:0.75", "--lora-dir", folder)
+    same = run("--adapter", "demo-lora:0.75", "--lora-dir", folder)
+    assert picked["request"]["loras"][0]["sha256"] == same["request"]["loras"][0]["sha256"]
+    out = run_cli(*common, "--adapter", "nope", "--lora-dir", folder)
+    assert out.returncode == 2 and "no LoRA named 'nope'" in out.stderr

@@ -16,6 +16,7 @@ import typer
 
 from zturbo.cli.feedback import Feedback
 from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
+    Adapter,
     Attention,
     CacheDitBn,
     CacheDitFn,
@@ -29,6 +30,8 @@ from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zt
     HiddenLayer,
     LongPrompt,
     Lora,
+    LoraDir,
+    LoraPartial,
     Model,
     Offload,
     Profile,
@@ -115,6 +118,7 @@ def generate(
     vae_tile_size: Annotated[int | None, typer.Option("--vae-tile-size", help="VAE tile size in pixels. [default: 512]")] = None,
     vae_tile_overlap: Annotated[float | None, typer.Option("--vae-tile-overlap", help="VAE tile overlap, 0-0.5 of a tile. [default: 0.25]")] = None,
     lora: Lora = None, transformer_file: TransformerFile = None,
+    adapter: Adapter = None, lora_dir: LoraDir = None, lora_partial: LoraPartial = None,
     text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
     text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
@@ -142,7 +146,8 @@ def generate(
                  slg_scale=slg_scale, slg_layers=layer_list(slg_layers), slg_start=slg_start,
                  slg_stop=slg_stop, variety=variety, variety_steps=variety_steps, enhance=enhance or enhance_only or None,
                  strength=strength, passes=passes, vae_tiling=vae_tiling,
-                 vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap)
+                 vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap,
+                 loras=adapter or None)
     fields, stored_model = _request_fields(from_image, given)
     if template is not None:
         fields.pop("template_body", None)  # a template given now replaces a stored one
@@ -161,7 +166,8 @@ def generate(
         "cache_dit_bn": cache_dit_bn, "cache_dit_warmup": cache_dit_warmup,
         "cache_dit_rdt": cache_dit_rdt, "cache_dit_mc": cache_dit_mc,
         "cache_dit_ts_order": ts_order, "attention": attention, "compile": compile_,
-        "compile_mode": compile_mode, "server": server})
+        "compile_mode": compile_mode, "server": server, "lora_dirs": lora_dir or None,
+        "lora_partial": lora_partial})
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return

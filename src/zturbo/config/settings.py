@@ -192,10 +192,15 @@ class Settings(BaseSettings):
     # image side and weights (issue 5, docs/knobs.md)
     strength: float = Field(0.6, description="default img2img/inpaint strength (share of steps run)")
     loras: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="LoRA files fused at load, PATH[:SCALE], comma-separated"
+        default_factory=list,
+        validation_alias=AliasChoices("ZTURBO_FUSED_LORAS", "ZTURBO_LORAS", "fused_loras"),
+        description="LoRA files whose weights are fused into the transformer at load, "
+        "PATH[:SCALE], comma-separated (also fused_loras / ZTURBO_FUSED_LORAS; loras is the "
+        "old name); per-request adapters come from lora_dirs instead"
     )
     lora_dirs: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="folders the server may pick LoRAs from by name"
+        default_factory=list, description="folders LoRA adapters are picked from by name, per "
+        "request (the request's loras, zturbo generate --adapter)"
     )
     lora_partial: bool = Field(
         False, description="apply a LoRA whose keys do not all fit, skipping (and reporting) "
