@@ -113,6 +113,26 @@ def test_keys_that_cannot_be_applied_are_refused_and_listed(files, tmp_path, eng
     assert np.array_equal(image(partial), image(full))
 
 
+def test_partial_request_pick_says_what_it_skipped(engine, files, tmp_path):
+    from zturbo.caches.keys import teleport_key
+    from zturbo.config import make_request
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    with_extra_keys(files["diffusers"], folder / "extra.safetensors")
+    settings = engine.settings.model_copy(update={"lora_dirs": [str(folder)]})
+    with pytest.raises(ZTurboError, match="3 keys cannot be applied"):
+        make_request(settings, prompt="x", loras=["extra"])
+    partial = settings.model_copy(update={"lora_partial": True})
+    request = make_request(partial, prompt="x", seed=1, loras=["extra"])
+    assert len(request.loras[0].skipped) == 3  # in the response and the PNG's request
+    assert "norm_q" in " ".join(request.loras[0].skipped)
+    # what applies is the clean LoRA: the same key as the clean file
+    clean = settings.model_copy(update={"lora_dirs": [str(files["diffusers"].parent)]})
+    assert teleport_key(engine, request, "e" * 64, 3, 1) == teleport_key(
+        engine, make_request(clean, prompt="x", seed=1, loras=["demo-lora"]), "e" * 64, 3, 1)
+
+
 def test_unappliable_request_pick_is_a_400_listing_the_keys(engine, files, tmp_path):
     from fastapi.testclient import TestClient
 

@@ -145,6 +145,9 @@ class LoraPick(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     scale: Annotated[float, Strict()] = Field(1.0, ge=-10.0, le=10.0)  # no true, NaN or "1"
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # keys of the file that were not applied (only with lora_partial; make_request fills it
+    # in, so the response and the PNG metadata say what was skipped)
+    skipped: tuple[str, ...] = Field((), max_length=4096)
 
 
 MAX_REQUEST_ADAPTERS = 8  # adapters kept loaded for requests; the oldest is dropped past this
@@ -194,7 +197,8 @@ def pick_loras(picks, lora_dirs: list[str], partial: bool = False) -> tuple:
         path = resolve_lora(pick.name, lora_dirs)
         sha = lora_digest(path, partial)
         _PICKED[sha] = path
-        out.append(pick.model_copy(update={"sha256": sha}))
+        skipped = tuple(s["key"] for s in _CHECKED[file_sha256(path)].skipped)
+        out.append(pick.model_copy(update={"sha256": sha, "skipped": skipped}))
     return tuple(out)
 
 
