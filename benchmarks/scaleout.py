@@ -9,6 +9,11 @@
    ids) vs plain power-of-two routing: teleport hits by tier (memory: the replica's own;
    redis: another replica's) and latency. Each mode uses its own prompts (cold caches).
 
+3. Mixed LoRAs: requests each picking one of L LoRA adapters (L above the adapters a
+   replica keeps), distinct prompts, on 2 replicas, with adapter-set routing (the adapter
+   set's digest as the multiplexed id) vs plain routing, each on freshly deployed
+   replicas: adapter loads and unloads (evictions) summed over the replicas, and latency.
+
 Requests go through the ingress's runner (``zturbo.server.ray.remote_generate``: the handle calls
 the JobQueue makes), so the numbers are the generator fleet's, not HTTP's.
 
@@ -66,11 +71,52 @@ def run_workload(engine, requests, clients: int) -> dict:
             "replicas_used": len({d[1].replica for d in done})}
 
 
+def adapter_churn(results_by_replica: dict, before: dict) -> dict:
+    """Adapter loads/unloads the replicas did during a workload (their counters' growth)."""
+    loads = sum(c["loads"] - before.get(r, {}).get("loads", 0)
+                for r, c in results_by_replica.items())
+    unloads = sum(c["unloads"] - before.get(r, {}).get("unloads", 0)
+                  for r, c in results_by_replica.items())
+    return {"adapter_loads": loads, "adapter_unloads": unloads}
+
+
+def run_lora_workload(engine, requests, clients: int, before: dict) -> tuple[dict, dict]:
+    """run_workload plus each replica's adapter counters after it."""
+    from zturbo.server.ray import remote_generate
+
+    counters: dict = {}
+
+    def one(request):
+        started = time.perf_counter()
+        result = remote_generate(engine, request)
+        return time.perf_counter() - started, result
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        done = list(pool.map(one, requests))
+    wall = time.perf_counter() - started
+    for _, result in done:  # counters only grow: keep each replica's largest
+        old = counters.get(result.replica, {"loads": -1})
+        if result.adapters and result.adapters["loads"] >= old["loads"]:
+            counters[result.replica] = result.adapters
+    latencies = [d[0] for d in done]
+    stats = {"requests": len(requests), "seconds": round(wall, 3),
+             "images_per_s": round(len(requests) / wall, 3),
+             "latency_p50_s": round(statistics.median(latencies), 4),
+             "latency_mean_s": round(statistics.fmean(latencies), 4),
+             "hits_memory": 0, "hits_redis": 0,
+             "replicas_used": len({d[1].replica for d in done}),
+             **adapter_churn(counters, before)}
+    return stats, {r: dict(c) for r, c in counters.items()}
+
+
 def row(name: str, stats: dict) -> dict:
     return {"workload": name, "images/s": stats["images_per_s"], "p50 s": stats["latency_p50_s"],
             "mean s": stats["latency_mean_s"], "hit ratio": stats.get("hit_ratio", "-"),
             "hits memory/redis": f'{stats["hits_memory"]}/{stats["hits_redis"]}',
-            "replicas used": stats["replicas_used"]}
+            "replicas used": stats["replicas_used"],
+            "adapter loads/unloads": (f'{stats["adapter_loads"]}/{stats["adapter_unloads"]}'
+                                      if "adapter_loads" in stats else "-")}
 
 
 def free_port() -> int:
@@ -87,6 +133,9 @@ def main() -> None:
     from ray import serve
 
     from zturbo.config import load_settings, make_request
+    from zturbo.engine import demo_files
+    from zturbo.engine.lora import MAX_REQUEST_ADAPTERS
+    from zturbo.generation.models import resolve_folder
     from zturbo.server.ray import APP, RemoteEngine, Scale, build
 
     from localredis import LocalRedis
@@ -94,7 +143,14 @@ def main() -> None:
     distinct, repeats, size = (8, 3, 64) if args.quick else (24, 4, 128)
     work = Path(tempfile.mkdtemp(prefix="zb", dir="/tmp"))
     os.environ["ZTURBO_HOME"] = str(work / "home")
-    flags = {"model": "demo", "width": size, "height": size, "steps": 8, "disk_cache_mb": 0}
+    lora_dir = work / "loras"
+    lora_dir.mkdir(parents=True)
+    flags = {"model": "demo", "width": size, "height": size, "steps": 8, "disk_cache_mb": 0,
+             "lora_dirs": [str(lora_dir)]}
+    n_loras = MAX_REQUEST_ADAPTERS + 4  # more than one replica keeps: plain routing thrashes
+    folder = resolve_folder("demo", load_settings(flags={"model": "demo"})[0])
+    for i in range(n_loras):
+        demo_files.make_lora(folder, lora_dir, name=f"style{i}", seed=i)
     rows, results = [], {"quick": args.quick, "size": size, "steps": 8}
     with LocalRedis(work / "redis") as redis_server:
         settings = load_settings(flags={**flags, "redis_url": redis_server.url})[0]
@@ -131,6 +187,22 @@ def main() -> None:
                 stats["memory_hit_ratio"] = round(stats["hits_memory"] / len(workload), 3)
                 results[f"routing_{name}"] = stats
                 rows.append(row(f"repeated x{repeats}, {name}", stats))
+            per_lora = 4 if args.quick else 8
+            for affinity in (False, True):
+                # fresh replicas for each mode: no adapter loaded, counters at zero
+                serve.delete(APP)
+                serve.run(build(settings, Scale(replicas=2)), name=APP, route_prefix=None)
+                handle = serve.get_deployment_handle("Generator", APP)
+                engine = RemoteEngine(handle, settings, affinity=affinity)
+                name = "adapter-set routing" if affinity else "plain routing"
+                workload = [make_request(settings, prompt=f"{name} {i} {j}", seed=j,
+                                         teleport=False, loras=[f"style{i}"])
+                            for i in range(n_loras) for j in range(per_lora)]
+                random.Random(1).shuffle(workload)
+                stats, _ = run_lora_workload(engine, workload, 2, {})
+                stats["loras"] = n_loras
+                results[f"mixed_loras_{'routed' if affinity else 'plain'}"] = stats
+                rows.append(row(f"mixed LoRAs ({n_loras}), {name}", stats))
         finally:
             serve.shutdown()
             ray.shutdown()

@@ -55,3 +55,26 @@ def test_several_ingresses_need_the_shared_state():
         check_ingresses(Settings(), Scale(ingresses=0))
     check_ingresses(Settings(state_backend="redis", redis_url="redis://127.0.0.1:1/0"),
                     Scale(ingresses=2))
+
+
+def test_adapter_sets_route_together_whatever_the_trajectory(engine, tmp_path):
+    """Requests with the same LoRA adapter set share a routing id (the replica that has the
+    set loaded), whatever their prompt or seed; another set, a scale, or no adapters (the
+    trajectory id) route apart; a scale-0 pick is no adapter."""
+    from zturbo.config import make_request
+    from zturbo.server.ray import affinity_id
+
+    from knob_files import make_lora
+
+    make_lora(engine, tmp_path, name="a")
+    make_lora(engine, tmp_path, name="b", seed=1)
+    settings = engine.settings.model_copy(update={"lora_dirs": [str(tmp_path)]})
+
+    def rid(**fields):
+        return affinity_id(make_request(settings, **{"prompt": "x", "seed": 1, **fields}))
+
+    assert rid(loras=["a"]) == rid(prompt="other", seed=9, loras=["a"])
+    assert rid(loras=["a", "b"]) == rid(loras=["b", "a"], prompt="y")
+    assert len({rid(loras=["a"]), rid(loras=["b"]), rid(loras=["a", "b"]), rid()}) == 4
+    assert not rid(loras=["a:0"]).startswith("adapters-")  # routed by its trajectory
+    assert rid() != rid(prompt="other")

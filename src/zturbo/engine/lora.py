@@ -216,11 +216,20 @@ def _load_request_adapter(engine, pick, wanted: set[str]) -> str:
     adapter = f"req_{pick.sha256[:16]}"
     load_checked(pipe, path, adapter, engine.settings.lora_partial)
     loaded[pick.sha256] = adapter
+    counts = adapter_counts(engine)
+    counts["loads"] += 1
     # evict the least recently used adapters, never one this request picked
     while len(loaded) > MAX_REQUEST_ADAPTERS:
         victim = next(sha for sha in loaded if sha not in wanted)
         _drop_adapter(pipe, loaded.pop(victim))
+        counts["unloads"] += 1
     return adapter
+
+
+def adapter_counts(engine) -> dict[str, int]:
+    """How many request adapters this engine has loaded and unloaded (evicted) so far; the
+    engine lock guards them like the adapters."""
+    return engine.__dict__.setdefault("_adapter_counts", {"loads": 0, "unloads": 0})
 
 
 def _drop_adapter(pipe, adapter: str) -> None:

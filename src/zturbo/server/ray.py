@@ -11,8 +11,9 @@ Two deployments in one Serve application:
   and one torch thread). A run streams ``step`` events and ends with the PNGs (bytes) and
   the Result's JSON fields: only plain data crosses the process boundary.
 
-Cache-aware routing: the ingress names each request's trajectory (a digest of the Request)
-as a Serve *multiplexed model id*; a replica "loads" that id for free, so Serve's router
+Cache-aware routing: the ingress names each request's trajectory (a digest of the Request),
+or for a request with LoRA adapters its adapter set (``affinity_id``), as a Serve
+*multiplexed model id*; a replica "loads" that id for free, so Serve's router
 sends the next identical request to the replica that served it (its memory tier) when that
 replica is free, and elsewhere otherwise (then the shared Redis tier answers).
 
@@ -42,6 +43,7 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import DeploymentUnavailableError
 
 from zturbo.config import Request, Settings, load_settings
+from zturbo.engine.lora import adapter_counts
 from zturbo.engine.steps import Cancelled
 from zturbo.errors import ZTurboError
 from zturbo.generation.orchestrator import Result
@@ -90,8 +92,15 @@ def parse_autoscale(text: str) -> tuple[int, int]:
 
 
 def affinity_id(request: Request) -> str:
-    """A request's trajectory identity for routing (the teleport key minus the model, which
-    every replica of one deployment shares)."""
+    """A request's routing identity. With LoRA adapters: its adapter set (the digests of
+    the active picks, with their scales), so requests that share a set go to a replica that
+    has it loaded and switching LoRAs does not reload adapters on every replica; the same
+    trajectory has the same set, so a repeat still finds its replica's memory tier.
+    Without: its trajectory (the teleport key minus the model, which every replica of one
+    deployment shares)."""
+    adapters = sorted(p.sha256 or "" for p in request.loras if p.scale != 0)
+    if adapters:
+        return "adapters-" + digest({"adapters": adapters})[:32]
     return digest(request.model_dump(mode="json"))[:32]
 
 
@@ -162,7 +171,8 @@ class Generator:
             log.exception("generation failed")
             return {"event": "error", "bad_input": False,
                     "message": f"generation failed: {type(exc).__name__}: {exc}"}
-        return {"event": "done", "replica": self.name, **pack(result)}
+        return {"event": "done", "replica": self.name, **pack(result),
+                "adapters": dict(adapter_counts(self.engine))}
 
 
 def pack(result: Result) -> dict[str, Any]:
@@ -182,6 +192,7 @@ def pack(result: Result) -> dict[str, Any]:
 @dataclass
 class RemoteResult(Result):
     replica: str = ""  # which generator replica made it (metrics label)
+    adapters: dict[str, int] | None = None  # that replica's adapter loads/unloads so far
 
 
 def unpack(data: dict[str, Any]) -> RemoteResult:
@@ -195,7 +206,8 @@ def unpack(data: dict[str, Any]) -> RemoteResult:
                         request=Request.model_validate(data["request"]), model=data["model"],
                         fingerprint=data["fingerprint"], timings=data["timings"],
                         token_count=data["token_count"], warnings=data["warnings"],
-                        teleport=data["teleport"], replica=data["replica"])
+                        teleport=data["teleport"], replica=data["replica"],
+                        adapters=data.get("adapters"))
 
 
 # -- the ingress side ------------------------------------------------------------------------
