@@ -142,6 +142,9 @@ def journey(page, tag: str, seed: int) -> dict:
     if not page.locator("#advanced").evaluate("d => d.open"):
         page.click("#advanced summary")
     page.select_option("#lora-pick", "studio-style")
+    # the picker shows the file's report: layout, rank, modules applied
+    expect(page.locator("#lora-info")).to_have_text(
+        "studio-style: diffusers, rank 4, 16 modules")
     page.click("#lora-add")
     page.fill("#lora-list input", "0.8")
     generate(page, keys=False)

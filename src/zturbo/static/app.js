@@ -150,11 +150,8 @@ async function loadLoras() {
   $("lora-none").hidden = configured && loras.length > 0;
   if (configured && !loras.length) $("lora-none").textContent = "The LoRA folders hold no .safetensors files.";
   $("lora-add-row").hidden = !loras.length;
-  $("lora-pick").replaceChildren(...state.loras.map((n) => {
-    const option = new Option(`${n} (${state.loraInfo[n]})`, n);
-    option.title = state.loraInfo[n];
-    return option;
-  }));
+  $("lora-pick").replaceChildren(...state.loras.map((n) => new Option(n, n)));
+  showLoraInfo();
 }
 
 // one line from a LoRA's report: layout, rank, modules applied, keys skipped (or its error)
@@ -163,6 +160,12 @@ function loraSummary(lora) {
   const r = lora.report;
   const skipped = r.not_applied.length ? `, ${r.not_applied.length} keys not applied` : "";
   return `${r.layout}, rank ${r.ranks.join("/")}, ${r.applied.length} modules${skipped}`;
+}
+
+// the picked LoRA's report under the picker
+function showLoraInfo() {
+  const name = $("lora-pick").value;
+  $("lora-info").textContent = name ? `${name}: ${state.loraInfo[name]}` : "";
 }
 
 function addLora(name, scale = 1) {
@@ -645,6 +648,7 @@ function wire() {
   $("template").addEventListener("change", previewTemplate);
   $("prompt").addEventListener("input", previewTemplate);
   $("lora-add").addEventListener("click", () => addLora($("lora-pick").value));
+  $("lora-pick").addEventListener("change", showLoraInfo);
   $("copy").addEventListener("click", () => copyText($("params").textContent, $("command"), "parameters"));
   $("copy-cli").addEventListener("click", () => copyText(commandFor(state.shown, "cli"), $("command"), "CLI command"));
   $("copy-curl").addEventListener("click", () => copyText(commandFor(state.shown, "curl"), $("command"), "curl command"));
