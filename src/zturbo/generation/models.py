@@ -50,8 +50,11 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def resolve_folder(spec: str, settings: Settings) -> Path:
-    """The local diffusers folder for a model spec, or a clear ModelUnavailable within seconds."""
+def resolve_folder(spec: str, settings: Settings) -> Path | None:
+    """The local diffusers folder for a model spec (None for ``demo-full``, which is built in
+    memory), or a clear ModelUnavailable within seconds."""
+    if demo.is_full(spec):
+        return None
     if demo.is_demo(spec):
         return demo.ensure(spec, state_dir() / "models")
     path = Path(spec).expanduser()
@@ -111,7 +114,7 @@ class Engine:
 
     pipe: Any
     spec: str
-    folder: Path
+    folder: Path | None  # None: built in memory (demo-full)
     device: torch.device
     dtype: torch.dtype
     settings: Settings
@@ -185,14 +188,14 @@ class Engine:
         return self.pipe.text_encoder is not None
 
     def info(self) -> dict[str, Any]:
-        n_params = sum(p.numel() for p in self.pipe.transformer.parameters())
+        params = demo.param_counts(self.pipe)
         return {
             "model": self.spec,
-            "folder": str(self.folder),
+            "folder": str(self.folder) if self.folder else "(built in memory)",
             "fingerprint": self.fingerprint,
             "text_encoder_fingerprint": self.text_fingerprint,
             "vae_fingerprint": self.vae_fingerprint,
-            "transformer_params": n_params,
+            **{f"{name}_params": n for name, n in params.items()},
             "load_seconds": round(self.load_seconds, 3),
             **self._runtime(),
             "extras": self.extras,
@@ -255,11 +258,15 @@ def load(
     folder = resolve_folder(spec, settings)
     if demo.is_demo(spec):
         print(demo.NOTICE.format(name=spec), file=sys.stderr)
-    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
-    if missing:
-        raise ModelUnavailable(f"{folder} lacks component folder(s): {', '.join(missing)}")
-    pipe, identity, extras = _load_pipeline(folder, settings, torch_device, torch_dtype,
-                                            text_encoder=text_encoder)
+    if folder is None:
+        pipe, identity, extras = _build_in_memory(spec, settings, torch_device, torch_dtype,
+                                                  text_encoder=text_encoder)
+    else:
+        missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+        if missing:
+            raise ModelUnavailable(f"{folder} lacks component folder(s): {', '.join(missing)}")
+        pipe, identity, extras = _load_pipeline(folder, settings, torch_device, torch_dtype,
+                                                text_encoder=text_encoder)
     pipe.set_progress_bar_config(disable=True)
     engine = Engine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
@@ -269,6 +276,40 @@ def load(
     accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
     engine.load_seconds = time.perf_counter() - started
     return engine
+
+
+def _place(pipe, device: torch.device, settings: Settings, extras: dict[str, Any]) -> None:
+    """Move the components as the settings say; the placement joins the extras."""
+    for name, value in place(pipe, device, offload=settings.offload,
+                             text_encoder_device=settings.text_encoder_device,
+                             vae_device=settings.vae_device).items():
+        extras[name] = {**extras.get(name, {}), **value} if isinstance(value, dict) else value
+
+
+def _build_in_memory(spec: str, settings: Settings, device: torch.device, dtype: torch.dtype,
+                     text_encoder: bool = True):
+    """``demo-full`` at random init, built on its device (on the CPU first only for offload,
+    whose hooks move the weights), with its identity and the same knobs as a loaded model:
+    LoRAs and placement. Weight files (a transformer file, a quantised text encoder) need a
+    model folder."""
+    if settings.transformer_file or settings.text_encoder_quant != "none":
+        raise ZTurboError(f"{spec} is built in memory at random init: transformer_file and "
+                          f"text_encoder_quant need a model folder (a Hub id or a local path)")
+    specs = [parse_lora(t) for t in settings.loras]  # parse errors before the slow part
+    build_device = torch.device("cpu") if settings.offload != "none" else device
+    pipe = demo.build_full(build_device, dtype, text_encoder=text_encoder)
+    config = {"transformer": demo.FULL_TRANSFORMER, "text_encoder": demo.FULL_TEXT_ENCODER,
+              "vae": demo.FULL_VAE, "scheduler": dict(pipe.scheduler.config),
+              "tokenizer": pipe.tokenizer.get_vocab() if pipe.tokenizer is not None else None}
+    # random init: the seed and config decide the weights (with the device kind, which the
+    # runtime part of the fingerprint holds)
+    identity = {c: digest({"demo": spec, "recipe": demo.RECIPE, "config": config[c],
+                           "seed": demo.FULL_SEEDS.get(c)}) for c in COMPONENTS}
+    extras: dict[str, Any] = {}
+    if specs:
+        extras["loras"] = apply_loras(pipe, specs)
+    _place(pipe, device, settings, extras)
+    return pipe, identity, extras
 
 
 def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype: torch.dtype,
@@ -298,8 +339,5 @@ def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype
     if specs:
         gguf = extras.get("transformer", {}).get("format") == "gguf"
         extras["loras"] = apply_loras(pipe, specs, fuse=not gguf)
-    for name, value in place(pipe, device, offload=settings.offload,
-                             text_encoder_device=settings.text_encoder_device,
-                             vae_device=settings.vae_device).items():
-        extras[name] = {**extras.get(name, {}), **value} if isinstance(value, dict) else value
+    _place(pipe, device, settings, extras)
     return pipe, identity, extras
