@@ -61,8 +61,9 @@ class Bench:
     def settings(self, **extra):
         from zturbo import Settings
 
+        # the product's defaults, whatever ZTURBO_* variables say
         return Settings(model=self.model, device=self.device, dtype=self.dtype,
-                        teleport_start_step=RESUME_AT, **extra)
+                        teleport_start_step=RESUME_AT, teleport_repeat="image", **extra)
 
     def prompt(self, engine) -> str:
         """A new prompt (a new embedding, nothing cached) of the benchmark's token count."""
@@ -197,12 +198,13 @@ def baseline(bench: Bench, engine, plain, size: int) -> None:
 
 def repeat_row(bench: Bench, engine, size: int, mode: str, served: str) -> None:
     """An exact repeat served by ``served``: store with a new prompt, then ask again."""
-    engine.settings = engine.settings.model_copy(update={"teleport_repeat": mode})
+    before = engine.settings
+    engine.settings = before.model_copy(update={"teleport_repeat": mode})
     try:
         prompt, first, _, _ = new_prompt(bench, engine, size)
         result, seconds, peak = measured(lambda: engine.generate(prompt, **fields(size)))
     finally:
-        engine.settings = engine.settings.model_copy(update={"teleport_repeat": "image"})
+        engine.settings = before
     got = result.teleport[0].get("served")
     same = compare(result.images[0], pixels(first.images[0]))
     name = {"image": "repeat: image entry", "final_latent": "repeat: final latent",
