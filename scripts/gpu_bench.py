@@ -8,8 +8,9 @@ Rows, per size: a new prompt end to end (encode / per-step denoise / decode), pl
 diffusers' ZImagePipeline on the same weights and prompts, interleaved (the ratio is the
 figure that counts), and the exact repeats (the image entry, the final latent, a resume at
 step 7); then each lever against the same baseline (an engine loaded and timed the same
-way, the first lever row), one engine at a time: the attention backends present, regional torch.compile, cache-dit's step-mask presets and FP8 weight-only
-(torchao, when importable). Every row gives its peak GPU memory; every lever row says
+way, the first lever row), one engine at a time: the attention backends present, regional torch.compile, cache-dit's step-mask presets, FP8 weight-only
+(torchao, when importable) and the memory plans (peak measured next to the cost model's
+prediction). Every row gives its peak GPU memory; every lever row says
 whether its pixels equal the baseline's, and the PSNR where not. The cost model's floor
 for the card stands next to the new prompt. A time budget (--budget-s) skips the levers
 left when it runs out, so the run stays within a lease.
@@ -240,6 +241,8 @@ def levers(bench: Bench, quick: bool) -> list[tuple[str, dict[str, Any], str | N
         out.append((f"cache-dit {preset}", {"step_cache": "dbcache", "step_cache_preset": preset},
                     cache_why))
     out.append(("fp8 weight-only (torchao)", {"post": apply_fp8}, fp8_unusable(device, torch)))
+    for plan in ("encoder-swap", "group"):  # the baseline row is the resident plan
+        out.append((f"memory plan {plan}", {"memory_plan": plan}, None))
     # last: the longest (compilation), so a spent budget cuts it rather than the others
     out.append(("compile (regional)", {"compile": True},
                 "--quick leaves out compile" if quick else None))
@@ -302,6 +305,7 @@ def measure_lever(bench: Bench, engine, name: str, size: int,
                   baseline_row: dict[str, Any] | None) -> dict[str, Any]:
     """The reference prompt (pixels vs the baseline's; its time includes compilation), then
     new prompts."""
+    from zturbo import costmodel
     from zturbo.measure import median
 
     reference = bench.reference_prompt(engine)
@@ -314,8 +318,12 @@ def measure_lever(bench: Bench, engine, name: str, size: int,
         steps.append(result.timings["denoise"])
     same = compare(first.images[0], bench.references.get(size))
     seconds = median(times)
+    plan = engine.extras.get("memory_plan", "resident")
+    predicted = costmodel.plan_peak_bytes(plan, costmodel.shapes_of(engine.pipe), size, size,
+                                          bench.prompt_tokens) / 2**30
     return bench.add(size=f"{size}x{size}", row=name, seconds=seconds,
                      step_ms=1000 * median(steps) / STEPS, peak_gib=peak,
+                     predicted_gib=round(predicted, 2),
                      speedup=baseline_row["seconds"] / seconds if baseline_row else 1.0,
                      identical=same["identical"], psnr_db=same["psnr_db"],
                      detail=f"first run {first_s:.2f} s")
@@ -335,7 +343,7 @@ def release() -> None:
 
 
 COLUMNS = ("size", "row", "seconds", "encode_s", "step_ms", "decode_s", "peak_gib",
-           "vs_diffusers", "speedup", "floor_s", "identical", "psnr_db", "detail")
+           "predicted_gib", "vs_diffusers", "speedup", "floor_s", "identical", "psnr_db", "detail")
 
 
 def run(bench: Bench, quick: bool) -> None:

@@ -42,6 +42,9 @@ def test_every_row_runs_on_the_cpu(tmp_path, capsys):
     assert step_cache["identical"] is False and step_cache["psnr_db"] > 0  # it skips steps
     assert by[("64x64", "compile (regional)")]["detail"].startswith("skipped: ")
     assert all("detail" in r for r in levers) and "| attention flash |" in printed
+    for plan in ("encoder-swap", "group"):  # on the CPU too: the same pixels as resident
+        row = by[("64x64", f"memory plan {plan}")]
+        assert row["identical"] is True and row["predicted_gib"] > 0
 
 
 def test_without_cuda_it_says_so_and_exits_2(capsys):

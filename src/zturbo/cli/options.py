@@ -25,6 +25,8 @@ TransformerFile = Annotated[str | None, typer.Option("--transformer-file", help=
 TextEncoderQuant = Annotated[str | None, typer.Option("--text-encoder-quant", help="none, 8bit or 4bit (bitsandbytes; CUDA only).")]
 Offload = Annotated[str | None, typer.Option("--offload", help="none, model or sequential CPU offload (needs an accelerator).")]
 TextEncoderDevice = Annotated[str | None, typer.Option("--text-encoder-device", help="Device for the text encoder, e.g. cpu (default: --device).")]
+MemoryPlan = Annotated[str | None, typer.Option("--memory-plan", help="auto, resident, encoder-swap (the text encoder streams in to encode) or group (the DiT streams in block by block too). [default: auto, from --vram-budget]")]
+VramBudget = Annotated[str | None, typer.Option("--vram-budget", help="Device memory a memory plan may use, e.g. 8G. [default: the device's free memory]")]
 VaeDevice = Annotated[str | None, typer.Option("--vae-device", help="Device for the VAE (default: --device).")]
 StepCache = Annotated[str | None, typer.Option("--step-cache", help="cache-dit step caching: off, dbcache, taylorseer. [default: off]")]
 StepCachePreset = Annotated[str | None, typer.Option("--step-cache-preset", help="Static step mask from cache-dit's policies: slow, medium, fast, ultra.")]

@@ -248,12 +248,18 @@ def free_bytes(device: torch.device) -> int | None:
     return None
 
 
+def has_room(device: torch.device, dtype: torch.dtype, text_encoder: bool = True) -> bool:
+    """Whether demo-full's weights fit in ``device``'s free memory (unknown: assumed so)."""
+    if device.type == "meta":
+        return True
+    free = free_bytes(device)
+    return free is None or full_bytes(dtype, text_encoder) <= free
+
+
 def check_room(device: torch.device, dtype: torch.dtype, text_encoder: bool = True) -> None:
     """A clear error, before any allocation, when demo-full's weights cannot fit."""
-    if device.type == "meta":
-        return
-    need, free = full_bytes(dtype, text_encoder), free_bytes(device)
-    if free is not None and need > free:
+    if not has_room(device, dtype, text_encoder):
+        need, free = full_bytes(dtype, text_encoder), free_bytes(device) or 0
         dtype_name = str(dtype).removeprefix("torch.")
         raise ZTurboError(
             f"{FULL} needs about {need / 1e9:.1f} GB for its weights in {dtype_name} on "

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -25,9 +26,15 @@ import torch
 
 from zturbo.caches import build_cache
 from zturbo.config import DEFAULT_MODEL, Settings, load_settings, make_request, state_dir
-from zturbo.engine import accel, demo
+from zturbo.engine import accel, costmodel, demo
 from zturbo.engine.lora import apply_loras, parse_lora
-from zturbo.engine.placement import numerics_identity, pick_device, pick_dtype, place
+from zturbo.engine.placement import (
+    apply_memory_plan,
+    numerics_identity,
+    pick_device,
+    pick_dtype,
+    place,
+)
 from zturbo.engine.quant import load_transformer_file, text_encoder_quant_config
 from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
 from zturbo.errors import ModelUnavailable, ZTurboError
@@ -278,8 +285,38 @@ def load(
     return engine
 
 
-def _place(pipe, device: torch.device, settings: Settings, extras: dict[str, Any]) -> None:
-    """Move the components as the settings say; the placement joins the extras."""
+def memory_plan(shape: Callable[[], costmodel.ModelShape], device: torch.device,
+                settings: Settings) -> tuple[str, float | None]:
+    """The memory plan and its predicted peak (bytes; None when the plan was named): the
+    fastest one the cost model fits into ``vram_budget``, else into the device's free
+    memory now (before any weight is on it). On the CPU auto is resident. ``shape`` is
+    asked for only when a budget is weighed."""
+    if settings.memory_plan != "auto":
+        return settings.memory_plan, None
+    if settings.vram_budget is not None:
+        budget = costmodel.parse_bytes(settings.vram_budget)
+    elif device.type == "cuda":
+        budget = demo.free_bytes(device)
+    else:
+        return "resident", None
+    return costmodel.pick_plan(budget, shape())
+
+
+def _place(pipe, device: torch.device, settings: Settings, extras: dict[str, Any],
+           plan: tuple[str, float | None] | None = None) -> None:
+    """Move the components as the settings say (a memory plan, or the plain placement);
+    the placement joins the extras."""
+    chosen, predicted = plan or memory_plan(lambda: costmodel.shapes_of(pipe), device, settings)
+    if chosen != "resident":
+        if settings.offload != "none" or settings.text_encoder_device or settings.vae_device:
+            raise ZTurboError(f"memory plan {chosen} places the components itself: it does "
+                              f"not combine with offload or per-component devices")
+        if device.type != "meta":  # meta holds shapes only: the plan is only reported
+            apply_memory_plan(pipe, device, chosen)
+        extras["memory_plan"] = chosen  # the same kernels; recorded all the same
+        if predicted is not None:
+            extras["memory_plan_predicted_gib"] = round(predicted / 2**30, 2)
+        return
     for name, value in place(pipe, device, offload=settings.offload,
                              text_encoder_device=settings.text_encoder_device,
                              vae_device=settings.vae_device).items():
@@ -289,14 +326,19 @@ def _place(pipe, device: torch.device, settings: Settings, extras: dict[str, Any
 def _build_in_memory(spec: str, settings: Settings, device: torch.device, dtype: torch.dtype,
                      text_encoder: bool = True):
     """``demo-full`` at random init, built on its device (on the CPU first only for offload,
-    whose hooks move the weights), with its identity and the same knobs as a loaded model:
-    LoRAs and placement. Weight files (a transformer file, a quantised text encoder) need a
-    model folder."""
+    or for a memory plan when the device cannot hold every weight), with its identity and
+    the same knobs as a loaded model: LoRAs and placement. Weight files (a transformer
+    file, a quantised text encoder) need a model folder."""
     if settings.transformer_file or settings.text_encoder_quant != "none":
         raise ZTurboError(f"{spec} is built in memory at random init: transformer_file and "
                           f"text_encoder_quant need a model folder (a Hub id or a local path)")
     specs = [parse_lora(t) for t in settings.loras]  # parse errors before the slow part
-    build_device = torch.device("cpu") if settings.offload != "none" else device
+    plan = memory_plan(lambda: costmodel.shapes_of(
+        demo.build_full(torch.device("meta"), dtype, text_encoder=text_encoder)), device, settings)
+    build_device = device
+    if settings.offload != "none" or (plan[0] != "resident" and
+                                      not demo.has_room(device, dtype, text_encoder)):
+        build_device = torch.device("cpu")
     pipe = demo.build_full(build_device, dtype, text_encoder=text_encoder)
     config = {"transformer": demo.FULL_TRANSFORMER, "text_encoder": demo.FULL_TEXT_ENCODER,
               "vae": demo.FULL_VAE, "scheduler": dict(pipe.scheduler.config),
@@ -308,7 +350,7 @@ def _build_in_memory(spec: str, settings: Settings, device: torch.device, dtype:
     extras: dict[str, Any] = {}
     if specs:
         extras["loras"] = apply_loras(pipe, specs)
-    _place(pipe, device, settings, extras)
+    _place(pipe, device, settings, extras, plan)
     return pipe, identity, extras
 
 
