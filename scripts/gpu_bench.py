@@ -147,11 +147,9 @@ def new_prompt(bench: Bench, engine, size: int):
 
 
 def plain_diffusers(pipe, prompt: str, size: int):
-    """diffusers' own ZImagePipeline call, as its documentation shows it."""
-    import torch
+    from zturbo.measure import plain_diffusers as call
 
-    return pipe(prompt=prompt, height=size, width=size, num_inference_steps=STEPS,
-                guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    return call(pipe, prompt, size, STEPS)
 
 
 def baseline(bench: Bench, engine, plain, size: int) -> None:

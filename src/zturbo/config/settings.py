@@ -118,6 +118,14 @@ class Settings(BaseSettings):
     teleport_repeat: Literal["image", "latent", "off"] = Field(
         "image", description="exact repeats: image (store the encoded image and the final "
         "latent: a repeat is a lookup), latent (final latent only: a repeat decodes), off")
+    cache_write_queue: int = Field(
+        8, ge=0, le=1024, description="cache entries built and stored in the background at "
+        "once (resume latents, image entries); a full queue skips storing, never waits; 0: "
+        "store before the result returns")
+    cache_write_queue: int = Field(
+        8, ge=0, le=1024, description="cache entries built and stored in the background at "
+        "once (resume latents, image entries); a full queue skips storing, never waits; 0: "
+        "store before the result returns")
     memory_cache_mb: float = Field(512.0, description="memory tier cap in MiB (0: off)")
     disk_cache_mb: float = Field(4096.0, description="disk tier cap in MiB (0: off)")
     redis_url: str | None = Field(None, description="Redis tier, e.g. redis://127.0.0.1:6379/0")
