@@ -45,7 +45,7 @@ def main() -> None:
         (Path(home) / "models").symlink_to(models)  # the demo models built once stay
         rows = run(model, sizes, rounds, args.prompt_tokens)
 
-    from zturbo.measure import report
+    from zturbo.generation.measure import report
 
     report(HERE / "results" / "new_prompt.json",
            f"new prompt vs plain diffusers ({model}, 8 steps, {args.prompt_tokens}-token "
@@ -59,8 +59,8 @@ def run(model: str, sizes: list[int], rounds: int, prompt_tokens: int) -> list[d
 
     import zturbo
     from zturbo.config import load_settings
-    from zturbo.measure import median, plain_diffusers, timed
-    from zturbo.steps import sized_prompt
+    from zturbo.engine.steps import sized_prompt
+    from zturbo.generation.measure import median, plain_diffusers, timed
 
     engines = {}
     for name, depth in (("background", 8), ("inline", 0)):

@@ -68,14 +68,14 @@ class Bench:
 
     def prompt(self, engine) -> str:
         """A new prompt (a new embedding, nothing cached) of the benchmark's token count."""
-        from zturbo.steps import sized_prompt
+        from zturbo.engine.steps import sized_prompt
 
         self._variant += 1
         return sized_prompt(engine.pipe.tokenizer, self.prompt_tokens, self._variant)
 
     def reference_prompt(self, engine) -> str:
         """The prompt every lever's pixels are compared on (variant 0: never a new one)."""
-        from zturbo.steps import sized_prompt
+        from zturbo.engine.steps import sized_prompt
 
         return sized_prompt(engine.pipe.tokenizer, self.prompt_tokens, 0)
 
@@ -98,7 +98,7 @@ def gib(mb: float | None) -> float | None:
 
 def measured(fn):
     """``fn()``, its wall seconds (device work waited for) and the peak GPU memory in GiB."""
-    from zturbo.measure import peak_cuda_mb, reset_cuda_peak, timed
+    from zturbo.generation.measure import peak_cuda_mb, reset_cuda_peak, timed
 
     reset_cuda_peak()
     out, seconds = timed(fn)
@@ -111,7 +111,7 @@ def fields(size: int, **extra) -> dict[str, Any]:
 
 def compare(image, reference: np.ndarray | None) -> dict[str, Any]:
     """Whether an image equals the reference pixel for pixel, and the PSNR where not."""
-    from zturbo.measure import psnr
+    from zturbo.generation.measure import psnr
 
     if reference is None:
         return {"identical": None, "psnr_db": None}
@@ -124,7 +124,7 @@ def floor_seconds(size: int, prompt_tokens: int) -> float | None:
     """The cost model's floor for the real model on this card (None: not a modelled card)."""
     import torch
 
-    from zturbo import costmodel
+    from zturbo.engine import costmodel
 
     if not torch.cuda.is_available():
         return None
@@ -147,7 +147,7 @@ def new_prompt(bench: Bench, engine, size: int):
 
 
 def plain_diffusers(pipe, prompt: str, size: int):
-    from zturbo.measure import plain_diffusers as call
+    from zturbo.generation.measure import plain_diffusers as call
 
     return call(pipe, prompt, size, STEPS)
 
@@ -155,7 +155,7 @@ def plain_diffusers(pipe, prompt: str, size: int):
 def baseline(bench: Bench, engine, plain, size: int) -> None:
     """New prompts, ours and plain diffusers' interleaved (after one warm-up each), then the
     exact repeats; the reference image of the levers is taken here too."""
-    from zturbo.measure import median
+    from zturbo.generation.measure import median
 
     reference = bench.reference_prompt(engine)
     ref = engine.generate(reference, teleport=False, **fields(size)).images[0]  # warm-up too
@@ -220,8 +220,8 @@ def levers(bench: Bench, quick: bool) -> list[tuple[str, dict[str, Any], str | N
     """(name, settings update, why skipped or None) for every lever, present or not."""
     import torch
 
-    from zturbo import accel
-    from zturbo.placement import pick_device, pick_dtype
+    from zturbo.engine import accel
+    from zturbo.engine.placement import pick_device, pick_dtype
 
     device = pick_device(bench.device)
     dtype = pick_dtype(bench.dtype, device)
@@ -283,7 +283,7 @@ def lever_row(bench: Bench, name: str, update: dict[str, Any], size: int,
               baseline_row: dict[str, Any] | None) -> dict[str, Any]:
     """One lever's engine, loaded, measured, then released before the next one loads."""
     import zturbo
-    from zturbo import accel
+    from zturbo.engine import accel
 
     post = update.pop("post", None)
     engine = zturbo.load(settings=bench.settings(**update))
@@ -303,8 +303,8 @@ def measure_lever(bench: Bench, engine, name: str, size: int,
                   baseline_row: dict[str, Any] | None) -> dict[str, Any]:
     """The reference prompt (pixels vs the baseline's; its time includes compilation), then
     new prompts."""
-    from zturbo import costmodel
-    from zturbo.measure import median
+    from zturbo.engine import costmodel
+    from zturbo.generation.measure import median
 
     reference = bench.reference_prompt(engine)
     first, first_s, _ = measured(
@@ -346,8 +346,9 @@ COLUMNS = ("size", "row", "seconds", "encode_s", "step_ms", "decode_s", "peak_gi
 
 def run(bench: Bench, quick: bool) -> None:
     """Cold load, the baseline at each size, then the levers at the first size."""
-    import zturbo
     from diffusers import ZImagePipeline
+
+    import zturbo
 
     engine, load_s, load_peak = measured(lambda: zturbo.load(settings=bench.settings()))
     bench.add(row="cold load", seconds=load_s, peak_gib=load_peak,
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from zturbo.measure import markdown_table, write_json
+    from zturbo.generation.measure import markdown_table, write_json
 
     kind = args.device.split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():

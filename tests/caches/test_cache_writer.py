@@ -10,10 +10,11 @@ import time
 import numpy as np
 
 import zturbo
-from conftest import pixels
 from zturbo.caches import DiskTier, MemoryTier, TieredCache
 from zturbo.caches.writer import BackgroundWriter
 from zturbo.config import load_settings
+
+from conftest import pixels
 
 MIB = 1 << 20
 FIELDS = {"seed": 4, "width": 64, "height": 64, "steps": 3}

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import zturbo
-from conftest import pixels, run_cli
-from zturbo import costmodel, demo
+from zturbo.engine import costmodel, demo
 from zturbo.errors import ZTurboError
+
+from conftest import pixels, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import zturbo
-from conftest import pixels, run_cli
-from zturbo import costmodel, demo
 from zturbo.config import Settings
+from zturbo.engine import costmodel, demo
 from zturbo.errors import ZTurboError
-from zturbo.models import memory_plan
+from zturbo.generation.models import memory_plan
+
+from conftest import pixels, run_cli
 
 GIB = 2**30
 FIELDS = {"seed": 3, "width": 64, "height": 64, "steps": 3, "teleport": False}
