@@ -19,8 +19,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zturbo.errors import ZTurboError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a model is built
+    import torch
 
 RECIPE = 1  # bump when a recipe changes: the folder name changes, so old builds are not reused
 
@@ -272,6 +276,7 @@ def build_full(device: torch.device, dtype: torch.dtype, *, text_encoder: bool =
     """demo-full: the published Z-Image-Turbo configs at random init, built on ``device``
     in ``dtype`` (``meta``: shapes only). The demo tokenizer stands in for Qwen's vocabulary
     (its ids index the real 151,936-row embedding)."""
+    import torch  # lazy: a client finds the demo folder without it
     from diffusers import (  # lazy: keeps CLI start fast
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -279,7 +284,6 @@ def build_full(device: torch.device, dtype: torch.dtype, *, text_encoder: bool =
         ZImageTransformer2DModel,
     )
     from transformers import Qwen3Config, Qwen3Model  # lazy: keeps CLI start fast
-    import torch  # lazy: a client finds the demo folder without it
 
     check_room(device, dtype, text_encoder)
     with _built_on(device, dtype, FULL_SEEDS["transformer"]):
