@@ -177,10 +177,17 @@ class TieredCache:
 _LIVE: weakref.WeakSet[TieredCache] = weakref.WeakSet()
 
 
-def _flush_at_exit() -> None:
+def drain_writers() -> None:
+    """Wait until every open cache's background writer has written what is queued."""
     for cache in list(_LIVE):
         if not cache._closed:
             cache.writer.drain()
+
+
+def _flush_at_exit() -> None:
+    drain_writers()
+    for cache in list(_LIVE):
+        if not cache._closed:
             cache.flush()
 
 
