@@ -42,6 +42,16 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def no_background_writes_left():
+    """A test's cache writes finish before the next test starts (they run on a background
+    thread, which would otherwise allocate, and write, during the next test)."""
+    yield
+    from zturbo.caches.tiers import drain_writers
+
+    drain_writers()
+
+
+@pytest.fixture(autouse=True)
 def zturbo_home(tmp_path, monkeypatch, models_dir) -> Path:
     for name in list(os.environ):
         if name.startswith("ZTURBO_") or name == "LATENT_TELEPORT_START_STEP":

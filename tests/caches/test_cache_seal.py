@@ -102,6 +102,7 @@ def test_a_rekeyed_image_entry_in_redis_is_not_served_as_another_request(server)
     raw = redis.Redis.from_url(server.url)
 
     def image_names() -> set[bytes]:
+        engine.caches.writer.drain()  # entries are written in the background: wait for them
         return set(raw.scan_iter(match="zturbo:v1:image:*"))
 
     engine.generate(prompt="a red cat", seed=1, **SMALL)

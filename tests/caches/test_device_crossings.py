@@ -47,15 +47,25 @@ def test_pack_of_device_tensors_round_trips_on_the_cpu():
         assert tensors[name].device.type == "cpu" and torch.equal(tensors[name], value)
 
 
-def test_teleport_capture_keeps_a_cpu_copy():
-    from zturbo.caches.teleport import Replay
+def test_teleport_capture_keeps_a_copy_and_stores_it_from_the_host(tmp_path):
+    from types import SimpleNamespace
 
-    replay = Replay({2: "00"})
+    from zturbo.caches import MemoryTier, TieredCache
+    from zturbo.caches.teleport import Replay, store
+
+    replay = Replay({2: "00" * 32})
     latents = torch.randn(1, 16, 4, 4)
-    replay.capturing(None)(2, 4, off_cpu(latents))
+    on_device = off_cpu(latents)
+    replay.capturing(None)(2, 4, on_device)
     kept = replay.captured[2]
-    assert type(kept) is torch.Tensor and kept.device.type == "cpu"
-    assert torch.equal(kept, latents)
+    assert kept is not on_device  # a copy: the pipeline may reuse its buffer
+    engine = SimpleNamespace(caches=TieredCache([MemoryTier(1 << 20)], write_queue=2))
+    store(engine, replay, 0.1)  # the cache writer moves it to the host and packs it
+    data, _ = engine.caches.get("teleport", "00" * 32)
+    tensors, meta = unpack(data)
+    assert tensors["latents"].device.type == "cpu" and torch.equal(tensors["latents"], latents)
+    assert meta["step"] == "2"
+    engine.caches.close()
 
 
 def test_preview_of_device_latents():

@@ -89,6 +89,7 @@ def test_a_damaged_image_entry_is_a_miss_and_the_final_latent_serves(damage):
 
 
 def _only_key(engine, kind):
+    engine.caches.writer.drain()  # entries are written in the background: wait for them
     keys = [k for k in engine.caches.tiers[0]._entries if k[0] == kind]
     assert len(keys) == 1
     return keys[0][1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,6 +54,21 @@ def keep(engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: di
         cache.put(kind, key, pack(tensors, {**meta, "key": key}))
 
 
+def keep_later(engine, kind: str, key: str,
+               build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, str]]]) -> bool:
+    """Store what ``build()`` returns (tensors, meta) under ``key``, built and written by the
+    cache's background writer; False when its queue is full and the entry is skipped."""
+    cache = getattr(engine, "caches", None)
+    if cache is None:
+        return False
+
+    def packed() -> bytes:
+        tensors, meta = build()
+        return pack(tensors, {**meta, "key": key})
+
+    return cache.put_later(kind, key, packed)
+
+
 def cached_embed(engine, params: dict):
     """``steps.embed(engine, **params)`` through the embedding cache -> (Embedding, tier)."""
     key = embedding_key(engine, params)
@@ -66,9 +82,11 @@ def cached_embed(engine, params: dict):
     started = time.perf_counter()
     emb = embed(engine, **params)
     cost = time.perf_counter() - started
-    keep(engine, "embedding", key, {str(i): t for i, t in enumerate(emb.tensors)},
-          {"token_count": str(emb.token_count), "truncated": "1" if emb.truncated else "0",
-           "cost_s": f"{cost:.6f}"})
+    frozen = [t.detach().clone() for t in emb.tensors]  # stored by the cache writer
+    meta = {"token_count": str(emb.token_count), "truncated": "1" if emb.truncated else "0",
+            "cost_s": f"{cost:.6f}"}
+    keep_later(engine, "embedding", key,
+               lambda: ({str(i): t for i, t in enumerate(frozen)}, meta))
     return emb, None
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from zturbo.caches.encoders import LAYOUTS, drop, fetch, in_layout, keep, layout_of
+from zturbo.caches.encoders import LAYOUTS, drop, fetch, in_layout, keep_later, layout_of
 from zturbo.caches.keys import image_key, teleport_key
 from zturbo.config.metadata import ENCODED_PNG, pixel_digest, png_bytes
 
@@ -88,10 +88,11 @@ class Replay:
                 "served": self.served()}
 
     def capturing(self, on_step: Callable | None) -> Callable:
-        """Wrap a step callback so the latents after the stored steps are kept (float32, CPU)."""
+        """Wrap a step callback so the latents after the stored steps are kept (float32, a
+        copy on their device: the cache writer moves it to the host off the request's path)."""
         def callback(done: int, total: int, latents: torch.Tensor) -> None:
             if done in self.keys and done not in self.captured:  # after step done-1 => resume at done
-                self.captured[done] = latents.detach().to("cpu", copy=True)
+                self.captured[done] = latents.detach().clone()
             if on_step is not None:
                 on_step(done, total, latents)
         return callback
@@ -166,20 +167,31 @@ def lookup_image(engine, replay: Replay, width: int, height: int) -> Image.Image
 
 
 def store_image(engine, replay: Replay, image: Image.Image, seconds: float) -> None:
-    """Keep ``image`` PNG-encoded (no metadata) under the replay's image key; the bytes also
-    ride along in ``image.info`` so saving the image writes them instead of encoding again."""
+    """Keep ``image`` PNG-encoded (no metadata) under the replay's image key, encoded by the
+    cache writer from a copy taken now (the caller may change its image); the bytes then
+    ride along in ``image.info`` so saving the image writes them instead of encoding again
+    (``png_bytes`` reuses them only while the pixels are unchanged)."""
     if replay.image_key is None or replay.image_hit:
         return
-    data, pixels = png_bytes(image), pixel_digest(image)
-    keep(engine, "image", replay.image_key,
-         {"png": torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())},
-         {"pixels": pixels, "saved_s": f"{seconds:.6f}"})
-    image.info[ENCODED_PNG] = (data, pixels)
+    frozen = image.copy()
+
+    def build():
+        data, pixels = png_bytes(frozen), pixel_digest(frozen)
+        image.info[ENCODED_PNG] = (data, pixels)
+        return ({"png": torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())},
+                {"pixels": pixels, "saved_s": f"{seconds:.6f}"})
+
+    keep_later(engine, "image", replay.image_key, build)
 
 
 def store(engine, replay: Replay, step_seconds: float) -> None:
-    """Write the captured latents; ``step_seconds`` estimates the time a later hit saves."""
-    for step, latents in replay.captured.items():
-        keep(engine, "teleport", replay.keys[step], {"latents": latents},
-             {"step": str(step), "saved_s": f"{step * step_seconds:.6f}",
-              "layout": layout_of(latents)})
+    """Write the captured latents (moved to the host and packed by the cache writer);
+    ``step_seconds`` estimates the time a later hit saves. A step the writer's full queue
+    skipped leaves the replay's captured steps (what its report calls stored)."""
+    for step, latents in list(replay.captured.items()):
+        def build(latents=latents, step=step):  # pack moves it to the host (packing.host)
+            return {"latents": latents}, {"step": str(step), "layout": layout_of(latents),
+                                          "saved_s": f"{step * step_seconds:.6f}"}
+
+        if not keep_later(engine, "teleport", replay.keys[step], build):
+            del replay.captured[step]

@@ -4,6 +4,10 @@
     cache.put("teleport", key, pack({"latents": x}, {"step": "6"}))
     hit = cache.get("teleport", key)          # (bytes, "memory" | "disk" | "redis") or None
 
+Entries built from a request's results go through ``put_later``: a bounded background
+writer builds and stores them (``writer.py``); a lookup of an entry still queued waits for
+it, and stats, clear, verify and close wait for every queued one.
+
 Lookups go down the tiers in order; a hit in a lower tier is copied into the tiers above
 it; a write goes to every tier. Hit/miss counters per kind and tier are kept here and,
 when there is a disk tier, added to its index every few seconds (without one, to a Redis
@@ -18,6 +22,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Callable
 
 from zturbo.caches.base import SCHEMA, CacheTier, check_key, check_kind
 from zturbo.caches.disk import DiskTier
@@ -25,6 +30,7 @@ from zturbo.caches.memory import MemoryTier
 from zturbo.caches.packing import pack, unpack
 from zturbo.caches.redis_tier import RedisTier
 from zturbo.caches.seal import cache_secret
+from zturbo.caches.writer import BackgroundWriter
 from zturbo.config import Settings, state_dir
 from zturbo.errors import ZTurboError
 
@@ -39,7 +45,7 @@ _FLUSH_EVERY_S = 2.0
 class TieredCache:
     """Tiers in lookup order. Thread-safe: each tier locks itself, counters lock here."""
 
-    def __init__(self, tiers: list[CacheTier]) -> None:
+    def __init__(self, tiers: list[CacheTier], write_queue: int = 0) -> None:
         names = [t.name for t in tiers]
         if len(set(names)) != len(names):
             raise ValueError(f"each tier may appear once: {names}")
@@ -52,11 +58,13 @@ class TieredCache:
         self._pending: defaultdict[tuple[str, str], float] = defaultdict(float)
         self._flushed_at = time.monotonic()
         self._closed = False
+        self.writer = BackgroundWriter(write_queue)  # 0: put_later writes inline
         _LIVE.add(self)  # flushed at exit by the one hook below, unless closed first
 
     def get(self, kind: str, key: str) -> tuple[bytes, str] | None:
         """(data, tier name) from the first tier that has it, or None."""
         check_key(kind, key)
+        self.writer.wait_for(kind, key)  # an entry still being written is worth the wait
         names = []
         for i, tier in enumerate(self.tiers):
             data = tier.get(kind, key)
@@ -76,6 +84,12 @@ class TieredCache:
         for tier in self.tiers:
             tier.put(kind, key, data)
 
+    def put_later(self, kind: str, key: str, build: Callable[[], bytes]) -> bool:
+        """Store ``build()`` under the key in the background; False when the writer's queue
+        is full and the entry is skipped (never a wait)."""
+        check_key(kind, key)
+        return self.writer.submit(kind, key, lambda: self.put(kind, key, build()))
+
     def delete(self, kind: str, key: str) -> None:
         """Forget an entry everywhere (e.g. one that unpacked as corrupt)."""
         check_key(kind, key)
@@ -88,6 +102,7 @@ class TieredCache:
 
     def stats(self) -> dict:
         """Counters per kind (cumulative over every process when there is a disk tier)."""
+        self.writer.drain()
         self.flush()
         if self._store is not None:
             counters, scope = self._store.counters(), "all processes"
@@ -110,10 +125,12 @@ class TieredCache:
         """Remove entries of ``kind`` (all when None) from ``tier`` (all when None)."""
         if kind is not None:
             check_kind(kind)
+        self.writer.drain()
         return sum(t.clear(kind) for t in self._select(tier))
 
     def verify(self) -> dict:
         """``{"disk": {"checked", "ok", "removed", "orphans"}}`` (only the disk tier keeps files)."""
+        self.writer.drain()
         return {t.name: t.verify() for t in self.tiers if isinstance(t, DiskTier)}
 
     def flush(self) -> None:
@@ -127,6 +144,7 @@ class TieredCache:
     def close(self) -> None:
         if self._closed:
             return
+        self.writer.close()  # queued entries are written before the tiers close
         self.flush()
         self._closed = True
         _LIVE.discard(self)
@@ -159,7 +177,15 @@ class TieredCache:
 _LIVE: weakref.WeakSet[TieredCache] = weakref.WeakSet()
 
 
+def drain_writers() -> None:
+    """Wait until every open cache's background writer has written what is queued."""
+    for cache in list(_LIVE):
+        if not cache._closed:
+            cache.writer.drain()
+
+
 def _flush_at_exit() -> None:
+    drain_writers()
     for cache in list(_LIVE):
         if not cache._closed:
             cache.flush()
@@ -188,4 +214,4 @@ def build_cache(settings: Settings) -> TieredCache:
     if settings.redis_url:
         tiers.append(RedisTier(settings.redis_url, settings.redis_ttl_s,
                                settings.redis_timeout_s, secret=secret))
-    return TieredCache(tiers)
+    return TieredCache(tiers, settings.cache_write_queue)

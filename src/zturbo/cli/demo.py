@@ -57,7 +57,7 @@ def demo_files_command(
     )
     from zturbo.generation import models
 
-    if not demo.is_demo(model):
+    if model not in demo.RECIPES:  # demo-full has no folder: it is built in memory
         raise ZTurboError(f"--model {model!r}: choose demo, demo-small or demo-medium")
     settings, _ = load_settings(flags={"model": model})
     files = demo_files.write_all(models.resolve_folder(model, settings), directory)

@@ -32,6 +32,7 @@ from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zt
     Lora,
     LoraDir,
     LoraPartial,
+    MemoryPlan,
     Model,
     Offload,
     Profile,
@@ -44,6 +45,7 @@ from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zt
     TransformerFile,
     TsOrder,
     VaeDevice,
+    VramBudget,
     friendly_errors,
 )
 from zturbo.cli.prompt import embeddings_fields, layer_list
@@ -54,11 +56,12 @@ app = typer.Typer()
 
 
 def _engine_flags(lora, transformer_file, text_encoder_quant, offload, text_encoder_device,
-                  vae_device) -> dict[str, Any]:
+                  vae_device, memory_plan=None, vram_budget=None) -> dict[str, Any]:
     """Settings flags for the engine-level knobs (weights, quantisation, placement)."""
     return {"loras": lora or None, "transformer_file": transformer_file,
             "text_encoder_quant": text_encoder_quant, "offload": offload,
-            "text_encoder_device": text_encoder_device, "vae_device": vae_device}
+            "text_encoder_device": text_encoder_device, "vae_device": vae_device,
+            "memory_plan": memory_plan, "vram_budget": vram_budget}
 
 
 def _request_fields(from_image: Path | None, given: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -121,6 +124,7 @@ def generate(
     adapter: Adapter = None, lora_dir: LoraDir = None, lora_partial: LoraPartial = None,
     text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
     text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
+    memory_plan: MemoryPlan = None, vram_budget: VramBudget = None,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
     server: Annotated[str | None, typer.Option("--server", help="Send the request to a running `zturbo serve`: auto (one on this machine with the same engine, found in the state dir; falls back to loading the model here when none can take it), off, or its URL (an error when it can't).")] = None,
     step_cache: StepCache = None, step_cache_preset: StepCachePreset = None,
@@ -160,7 +164,7 @@ def generate(
         "model": model or stored_model, "device": device, "dtype": dtype, "redis_url": redis_url,
         "teleport_start_step": teleport_start_step, "teleport_store_steps": teleport_store_steps,
         **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
-                        text_encoder_device, vae_device),
+                        text_encoder_device, vae_device, memory_plan, vram_budget),
         "step_cache": step_cache, "step_cache_preset": step_cache_preset,
         "step_cache_mask": step_cache_mask, "cache_dit_fn": cache_dit_fn,
         "cache_dit_bn": cache_dit_bn, "cache_dit_warmup": cache_dit_warmup,
@@ -374,6 +378,7 @@ def info(
     lora: Lora = None, transformer_file: TransformerFile = None,
     text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
     text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
+    memory_plan: MemoryPlan = None, vram_budget: VramBudget = None,
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Print the parameters stored in IMAGE, or load a model and print its fingerprint."""
@@ -388,7 +393,7 @@ def info(
     settings, _ = load_settings(profile, {
         "model": model, "device": device, "dtype": dtype,
         **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
-                        text_encoder_device, vae_device)})
+                        text_encoder_device, vae_device, memory_plan, vram_budget)})
     details = models.load(settings=settings).info()
     if as_json:
         typer.echo(json.dumps(details, indent=2))

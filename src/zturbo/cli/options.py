@@ -13,7 +13,7 @@ import typer
 
 from zturbo.errors import ZTurboError
 
-Model = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local diffusers folder, or demo / demo-small / demo-medium. [env: ZTURBO_MODEL]")]
+Model = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local diffusers folder, or demo / demo-small / demo-medium / demo-full. [env: ZTURBO_MODEL]")]
 Profile = Annotated[str | None, typer.Option("--profile", help="Named table of config.toml to apply over [default]. [env: ZTURBO_PROFILE]")]
 Device = Annotated[str | None, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 Dtype = Annotated[str | None, typer.Option("--dtype", help="auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16, float16.")]
@@ -28,6 +28,8 @@ TransformerFile = Annotated[str | None, typer.Option("--transformer-file", help=
 TextEncoderQuant = Annotated[str | None, typer.Option("--text-encoder-quant", help="none, 8bit or 4bit (bitsandbytes; CUDA only).")]
 Offload = Annotated[str | None, typer.Option("--offload", help="none, model or sequential CPU offload (needs an accelerator).")]
 TextEncoderDevice = Annotated[str | None, typer.Option("--text-encoder-device", help="Device for the text encoder, e.g. cpu (default: --device).")]
+MemoryPlan = Annotated[str | None, typer.Option("--memory-plan", help="auto, resident, encoder-swap (the text encoder streams in to encode) or group (the DiT streams in block by block too). [default: auto, from --vram-budget]")]
+VramBudget = Annotated[str | None, typer.Option("--vram-budget", help="Device memory a memory plan may use, e.g. 8G. [default: the device's free memory]")]
 VaeDevice = Annotated[str | None, typer.Option("--vae-device", help="Device for the VAE (default: --device).")]
 StepCache = Annotated[str | None, typer.Option("--step-cache", help="cache-dit step caching: off, dbcache, taylorseer. [default: off]")]
 StepCachePreset = Annotated[str | None, typer.Option("--step-cache-preset", help="Static step mask from cache-dit's policies: slow, medium, fast, ultra.")]

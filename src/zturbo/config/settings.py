@@ -37,6 +37,7 @@ from zturbo.config.sizes import (
     LongPromptMode,
     ascii_int,
 )
+from zturbo.engine.costmodel import parse_bytes
 from zturbo.errors import ZTurboError
 from zturbo.paths import state_dir
 
@@ -117,6 +118,14 @@ class Settings(BaseSettings):
     teleport_repeat: Literal["image", "latent", "off"] = Field(
         "image", description="exact repeats: image (store the encoded image and the final "
         "latent: a repeat is a lookup), latent (final latent only: a repeat decodes), off")
+    cache_write_queue: int = Field(
+        8, ge=0, le=1024, description="cache entries built and stored in the background at "
+        "once (resume latents, image entries); a full queue skips storing, never waits; 0: "
+        "store before the result returns")
+    cache_write_queue: int = Field(
+        8, ge=0, le=1024, description="cache entries built and stored in the background at "
+        "once (resume latents, image entries); a full queue skips storing, never waits; 0: "
+        "store before the result returns")
     memory_cache_mb: float = Field(512.0, description="memory tier cap in MiB (0: off)")
     disk_cache_mb: float = Field(4096.0, description="disk tier cap in MiB (0: off)")
     redis_url: str | None = Field(None, description="Redis tier, e.g. redis://127.0.0.1:6379/0")
@@ -212,6 +221,13 @@ class Settings(BaseSettings):
     text_encoder_quant: Literal["none", "8bit", "4bit"] = Field(
         "none", description="bitsandbytes text-encoder quantisation (CUDA only)"
     )
+    memory_plan: Literal["auto", "resident", "encoder-swap", "group"] = Field(
+        "auto", description="where the weights live: resident (all on the device), "
+        "encoder-swap (the text encoder streams in to encode), group (the DiT streams in "
+        "block by block too); auto: the fastest whose predicted peak fits vram_budget")
+    vram_budget: str | None = Field(
+        None, description="device memory the memory plan may use, e.g. 8G (default: the "
+        "device's free memory at load; on the CPU, auto is resident)")
     offload: Literal["none", "model", "sequential"] = Field(
         "none", description="CPU offload: model (whole components) or sequential (layers)"
     )
@@ -228,6 +244,16 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [ascii_int(v, "a list item") for v in value.replace(" ", "").split(",") if v]
+        return value
+
+    @field_validator("vram_budget")
+    @classmethod
+    def _memory_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_bytes(value)
+            except ZTurboError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("cors_origins", "loras", "lora_dirs", mode="before")

@@ -253,8 +253,9 @@ def estimate(gpu: str, width: int, height: int, steps: int = 8, dtype: str = "bf
 
 
 def shapes_of(pipe) -> ModelShape:
-    """The shapes of a loaded ZImagePipeline (a demo model or the real one)."""
-    t, te, v = pipe.transformer, pipe.text_encoder.config, pipe.vae.config
+    """The shapes of a loaded ZImagePipeline (a demo model or the real one); a
+    generator-only one (no text encoder) has a text encoder of no layers and no weights."""
+    t, v = pipe.transformer, pipe.vae.config
     attn = t.layers[0].attention
     head_dim = attn.to_q.out_features // t.config.n_heads
     dit = DiTShape(
@@ -264,9 +265,12 @@ def shapes_of(pipe) -> ModelShape:
         in_channels=t.config.in_channels, cap_dim=t.config.cap_feat_dim,
         adaln_dim=t.layers[0].adaLN_modulation[0].in_features,
     )
-    text = TextShape(hidden=te.hidden_size, layers=te.num_hidden_layers,
-                     heads=te.num_attention_heads, kv_heads=te.num_key_value_heads,
-                     head_dim=te.head_dim, ffn=te.intermediate_size, vocab=te.vocab_size)
+    text = TextShape(layers=0, vocab=0)
+    if pipe.text_encoder is not None:
+        te = pipe.text_encoder.config
+        text = TextShape(hidden=te.hidden_size, layers=te.num_hidden_layers,
+                         heads=te.num_attention_heads, kv_heads=te.num_key_value_heads,
+                         head_dim=te.head_dim, ffn=te.intermediate_size, vocab=te.vocab_size)
     vae = VAEShape(latent_channels=v.latent_channels, block_out=tuple(v.block_out_channels),
                    layers_per_block=v.layers_per_block,
                    mid_attention=getattr(v, "mid_block_add_attention", True))
@@ -301,3 +305,87 @@ def compare_published(shape: ModelShape = ZIMAGE_TURBO) -> list[dict]:
                          "published_s": fig["seconds"], "floor_s": floor,
                          "efficiency": floor / fig["seconds"]})
     return rows
+
+
+# ---------------------------------------------------------------- memory plans
+
+# From the fastest to the leanest. resident: every weight on the device. encoder-swap: the
+# text encoder streams to the device layer by layer while it encodes (group offload with
+# prefetch), the DiT and the VAE stay. group: the DiT streams block by block too; only the
+# VAE stays. Each runs the same kernels on the same device: the same pixels.
+MEMORY_PLANS = ("resident", "encoder-swap", "group")
+RUNTIME_OVERHEAD = 0.6e9  # CUDA context, cuBLAS workspaces, allocator slack (a lead to measure)
+
+
+def weight_bytes(shape: ModelShape, nbytes: int = 2) -> dict[str, float]:
+    """Bytes of each component's weights (the DiT's blocks plus its embedders and final
+    layer; the encoder with its embedding; the VAE's encoder and decoder)."""
+    dit, vae = shape.dit, shape.vae
+    patch = dit.patch * dit.patch * dit.in_channels
+    dit_rest = dit.cap_dim * dit.dim + patch * dit.dim * 2 + 256 * 1024 + 1024 * dit.adaln_dim
+    # per level: the encoder's resnets and downsampler, the decoder's resnets and upsampler
+    # (3x3 convs at the level's width); then both mid blocks (2 resnets + attention)
+    levels = sum(9 * c * c * (4 * vae.layers_per_block + 4) for c in vae.block_out)
+    top = vae.block_out[-1]
+    mid = 2 * (4 * 9 * top * top + (4 * top * top if vae.mid_attention else 0))
+    return {"transformer": (dit.params + dit_rest) * nbytes,
+            "text_encoder": shape.text.params * nbytes,
+            "vae": (levels + mid) * nbytes}
+
+
+def activation_bytes(shape: ModelShape, width: int, height: int, prompt_tokens: int = 128,
+                     max_sequence_length: int = 512, nbytes: int = 2) -> dict[str, float]:
+    """Peak bytes each stage holds beyond its weights (batch 1): the encoder's kept hidden
+    states plus one layer's FFN; one DiT block's widest tensors over image + text tokens;
+    the VAE decoder's three widest tensors at full resolution."""
+    text, dit, vae = shape.text, shape.dit, shape.vae
+    t = max_sequence_length
+    encode = (text.layers + 1) * t * text.hidden * nbytes + 3 * t * text.ffn * nbytes
+    n = image_tokens(dit, width, height) + pad(prompt_tokens, dit.seq_multiple)
+    denoise = n * (3 * dit.ffn + 6 * dit.dim) * nbytes + 4 * (height // 8) * (width // 8) * 16 * 4
+    decode = 3 * height * width * vae.block_out[0] * nbytes
+    return {"encode": encode, "denoise": denoise, "decode": decode}
+
+
+def plan_peak_bytes(plan: str, shape: ModelShape, width: int, height: int,
+                    prompt_tokens: int = 128, nbytes: int = 2) -> float:
+    """Predicted peak device memory of one image under a memory plan."""
+    if plan not in MEMORY_PLANS:
+        raise ZTurboError(f"unknown memory plan {plan!r}: choose {', '.join(MEMORY_PLANS)}")
+    w = weight_bytes(shape, nbytes)
+    act = activation_bytes(shape, width, height, prompt_tokens, nbytes=nbytes)
+    dit = shape.dit
+    # streamed components hold the group computing and the one prefetched
+    te_layer = 2 * shape.text.params / max(shape.text.layers, 1) * nbytes
+    dit_block = 2 * dit.block_params() * nbytes
+    te = w["text_encoder"] if plan == "resident" else te_layer
+    core = w["transformer"] if plan != "group" else dit_block
+    stages = (te + core + act["encode"], te * (plan == "resident") + core + act["denoise"],
+              te * (plan == "resident") + core + act["decode"])
+    return w["vae"] + max(stages) + RUNTIME_OVERHEAD
+
+
+def pick_plan(budget_bytes: float, shape: ModelShape = ZIMAGE_TURBO, width: int = 1024,
+              height: int = 1024) -> tuple[str, float]:
+    """The fastest plan whose predicted peak fits the budget (else the leanest), and its
+    predicted peak."""
+    for plan in MEMORY_PLANS:
+        peak = plan_peak_bytes(plan, shape, width, height)
+        if peak <= budget_bytes:
+            return plan, peak
+    return MEMORY_PLANS[-1], plan_peak_bytes(MEMORY_PLANS[-1], shape, width, height)
+
+
+def parse_bytes(text: str) -> float:
+    """``8G``, ``16GB``, ``12.5GiB``, ``800M`` -> bytes (G and GB are GiB, as cards are sold)."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ZTurboError(f"memory size {text!r}: write a number with K, M, G or T, "
+                          f"e.g. 8G") from None
+    if not 0 < value < 2**50:
+        raise ZTurboError(f"memory size {text!r} is out of range")
+    return value

@@ -1,9 +1,12 @@
-"""Tiny randomly initialised Z-Image models built from the real classes.
+"""Randomly initialised Z-Image models built from the real classes.
 
 They run the exact code path of the real model (diffusers' ZImagePipeline, transformers'
-Qwen3, a byte-level BPE tokenizer trained here with ``tokenizers``), are saved with
-``save_pretrained`` into the state dir once, and are then loaded like real weights.
-Their images are noise: they exist for tests and benchmarks.
+Qwen3, a byte-level BPE tokenizer trained here with ``tokenizers``). The small ones
+(``RECIPES``) are saved with ``save_pretrained`` into the state dir once, and are then
+loaded like real weights. ``demo-full`` is the real architecture at full size (the
+published configs below: a 6.15B DiT, Qwen3-4B, the 16-channel VAE), built at random init
+straight on the target device and dtype and never written to disk: it exists to measure
+speed and memory on a GPU without the weights. Their images are noise.
 """
 
 from __future__ import annotations
@@ -12,8 +15,16 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zturbo.errors import ZTurboError
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a model is built
+    import torch
 
 RECIPE = 1  # bump when a recipe changes: the folder name changes, so old builds are not reused
 
@@ -40,6 +51,32 @@ RECIPES = {
 
 NOTICE = "zturbo: using the demo model {name!r}: random weights, so its images are noise"
 
+FULL = "demo-full"
+# The published configs of Tongyi-MAI/Z-Image-Turbo: transformer/config.json,
+# text_encoder/config.json (Qwen3-4B, whose 151,936-row embedding is kept) and vae/config.json.
+FULL_TRANSFORMER = {
+    "all_patch_size": (2,), "all_f_patch_size": (1,), "in_channels": 16, "dim": 3840,
+    "n_layers": 30, "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "norm_eps": 1e-05,
+    "qk_norm": True, "cap_feat_dim": 2560, "rope_theta": 256.0, "t_scale": 1000.0,
+    "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
+}
+FULL_TEXT_ENCODER = {
+    "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728,
+    "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-06, "rope_theta": 1000000, "attention_bias": False,
+    "tie_word_embeddings": True,
+}
+FULL_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16,
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32,
+    "act_fn": "silu", "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+    "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
+    "force_upcast": True,
+}
+FULL_SEEDS = {"transformer": 0, "text_encoder": 1, "vae": 2}
+
 _CORPUS_EXTRA = """
 a photo of a cat sitting on a windowsill in the morning light, a red robot in the rain,
 portrait of an old fisherman, cinematic lighting, anime style, watercolor painting of a
@@ -49,7 +86,12 @@ the quick brown fox jumps over the lazy dog, highly detailed, sharp focus, soft 
 
 
 def is_demo(name: str) -> bool:
-    return name in RECIPES
+    return name in RECIPES or name == FULL
+
+
+def is_full(name: str) -> bool:
+    """A demo model built in memory on its device (no folder on disk)."""
+    return name == FULL
 
 
 def _corpus() -> list[str]:
@@ -159,3 +201,103 @@ def ensure(name: str, models_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# ---------------------------------------------------------------- demo-full
+
+
+@contextmanager
+def _built_on(device: torch.device, dtype: torch.dtype, seed: int) -> Iterator[None]:
+    """Modules constructed inside are allocated on ``device`` in ``dtype`` from the start
+    (the default device and dtype), with a fixed seed: no CPU copy, no cast afterwards.
+    On ``meta`` nothing is allocated and no initialiser runs over real memory."""
+    import torch  # lazy: a client finds the demo folder without it
+
+    old = torch.get_default_dtype()
+    torch.manual_seed(seed)
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def param_counts(pipe) -> dict[str, int]:
+    """Parameters of each module of a pipeline (tied weights counted once)."""
+    return {name: sum(p.numel() for p in module.parameters())
+            for name in ("transformer", "text_encoder", "vae")
+            if (module := getattr(pipe, name, None)) is not None}
+
+
+def full_bytes(dtype: torch.dtype, text_encoder: bool = True) -> int:
+    """Bytes of demo-full's weights in ``dtype``, counted on a ``meta`` build (no memory)."""
+    import torch  # lazy: a client finds the demo folder without it
+
+    counts = param_counts(build_full(torch.device("meta"), dtype, text_encoder=text_encoder))
+    return sum(counts.values()) * torch.empty((), dtype=dtype).element_size()
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (CUDA: the driver's figure; CPU: available RAM), or None."""
+    import torch  # lazy: a client finds the demo folder without it
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def has_room(device: torch.device, dtype: torch.dtype, text_encoder: bool = True) -> bool:
+    """Whether demo-full's weights fit in ``device``'s free memory (unknown: assumed so)."""
+    if device.type == "meta":
+        return True
+    free = free_bytes(device)
+    return free is None or full_bytes(dtype, text_encoder) <= free
+
+
+def check_room(device: torch.device, dtype: torch.dtype, text_encoder: bool = True) -> None:
+    """A clear error, before any allocation, when demo-full's weights cannot fit."""
+    if not has_room(device, dtype, text_encoder):
+        need, free = full_bytes(dtype, text_encoder), free_bytes(device) or 0
+        dtype_name = str(dtype).removeprefix("torch.")
+        raise ZTurboError(
+            f"{FULL} needs about {need / 1e9:.1f} GB for its weights in {dtype_name} on "
+            f"{device}, and {free / 1e9:.1f} GB are free: use a GPU with more memory, "
+            f"--dtype bfloat16, or --device meta to count parameters without memory"
+        )
+
+
+def build_full(device: torch.device, dtype: torch.dtype, *, text_encoder: bool = True):
+    """demo-full: the published Z-Image-Turbo configs at random init, built on ``device``
+    in ``dtype`` (``meta``: shapes only). The demo tokenizer stands in for Qwen's vocabulary
+    (its ids index the real 151,936-row embedding)."""
+    import torch  # lazy: a client finds the demo folder without it
+    from diffusers import (  # lazy: keeps CLI start fast
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3Model  # lazy: keeps CLI start fast
+
+    check_room(device, dtype, text_encoder)
+    with _built_on(device, dtype, FULL_SEEDS["transformer"]):
+        transformer = ZImageTransformer2DModel(**FULL_TRANSFORMER)
+        with torch.no_grad():  # created with torch.empty upstream: give them defined values
+            transformer.x_pad_token.normal_(std=0.02)
+            transformer.cap_pad_token.normal_(std=0.02)
+    encoder, tokenizer = None, None
+    if text_encoder:
+        tokenizer = build_tokenizer() if device.type != "meta" else None
+        with _built_on(device, dtype, FULL_SEEDS["text_encoder"]):
+            encoder = Qwen3Model(Qwen3Config(**FULL_TEXT_ENCODER, dtype=dtype))
+    with _built_on(device, dtype, FULL_SEEDS["vae"]):
+        vae = AutoencoderKL(**FULL_VAE)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=encoder,
+                          tokenizer=tokenizer, transformer=transformer)

@@ -44,7 +44,7 @@ def component_device(engine, name: str) -> torch.device:
     """Where inputs for component ``name`` go: its own device, or under offload the
     engine's (accelerate's hooks bring the weights there; sequential offload leaves
     them on the meta device in between)."""
-    if engine.extras.get("offload"):
+    if engine.extras.get("offload") or engine.extras.get("memory_plan"):
         return engine.device
     return next(getattr(engine.pipe, name).parameters()).device
 
@@ -74,6 +74,35 @@ def place(pipe, device: torch.device, *, offload: str = "none",
         if target != device:
             extras[name] = {"device": str(target)}
     return extras
+
+
+def apply_memory_plan(pipe, device: torch.device, plan: str) -> None:
+    """Place ``pipe`` under a memory plan (names: ``costmodel.MEMORY_PLANS``).
+
+    resident: everything on ``device``. encoder-swap: the text encoder's weights live in
+    CPU memory and stream to ``device`` layer by layer as it encodes (diffusers' group
+    offloading; on CUDA the next layer is prefetched on a side stream); the DiT and the VAE
+    stay. group: the DiT streams too, one block at a time. Compute always runs on
+    ``device``, with the same kernels: the pixels do not change.
+    """
+    if plan not in ("resident", "encoder-swap", "group"):
+        raise ZTurboError(f"unknown memory plan {plan!r}: choose resident, encoder-swap or group")
+    if plan == "resident":
+        pipe.to(device)
+        return
+    from diffusers.hooks import apply_group_offloading  # lazy: keeps CLI start fast
+
+    cpu, stream = torch.device("cpu"), device.type == "cuda"
+    pipe.vae.to(device)
+    if pipe.text_encoder is not None:
+        apply_group_offloading(pipe.text_encoder, onload_device=device, offload_device=cpu,
+                               offload_type="leaf_level", use_stream=stream)
+    if plan == "group":
+        apply_group_offloading(pipe.transformer, onload_device=device, offload_device=cpu,
+                               offload_type="block_level", num_blocks_per_group=1,
+                               use_stream=stream)
+    else:
+        pipe.transformer.to(device)
 
 
 def numerics_identity(device: torch.device) -> dict[str, Any]:

@@ -58,6 +58,18 @@ def _chat(tokenizer, prompt: str) -> str:
     )
 
 
+def sized_prompt(tokenizer, tokens: int, variant: int = 0) -> str:
+    """A prompt whose chat-templated form is ``tokens`` tokens under ``tokenizer`` (or the
+    fewest above): benchmarks give the demo tokenizer prompts of a real prompt's length.
+    Each ``variant`` is a different prompt (a new embedding) of the same length."""
+    words = "a photo of a red robot cat in the rain at night cinematic soft light".split()
+    prompt, i = str(variant), 0
+    while len(tokenizer(_chat(tokenizer, prompt)).input_ids) < tokens:
+        prompt += " " + words[i % len(words)]
+        i += 1
+    return prompt
+
+
 def text_token_limit(transformer) -> int:
     """The most prompt tokens the DiT can place: 1504 for Z-Image (axes_lens[0] = 1536).
 

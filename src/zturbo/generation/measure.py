@@ -131,3 +131,14 @@ def warmup(engine, sizes: tuple[tuple[int, int], ...] = ((1024, 1024),), steps: 
             denoise(engine, emb, noise(0, width, height), sigmas(steps))
             seconds[f"{width}x{height}"] = time.perf_counter() - started
     return seconds
+
+
+def plain_diffusers(pipe, prompt: str, size: int, steps: int = 8, seed: int = 0):
+    """diffusers' own ZImagePipeline call, as its documentation shows it (``pipe`` built
+    over an engine's modules: ``ZImagePipeline(**engine.pipe.components)``): the reference
+    a new prompt's time is held against. The seed's noise is drawn on the CPU, as ours."""
+    import torch  # lazy: heavy
+
+    return pipe(prompt=prompt, height=size, width=size, num_inference_steps=steps,
+                guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+

@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,15 @@ import torch
 
 from zturbo.caches import build_cache
 from zturbo.config import DEFAULT_MODEL, Settings, load_settings, make_request, state_dir
-from zturbo.engine import accel, demo
+from zturbo.engine import accel, costmodel, demo
 from zturbo.engine.lora import apply_loras, parse_lora
-from zturbo.engine.placement import numerics_identity, pick_device, pick_dtype, place
+from zturbo.engine.placement import (
+    apply_memory_plan,
+    numerics_identity,
+    pick_device,
+    pick_dtype,
+    place,
+)
 from zturbo.engine.quant import load_transformer_file, text_encoder_quant_config
 from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
 from zturbo.errors import ModelUnavailable, ZTurboError
@@ -50,8 +57,11 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def resolve_folder(spec: str, settings: Settings) -> Path:
-    """The local diffusers folder for a model spec, or a clear ModelUnavailable within seconds."""
+def resolve_folder(spec: str, settings: Settings) -> Path | None:
+    """The local diffusers folder for a model spec (None for ``demo-full``, which is built in
+    memory), or a clear ModelUnavailable within seconds."""
+    if demo.is_full(spec):
+        return None
     if demo.is_demo(spec):
         return demo.ensure(spec, state_dir() / "models")
     path = Path(spec).expanduser()
@@ -111,7 +121,7 @@ class Engine:
 
     pipe: Any
     spec: str
-    folder: Path
+    folder: Path | None  # None: built in memory (demo-full)
     device: torch.device
     dtype: torch.dtype
     settings: Settings
@@ -185,14 +195,14 @@ class Engine:
         return self.pipe.text_encoder is not None
 
     def info(self) -> dict[str, Any]:
-        n_params = sum(p.numel() for p in self.pipe.transformer.parameters())
+        params = demo.param_counts(self.pipe)
         return {
             "model": self.spec,
-            "folder": str(self.folder),
+            "folder": str(self.folder) if self.folder else "(built in memory)",
             "fingerprint": self.fingerprint,
             "text_encoder_fingerprint": self.text_fingerprint,
             "vae_fingerprint": self.vae_fingerprint,
-            "transformer_params": n_params,
+            **{f"{name}_params": n for name, n in params.items()},
             "load_seconds": round(self.load_seconds, 3),
             **self._runtime(),
             "extras": self.extras,
@@ -255,11 +265,15 @@ def load(
     folder = resolve_folder(spec, settings)
     if demo.is_demo(spec):
         print(demo.NOTICE.format(name=spec), file=sys.stderr)
-    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
-    if missing:
-        raise ModelUnavailable(f"{folder} lacks component folder(s): {', '.join(missing)}")
-    pipe, identity, extras = _load_pipeline(folder, settings, torch_device, torch_dtype,
-                                            text_encoder=text_encoder)
+    if folder is None:
+        pipe, identity, extras = _build_in_memory(spec, settings, torch_device, torch_dtype,
+                                                  text_encoder=text_encoder)
+    else:
+        missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+        if missing:
+            raise ModelUnavailable(f"{folder} lacks component folder(s): {', '.join(missing)}")
+        pipe, identity, extras = _load_pipeline(folder, settings, torch_device, torch_dtype,
+                                                text_encoder=text_encoder)
     pipe.set_progress_bar_config(disable=True)
     engine = Engine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
@@ -269,6 +283,75 @@ def load(
     accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
     engine.load_seconds = time.perf_counter() - started
     return engine
+
+
+def memory_plan(shape: Callable[[], costmodel.ModelShape], device: torch.device,
+                settings: Settings) -> tuple[str, float | None]:
+    """The memory plan and its predicted peak (bytes; None when the plan was named): the
+    fastest one the cost model fits into ``vram_budget``, else into the device's free
+    memory now (before any weight is on it). On the CPU auto is resident. ``shape`` is
+    asked for only when a budget is weighed."""
+    if settings.memory_plan != "auto":
+        return settings.memory_plan, None
+    if settings.vram_budget is not None:
+        budget = costmodel.parse_bytes(settings.vram_budget)
+    elif device.type == "cuda":
+        budget = demo.free_bytes(device)
+    else:
+        return "resident", None
+    return costmodel.pick_plan(budget, shape())
+
+
+def _place(pipe, device: torch.device, settings: Settings, extras: dict[str, Any],
+           plan: tuple[str, float | None] | None = None) -> None:
+    """Move the components as the settings say (a memory plan, or the plain placement);
+    the placement joins the extras."""
+    chosen, predicted = plan or memory_plan(lambda: costmodel.shapes_of(pipe), device, settings)
+    if chosen != "resident":
+        if settings.offload != "none" or settings.text_encoder_device or settings.vae_device:
+            raise ZTurboError(f"memory plan {chosen} places the components itself: it does "
+                              f"not combine with offload or per-component devices")
+        if device.type != "meta":  # meta holds shapes only: the plan is only reported
+            apply_memory_plan(pipe, device, chosen)
+        extras["memory_plan"] = chosen  # the same kernels; recorded all the same
+        if predicted is not None:
+            extras["memory_plan_predicted_gib"] = round(predicted / 2**30, 2)
+        return
+    for name, value in place(pipe, device, offload=settings.offload,
+                             text_encoder_device=settings.text_encoder_device,
+                             vae_device=settings.vae_device).items():
+        extras[name] = {**extras.get(name, {}), **value} if isinstance(value, dict) else value
+
+
+def _build_in_memory(spec: str, settings: Settings, device: torch.device, dtype: torch.dtype,
+                     text_encoder: bool = True):
+    """``demo-full`` at random init, built on its device (on the CPU first only for offload,
+    or for a memory plan when the device cannot hold every weight), with its identity and
+    the same knobs as a loaded model: LoRAs and placement. Weight files (a transformer
+    file, a quantised text encoder) need a model folder."""
+    if settings.transformer_file or settings.text_encoder_quant != "none":
+        raise ZTurboError(f"{spec} is built in memory at random init: transformer_file and "
+                          f"text_encoder_quant need a model folder (a Hub id or a local path)")
+    specs = [parse_lora(t) for t in settings.loras]  # parse errors before the slow part
+    plan = memory_plan(lambda: costmodel.shapes_of(
+        demo.build_full(torch.device("meta"), dtype, text_encoder=text_encoder)), device, settings)
+    build_device = device
+    if settings.offload != "none" or (plan[0] != "resident" and
+                                      not demo.has_room(device, dtype, text_encoder)):
+        build_device = torch.device("cpu")
+    pipe = demo.build_full(build_device, dtype, text_encoder=text_encoder)
+    config = {"transformer": demo.FULL_TRANSFORMER, "text_encoder": demo.FULL_TEXT_ENCODER,
+              "vae": demo.FULL_VAE, "scheduler": dict(pipe.scheduler.config),
+              "tokenizer": pipe.tokenizer.get_vocab() if pipe.tokenizer is not None else None}
+    # random init: the seed and config decide the weights (with the device kind, which the
+    # runtime part of the fingerprint holds)
+    identity = {c: digest({"demo": spec, "recipe": demo.RECIPE, "config": config[c],
+                           "seed": demo.FULL_SEEDS.get(c)}) for c in COMPONENTS}
+    extras: dict[str, Any] = {}
+    if specs:
+        extras["loras"] = apply_loras(pipe, specs, partial=settings.lora_partial)
+    _place(pipe, device, settings, extras, plan)
+    return pipe, identity, extras
 
 
 def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype: torch.dtype,
@@ -299,8 +382,5 @@ def _load_pipeline(folder: Path, settings: Settings, device: torch.device, dtype
         gguf = extras.get("transformer", {}).get("format") == "gguf"
         extras["loras"] = apply_loras(pipe, specs, fuse=not gguf,
                                        partial=settings.lora_partial)
-    for name, value in place(pipe, device, offload=settings.offload,
-                             text_encoder_device=settings.text_encoder_device,
-                             vae_device=settings.vae_device).items():
-        extras[name] = {**extras.get(name, {}), **value} if isinstance(value, dict) else value
+    _place(pipe, device, settings, extras)
     return pipe, identity, extras
