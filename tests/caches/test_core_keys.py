@@ -50,16 +50,39 @@ def test_key_functions_are_pinned_for_a_fixed_fingerprint(engine):
         "cbf64f1e56e7ece6d0b2809b72e70ff114ca4363a48fe7442aa63fedf6032465")
 
 
-def test_full_engine_keys_are_pinned(engine, monkeypatch):
-    # These include the demo engine's runtime fingerprint (weights, dtype, device type,
-    # torch/diffusers/transformers versions, extras). An INTENDED fingerprint change (a new
-    # fingerprint field, a library upgrade) updates these values together with a schema
-    # note in docs/caching.md; a refactor never may. The hardware's numerics identity
-    # (CPU threads and SIMD level here: docs/scaleout.md) is pinned to a stand-in, so the
-    # values do not depend on the machine the tests run on; the values changed once when
-    # that identity entered the fingerprint (issue 13).
+# The runtime the full-engine keys were pinned on: the library versions, and the demo's
+# weights identity as those versions built it (transformers writes its version into the
+# text encoder's config.json). Stand-ins, as the numerics identity is: the test checks the
+# key functions, not the day's releases.
+PINNED_VERSIONS = {"torch": "2.13.0+cpu", "diffusers": "0.42.1", "transformers": "5.24.0"}
+PINNED_WEIGHTS = {
+    "transformer": "19528809861771ed66a214a33592dc335efad45e55f8c0ba58c0c64e35312a56",
+    "text_encoder": "30983771666bbcd7342dc646dfa4689d8eb6550dca5bb6f26c0f92518d61b2ee",
+    "tokenizer": "2514bd2053389cf3c169db0e8ce82812559f42b235c4018243ceb0157e15924c",
+    "vae": "fea0e4b4dd08c7acde54e8ace4ed400d4ba4684bf8ee4ca9ca7545e93743896d",
+    "scheduler": "d06df2ed55105102fa9e2acb11789ab6636a16924e361400e95e249976640bcf",
+}
+PINNED_NUMERICS = {"threads": 1, "cpu_capability": "pinned"}
+
+
+def pin_runtime(engine, monkeypatch) -> None:
+    """The engine's runtime inputs to the fingerprint replaced by the pinned stand-ins."""
+    monkeypatch.setattr("zturbo.generation.models.runtime_versions",
+                        lambda: dict(PINNED_VERSIONS))
     monkeypatch.setattr("zturbo.generation.models.numerics_identity",
-                        lambda device: {"threads": 1, "cpu_capability": "pinned"})
+                        lambda placements: dict(PINNED_NUMERICS))
+    monkeypatch.setattr(engine, "identity", dict(PINNED_WEIGHTS))
+
+
+def test_full_engine_keys_are_pinned(engine, monkeypatch):
+    # These include the demo engine's fingerprint (weights, dtype, device type, library
+    # versions, numerics identity, extras). An INTENDED fingerprint change (a new field)
+    # updates these values together with a schema note in docs/caching.md; a refactor never
+    # may. What the day's installation and hardware decide (library versions, the demo's
+    # files as they built it, the numerics identity: docs/scaleout.md) is pinned to the
+    # stand-ins above, so the values depend neither on the releases installed nor on the
+    # machine the tests run on.
+    pin_runtime(engine, monkeypatch)
     request = fixed_request(engine)
     assert teleport_key(engine, request.for_seed(7), EMBEDDING_DIGEST, 1, 7) == (
         "559433ae93c07fe8d463ad4aa5c748a828b59910d5991b8678c1ee85bd7da476")

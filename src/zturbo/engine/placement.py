@@ -104,22 +104,3 @@ def apply_memory_plan(pipe, device: torch.device, plan: str) -> None:
     else:
         pipe.transformer.to(device)
 
-
-def numerics_identity(device: torch.device) -> dict[str, Any]:
-    """What changes the numerics of a run on this device, beyond dtype and library versions.
-
-    CUDA: the GPU model, its compute capability and the CUDA / cuDNN versions (kernels and
-    their reduction orders differ between them). CPU: torch's intra-op thread count (how a
-    reduction is split: 1 vs 2 threads moves about one pixel level in 200,000) and the SIMD
-    level torch dispatches to (``get_cpu_capability``: AVX2 vs AVX512 kernels). Read live,
-    so a process that changes its thread count changes its cache keys with it.
-    """
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        major, minor = torch.cuda.get_device_capability(index)
-        return {"gpu": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}",
-                "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
-    if device.type == "cpu":
-        return {"threads": torch.get_num_threads(),
-                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    return {}

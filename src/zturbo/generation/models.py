@@ -2,8 +2,9 @@
 
 The fingerprint is a stable digest of everything that decides the pixels: the weights'
 identity (Hub revision, or hashes of local weight files), dtype, device type, library
-versions, the numerics identity of the hardware (GPU model and CUDA/cuDNN, or CPU threads
-and SIMD level: ``placement.numerics_identity``), and extras that later features add
+versions, the numerics identity of each component's device (``numerics.numerics_identity``:
+the precision switches, kernel-dispatch variables, hardware and library versions, and a
+canary computation at the component's shapes), and extras that later features add
 (quantisation, LoRAs, attention backend).
 Every cache keys on it.
 """
@@ -30,7 +31,6 @@ from zturbo.engine import accel, costmodel, demo
 from zturbo.engine.lora import apply_loras, parse_lora
 from zturbo.engine.placement import (
     apply_memory_plan,
-    numerics_identity,
     pick_device,
     pick_dtype,
     place,
@@ -42,6 +42,13 @@ from zturbo.generation import enhancing
 from zturbo.generation.img2img import as_source, source_size
 from zturbo.generation.orchestrator import generate
 from zturbo.hashing import COMPONENTS, digest, weights_identity
+from zturbo.numerics import (
+    Placement,
+    component_placements,
+    folder_shapes,
+    numerics_identity,
+    runtime_versions,
+)
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
@@ -130,6 +137,7 @@ class Engine:
     load_seconds: float = 0.0
     caches: Any = None  # zturbo.caches.TieredCache: teleport, embeddings, VAE latents
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    canary_shapes: dict[str, Any] = field(default_factory=dict, repr=False)  # per component
 
     def close(self) -> None:
         """Release the cache tiers (a server calls this at shutdown)."""
@@ -154,24 +162,30 @@ class Engine:
         check_text_limit(self, request.max_sequence_length)
         accel.check_request(self, request)
 
-    def _runtime(self) -> dict[str, Any]:
-        import diffusers  # lazy: keeps CLI start fast
-        import transformers
-
+    def _runtime(self, components: tuple[str, ...] = COMPONENTS) -> dict[str, Any]:
         return {
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device.type,
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__,
-            "numerics": numerics_identity(self.device),
+            **runtime_versions(),
+            "numerics": numerics_identity(self.placements(components)),
         }
+
+    def placements(self, components: tuple[str, ...] = COMPONENTS) -> dict[str, Placement]:
+        """Where and how each of ``components`` computes (the numerics identity's input):
+        its own device (``text_encoder_device``, ``vae_device``) or the engine's, the
+        engine's dtype, and canary shapes from its config (no weights needed)."""
+        if not self.canary_shapes:
+            self.canary_shapes.update(folder_shapes(self.folder))
+        own = {name: (extra.get("device") if isinstance(extra, dict) else None)
+               for name, extra in self.extras.items()}
+        return component_placements(str(self.device), str(self.dtype).removeprefix("torch."),
+                                    self.canary_shapes, own, components)
 
     def component_fingerprint(self, *components: str) -> str:
         """Digest of the named components' weights plus runtime and extras."""
         return digest({
             "weights": {c: self.identity[c] for c in components},
-            "runtime": self._runtime(),
+            "runtime": self._runtime(components),
             "extras": {c: self.extras.get(c) for c in components if self.extras.get(c)},
         })
 

@@ -59,12 +59,24 @@ def versions() -> dict[str, str | None]:
 
 
 def numerics(settings: Settings) -> dict[str, Any]:
-    """The numerics identity of the engine ``settings`` make, measured in this process (the
-    one function behind the numerics part; the engine's fingerprint reads the same identity).
-    A server calls it live: its process may have changed a switch."""
-    from zturbo.engine.placement import numerics_identity, pick_device  # torch: only when measuring
+    """The numerics identity of the engine ``settings`` make, measured in this process: per
+    component, on the device and in the dtype the settings place it, at its model's shapes
+    (the same ``zturbo.numerics`` identity the engine's fingerprint holds). A server calls
+    it live: its process may have changed a switch."""
+    from zturbo.engine.placement import pick_device, pick_dtype  # torch: only when measuring
+    from zturbo.numerics import (  # torch: only when measuring
+        component_placements,
+        folder_shapes,
+        numerics_identity,
+    )
 
-    return json.loads(json.dumps(numerics_identity(pick_device(settings.device)), default=str))
+    device = pick_device(settings.device)
+    dtype = str(pick_dtype(settings.dtype, device)).removeprefix("torch.")
+    own = {name: str(pick_device(spec)) if spec else None for name, spec in
+           (("text_encoder", settings.text_encoder_device), ("vae", settings.vae_device))}
+    shapes = folder_shapes(model_folder(settings.model, settings.revision))
+    identity = numerics_identity(component_placements(str(device), dtype, shapes, own))
+    return json.loads(json.dumps(identity, default=str))
 
 
 def fresh_numerics(settings: Settings) -> dict[str, Any]:
@@ -75,7 +87,8 @@ def fresh_numerics(settings: Settings) -> dict[str, Any]:
     in an environment imports torch to compare."""
     key = digest({"env": {k: v for k, v in os.environ.items() if k not in SHELL_ONLY},
                   "packages": _installed(), "python": sys.version, "host": _host(),
-                  "settings": settings_key(settings)})
+                  "settings": settings_key(settings),
+                  "model": [settings.model, settings.revision]})  # the canary's shapes
     path = state_dir() / NUMERICS_MEMO
     try:
         memo = json.loads(path.read_text())
