@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from zturbo.buildlock import BUILD_LOCK
 from zturbo.errors import ZTurboError
 
 # diffusers raises on an attention mask with these; Z-Image passes one when a batch holds
@@ -156,8 +157,9 @@ def enable_step_cache(transformer, spec: dict[str, Any]) -> None:
                           f"model's {layers} transformer layers")
     steps = len(spec["mask"]) if spec.get("mask") else 8  # each run sets its own
     config, calibrator = _cache_configs(spec, steps_mask(spec, steps), steps)
-    _import_cache_dit().enable_cache(transformer, cache_config=config,
-                                     calibrator_config=calibrator)
+    with BUILD_LOCK:  # cache-dit wraps the blocks in new modules
+        _import_cache_dit().enable_cache(transformer, cache_config=config,
+                                         calibrator_config=calibrator)
 
 
 def disable_step_cache(engine) -> None:

@@ -26,6 +26,8 @@ from zturbo.errors import ZTurboError
 if TYPE_CHECKING:  # annotations only: torch is imported where a model is built
     import torch
 
+from zturbo.buildlock import BUILD_LOCK
+
 RECIPE = 1  # bump when a recipe changes: the folder name changes, so old builds are not reused
 
 
@@ -191,7 +193,8 @@ def ensure(name: str, models_dir: Path) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
     try:
-        build_pipeline(name).save_pretrained(tmp)
+        with BUILD_LOCK:  # modules built while another thread loads would be on meta
+            build_pipeline(name).save_pretrained(tmp)
         (tmp / "zturbo_demo.json").write_text(json.dumps({"name": name, "recipe": RECIPE}))
         try:
             os.rename(tmp, target)  # atomic; fails if another process got there first

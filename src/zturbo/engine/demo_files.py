@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from zturbo.buildlock import BUILD_LOCK
+
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -30,7 +32,8 @@ def demo_transformer(folder: Path):
     """A fresh copy of the transformer in a model folder (a loaded engine's stays untouched)."""
     from diffusers import ZImageTransformer2DModel
 
-    return ZImageTransformer2DModel.from_pretrained(folder, subfolder="transformer")
+    with BUILD_LOCK:
+        return ZImageTransformer2DModel.from_pretrained(folder, subfolder="transformer")
 
 
 def make_lora(folder: Path, out_dir: Path, name: str = "demo-lora", rank: int = 4,
@@ -41,8 +44,9 @@ def make_lora(folder: Path, out_dir: Path, name: str = "demo-lora", rank: int = 
 
     torch.manual_seed(seed)
     transformer = demo_transformer(folder)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
-                                       target_modules=LORA_TARGETS))
+    with BUILD_LOCK:
+        transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                           target_modules=LORA_TARGETS))
     layers = get_peft_model_state_dict(transformer)
     ZImagePipeline.save_lora_weights(out_dir, transformer_lora_layers=layers,
                                      weight_name=f"{name}.safetensors")

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from safetensors import SafetensorError
 
+from zturbo.buildlock import BUILD_LOCK
 from zturbo.engine.lora_layouts import load_conversion
 from zturbo.engine.lora_report import Checked, check, fit, linears, require_applicable
 from zturbo.errors import ZTurboError
@@ -98,7 +99,8 @@ def load_checked(pipe, path: Path, adapter: str, partial: bool = False,
     checked = check(path, linears(pipe.transformer), scale)
     require_applicable(checked, partial)
     try:
-        pipe.load_lora_weights(dict(checked.tensors), adapter_name=adapter)
+        with BUILD_LOCK:  # peft swaps process-wide functions while it builds the adapter
+            pipe.load_lora_weights(dict(checked.tensors), adapter_name=adapter)
     except Exception as exc:
         _drop_adapter(pipe, adapter)
         if isinstance(exc, LOAD_ERRORS):
@@ -115,6 +117,12 @@ def apply_loras(pipe, specs: list[LoraSpec], fuse: bool = True,
     Fused (the default) they cost nothing per step. Quantised (GGUF) weights cannot take a
     fused delta, so there the adapters stay as active peft layers with their scales.
     """
+    with BUILD_LOCK:
+        return _apply_loras(pipe, specs, fuse, partial)
+
+
+def _apply_loras(pipe, specs: list[LoraSpec], fuse: bool,
+                 partial: bool) -> list[dict[str, Any]]:
     if len(specs) > MAX_LORAS:
         raise ZTurboError(f"{len(specs)} LoRAs given; the limit is {MAX_LORAS}")
     names, identities = [], []
@@ -235,7 +243,8 @@ def adapter_counts(engine) -> dict[str, int]:
 def _drop_adapter(pipe, adapter: str) -> None:
     """Delete an adapter from the transformer if it is (even partly) there."""
     if adapter in (getattr(pipe.transformer, "peft_config", None) or {}):
-        pipe.delete_adapters(adapter)
+        with BUILD_LOCK:
+            pipe.delete_adapters(adapter)
 
 
 def _restore_adapters(engine) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zturbo.buildlock import BUILD_LOCK
 from zturbo.errors import ModelUnavailable, ZTurboError
 from zturbo.hashing import file_sha256
 
@@ -51,9 +52,10 @@ def load_transformer_file(path: Path, folder: Path, dtype: torch.dtype):
     else:
         raise ZTurboError(f"transformer file {path}: expected .gguf or .safetensors")
     try:
-        model = ZImageTransformer2DModel.from_single_file(
-            str(path), config=str(folder), subfolder="transformer", dtype=dtype,
-            local_files_only=True, **kwargs)
+        with BUILD_LOCK:
+            model = ZImageTransformer2DModel.from_single_file(
+                str(path), config=str(folder), subfolder="transformer", dtype=dtype,
+                local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelUnavailable(f"cannot load transformer file {path}: {exc}") from None
     return model, identity

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from zturbo.buildlock import BUILD_LOCK
 from zturbo.caches import build_cache
 from zturbo.config import DEFAULT_MODEL, Settings, load_settings, make_request, state_dir
 from zturbo.engine import accel, costmodel, demo
@@ -279,15 +280,17 @@ def load(
     folder = resolve_folder(spec, settings)
     if demo.is_demo(spec):
         print(demo.NOTICE.format(name=spec), file=sys.stderr)
-    if folder is None:
-        pipe, identity, extras = _build_in_memory(spec, settings, torch_device, torch_dtype,
-                                                  text_encoder=text_encoder)
-    else:
-        missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
-        if missing:
-            raise ModelUnavailable(f"{folder} lacks component folder(s): {', '.join(missing)}")
-        pipe, identity, extras = _load_pipeline(folder, settings, torch_device, torch_dtype,
-                                                text_encoder=text_encoder)
+    with BUILD_LOCK:  # diffusers/peft build modules: one build at a time per process
+        if folder is None:
+            pipe, identity, extras = _build_in_memory(spec, settings, torch_device, torch_dtype,
+                                                      text_encoder=text_encoder)
+        else:
+            missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+            if missing:
+                raise ModelUnavailable(f"{folder} lacks component folder(s): "
+                                       f"{', '.join(missing)}")
+            pipe, identity, extras = _load_pipeline(folder, settings, torch_device,
+                                                    torch_dtype, text_encoder=text_encoder)
     pipe.set_progress_bar_config(disable=True)
     engine = Engine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
