@@ -10,7 +10,9 @@ their identity (the digest of the converted tensors, and the scale) goes into
 ``engine.extras["loras"]``, which the model fingerprint digests.
 
 Over HTTP a LoRA is picked by *name* from the configured ``lora_dirs`` (``resolve_lora``),
-never by a path a client sends.
+never by a path a client sends. A pick that names a sha256 (a stored request: ``--from``, a
+replayed HTTP body) resolves only to a file with that content, searched by content in the
+LoRA folders (``lora_by_content``); a file that merely has the name is never taken for it.
 """
 
 from __future__ import annotations
@@ -61,34 +63,82 @@ def parse_lora(text: str | LoraSpec) -> LoraSpec:
     return LoraSpec(Path(path).expanduser(), scale)
 
 
+def _check_name(name: str, lora_dirs: list[str]) -> None:
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ZTurboError(f"invalid LoRA name {name!r}: use a file name from the LoRA folders")
+    if not lora_dirs:
+        raise ZTurboError("no LoRA folders configured (setting lora_dirs)")
+
+
+def _in_folder(root: Path, filename: str) -> Path | None:
+    """``root/filename`` resolved, if it is a file directly in ``root`` (a link leading
+    out of the folder is not)."""
+    candidate = (root / filename).resolve()
+    return candidate if candidate.parent == root and candidate.is_file() else None
+
+
+def _named(name: str, lora_dirs: list[str]) -> Path | None:
+    filename = name if name.endswith(".safetensors") else f"{name}.safetensors"
+    for folder in lora_dirs:
+        found = _in_folder(Path(folder).expanduser().resolve(), filename)
+        if found is not None:
+            return found
+    return None
+
+
 def resolve_lora(name: str, lora_dirs: list[str]) -> Path:
     """The file for a LoRA *name* (``anime`` or ``anime.safetensors``) in ``lora_dirs``.
 
     Names only: separators, ``..`` and absolute paths are refused, so an HTTP client
     can never reach a file outside the configured folders.
     """
-    if not _NAME.fullmatch(name) or ".." in name:
-        raise ZTurboError(f"invalid LoRA name {name!r}: use a file name from the LoRA folders")
-    if not lora_dirs:
-        raise ZTurboError("no LoRA folders configured (setting lora_dirs)")
-    filename = name if name.endswith(".safetensors") else f"{name}.safetensors"
+    _check_name(name, lora_dirs)
+    path = _named(name, lora_dirs)
+    if path is None:
+        raise ZTurboError(f"no LoRA named {name!r} in the LoRA folders")
+    return path
+
+
+def _lora_files(lora_dirs: list[str]) -> list[Path]:
+    """Every file ``resolve_lora`` can reach, folder by folder."""
+    files = []
     for folder in lora_dirs:
         root = Path(folder).expanduser().resolve()
-        candidate = (root / filename).resolve()
-        if candidate.parent == root and candidate.is_file():
-            return candidate
-    raise ZTurboError(f"no LoRA named {name!r} in the LoRA folders")
+        if root.is_dir():
+            files.extend(p for p in sorted(root.glob("*.safetensors"))
+                         if _NAME.fullmatch(p.name) and _in_folder(root, p.name) is not None)
+    return files
+
+
+def _content(path: Path) -> str | None:
+    """A LoRA file's content identity (``lora_digest``), None for a file that is none."""
+    try:
+        return lora_digest(path, partial=True)
+    except (ZTurboError, OSError):
+        return None
+
+
+def lora_by_content(sha256: str, name: str, lora_dirs: list[str]) -> Path:
+    """The file in ``lora_dirs`` whose content has ``sha256``: the one named ``name`` when
+    it has that content, else any other (hashes are memoised, so a search reads each file
+    version once); a clear error when none has it."""
+    _check_name(name, lora_dirs)
+    named = _named(name, lora_dirs)
+    if named is not None and _content(named) == sha256:
+        return named
+    for path in _lora_files(lora_dirs):
+        if path.resolve() != named and _content(path) == sha256:
+            return path.resolve()
+    now = (f"the file named {name!r} has other content" if named is not None
+           else f"none is named {name!r}")
+    raise ZTurboError(f"LoRA {name!r}: no file in the LoRA folders has the sha256 the request "
+                      f"names ({sha256[:16]}...; {now}); put that file back, or pick the LoRA "
+                      f"by name without a sha256")
 
 
 def list_loras(lora_dirs: list[str]) -> list[str]:
     """The LoRA names ``resolve_lora`` accepts (for a server's listing)."""
-    names = set()
-    for folder in lora_dirs:
-        root = Path(folder).expanduser()
-        if root.is_dir():
-            names.update(p.stem for p in root.glob("*.safetensors")
-                         if _NAME.fullmatch(p.name) and p.is_file())
-    return sorted(names)
+    return sorted({p.stem for p in _lora_files(lora_dirs)})
 
 
 def load_checked(pipe, path: Path, adapter: str, partial: bool = False,
@@ -196,13 +246,21 @@ def describe_loras(lora_dirs: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def find_pick(pick, lora_dirs: list[str]) -> Path:
+    """The file of one pick: by content when it names a sha256, else by name."""
+    if pick.sha256 is not None:
+        return lora_by_content(pick.sha256, pick.name, lora_dirs)
+    return resolve_lora(pick.name, lora_dirs)
+
+
 def pick_loras(picks, lora_dirs: list[str], partial: bool = False) -> tuple:
     """Request LoRA picks (``LoraPick``s: make_request has checked their shape) resolved to
     files in ``lora_dirs``, each with the digest of its converted tensors (the teleport key
-    follows content, not names nor the layout the file is in)."""
+    follows content, not names nor the layout the file is in). A pick with a sha256 keeps
+    it: only a file with that content serves it."""
     out = []
     for pick in picks:
-        path = resolve_lora(pick.name, lora_dirs)
+        path = find_pick(pick, lora_dirs)
         sha = lora_digest(path, partial)
         _PICKED[sha] = path
         skipped = tuple(s["key"] for s in _CHECKED[file_sha256(path)].skipped)
@@ -218,11 +276,14 @@ def _load_request_adapter(engine, pick, wanted: set[str]) -> str:
     if pick.sha256 in loaded:
         loaded[pick.sha256] = loaded.pop(pick.sha256)  # most recently used goes last
         return loaded[pick.sha256]
-    path = _PICKED.get(pick.sha256) or resolve_lora(pick.name, engine.settings.lora_dirs)
-    if lora_digest(path, engine.settings.lora_partial) != pick.sha256:
-        raise ZTurboError(f"LoRA {pick.name!r} changed since the request was made")
+    path = _PICKED.get(pick.sha256)
+    if path is None or not path.is_file() or _content(path) != pick.sha256:
+        path = lora_by_content(pick.sha256, pick.name, engine.settings.lora_dirs)
     adapter = f"req_{pick.sha256[:16]}"
-    load_checked(pipe, path, adapter, engine.settings.lora_partial)
+    checked = load_checked(pipe, path, adapter, engine.settings.lora_partial)
+    if checked.report.digest != pick.sha256:  # rewritten between the search and the load
+        _drop_adapter(pipe, adapter)
+        raise ZTurboError(f"LoRA {pick.name!r} changed while it was being loaded: try again")
     loaded[pick.sha256] = adapter
     counts = adapter_counts(engine)
     counts["loads"] += 1
