@@ -1,8 +1,13 @@
 # The README's two commands: `make demo` and `make test`.
-.PHONY: setup demo lint test test-fast docs bench fuzz oracle
+.PHONY: setup demo lint test test-fast docs bench fuzz oracle lock
 
 setup:
 	@scripts/setup
+
+# requirements/lock.txt (the versions scripts/setup installs): a clean resolve of every extra
+# (about a minute, nothing installed), or `make lock VENV=.venv` to freeze a venv (a second)
+lock:
+	$(or $(wildcard .venv/bin/python),python3) scripts/lock.py $(if $(VENV),--from-venv $(VENV),)
 
 demo: setup
 	.venv/bin/zturbo generate "a red robot" --model demo --seed 42 -W 256 -H 256
