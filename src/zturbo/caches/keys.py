@@ -2,7 +2,8 @@
 
 The teleport key digests everything that decides a trajectory:
 - the model fingerprint (weights identity, dtype, device type, library versions, the
-  hardware's numerics identity (GPU model, CUDA/cuDNN; CPU threads and SIMD level), and
+  numerics identity of each component's device (``numerics``: switches, dispatch
+  variables, hardware, and a canary computation's hash), and
   ``engine.extras``: quantisation, LoRAs, attention backend, step caching, compile...);
 - the prompt embedding itself (a digest of its tensors: covers prompt, template, hidden
   layer, long-prompt mode, max length, and embeddings loaded from a file);
