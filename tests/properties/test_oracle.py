@@ -39,3 +39,30 @@ def test_caches_never_change_a_pixel(tmp_path, server):
                         ("teleport:image", 10), ("embedding", 80), ("vae_latent", 8)):
         assert figures.hits.get(kind, 0) >= floor, (kind, summary(figures))
     assert sum(figures.events.values()) >= 15, summary(figures)  # corruptions, restarts
+
+
+@pytest.mark.subprocess
+def test_processes_with_other_numerics_never_share_entries(tmp_path, server):
+    """Two rounds of fresh processes, one with DNNL_MAX_CPU_ISA=AVX2, on one disk tier and
+    one Redis: no first-round hit from the other's entries, every image equal to the
+    process's own cache-off engine's, and the second round served from the shared tiers."""
+    from oracle import run_numerics
+
+    log = io.StringIO()
+    figures = run_numerics(tmp_path / "numerics", server.url, seed=3, requests=4,
+                           variants=["base", "dnnl-avx2"], rounds=2, out=log)
+    print(summary(figures))
+    assert not figures.mismatches, log.getvalue() + "\n" + summary(figures)
+    assert figures.processes == 4 and figures.crossed == 0
+    assert figures.compared >= 12, summary(figures)
+    assert figures.tiers.get("disk", 0) + figures.tiers.get("redis", 0) >= 2, summary(figures)
+
+
+def test_two_engines_under_two_threads_give_the_cache_off_pixels(tmp_path, server):
+    from oracle import run_threads
+
+    log = io.StringIO()
+    figures = run_threads(tmp_path / "threads", server.url, seed=5, requests=5, out=log)
+    print(summary(figures))
+    assert not figures.mismatches, log.getvalue() + "\n" + summary(figures)
+    assert figures.requests == 10 and figures.compared >= 6, summary(figures)

@@ -15,8 +15,22 @@ entries corrupted on disk and in Redis, and a fresh engine on the same disk and 
 sequence runs on one acceleration setup (plain, or a static step cache): step caching is
 engine-level, so each setup gets its own cache-on and cache-off engines.
 
+Two more runs look where a single engine is blind:
+
+- **numerics** (``run_numerics``): several processes, each with other numerics (an
+  environment variable that changes kernel dispatch, ``DNNL_MAX_CPU_ISA=AVX2`` or
+  ``MKL_CBWR=COMPATIBLE``; matmul precision "medium"; two threads), run the same seeded
+  requests on ONE shared disk tier and ONE Redis, in rounds of fresh processes. Each
+  compares with its own cache-off engine (same numerics); on top, in the first round a
+  process may be served from disk or Redis only by entries of its own numerics, and there
+  are none yet: any such hit is an entry that crossed, counted as a mismatch.
+- **threads** (``run_threads``): two cache-on engines in one process on shared tiers, run
+  from two threads at once with per-request LoRAs; every image must equal a cache-off
+  engine's, computed serially.
+
     PYTHONPATH=src python tests/support/oracle.py --seed 1 --sequences 20 --requests 40
     PYTHONPATH=src python tests/support/oracle.py --seed 1234 --upto 17     # replay one failure
+    PYTHONPATH=src python tests/support/oracle.py --numerics 3 --threads 2 --requests 20
     make oracle SEED=1 SEQUENCES=200 N=40
 
 Only the public API is used (``zturbo.load``, ``Settings``, ``engine.generate``, the cache
@@ -30,8 +44,10 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,6 +306,11 @@ class Figures:
     crashes: dict[str, int] = field(default_factory=dict)  # both engines raised, not clearly
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    # the numerics and threads runs
+    processes: int = 0
+    variants: list[str] = field(default_factory=list)
+    tiers: dict[str, int] = field(default_factory=dict)  # teleport hits by serving tier
+    crossed: int = 0  # first-round hits from another numerics' entries (each a mismatch)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -482,6 +503,221 @@ def _flush_redis(url: str) -> None:
     redis.Redis.from_url(url).flushdb()
 
 
+# ------------------------------------------------------------------ numerics and threads
+
+# Numerics variants: what a process sets before it loads (environment, precision, threads).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "dnnl-avx2": {"env": {"DNNL_MAX_CPU_ISA": "AVX2"}},
+    "matmul-medium": {"precision": "medium"},
+    "mkl-cbwr": {"env": {"MKL_CBWR": "COMPATIBLE"}},
+    "threads-2": {"threads": 2},
+}
+
+
+def fault_free(rng: random.Random, requests: int, loras: bool = False) -> list[dict[str, Any]]:
+    """A seeded list of plain-setup requests without injected faults (with ``loras``, each
+    picks at least one good LoRA)."""
+    history: list[dict[str, Any]] = []
+    for _ in range(requests):
+        spec = next_spec(rng, "plain", history)
+        spec["fault"] = None
+        if loras:
+            spec["fields"].setdefault("loras", [f"{rng.choice(GOOD_LORAS)}:1.0"])
+        history.append(spec)
+    return history
+
+
+def _tally(figures: Figures, got: Outcome) -> None:
+    """Teleport hits of one response, by what served them and by tier."""
+    for replay in got.teleport:
+        served = replay.get("served", "resume" if replay.get("hit") else "full")
+        if served != "full":
+            figures.hits["teleport"] += 1
+            figures.hits[f"teleport:{served}"] = figures.hits.get(f"teleport:{served}", 0) + 1
+            figures.tiers[replay["tier"]] = figures.tiers.get(replay["tier"], 0) + 1
+
+
+def judge(figures: Figures, spec: dict[str, Any], got: Outcome, want) -> str | None:
+    """Count one response against the cache-off one (``want()`` computes it when needed);
+    the problem, or None."""
+    figures.requests += 1
+    _tally(figures, got)
+    if got.error is not None and _expected(spec, got.error):
+        figures.failed_as_expected += 1
+        return None
+    reference = want()
+    if got.error is not None and reference.error is not None:
+        figures.rejected_by_both += 1
+        return None
+    problem = _difference(got, reference)
+    if problem is None:
+        figures.compared += 1
+    return problem
+
+
+def numerics_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """One process of the numerics run (its variant set before anything loads): the
+    requests on a cache-on engine (shared disk and Redis) and a cache-off one."""
+    import torch
+
+    variant = VARIANTS[config["variant"]]
+    if "precision" in variant:
+        torch.set_float32_matmul_precision(variant["precision"])
+    if "threads" in variant:
+        torch.set_num_threads(variant["threads"])
+    lora_dir = Path(config["lora_dir"])
+    engine = zturbo.load("demo", settings=cache_settings("plain", lora_dir, config["redis_url"],
+                                                         cached=True, repeat="image"))
+    reference = zturbo.load("demo", settings=cache_settings("plain", lora_dir, None,
+                                                            cached=False))
+    figures = Figures()
+    where = f"{config['variant']} round {config['round']}"
+    specs = fault_free(random.Random(f"numerics-{config['seed']}"), config["requests"])
+    for index, spec in enumerate(specs):
+        got = run(engine, spec)
+        problem = judge(figures, spec, got, lambda: run(reference, spec, with_fault=False))
+        figures.references += 1
+        crossed = [t["tier"] for t in got.teleport
+                   if t.get("hit") and t.get("tier") in ("disk", "redis")]
+        if config["round"] == 1 and crossed:  # no entry of this numerics existed there yet
+            figures.crossed += 1
+            problem = f"{problem or 'equal pixels'}; served from {crossed[0]} in the first " \
+                      "round: an entry of another numerics"
+        if problem:
+            figures.mismatches.append({"where": f"{where} request {index}", "problem": problem,
+                                       "request": spec})
+    out = figures.as_dict()
+    out["fingerprint"] = engine.fingerprint
+    engine.close()
+    reference.close()
+    return out
+
+
+def _spawn(config: dict[str, Any], home: Path) -> subprocess.Popen:
+    variant = VARIANTS[config["variant"]]
+    env = {**os.environ, "ZTURBO_HOME": str(home), **variant.get("env", {})}
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker",
+                             json.dumps(config)], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def _merge(total: Figures, part: dict[str, Any]) -> None:
+    for name in ("requests", "compared", "failed_as_expected", "rejected_by_both",
+                 "references", "crossed"):
+        setattr(total, name, getattr(total, name) + part[name])
+    for name in ("hits", "tiers"):
+        for key, value in part[name].items():
+            getattr(total, name)[key] = getattr(total, name).get(key, 0) + value
+    total.mismatches.extend(part["mismatches"])
+
+
+def run_numerics(workdir: Path, redis_url: str, seed: int, requests: int,
+                 variants: list[str], rounds: int = 2, parallel: int = 2,
+                 out=sys.stdout) -> Figures:
+    """Rounds of one fresh process per variant on one shared state dir and Redis. The
+    first round runs one process at a time (each finds the entries of the variants before
+    it, which it must never be served); later rounds ``parallel`` at a time."""
+    started = time.perf_counter()
+    figures = Figures(variants=list(variants))
+    oracle = Oracle(Path(workdir), redis_url, out=out)  # the LoRA files and models folder
+    oracle.close()
+    home = Path(workdir) / "numerics-home"
+    oracle._use_home(home)
+    _flush_redis(redis_url)
+    fingerprints: dict[str, set[str]] = {}
+    for round_ in range(1, rounds + 1):
+        todo = [{"variant": v, "round": round_, "seed": seed, "requests": requests,
+                 "redis_url": redis_url, "lora_dir": str(oracle.lora_dir)} for v in variants]
+        while todo:
+            width = 1 if round_ == 1 else parallel
+            batch, todo = todo[:width], todo[width:]
+            for config, proc in [(c, _spawn(c, home)) for c in batch]:
+                stdout, _ = proc.communicate(timeout=1800)
+                figures.processes += 1
+                if proc.returncode != 0:
+                    figures.mismatches.append({"where": f"{config['variant']} round {round_}",
+                                               "problem": f"worker exited {proc.returncode}"})
+                    continue
+                part = json.loads(stdout.strip().splitlines()[-1])
+                fingerprints.setdefault(config["variant"], set()).add(part["fingerprint"])
+                _merge(figures, part)
+                for m in part["mismatches"]:
+                    print(f"MISMATCH {m['where']}: {m['problem']}\n  request: "
+                          f"{json.dumps(m['request'])}", file=out, flush=True)
+    _count_kinds(figures, home, redis_url, oracle.lora_dir)
+    moved = [v for v, f in fingerprints.items() if len(f) > 1]
+    owners = [next(iter(f)) for f in fingerprints.values() if len(f) == 1]
+    if moved or len(set(owners)) != len(owners):
+        figures.mismatches.append({"where": "fingerprints", "problem": (
+            f"a variant's fingerprint moved between rounds ({moved}) or two variants "
+            f"share one")})
+    figures.sequences = rounds
+    figures.seconds = round(time.perf_counter() - started, 1)
+    return figures
+
+
+def _count_kinds(figures: Figures, home: Path, redis_url: str, lora_dir: Path) -> None:
+    """Embedding and VAE-latent hits of every process (the shared disk tier's counters)."""
+    from zturbo.caches import build_cache
+
+    os.environ["ZTURBO_HOME"] = str(home)
+    cache = build_cache(cache_settings("plain", lora_dir, redis_url, cached=True))
+    try:
+        for kind, counts in cache.stats()["kinds"].items():
+            if kind != "teleport":
+                figures.hits[kind] = figures.hits.get(kind, 0) + int(counts.get("hits", 0))
+    finally:
+        cache.close()
+
+
+def run_threads(workdir: Path, redis_url: str, seed: int, requests: int,
+                out=sys.stdout) -> Figures:
+    """Two cache-on engines in one process, on shared tiers, from two threads at once with
+    per-request LoRAs; each image against a cache-off engine's (computed serially)."""
+    started = time.perf_counter()
+    figures = Figures(processes=1, sequences=1)
+    oracle = Oracle(Path(workdir), redis_url, out=out)
+    home = Path(workdir) / "threads-home"
+    oracle._use_home(home)
+    _flush_redis(redis_url)
+    lanes = [fault_free(random.Random(f"threads-{seed}-{i}"), requests, loras=True)
+             for i in range(2)]
+    engines = [oracle._cached_engine("plain", "image") for _ in range(2)]
+    results: list[list[Outcome]] = [[], []]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def lane(i: int) -> None:
+        try:
+            start.wait()
+            results[i].extend(run(engines[i], spec) for spec in lanes[i])
+        except BaseException as exc:  # noqa: BLE001 - reported as a mismatch
+            errors.append(exc)
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    figures.mismatches.extend({"where": "threads", "problem": repr(e)} for e in errors)
+    for i in range(2):
+        for index, (spec, got) in enumerate(zip(lanes[i], results[i])):
+            problem = judge(figures, spec, got, lambda: oracle.reference("plain", spec))
+            if problem:
+                figures.mismatches.append({"where": f"thread {i} request {index}",
+                                           "problem": problem, "request": spec})
+                print(f"MISMATCH thread {i} request {index}: {problem}\n  request: "
+                      f"{json.dumps(spec)}", file=out, flush=True)
+    for engine in engines:
+        oracle._count_hits(engine)
+        engine.close()
+    figures.references = oracle.figures.references
+    for kind in ("embedding", "vae_latent"):
+        figures.hits[kind] = oracle.figures.hits.get(kind, 0)
+    oracle.close()
+    figures.seconds = round(time.perf_counter() - started, 1)
+    return figures
+
 # ------------------------------------------------------------------ command line
 
 
@@ -505,7 +741,7 @@ def run_oracle(workdir: Path, redis_url: str, seeds: list[int], requests: int,
 
 def summary(figures: Figures) -> str:
     f = figures
-    failing = sorted({m["seed"] for m in f.mismatches})
+    failing = sorted({m["seed"] for m in f.mismatches if "seed" in m})
     lines = [
         f"oracle: {f.sequences} sequences, {f.requests} requests in {f.seconds} s",
         (f"  compared pixel for pixel: {f.compared}; failed as injected/expected: "
@@ -517,6 +753,11 @@ def summary(figures: Figures) -> str:
         + (", ".join(f"{k} x{v}" for k, v in sorted(f.crashes.items())) or "none"),
         f"  mismatches: {len(f.mismatches)}" + (f" (seeds {failing})" if failing else ""),
     ]
+    if f.processes:
+        lines.insert(1, f"  processes: {f.processes}; numerics variants: "
+                        f"{', '.join(f.variants) or 'one'}; teleport hits by tier: "
+                        + (", ".join(f"{k} {v}" for k, v in sorted(f.tiers.items())) or "none")
+                        + f"; entries that crossed: {f.crossed}")
     return "\n".join(lines)
 
 
@@ -534,18 +775,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=None,
                         help="keep starting sequences until this many minutes have passed")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--numerics", type=int, default=0, metavar="ROUNDS",
+                        help="instead: the numerics run, this many rounds of processes")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"numerics variants (of {', '.join(VARIANTS)})")
+    parser.add_argument("--threads", type=int, default=0, metavar="RUNS",
+                        help="instead: this many runs of two engines under two threads")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:  # one process of the numerics run
+        print(json.dumps(numerics_worker(json.loads(args.worker))))
+        return 0
     seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
              else list(range(args.seed, args.seed + args.sequences)))
+    runs: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="zturbo-oracle-") as tmp, \
             LocalRedis(Path(tmp) / "redis") as server:
-        figures = run_oracle(Path(tmp), server.url, seeds, args.requests, args.upto,
-                             args.minutes)
-    print(summary(figures))
+        if args.numerics:
+            variants = [v for v in args.variants.split(",") if v]
+            runs.append(run_numerics(Path(tmp) / "numerics", server.url, args.seed,
+                                     args.requests, variants, rounds=args.numerics))
+        for i in range(args.threads):
+            runs.append(run_threads(Path(tmp) / f"threads-{i}", server.url, args.seed + i,
+                                    args.requests))
+        if not runs:
+            runs.append(run_oracle(Path(tmp), server.url, seeds, args.requests, args.upto,
+                                   args.minutes))
+    for figures in runs:
+        print(summary(figures))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures.as_dict(), indent=2) + "\n")
-    return 1 if figures.mismatches else 0
+        data = [f.as_dict() for f in runs]
+        args.json.write_text(json.dumps(data[0] if len(data) == 1 else data, indent=2) + "\n")
+    return 1 if any(f.mismatches for f in runs) else 0
 
 
 if __name__ == "__main__":
