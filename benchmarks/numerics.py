@@ -25,7 +25,7 @@ os.environ.setdefault("ZTURBO_HOME", tempfile.mkdtemp(prefix="zturbo-bench-numer
 import torch  # noqa: E402
 
 from zturbo import numerics  # noqa: E402
-from zturbo.measure import median, report  # noqa: E402
+from zturbo.generation.measure import median, report  # noqa: E402
 from zturbo.numerics import Placement, Shapes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "numerics.json"

@@ -18,9 +18,10 @@ encoder, DiT, VAE: each on its own device, in its own dtype):
 
 The canary costs milliseconds (``benchmarks/numerics.py``); its hash is memoised in the
 process and in the state dir (``numerics_canary.json``) under everything that can differ
-between two processes: every environment variable, the host (CPU/GPU), the installed
-packages, the live switches, the device, dtype and shapes. So a fresh process skips it,
-and a switch flipped in-process (read live, never memoised) runs it again.
+between two processes: every environment variable the process started with, the host
+(CPU/GPU), the installed packages, the live switches, the device, dtype and shapes. So a
+fresh process skips it, and a switch flipped in-process (read live, never memoised) runs it
+again.
 """
 
 from __future__ import annotations
@@ -310,10 +311,17 @@ def _process_digest(device: str) -> str:
                    "host": device_identity(device)})
 
 
+# The environment the process started with: what the libraries read when they initialise
+# (oneDNN reads DNNL_MAX_CPU_ISA once, at its first use); a variable set later changes
+# nothing in this process, so it must not key this process's measurement either.
+_START_ENV = dict(os.environ)
+
+
 def memo_key(placement: Placement) -> str:
     """Everything the canary's result can depend on: the memo key of its hash (every
-    environment variable, the packages, the hardware, the live switches, the placement)."""
-    return digest({"v": CANARY_VERSION, "env": dict(os.environ),
+    environment variable the process started with, the packages, the hardware, the live
+    switches, the placement)."""
+    return digest({"v": CANARY_VERSION, "env": _START_ENV,
                    "process": _process_digest(placement.device),
                    "flags": precision_flags(placement.device), "placement": asdict(placement)})
 

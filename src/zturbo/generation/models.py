@@ -298,6 +298,7 @@ def load(
         extras=extras, caches=build_cache(settings),
     )
     accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
+    engine.fingerprint  # measures the numerics canary now, not in a first request
     engine.load_seconds = time.perf_counter() - started
     return engine
 

@@ -14,9 +14,9 @@ from PIL import Image
 import zturbo
 from zturbo import Settings
 from zturbo.config import make_request
+from zturbo.config.metadata import save_png
 from zturbo.engine.lora import lora_digest
 from zturbo.errors import ZTurboError
-from zturbo.metadata import save_png
 
 from conftest import pixels, run_cli
 from knob_files import make_lora
