@@ -568,7 +568,8 @@ def numerics_worker(config: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(variant["threads"])
     lora_dir = Path(config["lora_dir"])
     engine = zturbo.load("demo", settings=cache_settings("plain", lora_dir, config["redis_url"],
-                                                         cached=True, repeat="image"))
+                                                         cached=True,
+                                                         repeat=config.get("repeat", "image")))
     reference = zturbo.load("demo", settings=cache_settings("plain", lora_dir, None,
                                                             cached=False))
     figures = Figures()
@@ -614,20 +615,25 @@ def _merge(total: Figures, part: dict[str, Any]) -> None:
 def run_numerics(workdir: Path, redis_url: str, seed: int, requests: int,
                  variants: list[str], rounds: int = 2, parallel: int = 2,
                  out=sys.stdout) -> Figures:
-    """Rounds of one fresh process per variant on one shared state dir and Redis. The
-    first round runs one process at a time (each finds the entries of the variants before
-    it, which it must never be served); later rounds ``parallel`` at a time."""
+    """Rounds of one fresh process per variant on one shared Redis. The first round runs
+    one process at a time (each finds the entries of the variants before it, which it must
+    never be served); later rounds ``parallel`` at a time. Odd rounds share one state dir
+    (disk tier), even rounds another, first empty (so Redis serves them); the rounds cycle
+    through the ``teleport_repeat`` modes (image, latent, off: resumes from stored steps)."""
     started = time.perf_counter()
     figures = Figures(variants=list(variants))
     oracle = Oracle(Path(workdir), redis_url, out=out)  # the LoRA files and models folder
     oracle.close()
-    home = Path(workdir) / "numerics-home"
-    oracle._use_home(home)
+    homes = [Path(workdir) / f"numerics-home-{i}" for i in (0, 1)]
+    for home in homes:
+        oracle._use_home(home)
     _flush_redis(redis_url)
     fingerprints: dict[str, set[str]] = {}
     for round_ in range(1, rounds + 1):
         todo = [{"variant": v, "round": round_, "seed": seed, "requests": requests,
-                 "redis_url": redis_url, "lora_dir": str(oracle.lora_dir)} for v in variants]
+                 "redis_url": redis_url, "lora_dir": str(oracle.lora_dir),
+                 "repeat": REPEATS[(round_ - 1) % len(REPEATS)]} for v in variants]
+        home = homes[round_ % 2]
         while todo:
             width = 1 if round_ == 1 else parallel
             batch, todo = todo[:width], todo[width:]
@@ -644,7 +650,8 @@ def run_numerics(workdir: Path, redis_url: str, seed: int, requests: int,
                 for m in part["mismatches"]:
                     print(f"MISMATCH {m['where']}: {m['problem']}\n  request: "
                           f"{json.dumps(m['request'])}", file=out, flush=True)
-    _count_kinds(figures, home, redis_url, oracle.lora_dir)
+    for home in homes:
+        _count_kinds(figures, home, redis_url, oracle.lora_dir)
     moved = [v for v, f in fingerprints.items() if len(f) > 1]
     owners = [next(iter(f)) for f in fingerprints.values() if len(f) == 1]
     if moved or len(set(owners)) != len(owners):
