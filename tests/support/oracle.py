@@ -595,9 +595,11 @@ def numerics_worker(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _spawn(config: dict[str, Any], home: Path) -> subprocess.Popen:
+def _spawn(config: dict[str, Any], home: Path, secret: str) -> subprocess.Popen:
+    """A worker process; every one shares the tiers' secret (as replicas must)."""
     variant = VARIANTS[config["variant"]]
-    env = {**os.environ, "ZTURBO_HOME": str(home), **variant.get("env", {})}
+    env = {**os.environ, "ZTURBO_HOME": str(home), "ZTURBO_CACHE_SECRET": secret,
+           **variant.get("env", {})}
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker",
                              json.dumps(config)], env=env, stdout=subprocess.PIPE, text=True)
 
@@ -629,6 +631,7 @@ def run_numerics(workdir: Path, redis_url: str, seed: int, requests: int,
         oracle._use_home(home)
     _flush_redis(redis_url)
     fingerprints: dict[str, set[str]] = {}
+    secret = f"oracle-{seed}-{os.getpid()}-shared-secret"
     for round_ in range(1, rounds + 1):
         todo = [{"variant": v, "round": round_, "seed": seed, "requests": requests,
                  "redis_url": redis_url, "lora_dir": str(oracle.lora_dir),
@@ -637,7 +640,7 @@ def run_numerics(workdir: Path, redis_url: str, seed: int, requests: int,
         while todo:
             width = 1 if round_ == 1 else parallel
             batch, todo = todo[:width], todo[width:]
-            for config, proc in [(c, _spawn(c, home)) for c in batch]:
+            for config, proc in [(c, _spawn(c, home, secret)) for c in batch]:
                 stdout, _ = proc.communicate(timeout=1800)
                 figures.processes += 1
                 if proc.returncode != 0:
