@@ -155,7 +155,9 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                 raise ZTurboError(f"LoRA {path.name} has {len(keys)} keys; the limit is "
                                   f"{MAX_KEYS}")
             metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in keys}
+            # copied out of the memory map: a loaded adapter must not follow its file when
+            # the file is rewritten in place
+            tensors = {k: handle.get_tensor(k).clone() for k in keys}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ZTurboError(f"cannot load LoRA {path.name}: not a readable safetensors file "
                           f"(truncated?): {exc}") from None
