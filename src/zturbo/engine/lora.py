@@ -21,16 +21,17 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from safetensors import SafetensorError
 
 from zturbo.buildlock import BUILD_LOCK
-from zturbo.engine.lora_layouts import load_conversion
-from zturbo.engine.lora_report import Checked, check, fit, linears, require_applicable
 from zturbo.errors import ZTurboError
 from zturbo.hashing import file_sha256
+
+if TYPE_CHECKING:  # the readers import torch: loaded where a LoRA is read, not by config
+    from zturbo.engine.lora_report import Checked
 
 # What loading a file that is not a LoRA raises (a bad safetensors header among them)
 LOAD_ERRORS = (ValueError, KeyError, RuntimeError, OSError, SafetensorError)
@@ -146,6 +147,8 @@ def load_checked(pipe, path: Path, adapter: str, partial: bool = False,
     """Read, convert (any layout: ``lora_layouts``), fit and load one LoRA file as the
     adapter ``adapter``; refused with the keys it cannot apply unless ``partial``. A failed
     load leaves no partial adapter behind."""
+    from zturbo.engine.lora_report import check, linears, require_applicable  # torch
+
     checked = check(path, linears(pipe.transformer), scale)
     require_applicable(checked, partial)
     try:
@@ -221,6 +224,9 @@ def lora_digest(path: Path, partial: bool = False) -> str:
     """The digest of a LoRA file's converted tensors (memoised by the file's sha256): the
     content identity of a LoRA whatever its layout. A file with keys Z-Image cannot take is
     refused here (listed) unless ``partial``, before any adapter is looked up."""
+    from zturbo.engine.lora_layouts import load_conversion  # torch
+    from zturbo.engine.lora_report import Checked, fit, require_applicable
+
     file_sha = file_sha256(path)
     try:
         if file_sha not in _CHECKED:

@@ -23,12 +23,17 @@ RECHECK_S = 2.0
 
 
 def engine_identity(settings, engine) -> dict[str, Any]:
-    """The identity parts of the loaded engine, as a client computes them for itself."""
+    """The identity parts of the loaded engine, as a client computes them for itself. The
+    files part is read from disk as a client reads it (fused LoRAs by file sha256: a client
+    compares files without converting them), and only when its weights are the ones the
+    engine loaded; otherwise no client can match it."""
+    files = parts.file_parts(settings)
+    if files is not None and files["weights"] != dict(engine.identity):
+        files = None  # changed on disk since the load
     return {
         "settings": parts.settings_key(settings),
         "versions": parts.versions(),
-        "files": {"weights": dict(engine.identity),
-                  "loras": parts.lora_identities(engine.extras.get("loras", []))},
+        "files": files,
         "numerics": parts.numerics(settings),  # read in this process, as a client does
     }
 

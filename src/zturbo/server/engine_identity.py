@@ -167,11 +167,6 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
         return None
 
 
-def lora_identities(loras: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fused LoRAs as ``{sha256, scale}`` (the engine's ``extras["loras"]`` or computed)."""
-    return [{"sha256": lora["sha256"], "scale": float(lora["scale"])} for lora in loras]
-
-
 def file_parts(settings: Settings) -> dict[str, Any] | None:
     """The weights and fused files ``settings`` name, by content (None: one is missing)."""
     folder = model_folder(settings.model, settings.revision)
@@ -182,10 +177,10 @@ def file_parts(settings: Settings) -> dict[str, Any] | None:
         weights = {c: weights_identity(folder, c) for c in COMPONENTS}
         if settings.transformer_file:
             weights["transformer"] = f"file:{file_sha256(Path(settings.transformer_file))}"
-        loras = [{"sha256": file_sha256(s.path), "scale": s.scale} for s in specs]
+        loras = [{"sha256": file_sha256(s.path), "scale": float(s.scale)} for s in specs]
     except (OSError, ValueError):  # a file gone or unreadable meanwhile, a bad LoRA spec
         return None
-    return {"weights": weights, "loras": lora_identities(loras)}
+    return {"weights": weights, "loras": loras}
 
 
 def client_parts(settings: Settings) -> dict[str, Callable[[], Any]]:
