@@ -81,6 +81,15 @@ def test_cli_lora_that_is_not_a_lora(engine, tmp_path):
     assert engine.generate("x", seed=1, width=64, height=64, steps=1).images[0]
 
 
+def test_a_lora_scale_that_is_not_a_number_says_so(zturbo_home, tmp_path):
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"x")
+    out = run_cli("generate", "x", *FAST, "--server", "off", "--lora", f"{lora}:abc")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines()[-1] == f"zturbo: error: LoRA scale 'abc' for {lora} is not a number"
+    assert out.stderr.count("error") == 1, out.stderr
+
+
 def test_bad_option_value_is_one_line(monkeypatch, capsys):
     from zturbo.cli import main
 

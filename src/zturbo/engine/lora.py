@@ -48,6 +48,11 @@ class LoraSpec:
     scale: float = 1.0
 
 
+def _names_a_lora_file(path: str) -> bool:
+    """Whether ``path`` reads as a LoRA file (so a ':' after it starts a scale)."""
+    return path.endswith(".safetensors") or Path(path).expanduser().is_file()
+
+
 def parse_lora(text: str | LoraSpec) -> LoraSpec:
     """``PATH[:SCALE]`` -> LoraSpec (a path may itself hold ':' when no scale follows)."""
     if isinstance(text, LoraSpec):
@@ -58,7 +63,9 @@ def parse_lora(text: str | LoraSpec) -> LoraSpec:
         try:
             path, scale = head, float(tail)
         except ValueError:
-            pass  # no scale: the ':' belongs to the path
+            if _names_a_lora_file(head) and not Path(text).expanduser().exists():
+                raise ZTurboError(f"LoRA scale {tail!r} for {head} is not a number") from None
+            # otherwise no scale: the ':' belongs to the path
     if not -10.0 <= scale <= 10.0:
         raise ZTurboError(f"LoRA scale {scale} for {path} is outside -10..10")
     return LoraSpec(Path(path).expanduser(), scale)
