@@ -74,6 +74,17 @@ def test_clear_by_kind_and_tier(zturbo_home):
         assert message in out.stderr and "Traceback" not in out.stderr
 
 
+def test_clear_of_an_unknown_kind_is_refused_and_names_the_kinds(zturbo_home):
+    fill()
+    out = run_cli("cache", "clear", "--kind", "bogus")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr == ("zturbo: error: invalid cache kind 'bogus': the kinds are "
+                          "teleport, image, embedding, vae_latent, enhanced\n")
+    cache = build_cache(load_settings()[0])
+    assert cache.get("teleport", key(1)) is not None  # nothing was removed
+    cache.close()
+
+
 def test_verify_removes_a_corrupt_entry(zturbo_home):
     fill(n_teleport=3, n_embedding=0)
     (victim,) = (zturbo_home / "cache" / "v1" / "data").rglob(f"{key(2)}.*.bin")

@@ -20,6 +20,11 @@ SCHEMA = 1  # bump when the layout of any stored entry changes; enters every ent
 log = logging.getLogger("zturbo.caches")
 
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+# The kinds of entry the engine stores (each a folder and a key prefix); writers use these
+# names, and ``check_kind`` refuses any other, so this tuple is every kind there is.
+TELEPORT, IMAGE, EMBEDDING, VAE_LATENT, ENHANCED = KINDS = (
+    "teleport", "image", "embedding", "vae_latent", "enhanced")
 _KEY = re.compile(r"[0-9a-f]{16,128}")
 _WARN_EVERY_S = 300.0
 OUTAGE_LOG_EVERY_S = 60.0
@@ -71,9 +76,9 @@ class OutageLog:
 
 
 def check_kind(kind: str) -> str:
-    """A kind names a folder and a key prefix, so it is a short lower-case identifier."""
-    if not isinstance(kind, str) or not _KIND.fullmatch(kind):
-        raise ZTurboError(f"invalid cache kind {kind!r}: use lower-case letters, digits and _")
+    """``kind`` if it is one of ``KINDS`` (a kind names a folder and a key prefix)."""
+    if not isinstance(kind, str) or not _KIND.fullmatch(kind) or kind not in KINDS:
+        raise ZTurboError(f"invalid cache kind {kind!r}: the kinds are {', '.join(KINDS)}")
     return kind
 
 

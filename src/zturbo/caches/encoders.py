@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from zturbo.caches.base import EMBEDDING, VAE_LATENT
 from zturbo.caches.keys import embedding_key, vae_latent_key
 from zturbo.caches.packing import pack, unpack
 from zturbo.engine.placement import component_device
@@ -72,12 +73,12 @@ def keep_later(engine, kind: str, key: str,
 def cached_embed(engine, params: dict):
     """``steps.embed(engine, **params)`` through the embedding cache -> (Embedding, tier)."""
     key = embedding_key(engine, params)
-    hit = fetch(engine, "embedding", key)
+    hit = fetch(engine, EMBEDDING, key)
     if hit is not None:
         tensors, meta, tier = hit
         emb = Embedding([tensors[str(i)].to(engine.device) for i in range(len(tensors))],
                         int(meta["token_count"]), meta["truncated"] == "1")
-        engine.caches.record_saved("embedding", float(meta.get("cost_s", 0.0)))
+        engine.caches.record_saved(EMBEDDING, float(meta.get("cost_s", 0.0)))
         return emb, tier
     started = time.perf_counter()
     emb = embed(engine, **params)
@@ -85,7 +86,7 @@ def cached_embed(engine, params: dict):
     frozen = [t.detach().clone() for t in emb.tensors]  # stored by the cache writer
     meta = {"token_count": str(emb.token_count), "truncated": "1" if emb.truncated else "0",
             "cost_s": f"{cost:.6f}"}
-    keep_later(engine, "embedding", key,
+    keep_later(engine, EMBEDDING, key,
                lambda: ({str(i): t for i, t in enumerate(frozen)}, meta))
     return emb, None
 
@@ -109,10 +110,10 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     """
     key = vae_latent_key(engine, image_sha256(image), width, height,
                          encode_tiling(engine.pipe.vae, width, height))
-    hit = fetch(engine, "vae_latent", key)
+    hit = fetch(engine, VAE_LATENT, key)
     if hit is not None and hit[1].get("layout") in LAYOUTS:
         tensors, meta, tier = hit
-        engine.caches.record_saved("vae_latent", float(meta.get("cost_s", 0.0)))
+        engine.caches.record_saved(VAE_LATENT, float(meta.get("cost_s", 0.0)))
         moments = tensors["moments"].to(component_device(engine, "vae"))
         return in_layout(moments, meta["layout"]), tier
     started = time.perf_counter()
@@ -121,7 +122,7 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     pixels = pixels.to(device=component_device(engine, "vae"), dtype=vae.dtype)
     moments = vae.encode(pixels).latent_dist.parameters
     cost = time.perf_counter() - started
-    keep(engine, "vae_latent", key, {"moments": moments},
+    keep(engine, VAE_LATENT, key, {"moments": moments},
           {"cost_s": f"{cost:.6f}", "layout": layout_of(moments)})
     return moments, None
 

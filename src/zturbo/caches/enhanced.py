@@ -12,11 +12,12 @@ import time
 import numpy as np
 import torch
 
+from zturbo.caches.base import ENHANCED
 from zturbo.caches.encoders import drop, fetch, keep
 from zturbo.caches.keys import enhanced_key
 from zturbo.engine.enhance import SYSTEM_VERSION, Enhanced, TokenCallback, enhance
 
-KIND = "enhanced"
+KIND = ENHANCED
 
 
 def enhance_params(text: str, max_new_tokens: int) -> dict:

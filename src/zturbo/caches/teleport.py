@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from zturbo.caches.base import IMAGE, TELEPORT
 from zturbo.caches.encoders import LAYOUTS, drop, fetch, in_layout, keep_later, layout_of
 from zturbo.caches.keys import image_key, teleport_key
 from zturbo.config.metadata import ENCODED_PNG, pixel_digest, png_bytes
@@ -126,7 +127,7 @@ def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = 
 def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | None:
     """The deepest stored latent for this image, or None. A bad entry is a miss and is removed."""
     for step, key in replay.keys.items():  # deepest first
-        hit = fetch(engine, "teleport", key)
+        hit = fetch(engine, TELEPORT, key)
         if hit is None:
             continue
         tensors, meta, tier = hit
@@ -134,10 +135,10 @@ def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | Non
         if (latents is None or tuple(latents.shape) != shape or latents.dtype != torch.float32
                 or not bool(torch.isfinite(latents).all())
                 or meta.get("layout", "contiguous") not in LAYOUTS):
-            drop(engine, "teleport", key)
+            drop(engine, TELEPORT, key)
             continue
         replay.hit_step, replay.tier = step, tier
-        engine.caches.record_saved("teleport", float(meta.get("saved_s", 0.0)))
+        engine.caches.record_saved(TELEPORT, float(meta.get("saved_s", 0.0)))
         return in_layout(latents, meta.get("layout", "contiguous"))
     return None
 
@@ -147,7 +148,7 @@ def lookup_image(engine, replay: Replay, width: int, height: int) -> Image.Image
     image of the request's size is a miss and is removed."""
     if replay.image_key is None:
         return None
-    hit = fetch(engine, "image", replay.image_key)
+    hit = fetch(engine, IMAGE, replay.image_key)
     if hit is None:
         return None
     tensors, meta, tier = hit
@@ -158,11 +159,11 @@ def lookup_image(engine, replay: Replay, width: int, height: int) -> Image.Image
     except (OSError, UnidentifiedImageError, ValueError):
         image = None
     if image is None or image.size != (width, height) or meta.get("pixels") != pixel_digest(image):
-        drop(engine, "image", replay.image_key)
+        drop(engine, IMAGE, replay.image_key)
         return None
     image.info = {ENCODED_PNG: (data, meta["pixels"])}
     replay.image_hit, replay.hit_step, replay.tier = True, replay.steps, tier
-    engine.caches.record_saved("image", float(meta.get("saved_s", 0.0)))
+    engine.caches.record_saved(IMAGE, float(meta.get("saved_s", 0.0)))
     return image
 
 
@@ -181,7 +182,7 @@ def store_image(engine, replay: Replay, image: Image.Image, seconds: float) -> N
         return ({"png": torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())},
                 {"pixels": pixels, "saved_s": f"{seconds:.6f}"})
 
-    keep_later(engine, "image", replay.image_key, build)
+    keep_later(engine, IMAGE, replay.image_key, build)
 
 
 def store(engine, replay: Replay, step_seconds: float) -> None:
@@ -193,5 +194,5 @@ def store(engine, replay: Replay, step_seconds: float) -> None:
             return {"latents": latents}, {"step": str(step), "layout": layout_of(latents),
                                           "saved_s": f"{step * step_seconds:.6f}"}
 
-        if not keep_later(engine, "teleport", replay.keys[step], build):
+        if not keep_later(engine, TELEPORT, replay.keys[step], build):
             del replay.captured[step]

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from zturbo.caches.base import KINDS, check_kind
 from zturbo.cli.options import Profile, friendly_errors
 from zturbo.config import load_settings
 from zturbo.errors import ZTurboError
@@ -37,11 +38,13 @@ def cache_app(friendly_errors: Callable, profile_option: Any) -> typer.Typer:
     @app.command("clear")
     @friendly_errors
     def clear(
-        kind: Annotated[str | None, typer.Option("--kind", help="Only this kind, e.g. teleport, embedding, vae_latent.")] = None,
+        kind: Annotated[str | None, typer.Option("--kind", help=f"Only this kind: {', '.join(KINDS)}.")] = None,
         tier: Annotated[str | None, typer.Option("--tier", help="Only this tier: memory, disk or redis.")] = None,
         profile: profile_option = None,
     ) -> None:
         """Remove cached entries (all of them unless --kind / --tier narrow it)."""
+        if kind is not None:
+            check_kind(kind)  # an unknown kind is an error, not "removed 0"
         removed = _with_cache(profile, lambda cache: cache.clear(kind=kind, tier=tier))
         typer.echo(f"removed {removed} entries"
                    f"{f' of kind {kind}' if kind else ''}{f' from {tier}' if tier else ''}")
