@@ -97,3 +97,17 @@ def test_verify_removes_a_corrupt_entry(zturbo_home):
     assert again.returncode == 0 and "removed 0 bad" in again.stdout, again.stdout
     out = run_cli("cache", "verify", env={"ZTURBO_DISK_CACHE_MB": "0"})
     assert out.returncode == 2 and "no disk cache tier is configured" in out.stderr
+
+
+@pytest.mark.subprocess
+def test_a_redis_warning_starts_a_line_of_its_own_during_progress(zturbo_home, tmp_path):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    out = run_cli_process("generate", "x", "--model", "demo", "-W", "64", "-H", "64", "-s", "2",
+                          "--seed", "4", "--server", "off", "-o", str(tmp_path / "a.png"),
+                          env={"ZTURBO_REDIS_URL": url, "ZTURBO_REDIS_TIMEOUT_S": "0.2"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    (warning,) = [line for line in lines if "Redis" in line]
+    assert warning.startswith(f"Redis cache at {url} is unavailable"), out.stderr
+    progress = [line for line in lines if line.startswith("zturbo: seed 4: ")]
+    assert progress[-1].endswith("s") and "done" in progress[-1], out.stderr

@@ -17,15 +17,29 @@ from typing import TextIO
 
 
 class PlainTicker:
-    """One image's progress as one growing line of plain text."""
+    """One image's progress as one growing line of plain text.
+
+    Another writer's text (a warning) ends the line first (``break_line``); the progress
+    then goes on in a new line that repeats the label.
+    """
 
     def __init__(self, out: TextIO, label: str) -> None:
-        self.out, self.stage, self.started = out, "", time.perf_counter()
+        self.out, self.label, self.stage, self.started = out, label, "", time.perf_counter()
+        self.mid_line = self.broken = False
         self._write(f"zturbo: {label}: ")
 
     def _write(self, text: str) -> None:
+        if self.broken:
+            text, self.broken = f"zturbo: {self.label}: ... {text.removeprefix(', ')}", False
         self.out.write(text)
         self.out.flush()
+        self.mid_line = not text.endswith("\n")
+
+    def break_line(self) -> None:
+        """End the progress line so that what is written next starts a line of its own."""
+        if self.mid_line:
+            self.out.write("\n")
+            self.mid_line, self.broken = False, True
 
     def set_stage(self, stage: str) -> None:
         if stage != self.stage:
@@ -41,6 +55,36 @@ class PlainTicker:
     def close(self, outcome: str = "done") -> None:
         self._write(f"{', ' if self.stage else ''}{outcome} "
                     f"{time.perf_counter() - self.started:.2f}s\n")
+
+
+class LineBreakingStream:
+    """``sys.stderr`` while a plain progress line is open: whoever else writes (a logged
+    warning, a library's message) ends that line first, so their text is a line of its own."""
+
+    def __init__(self, real: TextIO, ticker: PlainTicker) -> None:
+        self.real, self.ticker = real, ticker
+
+    def write(self, text: str) -> int:
+        if text:
+            self.ticker.break_line()
+        return self.real.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+@contextmanager
+def others_on_their_own_lines(ticker: PlainTicker) -> Iterator[None]:
+    """Route ``sys.stderr`` through ``LineBreakingStream`` while ``ticker`` is shown there."""
+    real = sys.stderr
+    if ticker.out is not real:
+        yield
+        return
+    sys.stderr = LineBreakingStream(real, ticker)
+    try:
+        yield
+    finally:
+        sys.stderr = real
 
 
 class RichTicker:
@@ -93,12 +137,13 @@ class Feedback:
         if not self.terminal:
             ticker = PlainTicker(self.out, label)
             ticker.set_stage(first_stage)
-            try:
-                yield ticker
-            except BaseException:
-                ticker.close("stopped")  # the reason follows on its own line
-                raise
-            ticker.close()
+            with others_on_their_own_lines(ticker):
+                try:
+                    yield ticker
+                except BaseException:
+                    ticker.close("stopped")  # the reason follows on its own line
+                    raise
+                ticker.close()
             return
         from rich.progress import (
             BarColumn,
