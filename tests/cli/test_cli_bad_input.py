@@ -14,7 +14,7 @@ import pytest
 from zturbo.config import load_settings, make_request
 from zturbo.errors import ZTurboError
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_process
 from serverkit import app_for, gate, one_thread, wait_for
 
 FAST = ("--model", "demo", "-W", "64", "-H", "64", "-s", "1", "--seed", "3")
@@ -88,6 +88,27 @@ def test_a_lora_scale_that_is_not_a_number_says_so(zturbo_home, tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.splitlines()[-1] == f"zturbo: error: LoRA scale 'abc' for {lora} is not a number"
     assert out.stderr.count("error") == 1, out.stderr
+
+
+def test_an_unwritable_state_dir_is_one_line_from_the_demo_builder(zturbo_home, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    home = afile / "home"  # no folder can be made here, whoever runs the test
+    out = run_cli("generate", "x", *FAST, "--server", "off", "-o", str(tmp_path / "a.png"),
+                  env={"ZTURBO_HOME": str(home)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        f"zturbo: error: cannot build the demo model 'demo' in {home / 'models'}: Not a "
+        f"directory (set ZTURBO_HOME to a folder you can write)"), out.stderr
+
+
+@pytest.mark.subprocess
+def test_building_the_demo_model_shows_no_library_progress_bar(zturbo_home, tmp_path):
+    out = run_cli_process("demo", "files", str(tmp_path / "files"),
+                          env={"ZTURBO_HOME": str(tmp_path / "fresh")})
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "fresh" / "models").is_dir()  # it was built here, now
+    assert "Writing model shards" not in out.stderr and "%|" not in out.stderr, out.stderr
 
 
 def test_bad_option_value_is_one_line(monkeypatch, capsys):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zturbo.errors import ZTurboError
+from zturbo.errors import ModelUnavailable, ZTurboError
 
 if TYPE_CHECKING:  # annotations only: torch is imported where a model is built
     import torch
@@ -186,15 +186,29 @@ def folder(name: str, models_dir: Path) -> Path:
 
 
 def ensure(name: str, models_dir: Path) -> Path:
-    """The demo model's folder, building it once (atomically, safe across processes)."""
+    """The demo model's folder, building it once (atomically, safe across processes).
+
+    A state dir that cannot be written is a ModelUnavailable naming the folder.
+    """
     target = folder(name, models_dir)
     if (target / "model_index.json").exists():
         return target
+    try:
+        _build(name, models_dir, target)
+    except OSError as exc:
+        raise ModelUnavailable(f"cannot build the demo model {name!r} in {models_dir}: "
+                               f"{exc.strerror or exc} (set ZTURBO_HOME to a folder you can "
+                               f"write)") from None
+    return target
+
+
+def _build(name: str, models_dir: Path, target: Path) -> None:
+    """Write the demo pipeline to a temporary folder, then rename it to ``target``."""
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=models_dir))
     try:
-        with BUILD_LOCK:  # modules built while another thread loads would be on meta
-            build_pipeline(name).save_pretrained(tmp)
+        with BUILD_LOCK, _no_save_progress_bar():  # (modules built while another thread
+            build_pipeline(name).save_pretrained(tmp)  # loads would be on meta)
         (tmp / "zturbo_demo.json").write_text(json.dumps({"name": name, "recipe": RECIPE}))
         try:
             os.rename(tmp, target)  # atomic; fails if another process got there first
@@ -203,7 +217,20 @@ def ensure(name: str, models_dir: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+@contextmanager
+def _no_save_progress_bar() -> Iterator[None]:
+    """transformers' "Writing model shards" bar off while the demo is saved (as it was after)."""
+    from transformers.utils import logging as hf_logging  # lazy: only when building
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------- demo-full
