@@ -70,3 +70,18 @@ def test_package_exports_are_the_functions_after_their_modules_load():
 
     assert callable(zturbo.generate) and zturbo.generate.__module__ == "zturbo.generation.orchestrator"
     assert zturbo.load.__module__ == "zturbo.generation.models" and "Engine" in dir(zturbo)
+
+
+def test_install_metadata_builds_without_a_license_warning(tmp_path, monkeypatch):
+    import warnings
+    from pathlib import Path
+
+    from setuptools import build_meta
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the project root
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        name = build_meta.prepare_metadata_for_build_wheel(str(tmp_path))
+    assert not [w for w in caught if "license" in str(w.message).lower()], caught
+    metadata = (tmp_path / name / "METADATA").read_text()
+    assert "License-Expression: Apache-2.0\n" in metadata
