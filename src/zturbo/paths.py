@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -39,3 +41,26 @@ def writable_folder(folder: Path) -> Path:
     os.close(fd)
     os.unlink(probe)
     return folder
+
+
+@functools.cache
+def process_umask() -> int:
+    """The process umask (read from /proc where it can be, so it is never changed, even
+    for a moment; else set and put back once)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    found = re.search(r"^Umask:\s*([0-7]+)$", status, re.MULTILINE)
+    if found:
+        return int(found.group(1), 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def as_user_file(fd: int) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open()``
+    would: 0666 less the umask. For what the user keeps (images, run folders, reports);
+    cache entries and secrets stay private."""
+    os.fchmod(fd, 0o666 & ~process_umask())

@@ -111,6 +111,17 @@ def test_building_the_demo_model_shows_no_library_progress_bar(zturbo_home, tmp_
     assert "Writing model shards" not in out.stderr and "%|" not in out.stderr, out.stderr
 
 
+def test_images_get_the_umask_while_the_cache_secret_stays_private(zturbo_home, tmp_path):
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    out = run_cli("generate", "x", *FAST, "--server", "off", "-o", str(tmp_path / "a.png"))
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE((tmp_path / "a.png").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((zturbo_home / "cache.secret").stat().st_mode) == 0o600
+
+
 def test_bad_option_value_is_one_line(monkeypatch, capsys):
     from zturbo.cli import main
 

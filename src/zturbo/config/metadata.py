@@ -24,6 +24,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from zturbo.config.request import Request
 from zturbo.config.sizes import ascii_digits
 from zturbo.errors import ZTurboError
+from zturbo.paths import as_user_file
 
 JSON_KEY = "zturbo"
 SCHEMA = 1
@@ -117,6 +118,7 @@ def write_bytes_atomic(data: bytes, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".zturbo-", suffix=".png", dir=path.parent)
     try:
+        as_user_file(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         while True:

@@ -27,6 +27,7 @@ from zturbo.config import Request
 from zturbo.engine.steps import Embedding, text_token_limit
 from zturbo.errors import ZTurboError
 from zturbo.generation.orchestrator import embed_params
+from zturbo.paths import as_user_file
 
 FORMAT = "zturbo-embeddings"
 VERSION = "1"
@@ -122,6 +123,7 @@ def save(file: EmbeddingFile, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".zturbo-", suffix=".safetensors", dir=path.parent)
     try:
+        as_user_file(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(to_bytes(file))
         os.replace(tmp, path)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from zturbo.paths import as_user_file
+
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()`` and its wall time in seconds (CUDA work is waited for)."""
@@ -97,6 +99,7 @@ def write_json(path: Path, data: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    as_user_file(fd)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, default=str)
     os.replace(tmp, path)

@@ -25,7 +25,7 @@ from zturbo.config import state_dir
 from zturbo.errors import ZTurboError
 from zturbo.lab.grid import grid_json, grid_layout
 from zturbo.lab.spec import SweepSpec, load_spec
-from zturbo.paths import contained_file, writable_folder
+from zturbo.paths import as_user_file, contained_file, writable_folder
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
 SPEC, RESULTS, SUMMARY, SHEET, REPORT = ("sweep.toml", "results.jsonl", "summary.md",
@@ -43,6 +43,7 @@ def write_text_atomic(path: Path, text: str | bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     data = text.encode("utf-8") if isinstance(text, str) else text
     try:
+        as_user_file(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
