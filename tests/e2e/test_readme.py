@@ -67,9 +67,11 @@ def test_runnable_readme_blocks_run_on_the_demo_model(tmp_path, zturbo_home):
     code, stdout, stderr = run_logged(["bash", "-e", "-c", shell], tmp_path, env, 600)
     assert code == 0, stdout + stderr
     lines = stdout.splitlines()
-    assert any("teleport: miss" in ln for ln in lines)
-    assert any("teleport: image hit" in ln for ln in lines)  # an exact repeat: a lookup
-    assert any("teleport: hit at step 7" in ln for ln in lines)  # repeats off: a resume
+    # the teleport block (the last bash block) prints what its comments promise, in order
+    first, repeat, resumed = [ln.split("teleport: ", 1)[1] for ln in lines if "teleport:" in ln][-3:]
+    assert first.startswith("miss, stored step(s) 7,8"), first
+    assert repeat.startswith("image hit (disk)"), repeat  # an exact repeat: a lookup
+    assert resumed.startswith("hit at step 7 (disk)"), resumed  # repeats off: a resume
     assert any(f"via http://127.0.0.1:{port}" in ln for ln in lines)  # reused the server
     assert "used as 0 on this 2-layer DiT" in stderr  # SLG's default layers adapted
     for name in ("out.png", "cat-1.png", "cat-2.png", "robot.png", "knobs/demo-lora.safetensors"):

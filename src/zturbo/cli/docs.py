@@ -56,8 +56,10 @@ Every setting can be given, highest precedence first, as:
 `config.toml` lives at `$ZTURBO_CONFIG` (an error if that file does not exist), else
 `<state dir>/config.toml` (optional). The state dir is
 `$ZTURBO_HOME`, else the platform's user data dir (`~/.local/share/zturbo` on Linux); it
-holds demo models, caches and outputs. `zturbo config show` prints every effective value and
-where it came from. An unknown key, profile or bad value is an error naming it (an unknown
+holds demo models, caches and outputs (a state dir that can't be written stops a demo
+model's first build with a one-line error naming the folder). Images, run folders and
+reports are written with your umask (0666 less it), cache secrets 0600. `zturbo config
+show` prints every effective value and where it came from. An unknown key, profile or bad value is an error naming it (an unknown
 key with the closest setting's name: `stpes (did you mean steps?)`).
 
 ```toml
