@@ -85,7 +85,7 @@ def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
     full = engine.generate(**fields, teleport=False)
     first = engine.generate(**fields)
     second = engine.generate(**fields)
-    assert not second.teleport[0]["hit"] and "skip-layer guidance" in second.teleport[0]["bypass"]
+    assert not second.teleport[0].hit and "skip-layer guidance" in second.teleport[0].bypass
     for run in (first, second):
         assert np.array_equal(pixels(run.images[0]), pixels(full.images[0]))
     exact, reason = accel.teleport_exact(engine, steps=8, start=4, extra_forwards=1)
@@ -94,7 +94,7 @@ def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
     assert accel.teleport_exact(engine, steps=8, start=8, extra_forwards=1) == (True, "")
     plain = {k: v for k, v in fields.items() if not k.startswith("slg")}
     engine.generate(**plain)  # without SLG the same engine still resumes
-    assert engine.generate(**plain).teleport[0]["resumed_at_step"] == 4
+    assert engine.generate(**plain).teleport[0].hit_step == 4
     # with guidance > 0 SLG's one-image forward met the batch's cached residuals and
     # diffusers failed inside the DiT (an AssertionError, a 500): now a clear error, before
     # any work, on every path (generate, and the server's check before queueing)
@@ -138,7 +138,7 @@ def test_a_tiled_txt2img_resumes_an_untiled_run_and_decodes_tiled(engine):
     cached = load()
     cached.generate(**fields)
     hit = cached.generate(**fields, **tiled)
-    assert hit.teleport[0]["hit"]
+    assert hit.teleport[0].hit
     cold = load(memory_cache_mb=0, disk_cache_mb=0).generate(**fields, **tiled)
     assert np.array_equal(pixels(hit.images[0]), pixels(cold.images[0]))
 
@@ -172,5 +172,5 @@ def test_an_explicit_step_mask_runs_img2img_and_multipass_and_replays_exactly():
         full = engine.generate(**fields, teleport=False)
         engine.generate(**fields)
         again = engine.generate(**fields)
-        assert again.teleport[0]["hit"], again.teleport
+        assert again.teleport[0].hit, again.teleport
         assert np.array_equal(pixels(again.images[0]), pixels(full.images[0]))

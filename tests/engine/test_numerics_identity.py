@@ -106,17 +106,17 @@ def test_engines_share_teleport_entries_only_with_the_same_thread_count():
     try:
         torch.set_num_threads(1)
         first = a.generate("a lighthouse", seed=3, **SIZE)
-        assert first.teleport[0]["hit"] is False and first.teleport[0]["stored"]
+        assert first.teleport[0].hit is False and first.teleport[0].stored
         same = b.generate("a lighthouse", seed=3, **SIZE)  # identical engine: shares
-        assert same.teleport[0]["hit"] is True and same.teleport[0]["tier"] == "disk"
+        assert same.teleport[0].hit is True and same.teleport[0].tier == "disk"
         assert np.array_equal(pixels(same.images[0]), pixels(first.images[0]))
         one_thread = b.fingerprint
         torch.set_num_threads(2)
         assert b.fingerprint != one_thread
         other = b.generate("a lighthouse", seed=3, **SIZE)  # differs only in threads
-        assert other.teleport[0]["hit"] is False
+        assert other.teleport[0].hit is False
         again = a.generate("a lighthouse", seed=3, **SIZE)  # a at 2 threads: b's 2-thread entry
-        assert again.teleport[0]["hit"] is True
+        assert again.teleport[0].hit is True
         assert np.array_equal(pixels(again.images[0]), pixels(other.images[0]))
     finally:
         torch.set_num_threads(old)

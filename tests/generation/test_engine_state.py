@@ -69,7 +69,7 @@ def test_eviction_never_drops_an_adapter_the_request_picked(shared, reference, m
     both = pixels(shared.generate(**PLAIN, loras=["v0", "v2"]).images[0])
     fresh = zturbo.load(settings=shared.settings)
     assert np.array_equal(both, pixels(fresh.generate(**PLAIN, loras=["v0", "v2"]).images[0]))
-    assert len(shared._request_adapters) == 2
+    assert len(shared.lora_registry.adapters) == 2
     assert np.array_equal(plain(shared), reference)
 
 

@@ -19,15 +19,16 @@ from PIL import Image
 from zturbo.caches.keys import embedding_key, vae_latent_key
 from zturbo.caches.packing import pack, unpack
 from zturbo.engine.placement import component_device
+from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import Embedding, embed
 
 log = logging.getLogger("zturbo.caches")
 
 
-def fetch(engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str], str] | None:
+def fetch(engine: Engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str], str] | None:
     """(tensors, meta, tier) of a cache entry; an entry that does not unpack or was stored
     under another key is removed and read as a miss."""
-    cache = getattr(engine, "caches", None)
+    cache = engine.caches
     if cache is None:
         return None
     got = cache.get(kind, key)
@@ -41,24 +42,24 @@ def fetch(engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[st
     return unpacked[0], unpacked[1], tier
 
 
-def drop(engine, kind: str, key: str) -> None:
+def drop(engine: Engine, kind: str, key: str) -> None:
     """Remove a bad entry from every tier (it is then a miss, never a wrong result)."""
     log.warning("%s entry %s is invalid: treated as a miss and removed", kind, key[:12])
     engine.caches.delete(kind, key)
 
 
-def keep(engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+def keep(engine: Engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Store tensors under ``key`` in every tier (the key goes into the entry, checked on read)."""
-    cache = getattr(engine, "caches", None)
+    cache = engine.caches
     if cache is not None:
         cache.put(kind, key, pack(tensors, {**meta, "key": key}))
 
 
-def keep_later(engine, kind: str, key: str,
+def keep_later(engine: Engine, kind: str, key: str,
                build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, str]]]) -> bool:
     """Store what ``build()`` returns (tensors, meta) under ``key``, built and written by the
     cache's background writer; False when its queue is full and the entry is skipped."""
-    cache = getattr(engine, "caches", None)
+    cache = engine.caches
     if cache is None:
         return False
 
@@ -69,7 +70,7 @@ def keep_later(engine, kind: str, key: str,
     return cache.put_later(kind, key, packed)
 
 
-def cached_embed(engine, params: dict):
+def cached_embed(engine: Engine, params: dict):
     """``steps.embed(engine, **params)`` through the embedding cache -> (Embedding, tier)."""
     key = embedding_key(engine, params)
     hit = fetch(engine, "embedding", key)
@@ -99,7 +100,7 @@ def image_sha256(image: Image.Image) -> str:
 
 
 @torch.no_grad()
-def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[torch.Tensor, str | None]:
+def vae_moments(engine: Engine, image: Image.Image, width: int, height: int) -> tuple[torch.Tensor, str | None]:
     """The VAE posterior of ``image`` resized to width x height, through the VAE latent cache.
 
     Returns the distribution's parameters (mean and log-variance, concatenated on the channel
@@ -158,7 +159,7 @@ def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     return t.contiguous(memory_format=LAYOUTS[layout])
 
 
-def vae_posterior(engine, image: Image.Image, width: int, height: int):
+def vae_posterior(engine: Engine, image: Image.Image, width: int, height: int):
     """``DiagonalGaussianDistribution`` of the source image (cached), ready to ``.sample(gen)``."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # lazy: CLI start
 

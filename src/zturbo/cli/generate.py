@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from zturbo.caches.report import TeleportReport
 from zturbo.cli.feedback import Feedback
 from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
     Adapter,
@@ -268,8 +269,8 @@ def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) 
             typer.echo(f"zturbo: warning: {warning}", err=True)
         for image, path in zip(result.images, paths, strict=True):
             path = write_bytes_atomic(image.png, path)
-            _report(path, image.seed, result.timings, image.teleport, as_json, server.url,
-                    prompts=_prompts(image.request))
+            _report(path, image.seed, result.timings, TeleportReport.from_dict(image.teleport),
+                    as_json, server.url, prompts=_prompts(image.request))
     return []
 
 
@@ -294,13 +295,13 @@ def _prompts(request) -> dict[str, str]:
     return {"prompt": fields["prompt"], "original_prompt": fields["original_prompt"]}
 
 
-def _report(path, seed: int, t: dict, replay: dict, as_json: bool, server: str | None = None,
-            prompts: dict[str, str] | None = None):
+def _report(path, seed: int, t: dict, replay: TeleportReport, as_json: bool,
+            server: str | None = None, prompts: dict[str, str] | None = None):
     """One line per image on stdout: path, seed, timings, teleport (and the server used);
     an enhanced prompt goes with it (in the JSON line, or on stderr)."""
     if as_json:
         typer.echo(json.dumps({"path": str(path), "seed": seed, "timings": t,
-                               "teleport": replay, "server": server, **(prompts or {})}))
+                               "teleport": replay.as_dict(), "server": server, **(prompts or {})}))
         return
     if prompts:
         typer.echo(f"zturbo: enhanced prompt: {prompts['prompt']}", err=True)
@@ -357,17 +358,16 @@ def save_images(result, pattern: str, settings) -> list[Path]:
         return paths
 
 
-def _teleport_text(replay: dict) -> str:
-    served = replay.get("served")
-    if served == "image":
-        return f"teleport: image hit ({replay['tier']}): no DiT pass, no decode"
-    if served == "final_latent":
-        return f"teleport: final-latent hit ({replay['tier']}): decode only"
-    if replay["hit"]:
-        return f"teleport: hit at step {replay['resumed_at_step']} ({replay['tier']})"
-    if replay["bypass"]:
-        return f"teleport: bypassed ({replay['bypass']})"
-    return f"teleport: miss, stored step(s) {','.join(map(str, replay['stored'])) or 'none'}"
+def _teleport_text(replay: TeleportReport) -> str:
+    if replay.served == "image":
+        return f"teleport: image hit ({replay.tier}): no DiT pass, no decode"
+    if replay.served == "final_latent":
+        return f"teleport: final-latent hit ({replay.tier}): decode only"
+    if replay.hit:
+        return f"teleport: hit at step {replay.hit_step} ({replay.tier})"
+    if replay.bypass:
+        return f"teleport: bypassed ({replay.bypass})"
+    return f"teleport: miss, stored step(s) {','.join(map(str, replay.stored)) or 'none'}"
 
 
 @app.command()

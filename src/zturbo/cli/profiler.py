@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -39,6 +39,9 @@ from zturbo.generation.measure import (
     reset_cuda_peak,
     timed,
 )
+
+if TYPE_CHECKING:
+    from zturbo.engine.protocol import Engine
 
 TESTS = ("encode", "generate", "decode")
 PROMPT = "a red robot standing in the rain, cinematic lighting, 35mm film"
@@ -85,7 +88,7 @@ def system_info() -> dict[str, Any]:
     return info
 
 
-def stage_rows(engine, tests=TESTS, sizes=(512,), steps: int = 8, repeat: int = 3,
+def stage_rows(engine: "Engine", tests=TESTS, sizes=(512,), steps: int = 8, repeat: int = 3,
                warmup: int = 1) -> list[dict[str, Any]]:
     """Median seconds per stage for each square size, with it/s and peak memory."""
     from zturbo.engine import accel  # lazy: keeps CLI start fast (torch)

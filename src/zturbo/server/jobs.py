@@ -451,7 +451,7 @@ class JobQueue:
                 self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * (time.monotonic() - started)
                 job.images = images
                 job.timings = {k: round(v, 6) for k, v in result.timings.items()}
-                job.teleport = list(result.teleport)
+                job.teleport = [report.as_dict() for report in result.teleport]
                 job.warnings = list(result.warnings)
                 job.step = job.total
             self._finish(job, status, error=error, finished=finished)
@@ -508,7 +508,7 @@ class JobQueue:
             path = save_png(result, i, self.outputs / f"{image_id}.png")
             if self.history.shared:  # other ingresses fetch the bytes from the store
                 self.history.put_png(image_id, path.read_bytes())
-            teleport = result.teleport[i] if i < len(result.teleport) else {}
+            teleport = result.teleport[i].as_dict() if i < len(result.teleport) else {}
             request = result.request.for_seed(seed).model_dump(mode="json")
             row = {
                 "id": image_id, "job_id": job.id, "idx": i, "created": time.time(),
