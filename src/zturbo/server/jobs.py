@@ -35,8 +35,8 @@ from zturbo.errors import ZTurboError
 from zturbo.generation.orchestrator import Cancelled, Result, generate, steps_run
 from zturbo.server.mirror import Mirror
 from zturbo.server.preview import preview_data_url
-from zturbo.server.store.history import TERMINAL, History
-from zturbo.server.store.redis_store import RedisStore, StoreUnavailable
+from zturbo.server.store.base import TERMINAL, Store
+from zturbo.server.store.redis_store import StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
 KEEP_FINISHED = 256  # finished jobs kept in memory for GET /api/jobs/{id}; older ones: history
@@ -102,7 +102,7 @@ def image_url(image_id: str) -> str:
 class JobQueue:
     """An in-process FIFO of jobs with admission control, cancel, timeouts and progress."""
 
-    def __init__(self, settings, history: History | RedisStore | None, outputs: Path,
+    def __init__(self, settings, history: Store | None, outputs: Path,
                  metrics=None, *, runner=generate, workers: int = 1) -> None:
         """``runner(engine, request, on_step=, source=)`` (and ``on_event=`` for a request
         that asks for prompt enhancement) makes a Result (``generate``; the
