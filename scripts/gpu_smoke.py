@@ -1,4 +1,4 @@
-"""Every front end on the demo models on one device, in bfloat16 and float32 (issue 14).
+"""Every front end on the demo models on one device, in bfloat16 and float32.
 
     scripts/gpu-smoke                     # cuda; exit 2 with "no CUDA device" without one
     scripts/gpu-smoke --device cpu --quick

@@ -1,4 +1,4 @@
-"""Host/device crossings, exercised without a GPU (issue 14, defect 7).
+"""Host/device crossings, exercised without a GPU.
 
 ``offcpu.OffCpu`` tensors claim a device that is not the CPU and refuse ``.numpy()`` as a
 real CUDA tensor does, while their data stays on the CPU. Every place that reads tensor bytes on the

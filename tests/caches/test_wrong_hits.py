@@ -1,5 +1,5 @@
 """Never a wrong hit: each cache path that could serve (or store) pixels a full run would
-not give, with the request sequence that showed it (issue 14), and keys that do not split
+not give, with the request sequence that shows it, and keys that do not split
 where the trajectory provably does not change."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def source_image(size=128) -> Image.Image:
 
 
 def test_vae_latent_key_follows_the_encode_tiling():
-    """Defect 3: an untiled img2img after a tiled one of the same source must not reuse the
+    """An untiled img2img after a tiled one of the same source must not reuse the
     tiled encode (nor store its result under its own teleport key)."""
     src = source_image()
     fields = {"prompt": "a watercolor city", "image": src, "strength": 0.5, "steps": 4,
@@ -44,7 +44,7 @@ def test_vae_latent_key_follows_the_encode_tiling():
 
 @pytest.mark.parametrize("racy_ns", [None, 0])
 def test_a_replaced_file_with_its_mtime_kept_is_hashed_again(tmp_path, monkeypatch, racy_ns):
-    """Defect 6: a LoRA or weight file replaced by one of the same size with its mtime kept
+    """A LoRA or weight file replaced by one of the same size with its mtime kept
     (``cp -p`` rewrites in place, ``rsync -a`` renames a new file over it) gets its new
     sha256, so no cache keeps serving the old weights' results. ``racy_ns=0`` memoises even
     a file written just now, so the memo key itself (inode, ctime) is what is tested."""
@@ -75,7 +75,7 @@ def test_a_replaced_file_with_its_mtime_kept_is_hashed_again(tmp_path, monkeypat
 
 
 def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
-    """Defect 4: SLG's extra transformer forward advances cache-dit's step counter, so a
+    """SLG's extra transformer forward advances cache-dit's step counter, so a
     resumed run applies the mask differently from the full run: teleport must bypass (and
     the full run keeps what it computed before)."""
     engine = load(step_cache="dbcache", step_cache_preset="fast", teleport_start_step=4,
@@ -105,7 +105,7 @@ def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
 
 
 def test_fields_that_do_not_change_the_trajectory_do_not_split_the_key(engine):
-    """The needless misses of issue 14, each shown to be the same trajectory: the same key,
+    """Needless misses, each shown to be the same trajectory: the same key,
     and the same pixels (so the key may not split on it)."""
     from zturbo.caches.keys import teleport_key
     from zturbo.config import make_request

@@ -1,4 +1,4 @@
-"""The cache-vs-no-cache oracle (issue 14): a cache must never change a single pixel.
+"""The cache-vs-no-cache oracle: a cache must never change a single pixel.
 
 Seeded random sequences of requests run on ONE engine with every cache tier on (memory,
 disk, a real Redis; teleport with several resume points). Each request that succeeds must

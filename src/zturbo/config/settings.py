@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     max_images: int = Field(16, description="most images in one request")
     # outputs
     output_dir: str | None = Field(None, description="where images go (default <state>/outputs)")
-    # caches (teleport issue)
+    # caches and teleport (docs/caching.md, docs/teleport.md)
     teleport: bool = Field(True, description="store and resume trajectories (exact replay)")
     teleport_start_step: int = Field(
         7,
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     cache_secret: str | None = Field(
         None, description="key of the HMAC sealing disk and Redis cache entries; the same on "
         "every replica (unset: generated into <state>/cache.secret, mode 0600)")
-    # acceleration (issue 6; see docs/performance.md). Engine-level: they enter the model
+    # acceleration (docs/performance.md). Engine-level: they enter the model
     # fingerprint through engine.extras["transformer"], so every cache keys on them.
     step_cache: Literal["off", "dbcache", "taylorseer"] = Field(
         "off", description="cache-dit step caching: off, dbcache, or dbcache + taylorseer"
@@ -198,7 +198,7 @@ class Settings(BaseSettings):
         "(maxmemory-policy noeviction, checked at start-up); unset: redis_url")
     state_lease_s: float = Field(
         15.0, gt=0, description="redis state: an ingress silent this long is dead; its jobs end")
-    # image side and weights (issue 5, docs/knobs.md)
+    # image side and weights (docs/knobs.md)
     strength: float = Field(0.6, description="default img2img/inpaint strength (share of steps run)")
     loras: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
