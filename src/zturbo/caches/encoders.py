@@ -45,7 +45,14 @@ def fetch(engine: Engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor],
 def drop(engine: Engine, kind: str, key: str) -> None:
     """Remove a bad entry from every tier (it is then a miss, never a wrong result)."""
     log.warning("%s entry %s is invalid: treated as a miss and removed", kind, key[:12])
-    engine.caches.delete(kind, key)
+    if engine.caches is not None:
+        engine.caches.delete(kind, key)
+
+
+def record_saved(engine: Engine, kind: str, seconds: float) -> None:
+    """Count the time a hit saved (the cache stats show it)."""
+    if engine.caches is not None:
+        engine.caches.record_saved(kind, seconds)
 
 
 def keep(engine: Engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
@@ -78,7 +85,7 @@ def cached_embed(engine: Engine, params: dict):
         tensors, meta, tier = hit
         emb = Embedding([tensors[str(i)].to(engine.device) for i in range(len(tensors))],
                         int(meta["token_count"]), meta["truncated"] == "1")
-        engine.caches.record_saved("embedding", float(meta.get("cost_s", 0.0)))
+        record_saved(engine, "embedding", float(meta.get("cost_s", 0.0)))
         return emb, tier
     started = time.perf_counter()
     emb = embed(engine, **params)
@@ -113,7 +120,7 @@ def vae_moments(engine: Engine, image: Image.Image, width: int, height: int) -> 
     hit = fetch(engine, "vae_latent", key)
     if hit is not None and hit[1].get("layout") in LAYOUTS:
         tensors, meta, tier = hit
-        engine.caches.record_saved("vae_latent", float(meta.get("cost_s", 0.0)))
+        record_saved(engine, "vae_latent", float(meta.get("cost_s", 0.0)))
         moments = tensors["moments"].to(component_device(engine, "vae"))
         return in_layout(moments, meta["layout"]), tier
     started = time.perf_counter()

@@ -27,7 +27,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from zturbo.caches.encoders import LAYOUTS, drop, fetch, in_layout, keep_later, layout_of
+from zturbo.caches.encoders import (
+    LAYOUTS,
+    drop,
+    fetch,
+    in_layout,
+    keep_later,
+    layout_of,
+    record_saved,
+)
 from zturbo.caches.keys import image_key, teleport_key
 from zturbo.caches.report import TeleportReport
 from zturbo.config.metadata import ENCODED_PNG, pixel_digest, png_bytes
@@ -142,7 +150,7 @@ def lookup(engine: Engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tens
             drop(engine, "teleport", key)
             continue
         replay.hit_step, replay.tier = step, tier
-        engine.caches.record_saved("teleport", float(meta.get("saved_s", 0.0)))
+        record_saved(engine, "teleport", float(meta.get("saved_s", 0.0)))
         return in_layout(latents, meta.get("layout", "contiguous"))
     return None
 
@@ -167,7 +175,7 @@ def lookup_image(engine: Engine, replay: Replay, width: int, height: int) -> Ima
         return None
     image.info = {ENCODED_PNG: (data, meta["pixels"])}
     replay.image_hit, replay.hit_step, replay.tier = True, replay.steps, tier
-    engine.caches.record_saved("image", float(meta.get("saved_s", 0.0)))
+    record_saved(engine, "image", float(meta.get("saved_s", 0.0)))
     return image
 
 

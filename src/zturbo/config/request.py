@@ -148,7 +148,7 @@ class Request(BaseModel):
         if limit and len(value) > limit:
             raise ValueError(f"{info.field_name} has {len(value)} characters; the limit is "
                              f"{limit} (setting max_prompt_chars)")
-        return check_text(value, info.field_name)
+        return check_text(value, info.field_name or "prompt")
 
     @field_validator("width", "height")
     @classmethod

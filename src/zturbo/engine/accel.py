@@ -243,6 +243,8 @@ def teleport_exact(engine: Engine, steps: int | None = None, start: int | None =
     if steps is None or start is None:
         return False, "a static step mask is exact only at some steps: pass steps and start"
     mask = steps_mask(spec, steps)
+    if mask is None:  # no static mask: the residual threshold decides per run
+        return False, "a step mask decided per run: a resumed run decides differently"
     if start >= steps:
         return True, ""  # the end of the trajectory: nothing is computed again
     if extra_forwards:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from zturbo.errors import ZTurboError
 
@@ -279,7 +280,7 @@ def shapes_of(pipe) -> ModelShape:
 
 # Published end-to-end figures to hold the model against. "9 steps" in older
 # diffusers were 8 DiT passes (README, Steps), so they are modelled as 8.
-PUBLISHED = [
+PUBLISHED: list[dict[str, Any]] = [
     {"what": "512px, 8 steps, direct", "gpu": None, "size": (512, 512), "steps": 8,
      "seconds": 0.974},
     {"what": "512px, replay from step 7", "gpu": None, "size": (512, 512), "steps": 8,
@@ -298,7 +299,8 @@ def compare_published(shape: ModelShape = ZIMAGE_TURBO) -> list[dict]:
     for fig in PUBLISHED:
         gpus = [fig["gpu"]] if fig["gpu"] else list(GPUS)
         for gpu in gpus:
-            est = estimate(gpu, *fig["size"], steps=fig["steps"], shape=shape,
+            width, height = fig["size"]
+            est = estimate(gpu, width, height, steps=fig["steps"], shape=shape,
                            resume_from=fig.get("resume_from"))
             floor = est["stages"]["total"]["floor_s"]
             rows.append({"figure": fig["what"], "gpu": GPUS[gpu].name,

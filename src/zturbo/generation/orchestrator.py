@@ -162,19 +162,23 @@ def run_seed(engine: Engine, request: Request, seed: int, text: Conditioning,
         timings["lookup"] = timings.get("lookup", 0.0) + time.perf_counter() - t
         return image, replay.report()
     resumed = teleport.lookup(engine, replay, latent_shape(request.width, request.height))
-    first = 0 if resumed is None else replay.hit_step
-    latents = resumed
-    if first < len(schedule):
-        begin = None
-        if resumed is None or request.mask is not None:  # a resumed inpaint still blends
-            begin = start(engine, request, seed, source)
+    first = replay.hit_step or 0  # set when a latent was found
+    if resumed is not None and first >= len(schedule):
+        latents = resumed  # the trajectory's final latent: decode only
+    else:
+        begin: Start | None
+        if resumed is None:
+            fresh = start(engine, request, seed, source)
+            begin, x = fresh, fresh.latents
+        else:  # a resumed inpaint still blends
+            begin = start(engine, request, seed, source) if request.mask is not None else None
+            x = resumed
         if request.image is not None:
             timings["vae_encode"] = timings.get("vae_encode", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         latents = denoise(
-            engine, text.prompt.tensors, begin.latents if resumed is None else resumed,
-            schedule[first:], guidance=request.guidance, shift=request.shift,
-            negative=text.negative, on_step=replay.capturing(on_step), first_step=first,
+            engine, text.prompt.tensors, x, schedule[first:], guidance=request.guidance,
+            shift=request.shift, negative=text.negative, on_step=replay.capturing(on_step), first_step=first,
             total_steps=len(schedule), blend=begin.blend if begin is not None else None,
             dype=dype_rope.DyPE.from_request(request), slg=slg,
             variety=Variety.from_request(request, seed),
@@ -205,14 +209,15 @@ def run_passes(engine: Engine, request: Request, seed: int, text: Conditioning,
         if on_step is not None:
             on_step(done + n, total, latents)
 
-    image, reports = source.image, []
+    previous, reports = source.image, []
     for p in request.passes:
-        if image is not None:
-            image = image.resize(pass_size(request, p), Image.Resampling.LANCZOS)
-        sub = pass_request(request, p, seed, image)
-        image, report = run_seed(engine, sub, seed, text, Source(image=image), timings, step)
+        if previous is not None:
+            previous = previous.resize(pass_size(request, p), Image.Resampling.LANCZOS)
+        sub = pass_request(request, p, seed, previous)
+        image, report = run_seed(engine, sub, seed, text, Source(image=previous), timings, step)
         reports.append(report)
         done += steps_run(sub)
+        previous = image
     return image, dataclasses.replace(reports[-1], passes=tuple(reports))
 
 
