@@ -48,21 +48,14 @@ from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zt
     VaeDevice,
     VramBudget,
     friendly_errors,
+    request_options,
+    setting_flags,
 )
 from zturbo.cli.prompt import embeddings_fields, layer_list
 from zturbo.config import bucket_size, load_settings, make_request
 from zturbo.errors import ZTurboError
 
 app = typer.Typer()
-
-
-def _engine_flags(lora, transformer_file, text_encoder_quant, offload, text_encoder_device,
-                  vae_device, memory_plan=None, vram_budget=None) -> dict[str, Any]:
-    """Settings flags for the engine-level knobs (weights, quantisation, placement)."""
-    return {"loras": lora or None, "transformer_file": transformer_file,
-            "text_encoder_quant": text_encoder_quant, "offload": offload,
-            "text_encoder_device": text_encoder_device, "vae_device": vae_device,
-            "memory_plan": memory_plan, "vram_budget": vram_budget}
 
 
 def _request_fields(from_image: Path | None, given: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -135,24 +128,18 @@ def generate(
     attention: Attention = None, compile_: Compile = None, compile_mode: CompileMode = None,
 ) -> None:
     """Generate images and save them as PNGs with their parameters embedded."""
-
+    options = dict(locals())  # every option by parameter name: Request fields and settings
     if prompt_file is not None:
         try:
-            prompt = prompt_file.read_text().strip()
+            prompt = options["prompt"] = prompt_file.read_text().strip()
         except OSError as exc:
             raise ZTurboError(f"cannot read --prompt-file: {exc}") from None
-    if aspect:
-        width, height = (width, height) if width and height else bucket_size(aspect, bucket)
-    given = dict(prompt=prompt, negative_prompt=negative_prompt, num_images=num_images,
-                 width=width, height=height, steps=steps, guidance=guidance, shift=shift,
-                 max_sequence_length=max_sequence_length, teleport=teleport, template=template,
-                 hidden_layer=hidden_layer, long_prompt=long_prompt, dype=dype,
-                 dype_scale=dype_scale, dype_exponent=dype_exponent, dype_base=dype_base,
-                 slg_scale=slg_scale, slg_layers=layer_list(slg_layers), slg_start=slg_start,
-                 slg_stop=slg_stop, variety=variety, variety_steps=variety_steps, enhance=enhance or enhance_only or None,
-                 strength=strength, passes=passes, vae_tiling=vae_tiling,
-                 vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap,
-                 loras=adapter or None)
+    if aspect and not (width and height):
+        options["width"], options["height"] = bucket_size(aspect, bucket)
+    options["enhance"] = options.get("enhance") or enhance_only or None
+    options["loras"] = adapter or None  # --adapter: per-request LoRAs (Request.loras)
+    options["lora_dirs"] = lora_dir or None  # --lora-dir: the folders they are found in
+    given = request_options(options, {"slg_layers": layer_list})
     fields, stored_model = _request_fields(from_image, given)
     if template is not None:
         fields.pop("template_body", None)  # a template given now replaces a stored one
@@ -161,18 +148,8 @@ def generate(
         file, fields = embeddings_fields(embeddings, fields, prompt_given=prompt is not None)
     if not fields.get("prompt"):
         raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
-    settings, _ = load_settings(profile, {
-        "model": model or stored_model, "device": device, "dtype": dtype, "redis_url": redis_url,
-        "teleport_start_step": teleport_start_step, "teleport_store_steps": teleport_store_steps,
-        **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
-                        text_encoder_device, vae_device, memory_plan, vram_budget),
-        "step_cache": step_cache, "step_cache_preset": step_cache_preset,
-        "step_cache_mask": step_cache_mask, "cache_dit_fn": cache_dit_fn,
-        "cache_dit_bn": cache_dit_bn, "cache_dit_warmup": cache_dit_warmup,
-        "cache_dit_rdt": cache_dit_rdt, "cache_dit_mc": cache_dit_mc,
-        "cache_dit_ts_order": ts_order, "attention": attention, "compile": compile_,
-        "compile_mode": compile_mode, "server": server, "lora_dirs": lora_dir or None,
-        "lora_partial": lora_partial})
+    settings, _ = load_settings(profile, {**setting_flags(options),
+                                          "model": model or stored_model})
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return
@@ -382,6 +359,7 @@ def info(
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Print the parameters stored in IMAGE, or load a model and print its fingerprint."""
+    options = dict(locals())
     if image is not None:
         from zturbo.config.metadata import read  # lazy: keeps CLI start fast (PIL)
 
@@ -390,10 +368,7 @@ def info(
         return
     from zturbo.generation import models  # lazy: keeps CLI start fast (torch)
 
-    settings, _ = load_settings(profile, {
-        "model": model, "device": device, "dtype": dtype,
-        **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
-                        text_encoder_device, vae_device, memory_plan, vram_budget)})
+    settings, _ = load_settings(profile, setting_flags(options))
     details = models.load(settings=settings).info()
     if as_json:
         typer.echo(json.dumps(details, indent=2))

@@ -7,10 +7,13 @@ from the CLI) cannot disagree with itself.
 from __future__ import annotations
 
 import functools
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
+from zturbo.cli.helptext import SETTING_OF
+from zturbo.config import Request, Settings
 from zturbo.errors import ZTurboError
 
 Model = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local diffusers folder, or demo / demo-small / demo-medium / demo-full. [env: ZTURBO_MODEL]")]
@@ -43,6 +46,31 @@ TsOrder = Annotated[int | None, typer.Option("--ts-order", help="TaylorSeer orde
 Attention = Annotated[str | None, typer.Option("--attention", help="Attention kernel: auto, native, flash, _flash_3, sage, xformers. [default: auto]")]
 Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the repeated transformer blocks (regional). [default: off]")]
 CompileMode = Annotated[str | None, typer.Option("--compile-mode", help="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs.")]
+
+
+# Options that name a Request field but that the command reads itself first (files, a seed list)
+READ_FIRST = frozenset({"seed", "image", "mask"})
+
+
+def request_options(options: dict[str, Any],
+                    convert: dict[str, Callable[[Any], Any]] | None = None) -> dict[str, Any]:
+    """The Request fields among a command's options (parameter name -> value), each through
+    its ``convert`` function if it has one."""
+    convert = convert or {}
+    return {name: convert.get(name, _same)(value) for name, value in options.items()
+            if name in Request.model_fields and name not in READ_FIRST}
+
+
+def setting_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """The Settings flags among a command's options that are no Request field (those are
+    per request): ``--lora`` -> ``loras``, ``--compile`` -> ``compile``..."""
+    return {SETTING_OF.get(name, name): (value or None) if name == "lora" else value
+            for name, value in options.items()
+            if name not in Request.model_fields and SETTING_OF.get(name, name) in Settings.model_fields}
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def friendly_errors(fn):

@@ -26,6 +26,7 @@ from zturbo.cli.options import (
     StepCache,
     StepCachePreset,
     friendly_errors,
+    setting_flags,
 )
 from zturbo.config import load_settings, make_request
 from zturbo.engine import costmodel
@@ -235,6 +236,7 @@ def command(Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset
         step_cache_preset: StepCachePreset = None, compile_: Compile = None,
     ) -> None:
         """Profile generation on this machine, sweep the speed levers, or estimate GPU cost."""
+        options = dict(locals())
         out: dict[str, Any] = {}
         if steps < 1 or steps > 100 or repeat < 1 or repeat > 100:
             raise ZTurboError("--steps and --repeat must be between 1 and 100")
@@ -262,10 +264,7 @@ def command(Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset
             _size(f"{side}x{side}")
         timing = not (show_info or estimate) or model is not None or sweep
         if timing:
-            settings, _ = load_settings(profile_name, {
-                "model": model, "device": device, "dtype": dtype, "attention": attention,
-                "step_cache": step_cache, "step_cache_preset": step_cache_preset,
-                "compile": compile_})
+            settings, _ = load_settings(profile_name, setting_flags(options))
             if sweep:
                 _emit("sweep", sweep_rows(settings, side_list, steps, repeat), as_json, out)
             else:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from safetensors import SafetensorError
 
 from zturbo.buildlock import BUILD_LOCK
@@ -211,6 +211,32 @@ class LoraPick(BaseModel):
     # keys of the file that were not applied (only with lora_partial; make_request fills it
     # in, so the response and the PNG metadata say what was skipped)
     skipped: tuple[str, ...] = Field((), max_length=4096)
+
+
+def _lora_item(item: Any) -> Any:
+    """``"NAME[:SCALE]"`` -> ``{"name", "scale"}``; other items pass unchanged."""
+    if not isinstance(item, str):
+        return item
+    head, sep, tail = item.rpartition(":")
+    if not (sep and head):
+        return {"name": item}
+    try:
+        return {"name": head, "scale": float(tail)}
+    except ValueError:
+        raise ValueError(f"LoRA {item!r} is not NAME or NAME:SCALE (a number)") from None
+
+
+def _lora_items(value: Any) -> Any:
+    """LoRA picks in any accepted form: a list of ``"NAME[:SCALE]"`` strings or objects."""
+    if isinstance(value, str):
+        raise ValueError('loras is a list, e.g. ["anime:0.8"] or [{"name": "anime"}]')
+    if isinstance(value, list | tuple):
+        return tuple(_lora_item(item) for item in value)
+    return value
+
+
+# a Request field: LoRA picks as NAME[:SCALE] strings or objects
+LoraPicks = Annotated[tuple[LoraPick, ...], BeforeValidator(_lora_items)]
 
 
 MAX_REQUEST_ADAPTERS = 8  # adapters kept loaded for requests; the oldest is dropped past this
