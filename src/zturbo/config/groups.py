@@ -10,6 +10,7 @@ here, never kept by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -52,3 +53,30 @@ def fields_where(model: type[BaseModel], *, engine: bool | None = None,
             continue
         out.append(name)
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a Request field is given on the command line (``zturbo generate --NAME``): its
+    help, a short option, the option's type when a shell gives it otherwise than the field
+    holds it (a comma list as text, a file for an image), an on/off switch. The default and
+    the environment variable in ``--help`` come from the Settings field of the same name."""
+
+    help: str
+    short: str | None = None
+    type: Any = None
+    switch: bool = False
+
+    def decls(self, name: str) -> tuple[str, ...]:
+        """``("--name", "-s")``, or ``("--name/--no-name",)`` for a switch."""
+        flag = "--" + name.replace("_", "-")
+        if self.switch:
+            flag += f"/--no-{name.replace('_', '-')}"
+        return (flag,) + ((self.short,) if self.short else ())
+
+
+def flag_of(model: type[BaseModel], name: str) -> Flag | None:
+    """The Flag of ``model``'s field ``name`` (None: not a command-line option)."""
+    info = model.model_fields.get(name)
+    return None if info is None else next((m for m in info.metadata if isinstance(m, Flag)),
+                                          None)

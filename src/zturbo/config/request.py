@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
@@ -18,7 +19,7 @@ from pydantic import (
 )
 
 from zturbo.config.fields import SHA256_HEX, Bool, Float, Int, Passes, check_text
-from zturbo.config.groups import Group, fields_where
+from zturbo.config.groups import Flag, Group, fields_where
 from zturbo.config.settings import Settings, first_error
 from zturbo.config.sizes import (
     ENHANCE_INPUT_CHARS,
@@ -45,50 +46,91 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     prompt: str
-    negative_prompt: Annotated[str, PROMPT] = ""
-    seed: Annotated[Int | None, IMAGE] = Field(None, ge=0, lt=SEED_LIMIT)
-    width: Annotated[Int, IMAGE] = 1024
-    height: Annotated[Int, IMAGE] = 1024
-    steps: Annotated[Int, IMAGE] = Field(8, ge=1, le=MAX_STEPS)
-    guidance: Annotated[Float, IMAGE] = Field(0.0, ge=0.0, le=30.0)
-    shift: Annotated[Float, IMAGE] = Field(3.0, gt=0.0, le=50.0)
-    max_sequence_length: Annotated[Int, PROMPT] = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
-    num_images: Annotated[Int, IMAGE] = Field(1, ge=1)
-    teleport: Annotated[Bool, CACHE] = True
+    negative_prompt: Annotated[str, PROMPT, Flag(
+        "Used only with guidance > 0.")] = ""
+    seed: Annotated[Int | None, IMAGE, Flag(
+        "Seed; repeat for one image per seed. Default: random, always printed.",
+        type=list[int])] = Field(None, ge=0, lt=SEED_LIMIT)
+    width: Annotated[Int, IMAGE, Flag(
+        "Width in pixels, a multiple of 16.", short="-W")] = 1024
+    height: Annotated[Int, IMAGE, Flag(
+        "Height in pixels, a multiple of 16.", short="-H")] = 1024
+    steps: Annotated[Int, IMAGE, Flag(
+        "DiT passes, 1-100. Turbo: 8 (diffusers 0.42 counts passes; older guides say 9).",
+        short="-s")] = Field(8, ge=1, le=MAX_STEPS)
+    guidance: Annotated[Float, IMAGE, Flag(
+        "Guidance scale; Turbo is distilled for 0. [default: 0]",
+        short="-g")] = Field(0.0, ge=0.0, le=30.0)
+    shift: Annotated[Float, IMAGE, Flag(
+        "Flow-matching timestep shift.")] = Field(3.0, gt=0.0, le=50.0)
+    max_sequence_length: Annotated[Int, PROMPT, Flag(
+        "Text token limit.")] = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
+    num_images: Annotated[Int, IMAGE, Flag(
+        "Images per seed (seeds seed, seed+1, ...).", short="-n")] = Field(1, ge=1)
+    teleport: Annotated[Bool, CACHE, Flag(
+        "Exact-replay cache: resume a seen trajectory.", switch=True)] = True
     # img2img / inpaint: content hashes of the pixels passed alongside (image_sha256)
-    image: Annotated[str | None, IMAGE] = Field(None, pattern=SHA256_HEX)
-    strength: Annotated[Float | None, IMAGE] = Field(None, gt=0.0, le=1.0)
-    mask: Annotated[str | None, IMAGE] = Field(None, pattern=SHA256_HEX)
-    passes: Annotated[Passes, IMAGE] = Field((), max_length=8)
+    image: Annotated[str | None, IMAGE, Flag(
+        "Source image for img2img; the output size defaults to its size (multiples of 16).",
+        type=Path)] = Field(None, pattern=SHA256_HEX)
+    strength: Annotated[Float | None, IMAGE, Flag(
+        "img2img/inpaint strength, the share of steps run (0-1].")] = Field(None, gt=0.0, le=1.0)
+    mask: Annotated[str | None, IMAGE, Flag(
+        "Inpaint mask for --image: white is repainted, black kept.",
+        type=Path)] = Field(None, pattern=SHA256_HEX)
+    passes: Annotated[Passes, IMAGE, Flag(
+        "Multi-pass SCALE:STEPS:STRENGTH,... e.g. 0.5:8:1.0,1.0:4:0.45 (last scale 1.0).",
+        type=str)] = Field((), max_length=8)
     # per-request LoRAs, by name from lora_dirs (engine-level ones: Settings.loras)
     loras: Annotated[LoraPicks, WEIGHTS] = Field((), max_length=8)
-    vae_tiling: Annotated[Bool, WEIGHTS] = False
-    vae_tile_size: Annotated[Int, WEIGHTS] = Field(512, ge=64, le=4096)
-    vae_tile_overlap: Annotated[Float, WEIGHTS] = Field(0.25, ge=0.0, le=0.5)
+    vae_tiling: Annotated[Bool, WEIGHTS, Flag(
+        "Tiled VAE. [default: on above vae_tiling_pixels]", switch=True)] = False
+    vae_tile_size: Annotated[Int, WEIGHTS, Flag(
+        "VAE tile size in pixels.")] = Field(512, ge=64, le=4096)
+    vae_tile_overlap: Annotated[Float, WEIGHTS, Flag(
+        "VAE tile overlap, 0-0.5 of a tile.")] = Field(0.25, ge=0.0, le=0.5)
     # Prompt side. The template body (not only its name) is kept so replay is exact and the
     # embedding key sees an edited template; ``embeddings_sha256`` names precomputed prompt
     # embeddings (``zturbo encode``) by content.
-    template: Annotated[str | None, PROMPT] = Field(None, max_length=100)
+    template: Annotated[str | None, PROMPT, Flag(
+        "Prompt template by name (`zturbo templates list`); none: off.")] = Field(None, max_length=100)
     template_body: Annotated[str | None, PROMPT] = Field(None, max_length=MAX_TEMPLATE_CHARS)
-    hidden_layer: Annotated[Int, PROMPT] = Field(-2, ge=-100, le=100)
-    long_prompt: Annotated[LongPromptMode, PROMPT] = "truncate"
+    hidden_layer: Annotated[Int, PROMPT, Flag(
+        "Qwen3 hidden state fed to the DiT. [default: -2, the penultimate]")] = Field(-2, ge=-100, le=100)
+    long_prompt: Annotated[LongPromptMode, PROMPT, Flag(
+        "Over max-sequence-length: truncate, interpolate, pool, attention_pool.",
+        type=str)] = "truncate"
     embeddings_sha256: Annotated[str | None, PROMPT] = Field(None, pattern=r"^[0-9a-f]{64}$")
     # Transformer research knobs: DyPE (position extrapolation) and skip-layer guidance.
-    dype: Annotated[DypeMethod, KNOB] = "off"
-    dype_scale: Annotated[Float, KNOB] = Field(2.0, ge=0.0, le=16.0)
-    dype_exponent: Annotated[Float, KNOB] = Field(2.0, ge=0.0, le=16.0)
-    dype_base: Annotated[Int, KNOB] = Field(1024, ge=256, le=4096, multiple_of=16)
-    slg_scale: Annotated[Float, KNOB] = Field(0.0, ge=0.0, le=20.0)
-    slg_layers: Annotated[tuple[Int, ...], KNOB] = Field((7, 8, 9), max_length=64)
-    slg_start: Annotated[Float, KNOB] = Field(0.01, ge=0.0, le=1.0)
-    slg_stop: Annotated[Float, KNOB] = Field(0.2, ge=0.0, le=1.0)
+    dype: Annotated[DypeMethod, KNOB, Flag(
+        "DyPE position extrapolation for 2K-4K: off, vision_yarn, yarn, ntk.", type=str)] = "off"
+    dype_scale: Annotated[Float, KNOB, Flag(
+        "DyPE lambda_s (extrapolation strength).")] = Field(2.0, ge=0.0, le=16.0)
+    dype_exponent: Annotated[Float, KNOB, Flag(
+        "DyPE lambda_t (how fast it fades).")] = Field(2.0, ge=0.0, le=16.0)
+    dype_base: Annotated[Int, KNOB, Flag(
+        "DyPE training resolution in pixels. [default: 1024]")] = Field(1024, ge=256, le=4096, multiple_of=16)
+    slg_scale: Annotated[Float, KNOB, Flag(
+        "Skip-layer guidance scale; 0 is off. [default: 0]")] = Field(0.0, ge=0.0, le=20.0)
+    slg_layers: Annotated[tuple[Int, ...], KNOB, Flag(
+        "DiT layers SLG skips, comma-separated.", type=str)] = Field((7, 8, 9), max_length=64)
+    slg_start: Annotated[Float, KNOB, Flag(
+        "SLG starts at this fraction of the steps.")] = Field(0.01, ge=0.0, le=1.0)
+    slg_stop: Annotated[Float, KNOB, Flag(
+        "SLG stops at this fraction of the steps.")] = Field(0.2, ge=0.0, le=1.0)
     # Seed variety: seeded noise in the prompt embedding for the first share of the steps.
-    variety: Annotated[Float, KNOB] = Field(0.0, ge=0.0, le=MAX_VARIETY)
-    variety_steps: Annotated[Float, KNOB] = Field(0.3, gt=0.0, le=1.0)
+    variety: Annotated[Float, KNOB, Flag(
+        "Seed variety: seeded noise in the prompt embedding for the first steps, 0-2 (0 is "
+        "off). [default: 0]")] = Field(0.0, ge=0.0, le=MAX_VARIETY)
+    variety_steps: Annotated[Float, KNOB, Flag(
+        "Share of the steps seed variety lasts, (0-1]. [default: 0.3]")] = Field(
+        0.3, gt=0.0, le=1.0)
     # Prompt enhancer: ``enhance`` asks for it; once done the prompt is the enhanced text
     # (what is encoded and keyed), ``enhance`` is false and ``original_prompt`` keeps the
     # user's words (so a replay never enhances again).
-    enhance: Annotated[Bool, PROMPT] = False
+    enhance: Annotated[Bool, PROMPT, Flag(
+        "Expand the prompt with the loaded Qwen3 text encoder first (greedy, cached); the "
+        "image is keyed by the enhanced text.")] = False
     original_prompt: Annotated[str | None, PROMPT] = None
 
     @model_validator(mode="before")
