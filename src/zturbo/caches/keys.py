@@ -112,7 +112,7 @@ def vae_latent_key(engine: Engine, image_sha256: str, width: int, height: int,
     return digest(fields)
 
 
-def enhanced_key(engine, params: dict[str, Any]) -> str:
+def enhanced_key(engine: Engine, params: dict[str, Any]) -> str:
     """Key of an enhanced prompt: the text encoder's fingerprint (it writes the text), the
     system prompt's version, the decoding bounds and the input text (``params``)."""
     return digest({"kind": "enhanced", "v": KEY_VERSION, "text": engine.text_fingerprint,

@@ -204,7 +204,7 @@ class Settings(BaseSettings):
     compile_mode: Annotated[Literal[
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
     ], SPEED_ENGINE] = Field("default", description="torch.compile mode for --compile")
-    # server (HTTP issue)
+    # server
     host: Annotated[str, SERVER] = Field("127.0.0.1", description="address the server binds")
     port: Annotated[int, SERVER] = Field(8000, description="port the server binds")
     api_key: Annotated[str | None, SERVER] = Field(

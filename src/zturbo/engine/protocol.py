@@ -26,7 +26,7 @@ class Engine(Protocol):
 
     pipe: Any  # diffusers' ZImagePipeline
     spec: str
-    folder: Path
+    folder: Path | None  # None: built in memory
     device: torch.device
     dtype: torch.dtype
     settings: Settings

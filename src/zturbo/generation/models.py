@@ -321,7 +321,7 @@ def memory_plan(shape: Callable[[], costmodel.ModelShape], device: torch.device,
     if settings.vram_budget is not None:
         budget = costmodel.parse_bytes(settings.vram_budget)
     elif device.type == "cuda":
-        budget = demo.free_bytes(device)
+        budget = float(demo.free_bytes(device) or 0)  # on CUDA always the driver's figure
     else:
         return "resident", None
     return costmodel.pick_plan(budget, shape())
