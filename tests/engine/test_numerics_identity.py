@@ -126,17 +126,17 @@ def test_matmul_precision_changes_every_key_in_process(precision):
     engine = zturbo.load("demo")
     try:
         first = engine.generate("a lighthouse", seed=5, **SIZE)
-        assert first.teleport[0]["hit"] is False
+        assert first.teleport[0].hit is False
         keys = (engine.fingerprint, engine.text_fingerprint, engine.vae_fingerprint)
         torch.set_float32_matmul_precision("medium")
         assert all(a != b for a, b in zip(keys, (engine.fingerprint, engine.text_fingerprint,
                                                   engine.vae_fingerprint)))
         medium = engine.generate("a lighthouse", seed=5, **SIZE)
-        assert medium.teleport[0]["hit"] is False  # not the memory tier's highest-precision run
+        assert medium.teleport[0].hit is False  # not the memory tier's highest-precision run
         torch.set_float32_matmul_precision("highest")
         assert engine.fingerprint == keys[0]
         again = engine.generate("a lighthouse", seed=5, **SIZE)
-        assert again.teleport[0]["hit"] is True and again.teleport[0]["tier"] == "memory"
+        assert again.teleport[0].hit is True and again.teleport[0].tier == "memory"
         assert np.array_equal(pixels(again.images[0]), pixels(first.images[0]))
     finally:
         engine.close()
@@ -154,7 +154,7 @@ CHILD = textwrap.dedent("""
     engine = zturbo.load("demo")
     result = engine.generate("a lighthouse", seed=3, width=64, height=64)
     ident = numerics.numerics_identity(engine.placements())
-    print(json.dumps({"fingerprint": engine.fingerprint, "hit": result.teleport[0]["hit"],
+    print(json.dumps({"fingerprint": engine.fingerprint, "hit": result.teleport[0].hit,
                       "canary": ident["components"]["transformer"]["canary"],
                       "canary_runs": len(runs)}))
 """)

@@ -104,7 +104,7 @@ def resolve_lora(name: str, lora_dirs: list[str]) -> Path:
 
 def _lora_files(lora_dirs: list[str]) -> list[Path]:
     """Every file ``resolve_lora`` can reach, folder by folder."""
-    files = []
+    files: list[Path] = []
     for folder in lora_dirs:
         root = Path(folder).expanduser().resolve()
         if root.is_dir():
