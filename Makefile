@@ -13,11 +13,13 @@ demo: setup
 	.venv/bin/zturbo generate "a red robot" --model demo --seed 42 -W 256 -H 256
 	@echo "zturbo is .venv/bin/zturbo: run 'source .venv/bin/activate' to put it on PATH"
 
-# imports only point down (import-linter contracts in pyproject.toml), no import cycle, ruff
+# imports only point down (import-linter contracts in pyproject.toml), no import cycle, ruff,
+# mypy over the engine, config, caches and generation ([tool.mypy] in pyproject.toml)
 lint: setup
 	.venv/bin/lint-imports
 	.venv/bin/python scripts/import_cycles.py
 	.venv/bin/ruff check src tests benchmarks scripts
+	.venv/bin/mypy
 
 test: setup lint
 	@scripts/system-deps

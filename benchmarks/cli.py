@@ -3,7 +3,7 @@ end to end with and without a running ``zturbo serve``. Demo model, loopback onl
 
 1. Start-up: ``zturbo --help``, ``--version``, ``info IMAGE``, ``config show`` as new
    processes, median wall time. "lazy" is this tree; "eager" is the same command after
-   importing what the package imported at start-up before issue 11 (``zturbo.generate``
+   importing what an eager package would import at start-up (``zturbo.generate``
    and ``zturbo.engine.accel``: torch, diffusers, transformers), measured in the same run, so
    the ratio compares like with like on the same machine and load.
 2. Repeated runs: the same 256x256 request with a new seed each run (no teleport hit),

@@ -60,7 +60,7 @@ def run_workload(engine, requests, clients: int) -> dict:
         done = list(pool.map(one, requests))
     wall = time.perf_counter() - started
     latencies = [d[0] for d in done]
-    tiers = [d[1].teleport[0].get("tier") if d[1].teleport[0].get("hit") else "miss"
+    tiers = [d[1].teleport[0].tier if d[1].teleport[0].hit else "miss"
              for d in done]
     return {"requests": len(requests), "seconds": round(wall, 3),
             "images_per_s": round(len(requests) / wall, 3),

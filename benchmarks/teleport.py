@@ -63,7 +63,8 @@ def main() -> None:
 
     _, stored = run(True)  # stores every resume point 1..steps and the image; warms the embedding cache
     reference = np.asarray(stored.images[0])
-    emb, negative, _ = embed_request(engine, request)
+    text = embed_request(engine, request)
+    emb = text.prompt
     x = noise(42, args.size, args.size)
 
     def floor() -> float:
@@ -81,8 +82,8 @@ def main() -> None:
         for row in order:
             seconds, result = run(True, row)
             served = result.teleport[0]
-            assert (served["resumed_at_step"] == row if isinstance(row, int)
-                    else served["served"] == row), result.teleport
+            assert (served.hit_step == row if isinstance(row, int)
+                    else served.served == row), result.teleport
             times.setdefault(row, []).append(seconds)
             same = np.array_equal(np.asarray(result.images[0]), reference)
             identical[row] = identical.get(row, True) and same

@@ -204,7 +204,7 @@ def repeat_row(bench: Bench, engine, size: int, mode: str, served: str) -> None:
         result, seconds, peak = measured(lambda: engine.generate(prompt, **fields(size)))
     finally:
         engine.settings = before
-    got = result.teleport[0].get("served")
+    got = result.teleport[0].served
     same = compare(result.images[0], pixels(first.images[0]))
     name = {"image": "repeat: image entry", "final_latent": "repeat: final latent",
             "resume": f"repeat: resume at {RESUME_AT}"}[served]

@@ -1,4 +1,4 @@
-"""Every front end on the demo models on one device, in bfloat16 and float32 (issue 14).
+"""Every front end on the demo models on one device, in bfloat16 and float32.
 
     scripts/gpu-smoke                     # cuda; exit 2 with "no CUDA device" without one
     scripts/gpu-smoke --device cpu --quick
@@ -187,11 +187,11 @@ class Smoke:
         full = pixels(engine.generate(teleport=False, **fields).images[0])
         first = engine.generate(**fields)
         second = engine.generate(**fields)
-        check(not first.teleport[0]["hit"], f"first run hit: {first.teleport[0]}")
-        check(second.teleport[0]["hit"], f"repeat did not hit: {second.teleport[0]}")
+        check(not first.teleport[0].hit, f"first run hit: {first.teleport[0]}")
+        check(second.teleport[0].hit, f"repeat did not hit: {second.teleport[0]}")
         same(pixels(first.images[0]), full, "the storing run vs the full run")
         same(pixels(second.images[0]), full, "the teleport hit vs the full run")
-        return f"hit at step {second.teleport[0]['resumed_at_step']} = full run"
+        return f"hit at step {second.teleport[0].hit_step} = full run"
 
     def lora(self) -> str:
         from knob_files import make_lora

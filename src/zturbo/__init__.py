@@ -14,8 +14,9 @@ from zturbo.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from zturbo.config import Request, Settings, load_settings, make_request
+    from zturbo.engine.protocol import Engine
     from zturbo.errors import ZTurboError
-    from zturbo.generation.models import Engine, load
+    from zturbo.generation.models import load
     from zturbo.generation.orchestrator import Result, generate
 
 __all__ = ["Engine", "Request", "Result", "Settings", "ZTurboError", "generate", "load",
@@ -25,6 +26,6 @@ __all__ = ["Engine", "Request", "Result", "Settings", "ZTurboError", "generate",
 __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "Request": "config", "Settings": "config", "load_settings": "config",
     "make_request": "config", "ZTurboError": "errors", "Result": "generation.orchestrator",
-    "generate": "generation.orchestrator", "Engine": "generation.models",
+    "generate": "generation.orchestrator", "Engine": "engine.protocol",
     "load": "generation.models"})
 

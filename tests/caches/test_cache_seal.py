@@ -116,12 +116,12 @@ def test_a_rekeyed_image_entry_in_redis_is_not_served_as_another_request(server)
     raw.set(dog_name, header + pack(tensors, {**meta, "key": dog_key}))
 
     again = engine.generate(prompt="a blue dog", seed=2, **SMALL)
-    assert again.teleport[0]["served"] != "image"  # the forged entry is a miss
+    assert again.teleport[0].served != "image"  # the forged entry is a miss
     assert np.array_equal(pixels(again.images[0]), pixels(dog.images[0]))
     assert engine.caches.stats()["tiers"]["redis"]["forged"] >= 1
     # the next repeat is served by the image entry this run wrote, sealed again
     third = engine.generate(prompt="a blue dog", seed=2, **SMALL)
-    assert third.teleport[0]["served"] == "image"
+    assert third.teleport[0].served == "image"
     assert np.array_equal(pixels(third.images[0]), pixels(dog.images[0]))
     engine.close()
 
@@ -136,6 +136,6 @@ def test_replicas_with_one_configured_secret_share_entries(server, monkeypatch, 
     assert not (zturbo_home / "cache.secret").exists()  # the configured one is used
     second = zturbo.load(settings=load_settings(flags=flags)[0])
     hit = second.generate(prompt="a lighthouse", seed=3, **SMALL)
-    assert hit.teleport[0]["served"] == "image" and hit.teleport[0]["tier"] == "redis"
+    assert hit.teleport[0].served == "image" and hit.teleport[0].tier == "redis"
     assert np.array_equal(pixels(hit.images[0]), pixels(made.images[0]))
     second.close()

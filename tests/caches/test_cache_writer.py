@@ -85,10 +85,10 @@ def test_a_request_never_waits_on_a_full_writer():
     worker.start()
     worker.join(60)
     assert done, "generate waited for the cache writer"
-    assert done[0].teleport[0]["stored"] == []  # nothing could be queued: nothing claimed
+    assert done[0].teleport[0].stored == ()  # nothing could be queued: nothing claimed
     release.set()
     again = engine.generate("a kite", **FIELDS)
-    assert again.teleport[0]["served"] == "full"  # skipped entries are misses, not waits
+    assert again.teleport[0].served == "full"  # skipped entries are misses, not waits
     assert np.array_equal(pixels(again.images[0]), pixels(done[0].images[0]))
     engine.close()
 
@@ -101,6 +101,6 @@ def test_the_image_entry_is_the_image_as_returned_not_as_changed_later():
     first.images[0].paste((0, 0, 0), (0, 0, 64, 64))  # the caller draws on its image
     release.set()
     second = engine.generate("a bell", **FIELDS)
-    assert second.teleport[0]["served"] == "image"
+    assert second.teleport[0].served == "image"
     assert np.array_equal(pixels(second.images[0]), plain)
     engine.close()

@@ -33,9 +33,9 @@ def source():
 
 
 def test_embedding_digest_is_pinned(engine):
-    _, negative, digest = embed_request(engine, fixed_request(engine))
-    assert negative is None
-    assert digest == EMBEDDING_DIGEST
+    text = embed_request(engine, fixed_request(engine))
+    assert text.negative is None
+    assert text.digest == EMBEDDING_DIGEST
 
 
 def test_key_functions_are_pinned_for_a_fixed_fingerprint(engine):

@@ -1,4 +1,4 @@
-"""Host/device crossings, exercised without a GPU (issue 14, defect 7).
+"""Host/device crossings, exercised without a GPU.
 
 ``offcpu.OffCpu`` tensors claim a device that is not the CPU and refuse ``.numpy()`` as a
 real CUDA tensor does, while their data stays on the CPU. Every place that reads tensor bytes on the
@@ -105,11 +105,12 @@ def test_request_embedding_digest_with_the_encoder_on_a_device(engine, monkeypat
     request = make_request(engine.settings, prompt="a device crossing, uncached",
                            width=64, height=64, steps=2, guidance=1.5,
                            negative_prompt="blur, uncached")
-    emb, negative, digest = embed_request(engine, request)
+    text = embed_request(engine, request)
+    emb, negative, digest = text.prompt, text.negative, text.digest
     assert emb.tensors[0].device.type != "cpu" and negative[0].device.type != "cpu"
     plain = Embedding([t.to("cpu") for t in emb.tensors], emb.token_count, emb.truncated)
     assert digest == tensor_digest({"p0": plain.tensors[0], "n0": negative[0].to("cpu")})
-    assert want[2] != digest  # another prompt, another digest (the test compares something)
+    assert want.digest != digest  # another prompt, another digest (the test compares something)
     monkeypatch.undo()
     again = embed_request(engine, request)  # now from the embedding cache: CPU bytes stored
-    assert again[2] == digest
+    assert again.digest == digest

@@ -34,11 +34,11 @@ def run(engine, prompt="a lighthouse", seed=3, **fields):
 def test_image_entry_serves_a_repeat_without_dit_or_decode():
     engine = load(teleport_repeat="image")
     first, _ = run(engine)
-    assert first.teleport[0]["served"] == "full" and first.teleport[0]["stored"] == [2, 3]
+    assert first.teleport[0].served == "full" and first.teleport[0].stored == (2, 3)
     second, steps = run(engine)
     report = second.teleport[0]
-    assert report["served"] == "image" and report["hit"] and report["tier"] == "memory"
-    assert report["resumed_at_step"] == 3 and steps == []  # no DiT pass ran
+    assert report.served == "image" and report.hit and report.tier == "memory"
+    assert report.hit_step == 3 and steps == []  # no DiT pass ran
     assert second.timings["decode"] == 0.0 and second.timings["lookup"] > 0
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
     stats = engine.caches.stats()["kinds"]["image"]
@@ -49,7 +49,7 @@ def test_final_latent_serves_a_repeat_with_a_decode_only():
     engine = load(teleport_repeat="latent")
     first, _ = run(engine, "a tower", guidance=1.5, negative_prompt="fog")
     second, steps = run(engine, "a tower", guidance=1.5, negative_prompt="fog")
-    assert second.teleport[0]["served"] == "final_latent" and steps == []
+    assert second.teleport[0].served == "final_latent" and steps == []
     assert second.timings["decode"] > 0
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
     assert "image" not in engine.caches.stats()["kinds"]  # latent mode keeps no image
@@ -66,7 +66,7 @@ def test_inpaint_final_latent_is_exact(tmp_path):
               "strength": 0.9, "steps": 4}
     first, _ = run(engine, "a boat", **fields)
     second, steps = run(engine, "a boat", **fields)
-    assert second.teleport[0]["served"] == "final_latent" and steps == []
+    assert second.teleport[0].served == "final_latent" and steps == []
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
 
 
@@ -81,10 +81,10 @@ def test_a_damaged_image_entry_is_a_miss_and_the_final_latent_serves(damage):
     meta = {"key": key, "pixels": metadata.pixel_digest(first.images[0])}
     engine.caches.put("image", key, pack(tensors, meta))
     second, steps = run(engine, "a bridge")
-    assert second.teleport[0]["served"] == "final_latent" and steps == []
+    assert second.teleport[0].served == "final_latent" and steps == []
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
     third, _ = run(engine, "a bridge")  # the decode stored a good entry again
-    assert third.teleport[0]["served"] == "image"
+    assert third.teleport[0].served == "image"
     assert np.array_equal(pixels(first.images[0]), pixels(third.images[0]))
 
 
@@ -100,7 +100,7 @@ def test_decode_settings_never_share_an_image(tmp_path):
     plain, _ = run(engine, "a hill", width=128, height=128)
     tiled, _ = run(engine, "a hill", width=128, height=128, vae_tiling=True, vae_tile_size=64)
     # tiling changes only the decode: the untiled run's final latent serves, never its image
-    assert tiled.teleport[0]["served"] == "final_latent"
+    assert tiled.teleport[0].served == "final_latent"
     assert not np.array_equal(pixels(plain.images[0]), pixels(tiled.images[0]))
     cold = load(teleport=False).generate("a hill", seed=3, width=128, height=128, steps=3,
                                          vae_tiling=True, vae_tile_size=64)
@@ -111,7 +111,7 @@ def test_saved_png_of_a_hit_carries_its_own_parameters(tmp_path):
     engine = load(teleport_repeat="image")
     run(engine, "a mill", seed=1)
     hit, _ = run(engine, "a mill", seed=1)
-    assert hit.teleport[0]["served"] == "image"
+    assert hit.teleport[0].served == "image"
     path = hit.save(tmp_path / "mill.png")[0]
     read = metadata.read(path)
     assert read["request"]["prompt"] == "a mill" and read["request"]["seed"] == 1

@@ -29,10 +29,10 @@ def fresh():
 
 def test_second_run_hits_at_the_default_step_and_is_pixel_identical(fresh):
     first = fresh.generate("a cat", seed=1, **SIZE)
-    assert first.teleport[0]["hit"] is False and first.teleport[0]["stored"] == [7]
+    assert first.teleport[0].hit is False and first.teleport[0].stored == (7,)
     seen = []
     second = fresh.generate("a cat", seed=1, **SIZE, on_step=lambda d, t, _: seen.append(d))
-    assert second.teleport[0] == {"hit": True, "resumed_at_step": 7, "tier": "memory",
+    assert second.teleport[0].as_dict() == {"hit": True, "resumed_at_step": 7, "tier": "memory",
                                   "stored": [], "bypass": None, "served": "resume"}
     assert seen == [8]  # only the last DiT pass ran
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
@@ -45,9 +45,10 @@ def test_every_resume_step_is_exact(dtype, guidance):
     request = make_request(engine.settings, prompt="a red robot", seed=5, guidance=guidance,
                            negative_prompt="blur", **SIZE)
     full = engine.generate(**request.model_dump())
-    assert full.teleport[0]["stored"] == [1, 2, 3, 4, 5, 6, 7]
+    assert full.teleport[0].stored == (1, 2, 3, 4, 5, 6, 7)
     reference = pixels(full.images[0])
-    emb, neg, digest = embed_request(engine, request)
+    text = embed_request(engine, request)
+    emb, neg, digest = text.prompt, text.negative, text.digest
     for start in range(1, 8):  # resume after every 0-based step k = start - 1 in 0..steps-2
         replay = teleport.plan(engine, request, 5, digest)
         replay.keys = {start: replay.keys[start]}
@@ -61,37 +62,37 @@ def test_every_resume_step_is_exact(dtype, guidance):
 def test_resume_picks_the_deepest_point_present(fresh):
     engine = load(teleport_store_steps=[2, 4])
     first = engine.generate("a dog", seed=3, **SIZE)
-    assert first.teleport[0]["stored"] == [2, 4, 7]
+    assert first.teleport[0].stored == (2, 4, 7)
     engine.caches.clear(kind="teleport", tier="memory")
     second = engine.generate("a dog", seed=3, **SIZE)
-    assert second.teleport[0]["resumed_at_step"] == 7 and second.teleport[0]["tier"] == "disk"
+    assert second.teleport[0].hit_step == 7 and second.teleport[0].tier == "disk"
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
 
 
 def test_each_image_of_a_request_replays_on_its_own(fresh):
     first = fresh.generate("birds", seed=10, num_images=2, **SIZE)
     again = fresh.generate("birds", seed=11, **SIZE)
-    assert again.teleport[0]["hit"] and np.array_equal(pixels(first.images[1]),
+    assert again.teleport[0].hit and np.array_equal(pixels(first.images[1]),
                                                        pixels(again.images[0]))
 
 
 def test_teleport_off_and_start_step_settings(fresh):
     fresh.generate("x", seed=2, **SIZE)
     off = fresh.generate("x", seed=2, teleport=False, **SIZE)
-    assert off.teleport[0]["hit"] is False and off.teleport[0]["bypass"] == "teleport is off"
+    assert off.teleport[0].hit is False and off.teleport[0].bypass == "teleport is off"
     early = load(teleport_start_step=3)
-    assert early.generate("y", seed=2, **SIZE).teleport[0]["stored"] == [3]
-    assert early.generate("y", seed=2, **SIZE).teleport[0]["resumed_at_step"] == 3
+    assert early.generate("y", seed=2, **SIZE).teleport[0].stored == (3,)
+    assert early.generate("y", seed=2, **SIZE).teleport[0].hit_step == 3
     short = early.generate("z", seed=2, steps=2, **SIZE)  # start step clamps to steps-1
-    assert short.teleport[0]["stored"] == [1]
-    assert early.generate("z", seed=2, steps=1, **SIZE).teleport[0]["stored"] == []
+    assert short.teleport[0].stored == (1,)
+    assert early.generate("z", seed=2, steps=1, **SIZE).teleport[0].stored == ()
 
 
 def test_disk_tier_replays_across_engines(zturbo_home):
     first = load(memory_cache_mb=0).generate("a boat", seed=4, **SIZE)
     other = load(memory_cache_mb=0)  # a new process would see the same disk
     second = other.generate("a boat", seed=4, **SIZE)
-    assert second.teleport[0]["tier"] == "disk"
+    assert second.teleport[0].tier == "disk"
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
 
 
@@ -106,23 +107,25 @@ def test_a_corrupt_entry_is_a_miss_and_is_removed(zturbo_home):
         data[-100] ^= 0xFF
         path.write_bytes(bytes(data))
     second = engine.generate("a tree", seed=6, **SIZE)
-    assert second.teleport[0]["hit"] is False
+    assert second.teleport[0].hit is False
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
-    assert engine.generate("a tree", seed=6, **SIZE).teleport[0]["hit"] is True  # re-stored
+    assert engine.generate("a tree", seed=6, **SIZE).teleport[0].hit is True  # re-stored
 
 
 def test_bypass_when_the_engine_says_resume_is_inexact(fresh):
-    fresh.teleport_exact = lambda steps, start: (False, "step caching restarts its counters per call")
+    fresh.teleport_exact = lambda steps, start, extra_forwards=0: (
+        False, "step caching restarts its counters per call")
     result = fresh.generate("x", seed=8, **SIZE)
-    assert result.teleport[0]["bypass"] == "step caching restarts its counters per call"
-    assert result.teleport[0]["stored"] == []
-    assert fresh.generate("x", seed=8, **SIZE).teleport[0]["hit"] is False
+    assert result.teleport[0].bypass == "step caching restarts its counters per call"
+    assert result.teleport[0].stored == ()
+    assert fresh.generate("x", seed=8, **SIZE).teleport[0].hit is False
     # only the inexact resume points are dropped
-    fresh.teleport_exact = lambda steps, start: (start != 7, f"step {start} is cached")
+    fresh.teleport_exact = lambda steps, start, extra_forwards=0: (start != 7,
+                                                                  f"step {start} is cached")
     fresh.settings = fresh.settings.model_copy(update={"teleport_store_steps": [3]})
-    assert fresh.generate("x", seed=9, **SIZE).teleport[0]["stored"] == [3]
+    assert fresh.generate("x", seed=9, **SIZE).teleport[0].stored == (3,)
     again = fresh.generate("x", seed=9, **SIZE).teleport[0]
-    assert again["resumed_at_step"] == 3 and again["bypass"] is None
+    assert again.hit_step == 3 and again.bypass is None
 
 
 # -- the key matrix: change one thing, get a miss -------------------------------------------
@@ -188,7 +191,7 @@ def test_changed_request_misses_end_to_end(fresh):
     for change in [{"seed": 2}, {"prompt": "a cat!"}, {"steps": 7}, {"guidance": 0.5},
                    {"shift": 2.5}, {"width": 80}]:
         fields = {"prompt": "a cat", "seed": 1, **SIZE, **change}
-        assert fresh.generate(**fields).teleport[0]["hit"] is False, change
+        assert fresh.generate(**fields).teleport[0].hit is False, change
 
 
 @pytest.mark.subprocess
@@ -247,7 +250,7 @@ def test_replay_through_redis_alone(server):
     a = first.generate("a lamp", seed=12, **SIZE)
     replica = load(memory_cache_mb=0, disk_cache_mb=0, redis_url=server.url)
     b = replica.generate("a lamp", seed=12, **SIZE)
-    assert b.teleport[0]["tier"] == "redis" and b.teleport[0]["resumed_at_step"] == 7
+    assert b.teleport[0].tier == "redis" and b.teleport[0].hit_step == 7
     assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))
 
 
@@ -255,7 +258,19 @@ def test_dead_redis_degrades_to_local_tiers(caplog):
     engine = load(redis_url="redis://127.0.0.1:9/0", redis_timeout_s=0.2)
     a = engine.generate("a lamp", seed=13, **SIZE)
     b = engine.generate("a lamp", seed=13, **SIZE)
-    assert b.teleport[0]["tier"] == "memory"
+    assert b.teleport[0].tier == "memory"
     assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))
     assert sum("redis" in r.getMessage().lower() for r in caplog.records
                if r.levelname == "WARNING") == 1
+
+
+def test_a_teleport_report_reads_back_from_its_json_shape():
+    from zturbo.caches.report import TeleportReport
+
+    one = TeleportReport(served="resume", hit_step=3, tier="disk", stored=(5,))
+    two = TeleportReport(served="full", stored=(1, 2), bypass=None, passes=(one, one))
+    for report in (one, two, TeleportReport(served="full", bypass="teleport is off")):
+        assert TeleportReport.from_dict(report.as_dict()) == report
+    assert one.as_dict() == {"hit": True, "resumed_at_step": 3, "tier": "disk", "stored": [5],
+                             "bypass": None, "served": "resume"}
+    assert [p["hit"] for p in two.as_dict()["passes"]] == [True, True]

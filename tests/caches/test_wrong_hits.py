@@ -1,5 +1,5 @@
 """Never a wrong hit: each cache path that could serve (or store) pixels a full run would
-not give, with the request sequence that showed it (issue 14), and keys that do not split
+not give, with the request sequence that shows it, and keys that do not split
 where the trajectory provably does not change."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def source_image(size=128) -> Image.Image:
 
 
 def test_vae_latent_key_follows_the_encode_tiling():
-    """Defect 3: an untiled img2img after a tiled one of the same source must not reuse the
+    """An untiled img2img after a tiled one of the same source must not reuse the
     tiled encode (nor store its result under its own teleport key)."""
     src = source_image()
     fields = {"prompt": "a watercolor city", "image": src, "strength": 0.5, "steps": 4,
@@ -44,7 +44,7 @@ def test_vae_latent_key_follows_the_encode_tiling():
 
 @pytest.mark.parametrize("racy_ns", [None, 0])
 def test_a_replaced_file_with_its_mtime_kept_is_hashed_again(tmp_path, monkeypatch, racy_ns):
-    """Defect 6: a LoRA or weight file replaced by one of the same size with its mtime kept
+    """A LoRA or weight file replaced by one of the same size with its mtime kept
     (``cp -p`` rewrites in place, ``rsync -a`` renames a new file over it) gets its new
     sha256, so no cache keeps serving the old weights' results. ``racy_ns=0`` memoises even
     a file written just now, so the memo key itself (inode, ctime) is what is tested."""
@@ -75,7 +75,7 @@ def test_a_replaced_file_with_its_mtime_kept_is_hashed_again(tmp_path, monkeypat
 
 
 def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
-    """Defect 4: SLG's extra transformer forward advances cache-dit's step counter, so a
+    """SLG's extra transformer forward advances cache-dit's step counter, so a
     resumed run applies the mask differently from the full run: teleport must bypass (and
     the full run keeps what it computed before)."""
     engine = load(step_cache="dbcache", step_cache_preset="fast", teleport_start_step=4,
@@ -85,7 +85,7 @@ def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
     full = engine.generate(**fields, teleport=False)
     first = engine.generate(**fields)
     second = engine.generate(**fields)
-    assert not second.teleport[0]["hit"] and "skip-layer guidance" in second.teleport[0]["bypass"]
+    assert not second.teleport[0].hit and "skip-layer guidance" in second.teleport[0].bypass
     for run in (first, second):
         assert np.array_equal(pixels(run.images[0]), pixels(full.images[0]))
     exact, reason = accel.teleport_exact(engine, steps=8, start=4, extra_forwards=1)
@@ -94,7 +94,7 @@ def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
     assert accel.teleport_exact(engine, steps=8, start=8, extra_forwards=1) == (True, "")
     plain = {k: v for k, v in fields.items() if not k.startswith("slg")}
     engine.generate(**plain)  # without SLG the same engine still resumes
-    assert engine.generate(**plain).teleport[0]["resumed_at_step"] == 4
+    assert engine.generate(**plain).teleport[0].hit_step == 4
     # with guidance > 0 SLG's one-image forward met the batch's cached residuals and
     # diffusers failed inside the DiT (an AssertionError, a 500): now a clear error, before
     # any work, on every path (generate, and the server's check before queueing)
@@ -105,7 +105,7 @@ def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
 
 
 def test_fields_that_do_not_change_the_trajectory_do_not_split_the_key(engine):
-    """The needless misses of issue 14, each shown to be the same trajectory: the same key,
+    """Needless misses, each shown to be the same trajectory: the same key,
     and the same pixels (so the key may not split on it)."""
     from zturbo.caches.keys import teleport_key
     from zturbo.config import make_request
@@ -138,7 +138,7 @@ def test_a_tiled_txt2img_resumes_an_untiled_run_and_decodes_tiled(engine):
     cached = load()
     cached.generate(**fields)
     hit = cached.generate(**fields, **tiled)
-    assert hit.teleport[0]["hit"]
+    assert hit.teleport[0].hit
     cold = load(memory_cache_mb=0, disk_cache_mb=0).generate(**fields, **tiled)
     assert np.array_equal(pixels(hit.images[0]), pixels(cold.images[0]))
 
@@ -172,5 +172,5 @@ def test_an_explicit_step_mask_runs_img2img_and_multipass_and_replays_exactly():
         full = engine.generate(**fields, teleport=False)
         engine.generate(**fields)
         again = engine.generate(**fields)
-        assert again.teleport[0]["hit"], again.teleport
+        assert again.teleport[0].hit, again.teleport
         assert np.array_equal(pixels(again.images[0]), pixels(full.images[0]))

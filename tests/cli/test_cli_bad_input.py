@@ -160,9 +160,9 @@ def test_a_second_server_on_the_state_dir_is_refused_and_touches_nothing(engine)
 
 
 def test_a_finished_job_clears_an_earlier_error(tmp_path):
-    from zturbo.server.store.history import History
+    from zturbo.server.store.history import LocalStore
 
-    history = History(tmp_path / "h.sqlite3")
+    history = LocalStore(tmp_path / "h.sqlite3")
     history.add_job("a" * 32, {"prompt": "x"}, 1.0)
     history.set_job("a" * 32, "error", error="the server stopped before it finished")
     history.set_job("a" * 32, "done", finished=2.0)

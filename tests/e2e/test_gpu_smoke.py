@@ -1,4 +1,4 @@
-"""scripts/gpu-smoke on the CPU: the very checks a lent GPU runs (issue 14).
+"""scripts/gpu-smoke on the CPU: the very checks a lent GPU runs.
 
 The CLI and server rows start processes (tens of seconds on a busy machine) and are
 covered by their own tests; here the in-process rows run, and the script's no-CUDA exit.

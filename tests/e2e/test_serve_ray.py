@@ -113,13 +113,13 @@ def test_a_trajectory_from_replica_a_is_a_redis_hit_on_replica_b(fleet):
     request = make_request(settings, prompt="a red fox on snow", seed=11)
     local = RemoteEngine(handle, settings, affinity=False)  # plain routing: any replica
     first = remote_generate(local, request)
-    assert first.teleport[0]["hit"] is False and first.teleport[0]["stored"]
+    assert first.teleport[0].hit is False and first.teleport[0].stored
     for _ in range(16):  # two idle replicas: each try lands on the other one half the time
         again = remote_generate(local, request)
         if again.replica != first.replica:
             break
     assert again.replica != first.replica, "never routed to the second replica"
-    assert again.teleport[0]["hit"] is True and again.teleport[0]["tier"] == "redis"
+    assert again.teleport[0].hit is True and again.teleport[0].tier == "redis"
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(first.images[0]))
 
 

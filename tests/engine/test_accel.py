@@ -185,11 +185,11 @@ def test_generate_flags_reach_the_engine(tmp_path):
 def test_teleport_with_step_caching_resumes_only_at_exact_points():
     engine = load(step_cache="dbcache", step_cache_preset="fast")  # mask 11101001 for 8 steps
     first = engine.generate("a red robot", seed=5, width=64, height=64)
-    assert first.teleport[0]["stored"] == [7]  # step 7 is computed: a resume there is exact
+    assert first.teleport[0].stored == (7,)  # step 7 is computed: a resume there is exact
     second = engine.generate("a red robot", seed=5, width=64, height=64)
-    assert second.teleport[0]["resumed_at_step"] == 7
+    assert second.teleport[0].hit_step == 7
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
     engine.settings = engine.settings.model_copy(update={"teleport_start_step": 6})
     third = engine.generate("a red robot", seed=6, width=64, height=64)  # step 6 is cached
-    assert "reuses a residual" in third.teleport[0]["bypass"]
-    assert not third.teleport[0]["hit"] and not third.teleport[0]["stored"]
+    assert "reuses a residual" in third.teleport[0].bypass
+    assert not third.teleport[0].hit and not third.teleport[0].stored

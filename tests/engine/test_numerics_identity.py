@@ -106,17 +106,17 @@ def test_engines_share_teleport_entries_only_with_the_same_thread_count():
     try:
         torch.set_num_threads(1)
         first = a.generate("a lighthouse", seed=3, **SIZE)
-        assert first.teleport[0]["hit"] is False and first.teleport[0]["stored"]
+        assert first.teleport[0].hit is False and first.teleport[0].stored
         same = b.generate("a lighthouse", seed=3, **SIZE)  # identical engine: shares
-        assert same.teleport[0]["hit"] is True and same.teleport[0]["tier"] == "disk"
+        assert same.teleport[0].hit is True and same.teleport[0].tier == "disk"
         assert np.array_equal(pixels(same.images[0]), pixels(first.images[0]))
         one_thread = b.fingerprint
         torch.set_num_threads(2)
         assert b.fingerprint != one_thread
         other = b.generate("a lighthouse", seed=3, **SIZE)  # differs only in threads
-        assert other.teleport[0]["hit"] is False
+        assert other.teleport[0].hit is False
         again = a.generate("a lighthouse", seed=3, **SIZE)  # a at 2 threads: b's 2-thread entry
-        assert again.teleport[0]["hit"] is True
+        assert again.teleport[0].hit is True
         assert np.array_equal(pixels(again.images[0]), pixels(other.images[0]))
     finally:
         torch.set_num_threads(old)
@@ -126,17 +126,17 @@ def test_matmul_precision_changes_every_key_in_process(precision):
     engine = zturbo.load("demo")
     try:
         first = engine.generate("a lighthouse", seed=5, **SIZE)
-        assert first.teleport[0]["hit"] is False
+        assert first.teleport[0].hit is False
         keys = (engine.fingerprint, engine.text_fingerprint, engine.vae_fingerprint)
         torch.set_float32_matmul_precision("medium")
         assert all(a != b for a, b in zip(keys, (engine.fingerprint, engine.text_fingerprint,
                                                   engine.vae_fingerprint)))
         medium = engine.generate("a lighthouse", seed=5, **SIZE)
-        assert medium.teleport[0]["hit"] is False  # not the memory tier's highest-precision run
+        assert medium.teleport[0].hit is False  # not the memory tier's highest-precision run
         torch.set_float32_matmul_precision("highest")
         assert engine.fingerprint == keys[0]
         again = engine.generate("a lighthouse", seed=5, **SIZE)
-        assert again.teleport[0]["hit"] is True and again.teleport[0]["tier"] == "memory"
+        assert again.teleport[0].hit is True and again.teleport[0].tier == "memory"
         assert np.array_equal(pixels(again.images[0]), pixels(first.images[0]))
     finally:
         engine.close()
@@ -154,7 +154,7 @@ CHILD = textwrap.dedent("""
     engine = zturbo.load("demo")
     result = engine.generate("a lighthouse", seed=3, width=64, height=64)
     ident = numerics.numerics_identity(engine.placements())
-    print(json.dumps({"fingerprint": engine.fingerprint, "hit": result.teleport[0]["hit"],
+    print(json.dumps({"fingerprint": engine.fingerprint, "hit": result.teleport[0].hit,
                       "canary": ident["components"]["transformer"]["canary"],
                       "canary_runs": len(runs)}))
 """)

@@ -107,6 +107,6 @@ def test_teleport_replays_dype_and_slg_exactly(zturbo_home):
     kw = {"seed": 5, "width": 288, "height": 64, "steps": 4, "dype": "yarn", "dype_base": 256,
           "slg_scale": 2.0, "slg_layers": [0], "slg_start": 0.0, "slg_stop": 1.0}
     first, second = fresh.generate("a cat", **kw), fresh.generate("a cat", **kw)
-    assert first.teleport[0]["hit"] is False and second.teleport[0]["hit"] is True
+    assert first.teleport[0].hit is False and second.teleport[0].hit is True
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
-    assert fresh.generate("a cat", **{**kw, "slg_scale": 1.0}).teleport[0]["hit"] is False
+    assert fresh.generate("a cat", **{**kw, "slg_scale": 1.0}).teleport[0].hit is False

@@ -89,7 +89,7 @@ def test_resume_at_every_step_is_exact(fraction):
     engine.settings = engine.settings.model_copy(update={"teleport_store_steps": [1, 2, 3, 4, 5]})
     kw = {"variety": 1.5, "variety_steps": fraction}
     full = run(engine, **kw)
-    assert full.teleport[0]["stored"] == [1, 2, 3, 4, 5]
+    assert full.teleport[0].stored == (1, 2, 3, 4, 5)
     reference = pixels(full.images[0])
     for start in range(1, 6):  # inside the window (1, 2), at its end (3) and after (4, 5)
         engine.settings = engine.settings.model_copy(
@@ -98,9 +98,9 @@ def test_resume_at_every_step_is_exact(fraction):
         again = engine.generate(**make_request(
             engine.settings, prompt="a red robot", seed=42, **SIZE, **kw).model_dump(),
             on_step=lambda d, t, _: seen.append(d))
-        assert again.teleport[0]["resumed_at_step"] == start, start
+        assert again.teleport[0].hit_step == start, start
         assert seen == list(range(start + 1, 7))
         assert np.array_equal(pixels(again.images[0]), reference), start
     # another strength is a miss, never the stored trajectory
     other = run(engine, variety=1.0, variety_steps=fraction)
-    assert other.teleport[0]["hit"] is False
+    assert other.teleport[0].hit is False

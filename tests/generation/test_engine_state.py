@@ -1,6 +1,7 @@
 """The shared engine's state is restored by construction (``zturbo.generation.request_scope``): a
 request that fails anywhere, in its setup or in its run, leaves the next plain request
-exactly what a fresh engine gives. Issue 14, defects 1 and 2 and the fault-injection test."""
+exactly what a fresh engine gives: a failed LoRA load, adapter eviction, and a fault injected
+at each point of the setup."""
 
 from __future__ import annotations
 
@@ -54,14 +55,14 @@ def plain(engine):
 
 
 def test_a_failed_lora_pick_leaves_no_adapter_on(shared, reference):
-    """Defect 1: a good LoRA then one that fails to load; later plain requests are plain."""
+    """A good LoRA then one that fails to load; later plain requests are plain."""
     with pytest.raises(zturbo.ZTurboError, match="foreign"):
         shared.generate(**PLAIN, loras=["style", "foreign"])
     assert np.array_equal(plain(shared), reference)
 
 
 def test_eviction_never_drops_an_adapter_the_request_picked(shared, reference, monkeypatch):
-    """Defect 2: with the adapter cache full, a request naming the oldest adapter and a new
+    """With the adapter cache full, a request naming the oldest adapter and a new
     one evicts another adapter, runs, and equals the same request on a fresh engine."""
     monkeypatch.setattr(lora, "MAX_REQUEST_ADAPTERS", 2)
     for name in ("v0", "v1"):
@@ -69,7 +70,7 @@ def test_eviction_never_drops_an_adapter_the_request_picked(shared, reference, m
     both = pixels(shared.generate(**PLAIN, loras=["v0", "v2"]).images[0])
     fresh = zturbo.load(settings=shared.settings)
     assert np.array_equal(both, pixels(fresh.generate(**PLAIN, loras=["v0", "v2"]).images[0]))
-    assert len(shared._request_adapters) == 2
+    assert len(shared.lora_registry.adapters) == 2
     assert np.array_equal(plain(shared), reference)
 
 

@@ -129,7 +129,7 @@ def test_an_enhanced_request_shares_the_plain_requests_entries(fresh):
     assert ran.original_prompt == "a cat" and not ran.enhance and ran.prompt != "a cat"
     assert "enhance" in enhanced.timings
     plain = fresh.generate(ran.prompt, seed=3, **SIZE)
-    assert plain.teleport[0]["hit"] is True
+    assert plain.teleport[0].hit is True
     assert np.array_equal(pixels(plain.images[0]), pixels(enhanced.images[0]))
     # the Request that ran replays as it is: no enhancement again
     replay = fresh.generate(**ran.model_dump())

@@ -129,8 +129,8 @@ def test_teleport_replays_img2img_and_inpaint_and_skips_the_vae_encode(with_mask
                       on_step=lambda done, total, lat: seen.append((done, total)))
     finally:
         hook.remove()
-    assert first.teleport[0]["stored"] == [4]  # 5 steps run: resume at the last one
-    assert second.teleport[0]["hit"] and second.teleport[0]["resumed_at_step"] == 4
+    assert first.teleport[0].stored == (4,)  # 5 steps run: resume at the last one
+    assert second.teleport[0].hit and second.teleport[0].hit_step == 4
     assert seen == [(5, 5)]
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
     assert len(encodes) == 1

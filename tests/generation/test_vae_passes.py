@@ -63,7 +63,7 @@ def test_two_passes_refine_a_half_size_draft(engine):
     # each pass is an ordinary trajectory: a re-run resumes every pass from teleport
     again = generate(engine, make_request(engine.settings, prompt="a red robot", seed=9,
                                           width=128, height=128, passes="0.5:4:1.0,1.0:4:0.5"))
-    assert [p["hit"] for p in again.teleport[0]["passes"]] == [True, True]
+    assert [p.hit for p in again.teleport[0].passes] == [True, True]
     assert np.array_equal(pixels(again.images[0]), pixels(result.images[0]))
 
 

@@ -1,4 +1,4 @@
-"""The bounded cache-vs-no-cache oracle (issue 14; tests/support/oracle.py has the long run).
+"""The bounded cache-vs-no-cache oracle (tests/support/oracle.py has the long run).
 
 Six seeded sequences (two per acceleration setup: plain, DBCache and TaylorSeer with a
 static step mask, each with two of the three teleport_repeat modes) of 30 requests each

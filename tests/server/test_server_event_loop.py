@@ -1,4 +1,4 @@
-"""File and pixel hashing never run on the event loop (issue 14): a large LoRA or upload
+"""File and pixel hashing never run on the event loop: a large LoRA or upload
 would stall every other client while it is read and hashed."""
 
 from __future__ import annotations

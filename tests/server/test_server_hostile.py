@@ -63,7 +63,7 @@ def test_nan_latents_are_refused_and_nothing_is_stored():
     assert all(not tier.get("kinds", {}).get(kind) for tier in tiers.values()
                for kind in ("teleport", "image")), tiers
     fine = engine.generate(prompt="x", seed=1, shift=3.0, **SMALL)
-    assert fine.teleport[0]["stored"]  # the same request with a sane shift is stored
+    assert fine.teleport[0].stored  # the same request with a sane shift is stored
     engine.close()
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from zturbo.server import create_app
 from zturbo.server.app import history_path
-from zturbo.server.store.history import History
+from zturbo.server.store.history import LocalStore
 
 from serverkit import SMALL, app_for, gate, one_thread, settings, sse, wait_for
 
@@ -161,7 +161,7 @@ def test_graceful_shutdown_leaves_no_job_running(engine, zturbo_home):
                                                       "shutdown to cancel"), g.release()),
                              daemon=True).start()
         # leaving the client ran the lifespan's shutdown
-    history = History(history_path())
+    history = LocalStore(history_path())
     try:
         for job_id in (running, waiting):
             row = history.job(job_id)
@@ -177,7 +177,7 @@ def test_history_survives_a_restart_and_crashed_jobs_are_closed(engine, zturbo_h
         r = c.post("/api/generate", json={"prompt": "a quiet harbour", "seed": 11, **SMALL})
         image_id, job_id = r.headers["x-zturbo-image-id"], r.headers["x-zturbo-job-id"]
         png = r.content
-    history = History(history_path())  # a crash left a job 'running'
+    history = LocalStore(history_path())  # a crash left a job 'running'
     history.add_job("c" * 32, {"prompt": "lost"}, 0.0)
     history.set_job("c" * 32, "running", started=1.0)
     history.close()

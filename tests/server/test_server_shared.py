@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from zturbo.errors import ZTurboError
-from zturbo.server.store import History, RedisStore, open_store
+from zturbo.server.store import LocalStore, RedisStore, open_store
 
 from serverkit import SMALL, app_for, free_port, gate, one_thread, settings, sse, wait_for
 
@@ -48,7 +48,7 @@ def pixels(png: bytes) -> np.ndarray:
 @pytest.fixture(params=["local", "redis"])
 def store(request, tmp_path):
     if request.param == "local":
-        history = History(tmp_path / "h.sqlite3", tmp_path / "out")
+        history = LocalStore(tmp_path / "h.sqlite3", tmp_path / "out")
         yield history
         history.close()
     else:
@@ -239,4 +239,4 @@ def test_redis_down_or_hung_is_a_503_not_a_hang(engine, server):
 def test_a_misconfigured_backend_is_a_clear_error(tmp_path):
     with pytest.raises(ZTurboError, match="needs redis_url"):
         open_store(settings(state_backend="redis"), tmp_path / "h.sqlite3", tmp_path)
-    assert isinstance(open_store(settings(), tmp_path / "h.sqlite3", tmp_path), History)
+    assert isinstance(open_store(settings(), tmp_path / "h.sqlite3", tmp_path), LocalStore)

@@ -1,4 +1,4 @@
-"""The cache-vs-no-cache oracle (issue 14): a cache must never change a single pixel.
+"""The cache-vs-no-cache oracle: a cache must never change a single pixel.
 
 Seeded random sequences of requests run on ONE engine with every cache tier on (memory,
 disk, a real Redis; teleport with several resume points). Each request that succeeds must
@@ -61,6 +61,7 @@ from PIL import Image
 
 import zturbo
 from zturbo import Settings, ZTurboError
+from zturbo.caches.report import TeleportReport
 
 try:
     from zturbo.generation.orchestrator import Cancelled
@@ -86,7 +87,7 @@ SIZES = [32, 48, 64, 96, 128]
 GOOD_LORAS = [f"style{i}" for i in range(10)]  # more than the 8 adapters an engine keeps
 BAD_LORAS = ["foreign", "broken"]  # no matching keys; not a safetensors file
 SOURCES = {"src-a": (64, 64, 1), "src-b": (128, 96, 2), "src-c": (96, 128, 3)}
-# hits by kind: teleport by what served the image (Result.teleport[i]["served"]: resume from
+# hits by kind: teleport by what served the image (Result.teleport[i].served: resume from
 # a stored step, final_latent decoded, or the stored image), the rest from the tiers' stats
 HIT_KINDS = ("teleport", "teleport:resume", "teleport:final_latent", "teleport:image",
              "embedding", "vae_latent")
@@ -266,7 +267,7 @@ class Outcome:
     images: list[np.ndarray] | None = None
     error: str | None = None
     clear: bool = True  # the error is a ZTurboError (one clear line), not a crash
-    teleport: list[dict] = field(default_factory=list)  # Result.teleport, one per image
+    teleport: list[TeleportReport] = field(default_factory=list)  # Result.teleport
 
 
 def run(engine, spec: dict[str, Any], with_fault: bool = True) -> Outcome:
@@ -413,7 +414,7 @@ class Oracle:
         self.figures.requests += 1
         got = run(engine, spec)
         for replay in got.teleport:
-            served = replay.get("served", "resume" if replay.get("hit") else "full")
+            served = replay.served
             if served != "full":
                 self.figures.hits["teleport"] += 1
                 key = f"teleport:{served}"
@@ -432,9 +433,9 @@ class Oracle:
         if problem is None:
             self.figures.compared += 1
             return True
-        replays = "; ".join(f"{t.get('served')} at step {t['resumed_at_step']} ({t['tier']})"
-                            if t.get("hit")
-                            else f"miss, stored {t.get('stored')}, bypass {t.get('bypass')}"
+        replays = "; ".join(f"{t.served} at step {t.hit_step} ({t.tier})"
+                            if t.hit
+                            else f"miss, stored {list(t.stored)}, bypass {t.bypass}"
                             for t in got.teleport) or "none"
         mismatch = {"seed": seed, "index": index, "setup": setup, "problem": problem,
                     "teleport": replays,

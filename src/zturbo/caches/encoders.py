@@ -20,15 +20,16 @@ from zturbo.caches.base import EMBEDDING, VAE_LATENT
 from zturbo.caches.keys import embedding_key, vae_latent_key
 from zturbo.caches.packing import pack, unpack
 from zturbo.engine.placement import component_device
+from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import Embedding, embed
 
 log = logging.getLogger("zturbo.caches")
 
 
-def fetch(engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str], str] | None:
+def fetch(engine: Engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str], str] | None:
     """(tensors, meta, tier) of a cache entry; an entry that does not unpack or was stored
     under another key is removed and read as a miss."""
-    cache = getattr(engine, "caches", None)
+    cache = engine.caches
     if cache is None:
         return None
     got = cache.get(kind, key)
@@ -42,24 +43,31 @@ def fetch(engine, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[st
     return unpacked[0], unpacked[1], tier
 
 
-def drop(engine, kind: str, key: str) -> None:
+def drop(engine: Engine, kind: str, key: str) -> None:
     """Remove a bad entry from every tier (it is then a miss, never a wrong result)."""
     log.warning("%s entry %s is invalid: treated as a miss and removed", kind, key[:12])
-    engine.caches.delete(kind, key)
+    if engine.caches is not None:
+        engine.caches.delete(kind, key)
 
 
-def keep(engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+def record_saved(engine: Engine, kind: str, seconds: float) -> None:
+    """Count the time a hit saved (the cache stats show it)."""
+    if engine.caches is not None:
+        engine.caches.record_saved(kind, seconds)
+
+
+def keep(engine: Engine, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Store tensors under ``key`` in every tier (the key goes into the entry, checked on read)."""
-    cache = getattr(engine, "caches", None)
+    cache = engine.caches
     if cache is not None:
         cache.put(kind, key, pack(tensors, {**meta, "key": key}))
 
 
-def keep_later(engine, kind: str, key: str,
+def keep_later(engine: Engine, kind: str, key: str,
                build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, str]]]) -> bool:
     """Store what ``build()`` returns (tensors, meta) under ``key``, built and written by the
     cache's background writer; False when its queue is full and the entry is skipped."""
-    cache = getattr(engine, "caches", None)
+    cache = engine.caches
     if cache is None:
         return False
 
@@ -70,7 +78,7 @@ def keep_later(engine, kind: str, key: str,
     return cache.put_later(kind, key, packed)
 
 
-def cached_embed(engine, params: dict):
+def cached_embed(engine: Engine, params: dict):
     """``steps.embed(engine, **params)`` through the embedding cache -> (Embedding, tier)."""
     key = embedding_key(engine, params)
     hit = fetch(engine, EMBEDDING, key)
@@ -78,7 +86,7 @@ def cached_embed(engine, params: dict):
         tensors, meta, tier = hit
         emb = Embedding([tensors[str(i)].to(engine.device) for i in range(len(tensors))],
                         int(meta["token_count"]), meta["truncated"] == "1")
-        engine.caches.record_saved(EMBEDDING, float(meta.get("cost_s", 0.0)))
+        record_saved(engine, EMBEDDING, float(meta.get("cost_s", 0.0)))
         return emb, tier
     started = time.perf_counter()
     emb = embed(engine, **params)
@@ -100,7 +108,7 @@ def image_sha256(image: Image.Image) -> str:
 
 
 @torch.no_grad()
-def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[torch.Tensor, str | None]:
+def vae_moments(engine: Engine, image: Image.Image, width: int, height: int) -> tuple[torch.Tensor, str | None]:
     """The VAE posterior of ``image`` resized to width x height, through the VAE latent cache.
 
     Returns the distribution's parameters (mean and log-variance, concatenated on the channel
@@ -113,7 +121,7 @@ def vae_moments(engine, image: Image.Image, width: int, height: int) -> tuple[to
     hit = fetch(engine, VAE_LATENT, key)
     if hit is not None and hit[1].get("layout") in LAYOUTS:
         tensors, meta, tier = hit
-        engine.caches.record_saved(VAE_LATENT, float(meta.get("cost_s", 0.0)))
+        record_saved(engine, VAE_LATENT, float(meta.get("cost_s", 0.0)))
         moments = tensors["moments"].to(component_device(engine, "vae"))
         return in_layout(moments, meta["layout"]), tier
     started = time.perf_counter()
@@ -159,7 +167,7 @@ def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     return t.contiguous(memory_format=LAYOUTS[layout])
 
 
-def vae_posterior(engine, image: Image.Image, width: int, height: int):
+def vae_posterior(engine: Engine, image: Image.Image, width: int, height: int):
     """``DiagonalGaussianDistribution`` of the source image (cached), ready to ``.sample(gen)``."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # lazy: CLI start
 

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from zturbo.caches.base import ENHANCED
-from zturbo.caches.encoders import drop, fetch, keep
+from zturbo.caches.encoders import drop, fetch, keep, record_saved
 from zturbo.caches.keys import enhanced_key
 from zturbo.engine.enhance import SYSTEM_VERSION, Enhanced, TokenCallback, enhance
+from zturbo.engine.protocol import Engine
 
 KIND = ENHANCED
 
@@ -30,7 +31,7 @@ def _text_tensor(text: str) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy())
 
 
-def cached_enhance(engine, text: str, max_new_tokens: int, timeout_s: float,
+def cached_enhance(engine: Engine, text: str, max_new_tokens: int, timeout_s: float,
                    on_token: TokenCallback | None = None) -> tuple[Enhanced, str | None]:
     """``enhance.enhance`` through the cache -> (Enhanced, the tier it came from or None)."""
     key = enhanced_key(engine, enhance_params(text, max_new_tokens))
@@ -42,7 +43,7 @@ def cached_enhance(engine, text: str, max_new_tokens: int, timeout_s: float,
         except (KeyError, UnicodeDecodeError):
             stored = ""
         if stored:
-            engine.caches.record_saved(KIND, float(meta.get("cost_s", 0.0)))
+            record_saved(engine, KIND, float(meta.get("cost_s", 0.0)))
             return Enhanced(stored, int(meta.get("tokens", 0)), 0.0,
                             meta.get("stopped", "end_of_turn")), tier
         drop(engine, KIND, key)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from zturbo.config import Request
+from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import sigmas
 from zturbo.hashing import digest
 
@@ -71,7 +72,7 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
     return fields
 
 
-def teleport_key(engine, request: Request, embedding_digest: str, step: int, seed: int) -> str:
+def teleport_key(engine: Engine, request: Request, embedding_digest: str, step: int, seed: int) -> str:
     """Key of the latent after 0-based step ``step`` of image ``seed`` of ``request``."""
     return digest({
         "kind": "teleport", "v": KEY_VERSION, "model": engine.fingerprint,
@@ -85,7 +86,7 @@ def teleport_key(engine, request: Request, embedding_digest: str, step: int, see
 IMAGE_FORMAT = {"format": "png", "mode": "RGB", "metadata": None}
 
 
-def image_key(engine, final_key: str, request: Request) -> str:
+def image_key(engine: Engine, final_key: str, request: Request) -> str:
     """Key of an encoded image: its trajectory's end (the final latent's key) plus everything
     that changes the bytes after it (the VAE, decode settings, the encoding)."""
     return digest({"kind": "image", "v": KEY_VERSION, "final": final_key,
@@ -94,13 +95,13 @@ def image_key(engine, final_key: str, request: Request) -> str:
                    "encoding": IMAGE_FORMAT})
 
 
-def embedding_key(engine, params: dict[str, Any]) -> str:
+def embedding_key(engine: Engine, params: dict[str, Any]) -> str:
     """Key of a prompt embedding: the text encoder's fingerprint + what decides the embedding."""
     return digest({"kind": "embedding", "v": KEY_VERSION, "text": engine.text_fingerprint,
                    "params": params})
 
 
-def vae_latent_key(engine, image_sha256: str, width: int, height: int,
+def vae_latent_key(engine: Engine, image_sha256: str, width: int, height: int,
                    tiling: dict[str, Any] | None = None) -> str:
     """Key of a VAE-encoded source image: its content hash, the target size, the VAE, and
     the tiling the encode runs with (``caches.encoders.encode_tiling``; None: untiled)."""
@@ -111,7 +112,7 @@ def vae_latent_key(engine, image_sha256: str, width: int, height: int,
     return digest(fields)
 
 
-def enhanced_key(engine, params: dict[str, Any]) -> str:
+def enhanced_key(engine: Engine, params: dict[str, Any]) -> str:
     """Key of an enhanced prompt: the text encoder's fingerprint (it writes the text), the
     system prompt's version, the decoding bounds and the input text (``params``)."""
     return digest({"kind": "enhanced", "v": KEY_VERSION, "text": engine.text_fingerprint,

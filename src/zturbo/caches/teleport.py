@@ -21,15 +21,28 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from zturbo.caches.base import IMAGE, TELEPORT
-from zturbo.caches.encoders import LAYOUTS, drop, fetch, in_layout, keep_later, layout_of
+from zturbo.caches.encoders import (
+    LAYOUTS,
+    drop,
+    fetch,
+    in_layout,
+    keep_later,
+    layout_of,
+    record_saved,
+)
 from zturbo.caches.keys import image_key, teleport_key
+from zturbo.caches.report import TeleportReport
 from zturbo.config.metadata import ENCODED_PNG, pixel_digest, png_bytes
+
+if TYPE_CHECKING:
+    from zturbo.engine.protocol import Engine
 
 log = logging.getLogger("zturbo.teleport")
 
@@ -43,22 +56,23 @@ def resume_points(start_step: int, store_steps: list[int], steps: int,
     return sorted(points, reverse=True)
 
 
-def exact_points(engine, points: list[int], steps: int,
+def exact_points(engine: Engine, points: list[int], steps: int,
                  extra_forwards: int = 0) -> tuple[list[int], str | None]:
     """The resume points an engine-level acceleration keeps exact, and why others are not.
 
-    ``engine.teleport_exact(steps=, start=)`` (set by accel when step caching is on) says
-    whether a run resumed at ``start`` computes what the full run computed;
-    ``extra_forwards`` (transformer forwards beyond one per step) is passed when there are.
+    ``engine.teleport_exact(steps=, start=, extra_forwards=)`` says whether a run resumed at
+    ``start`` computes what the full run computed (step caching may not);
+    ``extra_forwards``: transformer forwards beyond one per step.
     """
-    check = getattr(engine, "teleport_exact", None)
-    if check is None:
-        return points, None
-    more = {"extra_forwards": extra_forwards} if extra_forwards else {}
-    kept, reasons = [], []
+    kept: list[int] = []
+    reasons: list[str] = []
     for start in points:
-        ok, reason = check(steps=steps, start=start, **more)
-        (kept if ok else reasons).append(start if ok else reason)
+        ok, reason = engine.teleport_exact(steps=steps, start=start,
+                                           extra_forwards=extra_forwards)
+        if ok:
+            kept.append(start)
+        else:
+            reasons.append(reason)
     return kept, (reasons[0] if reasons else None)
 
 
@@ -83,10 +97,9 @@ class Replay:
             return "full"
         return "final_latent" if self.hit_step == self.steps else "resume"
 
-    def report(self) -> dict:
-        return {"hit": self.hit_step is not None, "resumed_at_step": self.hit_step,
-                "tier": self.tier, "stored": sorted(self.captured), "bypass": self.bypass,
-                "served": self.served()}
+    def report(self) -> TeleportReport:
+        return TeleportReport(served=self.served(), hit_step=self.hit_step, tier=self.tier,
+                              stored=tuple(sorted(self.captured)), bypass=self.bypass)
 
     def capturing(self, on_step: Callable | None) -> Callable:
         """Wrap a step callback so the latents after the stored steps are kept (float32, a
@@ -99,7 +112,7 @@ class Replay:
         return callback
 
 
-def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = None,
+def plan(engine: Engine, request, seed: int, embedding_digest: str, steps: int | None = None,
          extra_forwards: int = 0) -> Replay:
     """Resume points and keys for one image (``request`` is that image's own Request).
 
@@ -109,7 +122,7 @@ def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = 
     """
     if not request.teleport or not engine.settings.teleport:
         return Replay({}, bypass="teleport is off")
-    if getattr(engine, "caches", None) is None:
+    if engine.caches is None:
         return Replay({}, bypass="no cache tiers configured")
     steps = steps or request.steps
     repeat = engine.settings.teleport_repeat
@@ -124,7 +137,7 @@ def plan(engine, request, seed: int, embedding_digest: str, steps: int | None = 
     return Replay(keys, bypass=None if points else reason, image_key=image, steps=steps)
 
 
-def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | None:
+def lookup(engine: Engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | None:
     """The deepest stored latent for this image, or None. A bad entry is a miss and is removed."""
     for step, key in replay.keys.items():  # deepest first
         hit = fetch(engine, TELEPORT, key)
@@ -138,12 +151,12 @@ def lookup(engine, replay: Replay, shape: tuple[int, ...]) -> torch.Tensor | Non
             drop(engine, TELEPORT, key)
             continue
         replay.hit_step, replay.tier = step, tier
-        engine.caches.record_saved(TELEPORT, float(meta.get("saved_s", 0.0)))
+        record_saved(engine, TELEPORT, float(meta.get("saved_s", 0.0)))
         return in_layout(latents, meta.get("layout", "contiguous"))
     return None
 
 
-def lookup_image(engine, replay: Replay, width: int, height: int) -> Image.Image | None:
+def lookup_image(engine: Engine, replay: Replay, width: int, height: int) -> Image.Image | None:
     """The stored image of this trajectory, or None. An entry that does not decode to an RGB
     image of the request's size is a miss and is removed."""
     if replay.image_key is None:
@@ -163,11 +176,11 @@ def lookup_image(engine, replay: Replay, width: int, height: int) -> Image.Image
         return None
     image.info = {ENCODED_PNG: (data, meta["pixels"])}
     replay.image_hit, replay.hit_step, replay.tier = True, replay.steps, tier
-    engine.caches.record_saved(IMAGE, float(meta.get("saved_s", 0.0)))
+    record_saved(engine, IMAGE, float(meta.get("saved_s", 0.0)))
     return image
 
 
-def store_image(engine, replay: Replay, image: Image.Image, seconds: float) -> None:
+def store_image(engine: Engine, replay: Replay, image: Image.Image, seconds: float) -> None:
     """Keep ``image`` PNG-encoded (no metadata) under the replay's image key, encoded by the
     cache writer from a copy taken now (the caller may change its image); the bytes then
     ride along in ``image.info`` so saving the image writes them instead of encoding again
@@ -185,7 +198,7 @@ def store_image(engine, replay: Replay, image: Image.Image, seconds: float) -> N
     keep_later(engine, IMAGE, replay.image_key, build)
 
 
-def store(engine, replay: Replay, step_seconds: float) -> None:
+def store(engine: Engine, replay: Replay, step_seconds: float) -> None:
     """Write the captured latents (moved to the host and packed by the cache writer);
     ``step_seconds`` estimates the time a later hit saves. A step the writer's full queue
     skipped leaves the replay's captured steps (what its report calls stored)."""

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from zturbo.caches.report import TeleportReport
 from zturbo.cli.feedback import Feedback
 from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
     Adapter,
@@ -47,21 +48,15 @@ from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zt
     VaeDevice,
     VramBudget,
     friendly_errors,
+    request_options,
+    setting_flags,
+    with_request_options,
 )
 from zturbo.cli.prompt import embeddings_fields, layer_list
 from zturbo.config import bucket_size, load_settings, make_request
 from zturbo.errors import ZTurboError
 
 app = typer.Typer()
-
-
-def _engine_flags(lora, transformer_file, text_encoder_quant, offload, text_encoder_device,
-                  vae_device, memory_plan=None, vram_budget=None) -> dict[str, Any]:
-    """Settings flags for the engine-level knobs (weights, quantisation, placement)."""
-    return {"loras": lora or None, "transformer_file": transformer_file,
-            "text_encoder_quant": text_encoder_quant, "offload": offload,
-            "text_encoder_device": text_encoder_device, "vae_device": vae_device,
-            "memory_plan": memory_plan, "vram_budget": vram_budget}
 
 
 def _request_fields(from_image: Path | None, given: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -78,48 +73,21 @@ def _request_fields(from_image: Path | None, given: dict[str, Any]) -> tuple[dic
 
 @app.command()
 @friendly_errors
+@with_request_options  # one option per Request field with a Flag: --seed, --width, --steps...
 def generate(
     prompt: Annotated[str | None, typer.Argument(help="What to draw.")] = None,
+    *,
     prompt_file: Annotated[Path | None, typer.Option("--prompt-file", help="Read the prompt from a file.")] = None,
-    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="Used only with guidance > 0.")] = None,
-    seed: Annotated[list[int] | None, typer.Option("--seed", help="Seed; repeat for one image per seed. Default: random, always printed.")] = None,
-    num_images: Annotated[int | None, typer.Option("--num-images", "-n", help="Images per seed (seeds seed, seed+1, ...).")] = None,
-    width: Annotated[int | None, typer.Option("--width", "-W", help="Width in pixels, a multiple of 16. [default: 1024]")] = None,
-    height: Annotated[int | None, typer.Option("--height", "-H", help="Height in pixels, a multiple of 16. [default: 1024]")] = None,
     aspect: Annotated[str | None, typer.Option("--aspect", help="Official bucket aspect: 1:1 9:7 7:9 4:3 3:4 3:2 2:3 16:9 9:16 21:9 9:21.")] = None,
     bucket: Annotated[int, typer.Option("--bucket", help="Bucket for --aspect: 1024, 1280 or 1536.")] = 1024,
-    steps: Annotated[int | None, typer.Option("--steps", "-s", help="DiT passes, 1-100. Turbo: 8 (diffusers 0.42 counts passes; older guides say 9). [default: 8]")] = None,
-    guidance: Annotated[float | None, typer.Option("--guidance", "-g", help="Guidance scale; Turbo is distilled for 0. [default: 0]")] = None,
-    shift: Annotated[float | None, typer.Option("--shift", help="Flow-matching timestep shift. [default: 3.0]")] = None,
-    max_sequence_length: Annotated[int | None, typer.Option("--max-sequence-length", help="Text token limit. [default: 512]")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="PNG path; {seed} is replaced; never overwrites (adds -1, -2...). [default: <state>/outputs/zturbo-{seed}.png]")] = None,
     from_image: Annotated[Path | None, typer.Option("--from", help="Re-run the parameters stored in a zturbo (or A1111) PNG; flags override.")] = None,
-    teleport: Annotated[bool | None, typer.Option("--teleport/--no-teleport", help="Exact-replay cache: resume a seen trajectory. [default: on]")] = None,
     teleport_start_step: Annotated[int | None, typer.Option("--teleport-start-step", help="A hit resumes at this step (stores the latent after step N-1). [env: ZTURBO_TELEPORT_START_STEP or LATENT_TELEPORT_START_STEP; default: 7]")] = None,
     teleport_store_steps: Annotated[str | None, typer.Option("--teleport-store-steps", help="More resume points, e.g. 2,4,6; the deepest present wins.")] = None,
     redis_url: Annotated[str | None, typer.Option("--redis-url", help="Add a Redis cache tier, e.g. redis://127.0.0.1:6379/0. [env: ZTURBO_REDIS_URL]")] = None,
-    template: Template = None, hidden_layer: HiddenLayer = None, long_prompt: LongPrompt = None,
     embeddings: Annotated[Path | None, typer.Option("--embeddings", help="Prompt embeddings from `zturbo encode` (safetensors); the text encoder is not loaded.")] = None,
-    dype: Annotated[str | None, typer.Option("--dype", help="DyPE position extrapolation for 2K-4K: off, vision_yarn, yarn, ntk. [default: off]")] = None,
-    dype_scale: Annotated[float | None, typer.Option("--dype-scale", help="DyPE lambda_s (extrapolation strength). [default: 2.0]")] = None,
-    dype_exponent: Annotated[float | None, typer.Option("--dype-exponent", help="DyPE lambda_t (how fast it fades). [default: 2.0]")] = None,
-    dype_base: Annotated[int | None, typer.Option("--dype-base", help="DyPE training resolution in pixels. [default: 1024]")] = None,
-    slg_scale: Annotated[float | None, typer.Option("--slg-scale", help="Skip-layer guidance scale; 0 is off. [default: 0]")] = None,
-    slg_layers: Annotated[str | None, typer.Option("--slg-layers", help="DiT layers SLG skips, comma-separated. [default: 7,8,9]")] = None,
-    slg_start: Annotated[float | None, typer.Option("--slg-start", help="SLG starts at this fraction of the steps. [default: 0.01]")] = None,
-    slg_stop: Annotated[float | None, typer.Option("--slg-stop", help="SLG stops at this fraction of the steps. [default: 0.2]")] = None,
-    variety: Annotated[float | None, typer.Option("--variety", help="Seed variety: seeded noise in the prompt embedding for the first steps, 0-2 (0 is off). [default: 0]")] = None,
-    variety_steps: Annotated[float | None, typer.Option("--variety-steps", help="Share of the steps seed variety lasts, (0-1]. [default: 0.3]")] = None,
-    enhance: Annotated[bool | None, typer.Option("--enhance", help="Expand the prompt with the loaded Qwen3 text encoder first (greedy, cached); the image is keyed by the enhanced text.")] = None,
     enhance_only: Annotated[bool, typer.Option("--enhance-only", help="Print the enhanced prompt and exit without generating.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
-    image: Annotated[Path | None, typer.Option("--image", help="Source image for img2img; the output size defaults to its size (multiples of 16).")] = None,
-    strength: Annotated[float | None, typer.Option("--strength", help="img2img/inpaint strength, the share of steps run (0-1]. [default: 0.6]")] = None,
-    mask: Annotated[Path | None, typer.Option("--mask", help="Inpaint mask for --image: white is repainted, black kept.")] = None,
-    passes: Annotated[str | None, typer.Option("--passes", help="Multi-pass SCALE:STEPS:STRENGTH,... e.g. 0.5:8:1.0,1.0:4:0.45 (last scale 1.0).")] = None,
-    vae_tiling: Annotated[bool | None, typer.Option("--vae-tiling/--no-vae-tiling", help="Tiled VAE. [default: on above vae_tiling_pixels]")] = None,
-    vae_tile_size: Annotated[int | None, typer.Option("--vae-tile-size", help="VAE tile size in pixels. [default: 512]")] = None,
-    vae_tile_overlap: Annotated[float | None, typer.Option("--vae-tile-overlap", help="VAE tile overlap, 0-0.5 of a tile. [default: 0.25]")] = None,
     lora: Lora = None, transformer_file: TransformerFile = None,
     adapter: Adapter = None, lora_dir: LoraDir = None, lora_partial: LoraPartial = None,
     text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
@@ -132,46 +100,33 @@ def generate(
     cache_dit_bn: CacheDitBn = None, cache_dit_warmup: CacheDitWarmup = None,
     cache_dit_rdt: CacheDitRdt = None, cache_dit_mc: CacheDitMc = None, ts_order: TsOrder = None,
     attention: Attention = None, compile_: Compile = None, compile_mode: CompileMode = None,
+    **request: Any,
 ) -> None:
     """Generate images and save them as PNGs with their parameters embedded."""
-
+    options = {**locals(), **request}  # every option by parameter name
+    options.pop("request")
+    seed, image, mask = request.get("seed"), request.get("image"), request.get("mask")
     if prompt_file is not None:
         try:
-            prompt = prompt_file.read_text().strip()
+            prompt = options["prompt"] = prompt_file.read_text().strip()
         except OSError as exc:
             raise ZTurboError(f"cannot read --prompt-file: {exc}") from None
-    if aspect:
-        width, height = (width, height) if width and height else bucket_size(aspect, bucket)
-    given = dict(prompt=prompt, negative_prompt=negative_prompt, num_images=num_images,
-                 width=width, height=height, steps=steps, guidance=guidance, shift=shift,
-                 max_sequence_length=max_sequence_length, teleport=teleport, template=template,
-                 hidden_layer=hidden_layer, long_prompt=long_prompt, dype=dype,
-                 dype_scale=dype_scale, dype_exponent=dype_exponent, dype_base=dype_base,
-                 slg_scale=slg_scale, slg_layers=layer_list(slg_layers), slg_start=slg_start,
-                 slg_stop=slg_stop, variety=variety, variety_steps=variety_steps, enhance=enhance or enhance_only or None,
-                 strength=strength, passes=passes, vae_tiling=vae_tiling,
-                 vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap,
-                 loras=adapter or None)
+    if aspect and not (request.get("width") and request.get("height")):
+        options["width"], options["height"] = bucket_size(aspect, bucket)
+    options["enhance"] = options.get("enhance") or enhance_only or None
+    options["loras"] = adapter or None  # --adapter: per-request LoRAs (Request.loras)
+    options["lora_dirs"] = lora_dir or None  # --lora-dir: the folders they are found in
+    given = request_options(options, {"slg_layers": layer_list})
     fields, stored_model = _request_fields(from_image, given)
-    if template is not None:
+    if request.get("template") is not None:
         fields.pop("template_body", None)  # a template given now replaces a stored one
     file = None
     if embeddings is not None:
         file, fields = embeddings_fields(embeddings, fields, prompt_given=prompt is not None)
     if not fields.get("prompt"):
         raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
-    settings, _ = load_settings(profile, {
-        "model": model or stored_model, "device": device, "dtype": dtype, "redis_url": redis_url,
-        "teleport_start_step": teleport_start_step, "teleport_store_steps": teleport_store_steps,
-        **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
-                        text_encoder_device, vae_device, memory_plan, vram_budget),
-        "step_cache": step_cache, "step_cache_preset": step_cache_preset,
-        "step_cache_mask": step_cache_mask, "cache_dit_fn": cache_dit_fn,
-        "cache_dit_bn": cache_dit_bn, "cache_dit_warmup": cache_dit_warmup,
-        "cache_dit_rdt": cache_dit_rdt, "cache_dit_mc": cache_dit_mc,
-        "cache_dit_ts_order": ts_order, "attention": attention, "compile": compile_,
-        "compile_mode": compile_mode, "server": server, "lora_dirs": lora_dir or None,
-        "lora_partial": lora_partial})
+    settings, _ = load_settings(profile, {**setting_flags(options),
+                                          "model": model or stored_model})
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return
@@ -268,8 +223,8 @@ def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) 
             typer.echo(f"zturbo: warning: {warning}", err=True)
         for image, path in zip(result.images, paths, strict=True):
             path = write_bytes_atomic(image.png, path)
-            _report(path, image.seed, result.timings, image.teleport, as_json, server.url,
-                    prompts=_prompts(image.request))
+            _report(path, image.seed, result.timings, TeleportReport.from_dict(image.teleport),
+                    as_json, server.url, prompts=_prompts(image.request))
     return []
 
 
@@ -294,13 +249,13 @@ def _prompts(request) -> dict[str, str]:
     return {"prompt": fields["prompt"], "original_prompt": fields["original_prompt"]}
 
 
-def _report(path, seed: int, t: dict, replay: dict, as_json: bool, server: str | None = None,
-            prompts: dict[str, str] | None = None):
+def _report(path, seed: int, t: dict, replay: TeleportReport, as_json: bool,
+            server: str | None = None, prompts: dict[str, str] | None = None):
     """One line per image on stdout: path, seed, timings, teleport (and the server used);
     an enhanced prompt goes with it (in the JSON line, or on stderr)."""
     if as_json:
         typer.echo(json.dumps({"path": str(path), "seed": seed, "timings": t,
-                               "teleport": replay, "server": server, **(prompts or {})}))
+                               "teleport": replay.as_dict(), "server": server, **(prompts or {})}))
         return
     if prompts:
         typer.echo(f"zturbo: enhanced prompt: {prompts['prompt']}", err=True)
@@ -357,17 +312,16 @@ def save_images(result, pattern: str, settings) -> list[Path]:
         return paths
 
 
-def _teleport_text(replay: dict) -> str:
-    served = replay.get("served")
-    if served == "image":
-        return f"teleport: image hit ({replay['tier']}): no DiT pass, no decode"
-    if served == "final_latent":
-        return f"teleport: final-latent hit ({replay['tier']}): decode only"
-    if replay["hit"]:
-        return f"teleport: hit at step {replay['resumed_at_step']} ({replay['tier']})"
-    if replay["bypass"]:
-        return f"teleport: bypassed ({replay['bypass']})"
-    return f"teleport: miss, stored step(s) {','.join(map(str, replay['stored'])) or 'none'}"
+def _teleport_text(replay: TeleportReport) -> str:
+    if replay.served == "image":
+        return f"teleport: image hit ({replay.tier}): no DiT pass, no decode"
+    if replay.served == "final_latent":
+        return f"teleport: final-latent hit ({replay.tier}): decode only"
+    if replay.hit:
+        return f"teleport: hit at step {replay.hit_step} ({replay.tier})"
+    if replay.bypass:
+        return f"teleport: bypassed ({replay.bypass})"
+    return f"teleport: miss, stored step(s) {','.join(map(str, replay.stored)) or 'none'}"
 
 
 @app.command()
@@ -382,6 +336,7 @@ def info(
     model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
 ) -> None:
     """Print the parameters stored in IMAGE, or load a model and print its fingerprint."""
+    options = dict(locals())
     if image is not None:
         from zturbo.config.metadata import read  # lazy: keeps CLI start fast (PIL)
 
@@ -390,10 +345,7 @@ def info(
         return
     from zturbo.generation import models  # lazy: keeps CLI start fast (torch)
 
-    settings, _ = load_settings(profile, {
-        "model": model, "device": device, "dtype": dtype,
-        **_engine_flags(lora, transformer_file, text_encoder_quant, offload,
-                        text_encoder_device, vae_device, memory_plan, vram_budget)})
+    settings, _ = load_settings(profile, setting_flags(options))
     details = models.load(settings=settings).info()
     if as_json:
         typer.echo(json.dumps(details, indent=2))

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from zturbo.config import Settings
+from zturbo.config import Request, Settings
+from zturbo.config.groups import PANELS, group_of
 
 # CLI parameter name -> Settings field, where the two differ.
 SETTING_OF = {"compile_": "compile", "ts_order": "cache_dit_ts_order", "lora": "loras",
@@ -21,25 +22,21 @@ SETTING_OF = {"compile_": "compile", "ts_order": "cache_dit_ts_order", "lora": "
 # Settings fields whose flag is documented by hand (several variables, or not a default).
 NOT_ANNOTATED = {"api_key"}
 
-PANELS: dict[str, tuple[str, ...]] = {
-    "Prompt": ("prompt_file", "negative_prompt", "from_image", "template", "hidden_layer",
-               "long_prompt", "embeddings", "max_sequence_length"),
-    "Image": ("seed", "num_images", "width", "height", "aspect", "bucket", "steps", "guidance",
-              "shift", "image", "strength", "mask", "passes"),
-    "Research knobs": ("dype", "dype_scale", "dype_exponent", "dype_base", "slg_scale",
-                       "slg_layers", "slg_start", "slg_stop"),
-    "Model and weights": ("model", "profile", "device", "dtype", "lora", "transformer_file",
-                          "text_encoder_quant", "offload", "text_encoder_device",
-                          "vae_device", "vae_tiling", "vae_tile_size", "vae_tile_overlap"),
-    "Speed": ("server", "step_cache", "step_cache_preset", "step_cache_mask", "cache_dit_fn",
-              "cache_dit_bn", "cache_dit_warmup", "cache_dit_rdt", "cache_dit_mc", "ts_order",
-              "attention", "compile_", "compile_mode"),
-    "Cache": ("teleport", "teleport_start_step", "teleport_store_steps", "redis_url"),
-    "Output": ("output", "as_json"),
-}
-PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+# The panel of each option that is not a Request or Settings field (those carry theirs:
+# zturbo.config.groups)
+CLI_PANELS = {"prompt_file": "Prompt", "from_image": "Prompt", "embeddings": "Prompt",
+              "enhance_only": "Prompt", "adapter": "Model and weights",
+              "lora_dir": "Model and weights",
+              "aspect": "Image", "bucket": "Image", "profile": "Model and weights",
+              "output": "Output", "as_json": "Output"}
 PANEL_ORDER = {panel: i for i, panel in enumerate(PANELS)}
 PANELLED_COMMANDS = ("generate",)
+
+
+def panel_of(name: str) -> str:
+    """The ``--help`` panel of option ``name``: its own, or its Request or Settings field's."""
+    group = group_of(Request, name) or group_of(Settings, SETTING_OF.get(name, name))
+    return CLI_PANELS.get(name) or (group.panel if group else "Other")
 
 
 def commands(command, path: str = "zturbo") -> Iterator[tuple[str, Any]]:
@@ -84,7 +81,7 @@ def annotate(root) -> None:
                 continue
             param.help = (param.help or "") + setting_hint(param)
             if panelled:
-                param.rich_help_panel = PANEL_OF.get(param.name, "Other")
+                param.rich_help_panel = panel_of(param.name)
         if panelled:  # rich draws panels in the order of their first option
             command.params.sort(key=lambda p: PANEL_ORDER.get(
                 getattr(p, "rich_help_panel", None), len(PANELS)) if p.param_type_name == "option" else -1)

@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,6 +26,7 @@ from zturbo.cli.options import (
     StepCache,
     StepCachePreset,
     friendly_errors,
+    setting_flags,
 )
 from zturbo.config import load_settings, make_request
 from zturbo.engine import costmodel
@@ -39,6 +40,9 @@ from zturbo.generation.measure import (
     reset_cuda_peak,
     timed,
 )
+
+if TYPE_CHECKING:
+    from zturbo.engine.protocol import Engine
 
 TESTS = ("encode", "generate", "decode")
 PROMPT = "a red robot standing in the rain, cinematic lighting, 35mm film"
@@ -85,7 +89,7 @@ def system_info() -> dict[str, Any]:
     return info
 
 
-def stage_rows(engine, tests=TESTS, sizes=(512,), steps: int = 8, repeat: int = 3,
+def stage_rows(engine: "Engine", tests=TESTS, sizes=(512,), steps: int = 8, repeat: int = 3,
                warmup: int = 1) -> list[dict[str, Any]]:
     """Median seconds per stage for each square size, with it/s and peak memory."""
     from zturbo.engine import accel  # lazy: keeps CLI start fast (torch)
@@ -232,6 +236,7 @@ def command(Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset
         step_cache_preset: StepCachePreset = None, compile_: Compile = None,
     ) -> None:
         """Profile generation on this machine, sweep the speed levers, or estimate GPU cost."""
+        options = dict(locals())
         out: dict[str, Any] = {}
         if steps < 1 or steps > 100 or repeat < 1 or repeat > 100:
             raise ZTurboError("--steps and --repeat must be between 1 and 100")
@@ -259,10 +264,7 @@ def command(Model, Profile, Device, Dtype, Attention, StepCache, StepCachePreset
             _size(f"{side}x{side}")
         timing = not (show_info or estimate) or model is not None or sweep
         if timing:
-            settings, _ = load_settings(profile_name, {
-                "model": model, "device": device, "dtype": dtype, "attention": attention,
-                "step_cache": step_cache, "step_cache_preset": step_cache_preset,
-                "compile": compile_})
+            settings, _ = load_settings(profile_name, setting_flags(options))
             if sweep:
                 _emit("sweep", sweep_rows(settings, side_list, steps, repeat), as_json, out)
             else:

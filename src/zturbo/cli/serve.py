@@ -18,6 +18,7 @@ from zturbo.cli.options import (
     StepCache,
     StepCachePreset,
     friendly_errors,
+    setting_flags,
 )
 from zturbo.config import load_settings
 from zturbo.errors import ZTurboError
@@ -49,6 +50,7 @@ def serve(
     autoscale: Annotated[str | None, typer.Option("--autoscale", metavar="MIN:MAX", help="With --ray: autoscale the generator replicas between MIN and MAX.")] = None,
 ) -> None:
     """Serve the OpenAI-compatible images API, the job API and the web page."""
+    options = dict(locals())
     import uvicorn  # lazy: keeps CLI start fast
 
     from zturbo.generation.models import resolve_folder  # lazy: keeps CLI start fast (torch)
@@ -60,12 +62,7 @@ def serve(
     if replicas is not None and autoscale is not None:
         raise typer.BadParameter("give --replicas or --autoscale, not both")
 
-    settings, _ = load_settings(profile, {
-        "host": host, "port": port, "model": model, "api_key": api_key,
-        "queue_depth": queue_depth, "cors_origins": cors_origin, "device": device,
-        "dtype": dtype, "step_cache": step_cache, "step_cache_preset": step_cache_preset,
-        "attention": attention, "compile": compile_, "loras": lora or None,
-    })
+    settings, _ = load_settings(profile, setting_flags(options))
     resolve_folder(settings.model, settings)  # a model that can't be had fails here, in seconds
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         typer.echo(f"zturbo: warning: serving on {settings.host} without an API key",

@@ -12,13 +12,12 @@ from zturbo.config.fields import (
     Bool,
     Float,
     Int,
-    LoraPicks,
     Pass,
     Passes,
     check_text,
     parse_passes,
 )
-from zturbo.config.request import KNOB_SETTINGS, Request, img2img_start_step, make_request
+from zturbo.config.request import REQUEST_DEFAULTS, Request, img2img_start_step, make_request
 from zturbo.config.settings import Settings, config_path, first_error, load_settings, read_config
 from zturbo.config.sizes import (
     ASPECTS,
@@ -36,12 +35,12 @@ from zturbo.config.sizes import (
     bucket_size,
     nearest_multiples,
 )
-from zturbo.engine.lora import LoraPick
+from zturbo.engine.lora import LoraPick, LoraPicks
 from zturbo.paths import state_dir
 
 __all__ = [
-    "ASPECTS", "BUCKETS", "DEFAULT_MODEL", "DYPE_METHODS", "KNOB_SETTINGS", "LONG_PROMPT_MODES",
-    "MAX_STEPS", "MAX_TEXT_CHARS", "SEED_LIMIT", "SHA256_HEX", "TEXT_TOKEN_LIMIT", "Bool",
+    "ASPECTS", "BUCKETS", "DEFAULT_MODEL", "DYPE_METHODS", "LONG_PROMPT_MODES",
+    "MAX_STEPS", "MAX_TEXT_CHARS", "REQUEST_DEFAULTS", "SEED_LIMIT", "SHA256_HEX", "TEXT_TOKEN_LIMIT", "Bool",
     "DypeMethod", "Float", "Int", "LongPromptMode", "LoraPick", "LoraPicks", "Pass", "Passes",
     "Request", "Settings", "ascii_digits", "ascii_int", "bucket_size", "check_text",
     "config_path", "first_error",

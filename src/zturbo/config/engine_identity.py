@@ -14,16 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from zturbo.config.groups import fields_where
 from zturbo.config.settings import Settings
 
-ENGINE_FIELDS = (
-    "model", "revision", "device", "dtype", "loras", "transformer_file", "text_encoder_quant",
-    "offload", "memory_plan", "vram_budget", "text_encoder_device", "vae_device", "step_cache",
-    "step_cache_preset", "step_cache_mask", "step_cache_policy", "cache_dit_fn", "cache_dit_bn", "cache_dit_warmup",
-    "cache_dit_rdt", "cache_dit_max_cached", "cache_dit_mc", "cache_dit_taylorseer",
-    "cache_dit_ts_order", "attention", "compile", "compile_mode", "teleport_start_step",
-    "teleport_store_steps", "lora_partial",
-)
+# the settings that decide which engine a process loads (their Group says engine=True)
+ENGINE_FIELDS = fields_where(Settings, engine=True)
 
 
 def _file_identity(text: str) -> str:

@@ -1,5 +1,5 @@
 """The Request field types every front end shares: strict scalars, short texts, and the
-two small grammars (VAE passes, LoRA picks)."""
+grammar of VAE passes (the LoRA pick grammar is beside the LoRA model, ``engine.lora``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from pydantic import (
 
 from zturbo.config.settings import first_error
 from zturbo.config.sizes import MAX_STEPS
-from zturbo.engine.lora import LoraPick
 from zturbo.errors import ZTurboError
 
 SHA256_HEX = r"^[0-9a-f]{64}$"
@@ -82,28 +81,5 @@ def _pass_items(value: Any) -> Any:
     return value  # pydantic reports the wrong type
 
 
-def _lora_item(item: Any) -> Any:
-    """``"NAME[:SCALE]"`` -> ``{"name", "scale"}``; other items pass unchanged."""
-    if not isinstance(item, str):
-        return item
-    head, sep, tail = item.rpartition(":")
-    if not (sep and head):
-        return {"name": item}
-    try:
-        return {"name": head, "scale": float(tail)}
-    except ValueError:
-        raise ValueError(f"LoRA {item!r} is not NAME or NAME:SCALE (a number)") from None
-
-
-def _lora_items(value: Any) -> Any:
-    """LoRA picks in any accepted form: a list of ``"NAME[:SCALE]"`` strings or objects."""
-    if isinstance(value, str):
-        raise ValueError('loras is a list, e.g. ["anime:0.8"] or [{"name": "anime"}]')
-    if isinstance(value, list | tuple):
-        return tuple(_lora_item(item) for item in value)
-    return value
-
-
 # The field types every front end shares (the HTTP bodies derive theirs from Request's).
 Passes = Annotated[tuple[Pass, ...], BeforeValidator(_pass_items)]
-LoraPicks = Annotated[tuple[LoraPick, ...], BeforeValidator(_lora_items)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
@@ -17,7 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from zturbo.config.fields import SHA256_HEX, Bool, Float, Int, LoraPicks, Passes, check_text
+from zturbo.config.fields import SHA256_HEX, Bool, Float, Int, Passes, check_text
+from zturbo.config.groups import Flag, Group, fields_where
 from zturbo.config.settings import Settings, first_error
 from zturbo.config.sizes import (
     ENHANCE_INPUT_CHARS,
@@ -29,9 +31,13 @@ from zturbo.config.sizes import (
     LongPromptMode,
     nearest_multiples,
 )
-from zturbo.engine.lora import LoraPick, pick_loras
+from zturbo.engine.lora import LoraPick, LoraPicks, pick_loras
 from zturbo.engine.prompt_templates import MAX_TEMPLATE_CHARS, find
 from zturbo.errors import ZTurboError
+
+# Each field's --help panel (zturbo.config.groups)
+PROMPT, IMAGE, KNOB = Group("Prompt"), Group("Image"), Group("Research knobs")
+WEIGHTS, CACHE = Group("Model and weights"), Group("Cache")
 
 
 class Request(BaseModel):
@@ -40,51 +46,92 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     prompt: str
-    negative_prompt: str = ""
-    seed: Int | None = Field(None, ge=0, lt=SEED_LIMIT)
-    width: Int = 1024
-    height: Int = 1024
-    steps: Int = Field(8, ge=1, le=MAX_STEPS)
-    guidance: Float = Field(0.0, ge=0.0, le=30.0)
-    shift: Float = Field(3.0, gt=0.0, le=50.0)
-    max_sequence_length: Int = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
-    num_images: Int = Field(1, ge=1)
-    teleport: Bool = True
+    negative_prompt: Annotated[str, PROMPT, Flag(
+        "Used only with guidance > 0.")] = ""
+    seed: Annotated[Int | None, IMAGE, Flag(
+        "Seed; repeat for one image per seed. Default: random, always printed.",
+        type=list[int])] = Field(None, ge=0, lt=SEED_LIMIT)
+    width: Annotated[Int, IMAGE, Flag(
+        "Width in pixels, a multiple of 16.", short="-W")] = 1024
+    height: Annotated[Int, IMAGE, Flag(
+        "Height in pixels, a multiple of 16.", short="-H")] = 1024
+    steps: Annotated[Int, IMAGE, Flag(
+        "DiT passes, 1-100. Turbo: 8 (diffusers 0.42 counts passes; older guides say 9).",
+        short="-s")] = Field(8, ge=1, le=MAX_STEPS)
+    guidance: Annotated[Float, IMAGE, Flag(
+        "Guidance scale; Turbo is distilled for 0. [default: 0]",
+        short="-g")] = Field(0.0, ge=0.0, le=30.0)
+    shift: Annotated[Float, IMAGE, Flag(
+        "Flow-matching timestep shift.")] = Field(3.0, gt=0.0, le=50.0)
+    max_sequence_length: Annotated[Int, PROMPT, Flag(
+        "Text token limit.")] = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
+    num_images: Annotated[Int, IMAGE, Flag(
+        "Images per seed (seeds seed, seed+1, ...).", short="-n")] = Field(1, ge=1)
+    teleport: Annotated[Bool, CACHE, Flag(
+        "Exact-replay cache: resume a seen trajectory.", switch=True)] = True
     # img2img / inpaint: content hashes of the pixels passed alongside (image_sha256)
-    image: str | None = Field(None, pattern=SHA256_HEX)
-    strength: Float | None = Field(None, gt=0.0, le=1.0)
-    mask: str | None = Field(None, pattern=SHA256_HEX)
-    passes: Passes = Field((), max_length=8)
+    image: Annotated[str | None, IMAGE, Flag(
+        "Source image for img2img; the output size defaults to its size (multiples of 16).",
+        type=Path)] = Field(None, pattern=SHA256_HEX)
+    strength: Annotated[Float | None, IMAGE, Flag(
+        "img2img/inpaint strength, the share of steps run (0-1].")] = Field(None, gt=0.0, le=1.0)
+    mask: Annotated[str | None, IMAGE, Flag(
+        "Inpaint mask for --image: white is repainted, black kept.",
+        type=Path)] = Field(None, pattern=SHA256_HEX)
+    passes: Annotated[Passes, IMAGE, Flag(
+        "Multi-pass SCALE:STEPS:STRENGTH,... e.g. 0.5:8:1.0,1.0:4:0.45 (last scale 1.0).",
+        type=str)] = Field((), max_length=8)
     # per-request LoRAs, by name from lora_dirs (engine-level ones: Settings.loras)
-    loras: LoraPicks = Field((), max_length=8)
-    vae_tiling: Bool = False
-    vae_tile_size: Int = Field(512, ge=64, le=4096)
-    vae_tile_overlap: Float = Field(0.25, ge=0.0, le=0.5)
+    loras: Annotated[LoraPicks, WEIGHTS] = Field((), max_length=8)
+    vae_tiling: Annotated[Bool, WEIGHTS, Flag(
+        "Tiled VAE. [default: on above vae_tiling_pixels]", switch=True)] = False
+    vae_tile_size: Annotated[Int, WEIGHTS, Flag(
+        "VAE tile size in pixels.")] = Field(512, ge=64, le=4096)
+    vae_tile_overlap: Annotated[Float, WEIGHTS, Flag(
+        "VAE tile overlap, 0-0.5 of a tile.")] = Field(0.25, ge=0.0, le=0.5)
     # Prompt side. The template body (not only its name) is kept so replay is exact and the
     # embedding key sees an edited template; ``embeddings_sha256`` names precomputed prompt
     # embeddings (``zturbo encode``) by content.
-    template: str | None = Field(None, max_length=100)
-    template_body: str | None = Field(None, max_length=MAX_TEMPLATE_CHARS)
-    hidden_layer: Int = Field(-2, ge=-100, le=100)
-    long_prompt: LongPromptMode = "truncate"
-    embeddings_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    template: Annotated[str | None, PROMPT, Flag(
+        "Prompt template by name (`zturbo templates list`); none: off.")] = Field(None, max_length=100)
+    template_body: Annotated[str | None, PROMPT] = Field(None, max_length=MAX_TEMPLATE_CHARS)
+    hidden_layer: Annotated[Int, PROMPT, Flag(
+        "Qwen3 hidden state fed to the DiT. [default: -2, the penultimate]")] = Field(-2, ge=-100, le=100)
+    long_prompt: Annotated[LongPromptMode, PROMPT, Flag(
+        "Over max-sequence-length: truncate, interpolate, pool, attention_pool.",
+        type=str)] = "truncate"
+    embeddings_sha256: Annotated[str | None, PROMPT] = Field(None, pattern=r"^[0-9a-f]{64}$")
     # Transformer research knobs: DyPE (position extrapolation) and skip-layer guidance.
-    dype: DypeMethod = "off"
-    dype_scale: Float = Field(2.0, ge=0.0, le=16.0)
-    dype_exponent: Float = Field(2.0, ge=0.0, le=16.0)
-    dype_base: Int = Field(1024, ge=256, le=4096, multiple_of=16)
-    slg_scale: Float = Field(0.0, ge=0.0, le=20.0)
-    slg_layers: tuple[Int, ...] = Field((7, 8, 9), max_length=64)
-    slg_start: Float = Field(0.01, ge=0.0, le=1.0)
-    slg_stop: Float = Field(0.2, ge=0.0, le=1.0)
+    dype: Annotated[DypeMethod, KNOB, Flag(
+        "DyPE position extrapolation for 2K-4K: off, vision_yarn, yarn, ntk.", type=str)] = "off"
+    dype_scale: Annotated[Float, KNOB, Flag(
+        "DyPE lambda_s (extrapolation strength).")] = Field(2.0, ge=0.0, le=16.0)
+    dype_exponent: Annotated[Float, KNOB, Flag(
+        "DyPE lambda_t (how fast it fades).")] = Field(2.0, ge=0.0, le=16.0)
+    dype_base: Annotated[Int, KNOB, Flag(
+        "DyPE training resolution in pixels. [default: 1024]")] = Field(1024, ge=256, le=4096, multiple_of=16)
+    slg_scale: Annotated[Float, KNOB, Flag(
+        "Skip-layer guidance scale; 0 is off. [default: 0]")] = Field(0.0, ge=0.0, le=20.0)
+    slg_layers: Annotated[tuple[Int, ...], KNOB, Flag(
+        "DiT layers SLG skips, comma-separated.", type=str)] = Field((7, 8, 9), max_length=64)
+    slg_start: Annotated[Float, KNOB, Flag(
+        "SLG starts at this fraction of the steps.")] = Field(0.01, ge=0.0, le=1.0)
+    slg_stop: Annotated[Float, KNOB, Flag(
+        "SLG stops at this fraction of the steps.")] = Field(0.2, ge=0.0, le=1.0)
     # Seed variety: seeded noise in the prompt embedding for the first share of the steps.
-    variety: Float = Field(0.0, ge=0.0, le=MAX_VARIETY)
-    variety_steps: Float = Field(0.3, gt=0.0, le=1.0)
+    variety: Annotated[Float, KNOB, Flag(
+        "Seed variety: seeded noise in the prompt embedding for the first steps, 0-2 (0 is "
+        "off). [default: 0]")] = Field(0.0, ge=0.0, le=MAX_VARIETY)
+    variety_steps: Annotated[Float, KNOB, Flag(
+        "Share of the steps seed variety lasts, (0-1]. [default: 0.3]")] = Field(
+        0.3, gt=0.0, le=1.0)
     # Prompt enhancer: ``enhance`` asks for it; once done the prompt is the enhanced text
     # (what is encoded and keyed), ``enhance`` is false and ``original_prompt`` keeps the
     # user's words (so a replay never enhances again).
-    enhance: Bool = False
-    original_prompt: str | None = None
+    enhance: Annotated[Bool, PROMPT, Flag(
+        "Expand the prompt with the loaded Qwen3 text encoder first (greedy, cached); the "
+        "image is keyed by the enhanced text.")] = False
+    original_prompt: Annotated[str | None, PROMPT] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -148,7 +195,7 @@ class Request(BaseModel):
         if limit and len(value) > limit:
             raise ValueError(f"{info.field_name} has {len(value)} characters; the limit is "
                              f"{limit} (setting max_prompt_chars)")
-        return check_text(value, info.field_name)
+        return check_text(value, info.field_name or "prompt")
 
     @field_validator("width", "height")
     @classmethod
@@ -218,7 +265,6 @@ class Request(BaseModel):
         return [(self.seed + i) % SEED_LIMIT for i in range(self.num_images)]
 
 
-# Settings that are per-request defaults of the prompt-side and transformer knobs.
 @functools.cache
 def _field_adapter(name: str) -> TypeAdapter:
     """A validator of one Request field alone (its type, strictness and bounds)."""
@@ -227,8 +273,8 @@ def _field_adapter(name: str) -> TypeAdapter:
     return TypeAdapter(kind, config=ConfigDict(allow_inf_nan=False))
 
 
-KNOB_SETTINGS = ("template", "hidden_layer", "long_prompt", "dype", "dype_scale",
-                 "dype_exponent", "slg_scale", "slg_layers", "slg_start", "slg_stop")
+# Settings that are the defaults of the Request fields of the same name (Group request=True)
+REQUEST_DEFAULTS = fields_where(Settings, request=True)
 
 
 def img2img_start_step(steps: int, strength: float) -> int:
@@ -252,37 +298,52 @@ def _lora_picks(value: Any) -> tuple[LoraPick, ...]:
 def make_request(settings: Settings, **fields: Any) -> Request:
     """A validated Request: fields given (None = unset) over the settings' defaults.
 
-    A missing seed becomes a random one here, so it can always be reported.
+    Three named steps: ``with_defaults`` (pure), ``resolve`` (reads the template body,
+    hashes the picked LoRA files, draws a missing seed, so it can always be reported),
+    ``validate``.
     """
+    return validate(settings, resolve(settings, with_defaults(settings, fields)))
+
+
+def with_defaults(settings: Settings, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields given (None = unset) over the settings' request defaults."""
     values = {k: v for k, v in fields.items() if v is not None}
     if values.get("template_body") and not values.get("template"):
         values["template"] = "custom"  # a body given directly (Python API, HTTP)
-    for name in ("width", "height", "steps", "guidance", "shift", "max_sequence_length",
-                 *KNOB_SETTINGS):
+    for name in REQUEST_DEFAULTS:
         values.setdefault(name, getattr(settings, name))
     # The outcome is always written down ("none" or name + body) so that re-validating a
     # dumped Request (replay, --from) cannot pick up a different default template.
     if values.get("template") in (None, "", "none"):
         values["template"] = "none"
         values.pop("template_body", None)
-    elif not values.get("template_body"):
-        values["template_body"] = find(values["template"], settings).body
-    values.setdefault("teleport", settings.teleport)
     if values.get("image") is not None:
         values.setdefault("strength", settings.strength)
-    if values.get("loras"):
-        values["loras"] = pick_loras(_lora_picks(values["loras"]), settings.lora_dirs,
-                                     settings.lora_partial)
-    values.setdefault("vae_tile_size", settings.vae_tile_size)
-    values.setdefault("vae_tile_overlap", settings.vae_tile_overlap)
     if "vae_tiling" not in values:
         try:
             pixels = int(values["width"]) * int(values["height"])
         except (TypeError, ValueError):
             pixels = 0  # the validator reports the bad size
         values["vae_tiling"] = 0 < settings.vae_tiling_pixels < pixels
+    return values
+
+
+def resolve(settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
+    """What a request names, made concrete: the template's body (read from its file), each
+    picked LoRA's sha256 (its file hashed), a seed (drawn when none is given)."""
+    values = dict(values)
+    if values.get("template") != "none" and not values.get("template_body"):
+        values["template_body"] = find(values["template"], settings).body
+    if values.get("loras"):
+        values["loras"] = pick_loras(_lora_picks(values["loras"]), settings.lora_dirs,
+                                     settings.lora_partial)
     if values.get("seed") is None:
         values["seed"] = secrets.randbelow(2**32)
+    return values
+
+
+def validate(settings: Settings, values: dict[str, Any]) -> Request:
+    """The Request, checked against the settings' limits; one clear error line if not."""
     context = {
         "max_pixels": settings.max_pixels,
         "max_prompt_chars": settings.max_prompt_chars,

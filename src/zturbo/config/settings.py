@@ -29,6 +29,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from zturbo.config.groups import Group
 from zturbo.config.sizes import (
     DEFAULT_MODEL,
     MAX_STEPS,
@@ -43,6 +44,18 @@ from zturbo.paths import state_dir
 
 API_KEY = re.compile(r"[\x21-\x7e]{1,512}")  # a Bearer token: visible ASCII, no spaces
 
+# Each field's Group (zturbo.config.groups): its --help panel; "ENGINE": it decides which
+# engine a process loads; "DEFAULT": it is the default of the Request field of its name.
+WEIGHTS, WEIGHTS_ENGINE = Group("Model and weights"), Group("Model and weights", engine=True)
+WEIGHTS_DEFAULT = Group("Model and weights", request=True)
+IMAGE, IMAGE_DEFAULT = Group("Image"), Group("Image", request=True)
+PROMPT, PROMPT_DEFAULT = Group("Prompt"), Group("Prompt", request=True)
+KNOB_DEFAULT = Group("Research knobs", request=True)
+CACHE, CACHE_ENGINE = Group("Cache"), Group("Cache", engine=True)
+CACHE_DEFAULT = Group("Cache", request=True)
+SPEED, SPEED_ENGINE = Group("Speed"), Group("Speed", engine=True)
+LIMITS, OUTPUT, SERVER = Group("Limits"), Group("Output"), Group("Server")
+
 
 def config_path() -> Path:
     """``$ZTURBO_CONFIG`` or ``<state dir>/config.toml``."""
@@ -56,188 +69,226 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ZTURBO_", extra="forbid", populate_by_name=True)
 
     # model
-    model: str = Field(DEFAULT_MODEL, description="Hub id, local diffusers folder or demo name")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
-    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    model: Annotated[str, WEIGHTS_ENGINE] = Field(
+        DEFAULT_MODEL, description="Hub id, local diffusers folder or demo name")
+    revision: Annotated[str | None, WEIGHTS_ENGINE] = Field(
+        None, description="Hub revision (branch, tag or commit)")
+    device: Annotated[str, WEIGHTS_ENGINE] = Field(
+        "auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    dtype: Annotated[Literal["auto", "float32", "bfloat16", "float16"], WEIGHTS_ENGINE] = Field(
         "auto", description="auto: bfloat16 on cuda, float32 elsewhere"
     )
     # request defaults
-    width: int = Field(1024, description="default image width")
-    height: int = Field(1024, description="default image height")
-    steps: int = Field(8, description="default DiT passes (Turbo: 8)")
-    guidance: float = Field(0.0, description="default guidance scale (Turbo: 0)")
-    shift: float = Field(3.0, description="default flow-matching shift")
-    max_sequence_length: int = Field(
+    width: Annotated[int, IMAGE_DEFAULT] = Field(1024, description="default image width")
+    height: Annotated[int, IMAGE_DEFAULT] = Field(1024, description="default image height")
+    steps: Annotated[int, IMAGE_DEFAULT] = Field(8, description="default DiT passes (Turbo: 8)")
+    guidance: Annotated[float, IMAGE_DEFAULT] = Field(
+        0.0, description="default guidance scale (Turbo: 0)")
+    shift: Annotated[float, IMAGE_DEFAULT] = Field(3.0, description="default flow-matching shift")
+    max_sequence_length: Annotated[int, PROMPT_DEFAULT] = Field(
         512, ge=1, le=TEXT_TOKEN_LIMIT,
         description=f"default text token limit (the DiT takes at most {TEXT_TOKEN_LIMIT})",
     )
     # prompt side (docs/knobs.md)
-    template: str | None = Field(None, description="default prompt template name (none: off)")
-    templates_dir: str | None = Field(
+    template: Annotated[str | None, PROMPT_DEFAULT] = Field(
+        None, description="default prompt template name (none: off)")
+    templates_dir: Annotated[str | None, PROMPT] = Field(
         None, description="user prompt templates, *.toml (default <state>/templates)"
     )
-    hidden_layer: int = Field(-2, description="Qwen3 hidden state fed to the DiT (-2: penultimate)")
-    long_prompt: LongPromptMode = Field(
+    hidden_layer: Annotated[int, PROMPT_DEFAULT] = Field(
+        -2, description="Qwen3 hidden state fed to the DiT (-2: penultimate)")
+    long_prompt: Annotated[LongPromptMode, PROMPT_DEFAULT] = Field(
         "truncate", description="prompts over max_sequence_length: truncate, interpolate, pool, "
         "attention_pool"
     )
     # transformer research knobs (docs/knobs.md)
-    dype: DypeMethod = Field("off", description="DyPE for 2K-4K: off, vision_yarn, yarn, ntk")
-    dype_scale: float = Field(2.0, description="DyPE lambda_s: extrapolation strength")
-    dype_exponent: float = Field(2.0, description="DyPE lambda_t: how fast it fades over steps")
-    slg_scale: float = Field(0.0, description="skip-layer guidance scale (0: off)")
-    slg_layers: Annotated[list[int], NoDecode] = Field(
+    dype: Annotated[DypeMethod, KNOB_DEFAULT] = Field(
+        "off", description="DyPE for 2K-4K: off, vision_yarn, yarn, ntk")
+    dype_scale: Annotated[float, KNOB_DEFAULT] = Field(
+        2.0, description="DyPE lambda_s: extrapolation strength")
+    dype_exponent: Annotated[float, KNOB_DEFAULT] = Field(
+        2.0, description="DyPE lambda_t: how fast it fades over steps")
+    slg_scale: Annotated[float, KNOB_DEFAULT] = Field(
+        0.0, description="skip-layer guidance scale (0: off)")
+    slg_layers: Annotated[list[int], NoDecode, KNOB_DEFAULT] = Field(
         default_factory=lambda: [7, 8, 9], description="DiT layers skipped by SLG, e.g. 7,8,9"
     )
-    slg_start: float = Field(0.01, description="SLG starts at this fraction of the steps")
-    slg_stop: float = Field(0.2, description="SLG stops at this fraction of the steps")
+    slg_start: Annotated[float, KNOB_DEFAULT] = Field(
+        0.01, description="SLG starts at this fraction of the steps")
+    slg_stop: Annotated[float, KNOB_DEFAULT] = Field(
+        0.2, description="SLG stops at this fraction of the steps")
     # prompt enhancer (docs/knobs.md)
-    enhance_max_tokens: int = Field(512, ge=1, le=4096,
-                                    description="most new tokens the prompt enhancer writes")
-    enhance_timeout_s: float = Field(120.0, gt=0.0, le=3600.0,
-                                     description="time limit of one prompt enhancement")
+    enhance_max_tokens: Annotated[int, PROMPT] = Field(
+        512, ge=1, le=4096, description="most new tokens the prompt enhancer writes")
+    enhance_timeout_s: Annotated[float, PROMPT] = Field(
+        120.0, gt=0.0, le=3600.0, description="time limit of one prompt enhancement")
     # limits
-    max_pixels: int = Field(4096 * 4096, description="largest width*height accepted")
-    max_prompt_chars: int = Field(20_000, description="longest prompt accepted, in characters")
-    max_images: int = Field(16, description="most images in one request")
+    max_pixels: Annotated[int, LIMITS] = Field(
+        4096 * 4096, description="largest width*height accepted")
+    max_prompt_chars: Annotated[int, LIMITS] = Field(
+        20_000, description="longest prompt accepted, in characters")
+    max_images: Annotated[int, LIMITS] = Field(16, description="most images in one request")
     # outputs
-    output_dir: str | None = Field(None, description="where images go (default <state>/outputs)")
-    # caches (teleport issue)
-    teleport: bool = Field(True, description="store and resume trajectories (exact replay)")
-    teleport_start_step: int = Field(
+    output_dir: Annotated[str | None, OUTPUT] = Field(
+        None, description="where images go (default <state>/outputs)")
+    # caches and teleport (docs/caching.md, docs/teleport.md)
+    teleport: Annotated[bool, CACHE_DEFAULT] = Field(
+        True, description="store and resume trajectories (exact replay)")
+    teleport_start_step: Annotated[int, CACHE_ENGINE] = Field(
         7,
         validation_alias=AliasChoices(
             "ZTURBO_TELEPORT_START_STEP", "LATENT_TELEPORT_START_STEP"  # the name operators know
         ),
         description="a hit resumes at this step (0-based): 7 of 8 reruns the last step",
     )
-    teleport_store_steps: Annotated[list[int], NoDecode] = Field(
+    teleport_store_steps: Annotated[list[int], NoDecode, CACHE_ENGINE] = Field(
         default_factory=list, description="extra steps to store, e.g. 2,4,6"
     )
-    teleport_repeat: Literal["image", "latent", "off"] = Field(
+    teleport_repeat: Annotated[Literal["image", "latent", "off"], CACHE] = Field(
         "image", description="exact repeats: image (store the encoded image and the final "
         "latent: a repeat is a lookup), latent (final latent only: a repeat decodes), off")
-    cache_write_queue: int = Field(
+    cache_write_queue: Annotated[int, CACHE] = Field(
         8, ge=0, le=1024, description="cache entries built and stored in the background at "
         "once (resume latents, image entries); a full queue skips storing, never waits; 0: "
         "store before the result returns")
-    cache_write_queue: int = Field(
-        8, ge=0, le=1024, description="cache entries built and stored in the background at "
-        "once (resume latents, image entries); a full queue skips storing, never waits; 0: "
-        "store before the result returns")
-    memory_cache_mb: float = Field(512.0, description="memory tier cap in MiB (0: off)")
-    disk_cache_mb: float = Field(4096.0, description="disk tier cap in MiB (0: off)")
-    redis_url: str | None = Field(None, description="Redis tier, e.g. redis://127.0.0.1:6379/0")
-    redis_ttl_s: int = Field(7 * 24 * 3600, description="Redis entry lifetime in seconds")
-    redis_timeout_s: float = Field(0.5, description="Redis socket timeout in seconds")
-    cache_secret: str | None = Field(
+    memory_cache_mb: Annotated[float, CACHE] = Field(
+        512.0, description="memory tier cap in MiB (0: off)")
+    disk_cache_mb: Annotated[float, CACHE] = Field(
+        4096.0, description="disk tier cap in MiB (0: off)")
+    redis_url: Annotated[str | None, CACHE] = Field(
+        None, description="Redis tier, e.g. redis://127.0.0.1:6379/0")
+    redis_ttl_s: Annotated[int, CACHE] = Field(
+        7 * 24 * 3600, description="Redis entry lifetime in seconds")
+    redis_timeout_s: Annotated[float, CACHE] = Field(
+        0.5, description="Redis socket timeout in seconds")
+    cache_secret: Annotated[str | None, CACHE] = Field(
         None, description="key of the HMAC sealing disk and Redis cache entries; the same on "
         "every replica (unset: generated into <state>/cache.secret, mode 0600)")
-    # acceleration (issue 6; see docs/performance.md). Engine-level: they enter the model
+    # acceleration (docs/performance.md). Engine-level: they enter the model
     # fingerprint through engine.extras["transformer"], so every cache keys on them.
-    step_cache: Literal["off", "dbcache", "taylorseer"] = Field(
+    step_cache: Annotated[Literal["off", "dbcache", "taylorseer"], SPEED_ENGINE] = Field(
         "off", description="cache-dit step caching: off, dbcache, or dbcache + taylorseer"
     )
-    step_cache_preset: Literal["slow", "medium", "fast", "ultra"] | None = Field(
+    step_cache_preset: Annotated[Literal["slow", "medium", "fast", "ultra"] | None, SPEED_ENGINE] = Field(
         None, description="static step mask from cache-dit's policies for the step count"
     )
-    step_cache_mask: str | None = Field(
+    step_cache_mask: Annotated[str | None, SPEED_ENGINE] = Field(
         None, description="explicit step mask, one digit per step: 1 compute, 0 cache (11101001)"
     )
-    step_cache_policy: Literal["static", "dynamic"] = Field(
+    step_cache_policy: Annotated[Literal["static", "dynamic"], SPEED_ENGINE] = Field(
         "static", description="masked steps: static always reuse, dynamic ask the threshold"
     )
-    cache_dit_fn: int = Field(1, ge=0, description="DBCache: first blocks always computed (Fn)")
-    cache_dit_bn: int = Field(0, ge=0, description="DBCache: last blocks always computed (Bn)")
-    cache_dit_warmup: int = Field(2, ge=0, description="DBCache: steps computed before caching")
-    cache_dit_rdt: float = Field(
+    cache_dit_fn: Annotated[int, SPEED_ENGINE] = Field(
+        1, ge=0, description="DBCache: first blocks always computed (Fn)")
+    cache_dit_bn: Annotated[int, SPEED_ENGINE] = Field(
+        0, ge=0, description="DBCache: last blocks always computed (Bn)")
+    cache_dit_warmup: Annotated[int, SPEED_ENGINE] = Field(
+        2, ge=0, description="DBCache: steps computed before caching")
+    cache_dit_rdt: Annotated[float, SPEED_ENGINE] = Field(
         0.08, ge=0.0, description="DBCache: residual-diff threshold (higher caches more)"
     )
-    cache_dit_max_cached: int = Field(-1, ge=-1, description="most cached steps (-1: no limit)")
-    cache_dit_mc: int = Field(
+    cache_dit_max_cached: Annotated[int, SPEED_ENGINE] = Field(
+        -1, ge=-1, description="most cached steps (-1: no limit)")
+    cache_dit_mc: Annotated[int, SPEED_ENGINE] = Field(
         -1, ge=-1, description="most consecutive cached steps (-1: no limit)"
     )
-    cache_dit_taylorseer: bool = Field(False, description="dbcache plus the TaylorSeer calibrator")
-    cache_dit_ts_order: int = Field(1, ge=1, le=4, description="TaylorSeer order")
-    attention: Literal["auto", "native", "flash", "_flash_3", "sage", "xformers"] = Field(
+    cache_dit_taylorseer: Annotated[bool, SPEED_ENGINE] = Field(
+        False, description="dbcache plus the TaylorSeer calibrator")
+    cache_dit_ts_order: Annotated[int, SPEED_ENGINE] = Field(
+        1, ge=1, le=4, description="TaylorSeer order")
+    attention: Annotated[Literal["auto", "native", "flash", "_flash_3", "sage", "xformers"], SPEED_ENGINE] = Field(
         "auto", description="attention kernel; auto: the best exact one installed for the device"
     )
-    compile: bool = Field(False, description="torch.compile the repeated transformer blocks")
-    compile_mode: Literal[
+    compile: Annotated[bool, SPEED_ENGINE] = Field(
+        False, description="torch.compile the repeated transformer blocks")
+    compile_mode: Annotated[Literal[
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
-    ] = Field("default", description="torch.compile mode for --compile")
-    # server (HTTP issue)
-    host: str = Field("127.0.0.1", description="address the server binds")
-    port: int = Field(8000, description="port the server binds")
-    api_key: str | None = Field(None, description="Bearer key required by the server when set: 1-512 printable ASCII characters, no spaces")
-    public_url: str | None = Field(
+    ], SPEED_ENGINE] = Field("default", description="torch.compile mode for --compile")
+    # server
+    host: Annotated[str, SERVER] = Field("127.0.0.1", description="address the server binds")
+    port: Annotated[int, SERVER] = Field(8000, description="port the server binds")
+    api_key: Annotated[str | None, SERVER] = Field(
+        None, description="Bearer key required by the server when set: 1-512 printable ASCII "
+        "characters, no spaces")
+    public_url: Annotated[str | None, SERVER] = Field(
         None, description="base of the server's links (response_format url), e.g. "
         "https://img.example.com; unset: the request's Host"
     )
-    cors_origins: Annotated[list[str], NoDecode] = Field(
+    cors_origins: Annotated[list[str], NoDecode, SERVER] = Field(
         default_factory=list, description="origins CORS allows, e.g. https://a.example (none: off)"
     )
-    queue_depth: int = Field(16, ge=1, description="most jobs waiting in the server queue (more: 429)")
-    request_timeout_s: float = Field(600.0, gt=0, description="a server job's limit, queue wait included")
-    shutdown_grace_s: float = Field(10.0, ge=0, description="on shutdown, how long a running job may finish")
-    max_upload_mb: float = Field(20.0, gt=0, description="largest upload (image edits, PNG drop) in MiB")
-    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS, description="most DiT passes a request may ask")
-    preview_every: int = Field(2, ge=0, description="server: a latent preview every N steps (0: none)")
-    max_event_streams: int = Field(
+    queue_depth: Annotated[int, SERVER] = Field(
+        16, ge=1, description="most jobs waiting in the server queue (more: 429)")
+    request_timeout_s: Annotated[float, SERVER] = Field(
+        600.0, gt=0, description="a server job's limit, queue wait included")
+    shutdown_grace_s: Annotated[float, SERVER] = Field(
+        10.0, ge=0, description="on shutdown, how long a running job may finish")
+    max_upload_mb: Annotated[float, LIMITS] = Field(
+        20.0, gt=0, description="largest upload (image edits, PNG drop) in MiB")
+    max_steps: Annotated[int, LIMITS] = Field(
+        MAX_STEPS, ge=1, le=MAX_STEPS, description="most DiT passes a request may ask")
+    preview_every: Annotated[int, SERVER] = Field(
+        2, ge=0, description="server: a latent preview every N steps (0: none)")
+    max_event_streams: Annotated[int, SERVER] = Field(
         256, ge=1, description="server: most job event streams (SSE) open at once (more: 429)")
-    server: str = Field(
+    server: Annotated[str, SPEED] = Field(
         "auto", pattern=r"^(auto|off|https?://\S+)$",
         description="zturbo generate: auto (a running zturbo serve with the same model), "
                     "off, or a server URL")
-    state_backend: Literal["local", "redis"] = Field(
+    state_backend: Annotated[Literal["local", "redis"], SERVER] = Field(
         "local", description="server jobs, events, images, history: local (SQLite + files) or "
         "redis (shared by every ingress; needs state_redis_url or redis_url)")
-    state_redis_url: str | None = Field(
+    state_redis_url: Annotated[str | None, SERVER] = Field(
         None, description="state_backend redis: the Redis for jobs, events, images and history "
         "(maxmemory-policy noeviction, checked at start-up); unset: redis_url")
-    state_lease_s: float = Field(
+    state_lease_s: Annotated[float, SERVER] = Field(
         15.0, gt=0, description="redis state: an ingress silent this long is dead; its jobs end")
-    # image side and weights (issue 5, docs/knobs.md)
-    strength: float = Field(0.6, description="default img2img/inpaint strength (share of steps run)")
-    loras: Annotated[list[str], NoDecode] = Field(
+    # image side and weights (docs/knobs.md)
+    strength: Annotated[float, IMAGE] = Field(
+        0.6, description="default img2img/inpaint strength (share of steps run)")
+    loras: Annotated[list[str], NoDecode, WEIGHTS_ENGINE] = Field(
         default_factory=list,
         validation_alias=AliasChoices("ZTURBO_FUSED_LORAS", "ZTURBO_LORAS", "fused_loras"),
         description="LoRA files whose weights are fused into the transformer at load, "
         "PATH[:SCALE], comma-separated (also fused_loras / ZTURBO_FUSED_LORAS; loras is the "
         "old name); per-request adapters come from lora_dirs instead"
     )
-    lora_dirs: Annotated[list[str], NoDecode] = Field(
+    lora_dirs: Annotated[list[str], NoDecode, WEIGHTS] = Field(
         default_factory=list, description="folders LoRA adapters are picked from by name, per "
         "request (the request's loras, zturbo generate --adapter)"
     )
-    lora_partial: bool = Field(
+    lora_partial: Annotated[bool, WEIGHTS_ENGINE] = Field(
         False, description="apply a LoRA whose keys do not all fit, skipping (and reporting) "
         "the rest; off: such a file is refused with the keys listed"
     )
-    transformer_file: str | None = Field(
+    transformer_file: Annotated[str | None, WEIGHTS_ENGINE] = Field(
         None, description="single-file transformer (.gguf or .safetensors) over the base model's"
     )
-    text_encoder_quant: Literal["none", "8bit", "4bit"] = Field(
+    text_encoder_quant: Annotated[Literal["none", "8bit", "4bit"], WEIGHTS_ENGINE] = Field(
         "none", description="bitsandbytes text-encoder quantisation (CUDA only)"
     )
-    memory_plan: Literal["auto", "resident", "encoder-swap", "group"] = Field(
+    memory_plan: Annotated[Literal["auto", "resident", "encoder-swap", "group"],
+                           WEIGHTS_ENGINE] = Field(
         "auto", description="where the weights live: resident (all on the device), "
         "encoder-swap (the text encoder streams in to encode), group (the DiT streams in "
         "block by block too); auto: the fastest whose predicted peak fits vram_budget")
-    vram_budget: str | None = Field(
+    vram_budget: Annotated[str | None, WEIGHTS_ENGINE] = Field(
         None, description="device memory the memory plan may use, e.g. 8G (default: the "
         "device's free memory at load; on the CPU, auto is resident)")
-    offload: Literal["none", "model", "sequential"] = Field(
+    offload: Annotated[Literal["none", "model", "sequential"], WEIGHTS_ENGINE] = Field(
         "none", description="CPU offload: model (whole components) or sequential (layers)"
     )
-    text_encoder_device: str | None = Field(None, description="text encoder device (default: device)")
-    vae_device: str | None = Field(None, description="VAE device (default: device)")
-    vae_tiling_pixels: int = Field(
+    text_encoder_device: Annotated[str | None, WEIGHTS_ENGINE] = Field(
+        None, description="text encoder device (default: device)")
+    vae_device: Annotated[str | None, WEIGHTS_ENGINE] = Field(
+        None, description="VAE device (default: device)")
+    vae_tiling_pixels: Annotated[int, WEIGHTS] = Field(
         2048 * 2048, description="tile the VAE automatically above this many pixels (0: never)"
     )
-    vae_tile_size: int = Field(512, description="VAE tile size in pixels")
-    vae_tile_overlap: float = Field(0.25, description="VAE tile overlap, a fraction of a tile")
+    vae_tile_size: Annotated[int, WEIGHTS_DEFAULT] = Field(
+        512, description="VAE tile size in pixels")
+    vae_tile_overlap: Annotated[float, WEIGHTS_DEFAULT] = Field(
+        0.25, description="VAE tile overlap, a fraction of a tile")
 
     @field_validator("teleport_store_steps", "slg_layers", mode="before")
     @classmethod

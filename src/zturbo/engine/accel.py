@@ -13,14 +13,16 @@ reproduces the full run bit for bit (measured on the demo model, see tests/engin
 
 from __future__ import annotations
 
-import functools
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from zturbo.buildlock import BUILD_LOCK
 from zturbo.errors import ZTurboError
+
+if TYPE_CHECKING:
+    from zturbo.engine.protocol import Engine
 
 # diffusers raises on an attention mask with these; Z-Image passes one when a batch holds
 # prompts of different lengths, which batched CFG (guidance > 0) does.
@@ -162,12 +164,12 @@ def enable_step_cache(transformer, spec: dict[str, Any]) -> None:
                                          calibrator_config=calibrator)
 
 
-def disable_step_cache(engine) -> None:
+def disable_step_cache(engine: Engine) -> None:
     """Remove cache-dit's hooks: the transformer computes every step again (exact baseline)."""
     set_step_cache(engine, None)
 
 
-def set_step_cache(engine, spec: dict[str, Any] | None) -> None:
+def set_step_cache(engine: Engine, spec: dict[str, Any] | None) -> None:
     """Switch a loaded engine's step caching (benchmarks and sweeps compare on one engine).
 
     Takes the engine's lock; the fingerprint follows through ``extras``.
@@ -180,7 +182,7 @@ def set_step_cache(engine, spec: dict[str, Any] | None) -> None:
         _record(engine, step_cache=spec)
 
 
-def _record(engine, **values: Any) -> None:
+def _record(engine: Engine, **values: Any) -> None:
     """Set (or, for None, remove) keys of ``engine.extras["transformer"]``."""
     extras = engine.extras.setdefault("transformer", {})
     for key, value in values.items():
@@ -192,11 +194,11 @@ def _record(engine, **values: Any) -> None:
         del engine.extras["transformer"]
 
 
-def step_cache(engine) -> dict[str, Any] | None:
+def step_cache(engine: Engine) -> dict[str, Any] | None:
     return engine.extras.get("transformer", {}).get("step_cache")
 
 
-def check_request(engine, request) -> None:
+def check_request(engine: Engine, request) -> None:
     """Refuse what an engine's step caching cannot run. Skip-layer guidance with guidance > 0
     makes a one-image forward between the batched (cond + uncond) ones, and cache-dit applies
     residuals it cached from the batch to it: diffusers fails inside the DiT (found by the
@@ -207,7 +209,7 @@ def check_request(engine, request) -> None:
                           "without step caching")
 
 
-def last_cached_steps(engine) -> list[int]:
+def last_cached_steps(engine: Engine) -> list[int]:
     """Steps of the last denoise call that reused cached residuals (0 = its first step)."""
     transformer = engine.pipe.transformer
     manager = getattr(transformer, "_context_manager", None)
@@ -217,7 +219,7 @@ def last_cached_steps(engine) -> list[int]:
     return list(manager.get_context(names[0]).get_cached_steps())
 
 
-def teleport_exact(engine, steps: int | None = None, start: int | None = None,
+def teleport_exact(engine: Engine, steps: int | None = None, start: int | None = None,
                    extra_forwards: int = 0) -> tuple[bool, str]:
     """Whether resuming a ``steps``-step run at step ``start`` (the first step the resumed
     call computes: k+1 after storing x_k) reproduces the full run bit for bit.
@@ -241,6 +243,8 @@ def teleport_exact(engine, steps: int | None = None, start: int | None = None,
     if steps is None or start is None:
         return False, "a static step mask is exact only at some steps: pass steps and start"
     mask = steps_mask(spec, steps)
+    if mask is None:  # no static mask: the residual threshold decides per run
+        return False, "a step mask decided per run: a resumed run decides differently"
     if start >= steps:
         return True, ""  # the end of the trajectory: nothing is computed again
     if extra_forwards:
@@ -260,7 +264,7 @@ def teleport_exact(engine, steps: int | None = None, start: int | None = None,
 # ---------------------------------------------------------------- per call, load, warm-up
 
 
-def prepare_denoise(engine, first_step: int, total_steps: int, guidance: float = 0.0) -> None:
+def prepare_denoise(engine: Engine, first_step: int, total_steps: int, guidance: float = 0.0) -> None:
     """Called by ``steps.denoise`` before each DiT run (under the engine's lock).
 
     Rebuilds cache-dit's context for this run: fresh counters and buffers, and the step
@@ -292,7 +296,7 @@ def check(settings, device: torch.device, dtype: torch.dtype) -> None:
     step_cache_spec(settings)
 
 
-def apply(engine) -> None:
+def apply(engine: Engine) -> None:
     """Apply the engine's Settings: attention backend, step caching, then regional compile."""
     settings, transformer = engine.settings, engine.pipe.transformer
     backend = pick_attention(settings.attention, engine.device, engine.dtype)
@@ -308,5 +312,3 @@ def apply(engine) -> None:
     # engine's fingerprint, and every cache built on it, stays what it was
     _record(engine, attention=None if backend == "native" else backend, step_cache=spec,
             compile=compiled)
-    # the teleport asks engine.teleport_exact() before resuming (caches/teleport.py)
-    engine.teleport_exact = functools.partial(teleport_exact, engine)

@@ -1,7 +1,7 @@
 """GPU cost model: FLOPs and bytes per stage, and the floor time on named GPUs.
 
 Pure arithmetic over the model's shapes. ``ZIMAGE_TURBO`` is the official configuration
-(Tongyi-MAI's config module): 30 heads of 128 (some guides, and issue 6, say 32; the
+(Tongyi-MAI's config module): 30 heads of 128 (some guides say 32; the
 official config has 30), dim 3840, 30 layers + 2 noise-refiner + 2 context-refiner
 layers, SwiGLU FFN 10240. ``shapes_of(pipe)`` reads the same numbers from a loaded
 pipeline, which is how tests check the arithmetic against torch's FLOP counter on the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from zturbo.errors import ZTurboError
 
@@ -277,9 +278,9 @@ def shapes_of(pipe) -> ModelShape:
     return ModelShape(dit, text, vae)
 
 
-# Published end-to-end figures to hold the model against (issue 6). "9 steps" in older
+# Published end-to-end figures to hold the model against. "9 steps" in older
 # diffusers were 8 DiT passes (README, Steps), so they are modelled as 8.
-PUBLISHED = [
+PUBLISHED: list[dict[str, Any]] = [
     {"what": "512px, 8 steps, direct", "gpu": None, "size": (512, 512), "steps": 8,
      "seconds": 0.974},
     {"what": "512px, replay from step 7", "gpu": None, "size": (512, 512), "steps": 8,
@@ -298,7 +299,8 @@ def compare_published(shape: ModelShape = ZIMAGE_TURBO) -> list[dict]:
     for fig in PUBLISHED:
         gpus = [fig["gpu"]] if fig["gpu"] else list(GPUS)
         for gpu in gpus:
-            est = estimate(gpu, *fig["size"], steps=fig["steps"], shape=shape,
+            width, height = fig["size"]
+            est = estimate(gpu, width, height, steps=fig["steps"], shape=shape,
                            resume_from=fig.get("resume_from"))
             floor = est["stages"]["total"]["floor_s"]
             rows.append({"figure": fig["what"], "gpu": GPUS[gpu].name,

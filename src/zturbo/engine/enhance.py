@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from zturbo.engine.demo import is_demo
 from zturbo.engine.placement import component_device
 from zturbo.engine.steps import Cancelled
 from zturbo.errors import ZTurboError
+
+if TYPE_CHECKING:
+    from zturbo.engine.protocol import Engine
 
 # Bump the version with any change to the system prompt: it is in the cache key.
 SYSTEM_VERSION = 1
@@ -142,7 +146,7 @@ def greedy(text_encoder, head: torch.Tensor, ids: list[int], stops: set[int],
     return out, "max_tokens"
 
 
-def enhance(engine, text: str, max_new_tokens: int, timeout_s: float,
+def enhance(engine: Engine, text: str, max_new_tokens: int, timeout_s: float,
             on_token: TokenCallback | None = None) -> Enhanced:
     """The expanded prompt of ``text`` from the engine's own text encoder."""
     pipe = engine.pipe

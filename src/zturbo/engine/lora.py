@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from safetensors import SafetensorError
 
 from zturbo.buildlock import BUILD_LOCK
@@ -32,6 +33,7 @@ from zturbo.hashing import file_sha256
 
 if TYPE_CHECKING:  # the readers import torch: loaded where a LoRA is read, not by config
     from zturbo.engine.lora_report import Checked
+    from zturbo.engine.protocol import Engine
 
 # What loading a file that is not a LoRA raises (a bad safetensors header among them)
 LOAD_ERRORS = (ValueError, KeyError, RuntimeError, OSError, SafetensorError)
@@ -109,7 +111,7 @@ def resolve_lora(name: str, lora_dirs: list[str]) -> Path:
 
 def _lora_files(lora_dirs: list[str]) -> list[Path]:
     """Every file ``resolve_lora`` can reach, folder by folder."""
-    files = []
+    files: list[Path] = []
     for folder in lora_dirs:
         root = Path(folder).expanduser().resolve()
         if root.is_dir():
@@ -218,10 +220,33 @@ class LoraPick(BaseModel):
     skipped: tuple[str, ...] = Field((), max_length=4096)
 
 
+def _lora_item(item: Any) -> Any:
+    """``"NAME[:SCALE]"`` -> ``{"name", "scale"}``; other items pass unchanged."""
+    if not isinstance(item, str):
+        return item
+    head, sep, tail = item.rpartition(":")
+    if not (sep and head):
+        return {"name": item}
+    try:
+        return {"name": head, "scale": float(tail)}
+    except ValueError:
+        raise ValueError(f"LoRA {item!r} is not NAME or NAME:SCALE (a number)") from None
+
+
+def _lora_items(value: Any) -> Any:
+    """LoRA picks in any accepted form: a list of ``"NAME[:SCALE]"`` strings or objects."""
+    if isinstance(value, str):
+        raise ValueError('loras is a list, e.g. ["anime:0.8"] or [{"name": "anime"}]')
+    if isinstance(value, list | tuple):
+        return tuple(_lora_item(item) for item in value)
+    return value
+
+
+# a Request field: LoRA picks as NAME[:SCALE] strings or objects
+LoraPicks = Annotated[tuple[LoraPick, ...], BeforeValidator(_lora_items)]
+
+
 MAX_REQUEST_ADAPTERS = 8  # adapters kept loaded for requests; the oldest is dropped past this
-# sha256 -> the file pick_loras resolved it to (content-addressed: a request names a LoRA by
-# the hash make_request put in it, so the worker finds the same file whatever settings it has)
-_PICKED: dict[str, Path] = {}
 
 
 _CHECKED: dict[str, Checked] = {}  # file sha256 -> its report against Z-Image (no tensors)
@@ -275,43 +300,72 @@ def pick_loras(picks, lora_dirs: list[str], partial: bool = False) -> tuple:
     for pick in picks:
         path = find_pick(pick, lora_dirs)
         sha = lora_digest(path, partial)
-        _PICKED[sha] = path
         skipped = tuple(s["key"] for s in _CHECKED[file_sha256(path)].skipped)
         out.append(pick.model_copy(update={"sha256": sha, "skipped": skipped}))
     return tuple(out)
 
 
-def _load_request_adapter(engine, pick, wanted: set[str]) -> str:
+@dataclass
+class LoraRegistry:
+    """One engine's per-request LoRAs: the adapters loaded on its transformer (least recently
+    used first), how many it loaded and evicted, and the file found for each pick.
+
+    A request names a LoRA by the digest ``make_request`` put in it (``lora_digest``: its
+    converted tensors), so the file is found by content in the engine's ``lora_dirs`` and
+    the folders a front end declares (``search``): a server whose settings name other
+    folders than its engine's."""
+
+    adapters: dict[str, str] = field(default_factory=dict)  # pick digest -> adapter name
+    files: dict[str, Path] = field(default_factory=dict)  # pick digest -> file
+    dirs: list[str] = field(default_factory=list)  # folders searched beyond the engine's
+    counts: dict[str, int] = field(default_factory=lambda: {"loads": 0, "unloads": 0})
+
+    def search(self, lora_dirs: list[str]) -> None:
+        """Look for picked files in ``lora_dirs`` too."""
+        self.dirs.extend(d for d in lora_dirs if d not in self.dirs)
+
+    def file(self, pick: LoraPick, lora_dirs: list[str]) -> Path:
+        """The file holding ``pick``: the one found last time while it still has the pick's
+        content, else the one in the folders that has it (``lora_by_content``)."""
+        sha = pick.sha256 or ""
+        path = self.files.get(sha)
+        if path is None or not path.is_file() or _content(path) != sha:
+            path = lora_by_content(sha, pick.name, list(dict.fromkeys([*lora_dirs, *self.dirs])))
+        self.files[sha] = path
+        return path
+
+
+def _load_request_adapter(engine: Engine, pick: LoraPick, wanted: set[str | None]) -> str:
     """The adapter name of one picked LoRA, loading it (and evicting an adapter no pick of
     this request uses) on first use. A failed load leaves no partial adapter behind."""
     pipe = engine.pipe
-    loaded: dict[str, str] = engine.__dict__.setdefault("_request_adapters", {})
-    if pick.sha256 in loaded:
-        loaded[pick.sha256] = loaded.pop(pick.sha256)  # most recently used goes last
-        return loaded[pick.sha256]
-    path = _PICKED.get(pick.sha256)
-    if path is None or not path.is_file() or _content(path) != pick.sha256:
-        path = lora_by_content(pick.sha256, pick.name, engine.settings.lora_dirs)
-    adapter = f"req_{pick.sha256[:16]}"
+    registry = engine.lora_registry
+    loaded = registry.adapters
+    sha = pick.sha256 or ""
+    if sha in loaded:
+        loaded[sha] = loaded.pop(sha)  # most recently used goes last
+        return loaded[sha]
+    path = registry.file(pick, engine.settings.lora_dirs)
+    adapter = f"req_{sha[:16]}"
     checked = load_checked(pipe, path, adapter, engine.settings.lora_partial)
-    if checked.report.digest != pick.sha256:  # rewritten between the search and the load
+    if checked.report.digest != sha:  # rewritten between the search and the load
         _drop_adapter(pipe, adapter)
         raise ZTurboError(f"LoRA {pick.name!r} changed while it was being loaded: try again")
-    loaded[pick.sha256] = adapter
-    counts = adapter_counts(engine)
+    loaded[sha] = adapter
+    counts = registry.counts
     counts["loads"] += 1
     # evict the least recently used adapters, never one this request picked
     while len(loaded) > MAX_REQUEST_ADAPTERS:
-        victim = next(sha for sha in loaded if sha not in wanted)
+        victim = next(s for s in loaded if s not in wanted)
         _drop_adapter(pipe, loaded.pop(victim))
         counts["unloads"] += 1
     return adapter
 
 
-def adapter_counts(engine) -> dict[str, int]:
+def adapter_counts(engine: Engine) -> dict[str, int]:
     """How many request adapters this engine has loaded and unloaded (evicted) so far; the
     engine lock guards them like the adapters."""
-    return engine.__dict__.setdefault("_adapter_counts", {"loads": 0, "unloads": 0})
+    return engine.lora_registry.counts
 
 
 def _drop_adapter(pipe, adapter: str) -> None:
@@ -321,7 +375,7 @@ def _drop_adapter(pipe, adapter: str) -> None:
             pipe.delete_adapters(adapter)
 
 
-def _restore_adapters(engine) -> None:
+def _restore_adapters(engine: Engine) -> None:
     """The engine's own adapter state: its unfused engine-level LoRAs (GGUF) on with their
     scales, or every adapter off."""
     pipe = engine.pipe
@@ -335,14 +389,14 @@ def _restore_adapters(engine) -> None:
         pipe.disable_lora()
 
 
-def _own_adapters(engine) -> list[tuple[str, float]]:
+def _own_adapters(engine: Engine) -> list[tuple[str, float]]:
     """Engine-level LoRAs that stay unfused (GGUF): active adapters of the engine itself."""
     return [(f"lora{i}", e["scale"]) for i, e in enumerate(engine.extras.get("loras", []))
             if not e.get("fused", True)]
 
 
 @contextlib.contextmanager
-def request_loras(engine, picks):
+def request_loras(engine: Engine, picks) -> Iterator[None]:
     """Activate a request's LoRAs (unfused peft adapters) for one generation, then restore
     the engine's own adapter state, on every path: a load, a check or ``set_adapters``
     failing part-way restores it too. The engine lock must be held: adapters live on the
@@ -374,8 +428,7 @@ def check_readable(picks, lora_dirs: list[str]) -> None:
     from safetensors import safe_open  # lazy: keeps CLI start fast
 
     for pick in picks:
-        path = _PICKED.get(pick.sha256) if pick.sha256 else None
-        path = path or resolve_lora(pick.name, lora_dirs)
+        path = resolve_lora(pick.name, lora_dirs)  # where make_request found it
         try:
             with safe_open(str(path), framework="pt") as handle:
                 if not list(handle.keys()):

@@ -294,15 +294,15 @@ def convert(tensors: dict[str, torch.Tensor], metadata: dict[str, str], name: st
             continue
         kind = _kind(key)
         module = module_name(_SUFFIX.sub("", key)) if kind else None
-        if module is None:
+        if module is None or kind is None:
             out.unknown.append(key)
             continue
         groups[module][kind] = tensors[key].float() if kind == "alpha" else tensors[key]
-        groups[module].setdefault("_keys", [])  # type: ignore[arg-type]
-        groups[module]["_keys"].append(key)  # type: ignore[union-attr]
+        groups[module].setdefault("_keys", [])
+        groups[module]["_keys"].append(key)
     peft_alpha, alpha_pattern = _metadata_alphas(metadata)
     for module, parts in sorted(groups.items()):
-        source = parts.pop("_keys")  # type: ignore[arg-type]
+        source = parts.pop("_keys")
         alpha = parts.pop("alpha", None)
         alpha_value = float(alpha.item()) if alpha is not None and alpha.numel() == 1 else (
             alpha_pattern.get(module, peft_alpha))

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,7 +41,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def component_device(engine, name: str) -> torch.device:
+def component_device(engine: Engine, name: str) -> torch.device:
     """Where inputs for component ``name`` go: its own device, or under offload the
     engine's (accelerate's hooks bring the weights there; sequential offload leaves
     them on the meta device in between)."""

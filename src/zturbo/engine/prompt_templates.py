@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zturbo.errors import ZTurboError
 
@@ -47,7 +47,7 @@ def parse(text: str, source: str) -> Template:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ZTurboError(f"template {source}: not valid TOML: {exc}") from None
-    fields = {k: data.get(k) for k in ("name", "description", "body")}
+    fields: dict[str, Any] = {k: data.get(k) for k in ("name", "description", "body")}
     missing = [k for k, v in fields.items() if not isinstance(v, str) or not v.strip()]
     if missing:
         raise ZTurboError(f"template {source}: needs string key(s) {', '.join(missing)}")

@@ -24,6 +24,7 @@ from zturbo.engine import variety as seed_variety
 from zturbo.engine.accel import prepare_denoise
 from zturbo.engine.placement import component_device
 from zturbo.engine.prompt_templates import apply_template
+from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 
 # on_step(done, total, latents): called after each DiT pass; raise Cancelled to stop.
@@ -82,7 +83,7 @@ def text_token_limit(transformer) -> int:
     return (int(transformer.config.axes_lens[0]) - 2) // SEQ_MULTI_OF * SEQ_MULTI_OF
 
 
-def check_text_limit(engine, max_sequence_length: int) -> None:
+def check_text_limit(engine: Engine, max_sequence_length: int) -> None:
     """A clear error when the DiT cannot place that many prompt tokens."""
     limit = text_token_limit(engine.pipe.transformer)
     if max_sequence_length > limit:
@@ -100,7 +101,7 @@ def _check_hidden_layer(text_encoder, layer: int) -> None:
 
 
 @torch.no_grad()
-def embed(engine, prompt: str, max_sequence_length: int = 512, hidden_layer: int = -2, *,
+def embed(engine: Engine, prompt: str, max_sequence_length: int = 512, hidden_layer: int = -2, *,
           long_prompt: str = "truncate", template_body: str | None = None) -> Embedding:
     """Qwen3 hidden states of the chat-templated prompt, padding stripped (as diffusers does).
 
@@ -147,7 +148,7 @@ def noise(seed: int, width: int, height: int) -> torch.Tensor:
                        dtype=torch.float32)
 
 
-def _pipeline_view(engine, shift: float):
+def _pipeline_view(engine: Engine, shift: float):
     """A pipeline over the engine's loaded modules with its own scheduler and call state.
 
     diffusers pipelines keep per-call state (guidance, interrupt flag, scheduler steps) on
@@ -219,7 +220,7 @@ def denoise(
 
 
 @torch.no_grad()
-def decode(engine, latents: torch.Tensor) -> list[Image.Image]:
+def decode(engine: Engine, latents: torch.Tensor) -> list[Image.Image]:
     """VAE decode of final latents into PIL images."""
     vae = engine.pipe.vae
     latents = latents.to(component_device(engine, "vae"), vae.dtype)

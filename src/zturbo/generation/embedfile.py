@@ -24,6 +24,7 @@ import torch
 from zturbo.caches.encoders import cached_embed
 from zturbo.caches.packing import host
 from zturbo.config import Request
+from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import Embedding, text_token_limit
 from zturbo.errors import ZTurboError
 from zturbo.generation.orchestrator import embed_params
@@ -62,7 +63,7 @@ class EmbeddingFile:
                 fields[name] = cast(meta[name])
         return fields
 
-    def for_engine(self, engine, need_negative: bool = False):
+    def for_engine(self, engine: Engine, need_negative: bool = False):
         """(Embedding, negative tensors or None) on the engine's device and dtype, checked."""
         check_compatible(self, engine)
         if need_negative and "negative" not in self.tensors:
@@ -86,7 +87,7 @@ def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def encode(engine, request: Request) -> EmbeddingFile:
+def encode(engine: Engine, request: Request) -> EmbeddingFile:
     """The request's prompt (and negative prompt, if any) through the engine's encoder
     (and its embedding cache)."""
     with engine.lock:
@@ -179,7 +180,7 @@ def load(path: str | Path) -> EmbeddingFile:
     return from_bytes(data, str(path))
 
 
-def check_compatible(file: EmbeddingFile, engine) -> None:
+def check_compatible(file: EmbeddingFile, engine: Engine) -> None:
     """The DiT must take this hidden size and this many tokens, or a clear error."""
     transformer = engine.pipe.transformer
     want = int(transformer.config.cap_feat_dim)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from zturbo.caches.enhanced import cached_enhance
 from zturbo.config import Request
 from zturbo.config.settings import first_error
+from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 
 # on_event(name, data): "enhance_token" after each token written ({"tokens": n}; raise
@@ -24,7 +25,7 @@ from zturbo.errors import ZTurboError
 EventCallback = Callable[[str, dict[str, Any]], None]
 
 
-def enhance_text(engine, text: str, on_event: EventCallback | None = None):
+def enhance_text(engine: Engine, text: str, on_event: EventCallback | None = None):
     """(Enhanced, tier) for ``text`` under the engine's settings (bounds in tokens and time)."""
     settings = engine.settings
     on_token = None
@@ -35,7 +36,7 @@ def enhance_text(engine, text: str, on_event: EventCallback | None = None):
                           settings.enhance_timeout_s, on_token)
 
 
-def resolve(engine, request: Request, on_event: EventCallback | None = None) -> Request:
+def resolve(engine: Engine, request: Request, on_event: EventCallback | None = None) -> Request:
     """The Request with its prompt enhanced (the engine lock must be held)."""
     if not request.enhance:
         return request

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from zturbo.caches.encoders import image_sha256, vae_moments
 from zturbo.config import SHA256_HEX, Request
+from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import latent_shape
 from zturbo.errors import ZTurboError
 
@@ -91,7 +92,7 @@ def check_source(request: Request, source: Source) -> None:
             raise ZTurboError(f"the {name} given does not match the request's {name} hash")
 
 
-def encode_image(engine, image: Image.Image, width: int, height: int) -> torch.Tensor:
+def encode_image(engine: Engine, image: Image.Image, width: int, height: int) -> torch.Tensor:
     """The VAE posterior (mean and log-variance, as diffusers' DiagonalGaussianDistribution
     takes them) of ``image`` resized to width x height, through the VAE latent cache.
 
@@ -101,7 +102,7 @@ def encode_image(engine, image: Image.Image, width: int, height: int) -> torch.T
     return vae_moments(engine, image, width, height)[0]
 
 
-def shifted_sigmas(engine, sigma_list: list[float], shift: float) -> torch.Tensor:
+def shifted_sigmas(engine: Engine, sigma_list: list[float], shift: float) -> torch.Tensor:
     """The sigmas the scheduler steps through for ``sigma_list`` (shifted, ending at 0)."""
     from diffusers import FlowMatchEulerDiscreteScheduler  # lazy: keeps CLI start fast
 
@@ -128,7 +129,7 @@ class Start:
 
 
 @torch.no_grad()
-def start_latents(engine, posterior: torch.Tensor, seed: int, sigma_list: list[float],
+def start_latents(engine: Engine, posterior: torch.Tensor, seed: int, sigma_list: list[float],
                   shift: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noised start latents, noise, clean image latents), drawn as diffusers draws them:
     one CPU generator seeded with ``seed`` samples the posterior, then the noise."""
@@ -147,7 +148,7 @@ def start_latents(engine, posterior: torch.Tensor, seed: int, sigma_list: list[f
 
 
 @torch.no_grad()
-def mask_latents(engine, mask: Image.Image, width: int, height: int) -> torch.Tensor:
+def mask_latents(engine: Engine, mask: Image.Image, width: int, height: int) -> torch.Tensor:
     """The inpaint mask at latent size (1 = repaint, 0 = keep), as ZImageInpaintPipeline
     makes it: grayscale, binarised at 0.5, nearest-neighbour down to the latent grid."""
     from diffusers.image_processor import VaeImageProcessor  # lazy: keeps CLI start fast
@@ -179,7 +180,7 @@ class MaskBlend:
         return (1 - mask) * proper.to(device) + mask * latents
 
 
-def image_start(engine, request: Request, seed: int, source: Source,
+def image_start(engine: Engine, request: Request, seed: int, source: Source,
                 sigma_list: list[float]) -> Start:
     """The img2img / inpaint start of one image whose trajectory runs ``sigma_list``."""
     assert source.image is not None and request.strength is not None

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from zturbo.engine.protocol import Engine
 from zturbo.paths import as_user_file
 
 
@@ -117,7 +118,7 @@ def report(path: Path, title: str, meta: dict[str, Any], rows: list[dict]) -> li
     return rows
 
 
-def warmup(engine, sizes: tuple[tuple[int, int], ...] = ((1024, 1024),), steps: int = 2) -> dict:
+def warmup(engine: Engine, sizes: tuple[tuple[int, int], ...] = ((1024, 1024),), steps: int = 2) -> dict:
     """Run a short generation per size so compile (and kernel autotuning) happens now, not
     in the first request. Returns seconds per size; a server calls it at start."""
     from zturbo.engine.accel import step_cache  # lazy: torch

@@ -27,15 +27,17 @@ import torch
 
 from zturbo.buildlock import BUILD_LOCK
 from zturbo.caches import build_cache
-from zturbo.config import DEFAULT_MODEL, Settings, load_settings, make_request, state_dir
+from zturbo.caches.tiers import TieredCache
+from zturbo.config import DEFAULT_MODEL, Request, Settings, load_settings, make_request, state_dir
 from zturbo.engine import accel, costmodel, demo
-from zturbo.engine.lora import apply_loras, parse_lora
+from zturbo.engine.lora import LoraRegistry, apply_loras, parse_lora
 from zturbo.engine.placement import (
     apply_memory_plan,
     pick_device,
     pick_dtype,
     place,
 )
+from zturbo.engine.protocol import Engine
 from zturbo.engine.quant import load_transformer_file, text_encoder_quant_config
 from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
 from zturbo.errors import ModelUnavailable, ZTurboError
@@ -124,7 +126,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
 
 
 @dataclass
-class Engine:
+class LoadedEngine(Engine):
     """Loaded components, their fingerprints and the process-wide generation lock."""
 
     pipe: Any
@@ -136,9 +138,10 @@ class Engine:
     identity: dict[str, str]
     extras: dict[str, Any] = field(default_factory=dict)  # quantisation, loras, attention...
     load_seconds: float = 0.0
-    caches: Any = None  # zturbo.caches.TieredCache: teleport, embeddings, VAE latents
+    caches: TieredCache | None = None  # teleport, embeddings, VAE latents
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     canary_shapes: dict[str, Any] = field(default_factory=dict, repr=False)  # per component
+    lora_registry: LoraRegistry = field(default_factory=LoraRegistry, repr=False)
 
     def close(self) -> None:
         """Release the cache tiers (a server calls this at shutdown)."""
@@ -149,7 +152,11 @@ class Engine:
     def is_demo(self) -> bool:
         return demo.is_demo(self.spec)
 
-    def check_fits(self, request) -> None:
+    def teleport_exact(self, steps: int | None = None, start: int | None = None,
+                       extra_forwards: int = 0) -> tuple[bool, str]:
+        return accel.teleport_exact(self, steps, start, extra_forwards)
+
+    def check_fits(self, request: Request) -> None:
         """Refuse what only the loaded model can rule out (the text encoder's layers, the
         DiT's layers and text positions), so a server refuses it before queueing a job."""
         encoder = getattr(self.pipe, "text_encoder", None)
@@ -258,7 +265,7 @@ def load(
     loras: list[str] | None = None,
     transformer_file: str | None = None,
     text_encoder: bool = True,
-) -> Engine:
+) -> LoadedEngine:
     """Load a model: ``zturbo.load("demo")``, a Hub id, or a local diffusers folder.
 
     ``loras`` (``PATH[:SCALE]``) are fused at load; ``transformer_file`` (.gguf or
@@ -292,7 +299,7 @@ def load(
             pipe, identity, extras = _load_pipeline(folder, settings, torch_device,
                                                     torch_dtype, text_encoder=text_encoder)
     pipe.set_progress_bar_config(disable=True)
-    engine = Engine(
+    engine = LoadedEngine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
         settings=settings.model_copy(update={"model": spec}), identity=identity,
         extras=extras, caches=build_cache(settings),
@@ -314,7 +321,7 @@ def memory_plan(shape: Callable[[], costmodel.ModelShape], device: torch.device,
     if settings.vram_budget is not None:
         budget = costmodel.parse_bytes(settings.vram_budget)
     elif device.type == "cuda":
-        budget = demo.free_bytes(device)
+        budget = float(demo.free_bytes(device) or 0)  # on CUDA always the driver's figure
     else:
         return "resident", None
     return costmodel.pick_plan(budget, shape())

@@ -6,10 +6,11 @@ decode, one image per seed, under the engine lock and the request's LoRAs and VA
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -17,11 +18,13 @@ from PIL import Image
 from zturbo.caches import teleport
 from zturbo.caches.encoders import cached_embed
 from zturbo.caches.packing import tensor_digest
+from zturbo.caches.report import TeleportReport
 from zturbo.config import Request, img2img_start_step
 from zturbo.config.metadata import save_png
 from zturbo.engine import accel
 from zturbo.engine import dype as dype_rope
 from zturbo.engine import slg as skip_layer
+from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from here
     LATENT_CHANNELS,
     Cancelled,
@@ -44,6 +47,9 @@ from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
 from zturbo.generation.request_scope import request_scope
 
+if TYPE_CHECKING:
+    from zturbo.generation.embedfile import EmbeddingFile
+
 
 @dataclass
 class Result:
@@ -55,7 +61,7 @@ class Result:
     timings: dict[str, float]
     token_count: int
     warnings: list[str] = field(default_factory=list)
-    teleport: list[dict[str, Any]] = field(default_factory=list)
+    teleport: list[TeleportReport] = field(default_factory=list)
 
     def save(self, pattern: str | Path) -> list[Path]:
         """Save each image as PNG with its parameters; ``{seed}`` in the pattern is filled."""
@@ -73,8 +79,18 @@ def embed_params(request: Request, negative: bool = False) -> dict[str, Any]:
             "template_body": None if negative else request.template_body}
 
 
-def embed_request(engine, request: Request, embeddings=None
-                  ) -> tuple[Embedding, list[torch.Tensor] | None, str]:
+@dataclass(frozen=True)
+class Conditioning:
+    """What a request's text gives the DiT: the prompt embedding, the negative one
+    (guidance > 0 only), and a digest of both (the teleport key's embedding part)."""
+
+    prompt: Embedding
+    negative: list[torch.Tensor] | None
+    digest: str
+
+
+def embed_request(engine: Engine, request: Request, embeddings: EmbeddingFile | None = None
+                  ) -> Conditioning:
     """The prompt embedding, the negative one (guidance > 0 only), and a digest of both.
 
     Both go through the embedding cache; the digest identifies the embedding bit for bit in
@@ -95,7 +111,7 @@ def embed_request(engine, request: Request, embeddings=None
             negative = cached_embed(engine, embed_params(request, negative=True))[0].tensors
     digest = tensor_digest({f"p{i}": x for i, x in enumerate(emb.tensors)}
                            | {f"n{i}": x for i, x in enumerate(negative or [])})
-    return emb, negative, digest
+    return Conditioning(emb, negative, digest)
 
 
 def trajectory_sigmas(request: Request) -> list[float]:
@@ -111,7 +127,7 @@ def steps_run(request: Request) -> int:
     return pass_steps(request) if request.passes else len(trajectory_sigmas(request))
 
 
-def start(engine, request: Request, seed: int, source: Source) -> Start:
+def start(engine: Engine, request: Request, seed: int, source: Source) -> Start:
     """Where one image's trajectory begins: noise (txt2img), or the noised source image
     with the inpaint blend (img2img, inpaint)."""
     if request.image is None:
@@ -130,15 +146,15 @@ def finite_latents(latents: torch.Tensor, request: Request) -> None:
             "range; nothing was stored")
 
 
-def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, digest: str,
+def run_seed(engine: Engine, request: Request, seed: int, text: Conditioning,
              source: Source, timings: dict[str, float],
-             on_step: StepCallback | None = None) -> tuple[Image.Image, dict[str, Any]]:
+             on_step: StepCallback | None = None) -> tuple[Image.Image, TeleportReport]:
     """One image through teleport: the stored image of its trajectory (a lookup), or resume a
     stored latent of it (the final one decodes only), or run it in full; store what it
     computed; then decode. The engine lock must be held."""
     schedule = trajectory_sigmas(request)
     slg = skip_layer.SLG.from_request(request)
-    replay = teleport.plan(engine, request.for_seed(seed), seed, digest, steps=len(schedule),
+    replay = teleport.plan(engine, request.for_seed(seed), seed, text.digest, steps=len(schedule),
                            extra_forwards=slg.extra_forwards(len(schedule)) if slg else 0)
     t = began = time.perf_counter()
     image = teleport.lookup_image(engine, replay, request.width, request.height)
@@ -146,19 +162,23 @@ def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, dige
         timings["lookup"] = timings.get("lookup", 0.0) + time.perf_counter() - t
         return image, replay.report()
     resumed = teleport.lookup(engine, replay, latent_shape(request.width, request.height))
-    first = 0 if resumed is None else replay.hit_step
-    latents = resumed
-    if first < len(schedule):
-        begin = None
-        if resumed is None or request.mask is not None:  # a resumed inpaint still blends
-            begin = start(engine, request, seed, source)
+    first = replay.hit_step or 0  # set when a latent was found
+    if resumed is not None and first >= len(schedule):
+        latents = resumed  # the trajectory's final latent: decode only
+    else:
+        begin: Start | None
+        if resumed is None:
+            fresh = start(engine, request, seed, source)
+            begin, x = fresh, fresh.latents
+        else:  # a resumed inpaint still blends
+            begin = start(engine, request, seed, source) if request.mask is not None else None
+            x = resumed
         if request.image is not None:
             timings["vae_encode"] = timings.get("vae_encode", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         latents = denoise(
-            engine, emb.tensors, begin.latents if resumed is None else resumed,
-            schedule[first:], guidance=request.guidance, shift=request.shift,
-            negative=negative, on_step=replay.capturing(on_step), first_step=first,
+            engine, text.prompt.tensors, x, schedule[first:], guidance=request.guidance,
+            shift=request.shift, negative=text.negative, on_step=replay.capturing(on_step), first_step=first,
             total_steps=len(schedule), blend=begin.blend if begin is not None else None,
             dype=dype_rope.DyPE.from_request(request), slg=slg,
             variety=Variety.from_request(request, seed),
@@ -175,8 +195,9 @@ def run_seed(engine, request: Request, seed: int, emb: Embedding, negative, dige
     return image, replay.report()
 
 
-def run_passes(engine, request: Request, seed: int, emb, negative, digest: str, source: Source,
-               timings: dict[str, float], on_step=None) -> tuple[Image.Image, dict]:
+def run_passes(engine: Engine, request: Request, seed: int, text: Conditioning,
+               source: Source, timings: dict[str, float],
+               on_step: StepCallback | None = None) -> tuple[Image.Image, TeleportReport]:
     """One seed through every pass (each through teleport); the engine lock must be held.
     Returns the image and the last pass's teleport report with every pass's under
     ``passes``."""
@@ -188,20 +209,20 @@ def run_passes(engine, request: Request, seed: int, emb, negative, digest: str, 
         if on_step is not None:
             on_step(done + n, total, latents)
 
-    image, reports = source.image, []
+    previous, reports = source.image, []
     for p in request.passes:
-        if image is not None:
-            image = image.resize(pass_size(request, p), Image.Resampling.LANCZOS)
-        sub = pass_request(request, p, seed, image)
-        image, report = run_seed(engine, sub, seed, emb, negative, digest, Source(image=image),
-                                 timings, step)
+        if previous is not None:
+            previous = previous.resize(pass_size(request, p), Image.Resampling.LANCZOS)
+        sub = pass_request(request, p, seed, previous)
+        image, report = run_seed(engine, sub, seed, text, Source(image=previous), timings, step)
         reports.append(report)
         done += steps_run(sub)
-    return image, {**reports[-1], "passes": reports}
+        previous = image
+    return image, dataclasses.replace(reports[-1], passes=tuple(reports))
 
 
-def generate(engine, request: Request, on_step: StepCallback | None = None,
-             source: Source | None = None, *, embeddings=None,
+def generate(engine: Engine, request: Request, on_step: StepCallback | None = None,
+             source: Source | None = None, *, embeddings: EmbeddingFile | None = None,
              on_event: EventCallback | None = None) -> Result:
     """Run one Request: one image per seed, each exactly what a single-seed run gives.
 
@@ -220,27 +241,26 @@ def generate(engine, request: Request, on_step: StepCallback | None = None,
     timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
     started = time.perf_counter()
     images: list[Image.Image] = []
-    replays: list[dict[str, Any]] = []
+    replays: list[TeleportReport] = []
     with request_scope(engine, request):  # restores the engine's state on every path
         t = time.perf_counter()
         if request.enhance:
             request = enhancing.resolve(engine, request, on_event)
             timings["enhance"] = time.perf_counter() - t
             t = time.perf_counter()
-        emb, negative, digest = embed_request(engine, request, embeddings)
+        text = embed_request(engine, request, embeddings)
         timings["encode"] = time.perf_counter() - t
         run = run_passes if request.passes else run_seed
         for seed in request.seeds():
-            image, replay = run(engine, request, seed, emb, negative, digest, source, timings,
-                                on_step)
+            image, replay = run(engine, request, seed, text, source, timings, on_step)
             images.append(image)
             replays.append(replay)
     timings["total"] = time.perf_counter() - started
-    if emb.truncated:
+    if text.prompt.truncated:
         warnings.append(
-            f"prompt is {emb.token_count} tokens; truncated to max_sequence_length "
+            f"prompt is {text.prompt.token_count} tokens; truncated to max_sequence_length "
             f"{request.max_sequence_length}"
         )
     return Result(images=images, seeds=request.seeds(), request=request, model=engine.spec,
                   fingerprint=engine.fingerprint, timings=timings,
-                  token_count=emb.token_count, warnings=warnings, teleport=replays)
+                  token_count=text.prompt.token_count, warnings=warnings, teleport=replays)

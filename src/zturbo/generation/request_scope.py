@@ -17,11 +17,12 @@ from collections.abc import Iterator
 
 from zturbo.config import Request
 from zturbo.engine.lora import request_loras
+from zturbo.engine.protocol import Engine
 from zturbo.generation.vae import vae_tiling
 
 
 @contextlib.contextmanager
-def request_scope(engine, request: Request) -> Iterator[None]:
+def request_scope(engine: Engine, request: Request) -> Iterator[None]:
     """Hold the engine for ``request``: its lock, its VAE tiling, its LoRAs; all restored
     on exit, whatever happens."""
     with contextlib.ExitStack() as stack:

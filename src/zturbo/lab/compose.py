@@ -30,6 +30,7 @@ from PIL import Image
 from zturbo.caches.encoders import fetch
 from zturbo.caches.teleport import plan as teleport_plan
 from zturbo.config import Request, make_request
+from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 from zturbo.generation.orchestrator import (
     decode,
@@ -68,7 +69,7 @@ class Composition:
     fingerprint: str = ""
 
 
-def unit_latent(engine, request: Request, at: int) -> tuple[torch.Tensor, bool]:
+def unit_latent(engine: Engine, request: Request, at: int) -> tuple[torch.Tensor, bool]:
     """The unit's latent after ``at`` passes from the teleport cache (generating the unit
     through generate() first when it is missing); True when it was already cached."""
     key = _unit_key(engine, request, at)
@@ -83,9 +84,9 @@ def unit_latent(engine, request: Request, at: int) -> tuple[torch.Tensor, bool]:
     return hit[0]["latents"], cached
 
 
-def _unit_key(engine, request: Request, at: int) -> str:
+def _unit_key(engine: Engine, request: Request, at: int) -> str:
     with request_scope(engine, request):
-        _, _, digest = embed_request(engine, request)
+        digest = embed_request(engine, request).digest
     replay = teleport_plan(engine, request, request.seed, digest)
     if at not in replay.keys:
         raise ZTurboError(
@@ -127,7 +128,7 @@ def refine_start(unit_steps: int, at: int, schedule: int) -> tuple[int, float, f
     return index, long[index], cached
 
 
-def compose(engine, prompt: str, *, units: list[str] | None = None, seed: int = 42,
+def compose(engine: Engine, prompt: str, *, units: list[str] | None = None, seed: int = 42,
             width: int = 512, height: int = 512, unit_steps: int = 8, at: int = 2,
             schedule: int = 20, refine: int = 8, combiner: str = "mean",
             weights: list[float] | None = None, on_step=None) -> Composition:
@@ -159,7 +160,7 @@ def compose(engine, prompt: str, *, units: list[str] | None = None, seed: int = 
                         steps=schedule, guidance=0.0)
     with request_scope(engine, full):  # the engine as this request wants it (VAE tiling...)
         t = time.perf_counter()
-        emb, _, _ = embed_request(engine, full)
+        emb = embed_request(engine, full).prompt
         timings["encode"] = time.perf_counter() - t
         t = time.perf_counter()
         out = denoise(engine, emb.tensors, mixed, sigmas(schedule)[index:index + refine],

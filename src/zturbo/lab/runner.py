@@ -19,6 +19,7 @@ from typing import Any
 from zturbo.config import Request, Settings, load_settings, make_request
 from zturbo.config.engine_identity import engine_key
 from zturbo.config.metadata import pnginfo, write_png_atomic
+from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 from zturbo.generation.models import load as load_engine
 from zturbo.generation.orchestrator import generate
@@ -174,7 +175,7 @@ def default_folder(spec: SweepSpec, settings: Settings | None = None) -> RunFold
     return RunFolder(runs_root() / f"{spec.slug()}-{digest}")
 
 
-def run(spec: SweepSpec, folder: RunFolder | None = None, *, engine=None,
+def run(spec: SweepSpec, folder: RunFolder | None = None, *, engine: Engine | None = None,
         settings: Settings | None = None, on_frame: FrameCallback | None = None,
         on_step=None, load: Callable | None = None) -> SweepOutcome:
     """Run (or resume) a sweep into its run folder; returns what ran, what was skipped.
@@ -247,7 +248,7 @@ def _load(settings: Settings, transformer_file: str | None):
     return load_engine(settings=engine_settings(settings, transformer_file))
 
 
-def run_frame(engine, frame: Frame, folder: RunFolder, on_step=None) -> dict[str, Any]:
+def run_frame(engine: Engine, frame: Frame, folder: RunFolder, on_step=None) -> dict[str, Any]:
     """One frame through generate(): its PNG (parameters embedded) and its results line."""
     started = time.perf_counter()
     result = generate(engine, frame.request, on_step=on_step)
@@ -264,7 +265,7 @@ def run_frame(engine, frame: Frame, folder: RunFolder, on_step=None) -> dict[str
            "transformer_file": frame.transformer_file,
            "timings": {k: round(v, 6) for k, v in result.timings.items()},
            "wall_s": round(time.perf_counter() - started, 6),
-           "teleport": result.teleport[0] if result.teleport else {},
+           "teleport": result.teleport[0].as_dict() if result.teleport else {},
            "warnings": result.warnings, "png_sha256": file_sha256(path), "metrics": {}}
     folder.append(row)
     return row

@@ -25,7 +25,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from zturbo.config import Settings, state_dir
 from zturbo.errors import ZTurboError
 from zturbo.generation.measure import warmup
-from zturbo.generation.models import load
+from zturbo.generation.models import LoadedEngine, load
 from zturbo.server import errors
 from zturbo.server.announce import announce as write_record
 from zturbo.server.announce import engine_identity, watch, withdraw
@@ -78,6 +78,8 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
                     **({"runner": runner} if runner else {}), workers=workers)
     st = ServerState(settings=settings, history=None, jobs=jobs, metrics=metrics,
                      engine=engine, announce=announce)
+    if isinstance(engine, LoadedEngine):  # the caller's: it finds picked LoRAs here too
+        engine.lora_registry.search(settings.lora_dirs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

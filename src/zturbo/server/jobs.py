@@ -35,8 +35,8 @@ from zturbo.errors import ZTurboError
 from zturbo.generation.orchestrator import Cancelled, Result, generate, steps_run
 from zturbo.server.mirror import Mirror
 from zturbo.server.preview import preview_data_url
-from zturbo.server.store.history import TERMINAL, History
-from zturbo.server.store.redis_store import RedisStore, StoreUnavailable
+from zturbo.server.store.base import TERMINAL, Store
+from zturbo.server.store.redis_store import StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
 KEEP_FINISHED = 256  # finished jobs kept in memory for GET /api/jobs/{id}; older ones: history
@@ -102,7 +102,7 @@ def image_url(image_id: str) -> str:
 class JobQueue:
     """An in-process FIFO of jobs with admission control, cancel, timeouts and progress."""
 
-    def __init__(self, settings, history: History | RedisStore | None, outputs: Path,
+    def __init__(self, settings, history: Store | None, outputs: Path,
                  metrics=None, *, runner=generate, workers: int = 1) -> None:
         """``runner(engine, request, on_step=, source=)`` (and ``on_event=`` for a request
         that asks for prompt enhancement) makes a Result (``generate``; the
@@ -451,7 +451,7 @@ class JobQueue:
                 self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * (time.monotonic() - started)
                 job.images = images
                 job.timings = {k: round(v, 6) for k, v in result.timings.items()}
-                job.teleport = list(result.teleport)
+                job.teleport = [report.as_dict() for report in result.teleport]
                 job.warnings = list(result.warnings)
                 job.step = job.total
             self._finish(job, status, error=error, finished=finished)
@@ -508,7 +508,7 @@ class JobQueue:
             path = save_png(result, i, self.outputs / f"{image_id}.png")
             if self.history.shared:  # other ingresses fetch the bytes from the store
                 self.history.put_png(image_id, path.read_bytes())
-            teleport = result.teleport[i] if i < len(result.teleport) else {}
+            teleport = result.teleport[i].as_dict() if i < len(result.teleport) else {}
             request = result.request.for_seed(seed).model_dump(mode="json")
             row = {
                 "id": image_id, "job_id": job.id, "idx": i, "created": time.time(),

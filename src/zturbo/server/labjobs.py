@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 from zturbo.generation.orchestrator import Cancelled
 from zturbo.lab.grid import grid_json
@@ -94,7 +95,7 @@ class LabJobs:
             self._forget(job.id)
         self._jobs = {job.id: job for job in jobs[-KEEP:]}
 
-    def start(self, engine, settings, spec: SweepSpec, folder: RunFolder, total: int,
+    def start(self, engine: Engine, settings, spec: SweepSpec, folder: RunFolder, total: int,
               loop: asyncio.AbstractEventLoop, job_id: str | None = None) -> LabJob:
         """Queue ``spec`` into ``folder`` for the lab worker; ``settings`` (the server's)
         validate every frame's Request, as for every other request. ``job_id``: resume that
@@ -208,7 +209,7 @@ class LabJobs:
                 engine, settings, job = self._pending.popleft()
             self._work(engine, settings, job)
 
-    def _work(self, engine, settings, job: LabJob) -> None:
+    def _work(self, engine: Engine, settings, job: LabJob) -> None:
         with self._lock:
             if job.terminal:  # cancelled while it waited for the sweep before it
                 return

@@ -79,7 +79,7 @@ class Metrics:
         if replica:
             self.replica_images.labels(replica).inc(len(result.images))
         for hit in result.teleport:
-            outcome, tier = "hit" if hit.get("hit") else "miss", str(hit.get("tier") or "none")
+            outcome, tier = "hit" if hit.hit else "miss", str(hit.tier or "none")
             self.teleport.labels(outcome, tier).inc()
             if replica:
                 self.replica_teleport.labels(replica, outcome, tier).inc()

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from zturbo.caches.base import OutageLog
-from zturbo.server.store.redis_store import RedisStore, StoreUnavailable
+from zturbo.server.store.base import SharedStore
+from zturbo.server.store.redis_store import StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
 POLL_S = 0.1  # how often cancel requests from other ingresses are looked for
@@ -27,7 +28,7 @@ MAX_OUTBOX = 100_000  # events kept while Redis is down (the oldest go first)
 class Mirror:
     """``publish`` events; ``start``/``stop`` the thread."""
 
-    def __init__(self, store: RedisStore, active: Callable[[], list[str]],
+    def __init__(self, store: SharedStore, active: Callable[[], list[str]],
                  cancel: Callable[[str, str], Any]) -> None:
         self.store, self._active, self._cancel = store, active, cancel
         self._outbox: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(

@@ -42,6 +42,7 @@ from ray.exceptions import RayActorError
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import DeploymentUnavailableError
 
+from zturbo.caches.report import TeleportReport
 from zturbo.config import Request, Settings, load_settings
 from zturbo.engine.lora import adapter_counts
 from zturbo.engine.steps import Cancelled
@@ -186,7 +187,7 @@ def pack(result: Result) -> dict[str, Any]:
             "request": result.request.model_dump(mode="json"), "model": result.model,
             "fingerprint": result.fingerprint, "timings": dict(result.timings),
             "token_count": result.token_count, "warnings": list(result.warnings),
-            "teleport": list(result.teleport)}
+            "teleport": [report.as_dict() for report in result.teleport]}
 
 
 @dataclass
@@ -206,8 +207,8 @@ def unpack(data: dict[str, Any]) -> RemoteResult:
                         request=Request.model_validate(data["request"]), model=data["model"],
                         fingerprint=data["fingerprint"], timings=data["timings"],
                         token_count=data["token_count"], warnings=data["warnings"],
-                        teleport=data["teleport"], replica=data["replica"],
-                        adapters=data.get("adapters"))
+                        teleport=[TeleportReport.from_dict(r) for r in data["teleport"]],
+                        replica=data["replica"], adapters=data.get("adapters"))
 
 
 # -- the ingress side ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from fastapi import Request
 from zturbo.config import Settings
 from zturbo.server.jobs import JobQueue
 from zturbo.server.metrics import Metrics
-from zturbo.server.store import History, RedisStore
+from zturbo.server.store import Store
 
 
 class Slots:
@@ -39,7 +39,7 @@ class ServerState:
     """What the handlers share: settings, the engine once loaded, the queue, history, metrics."""
 
     settings: Settings
-    history: History | RedisStore | None  # the state store (server/store), opened by the lifespan
+    history: Store | None  # the state store (server/store), opened by the lifespan
     jobs: JobQueue
     metrics: Metrics
     engine: Any = None

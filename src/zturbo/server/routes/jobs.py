@@ -18,7 +18,7 @@ from zturbo.server.errors import ApiError
 from zturbo.server.jobs import Job, follow
 from zturbo.server.schemas import JobBody, request_from_body
 from zturbo.server.state import ServerState, state
-from zturbo.server.store.history import TERMINAL
+from zturbo.server.store.base import TERMINAL
 from zturbo.server.store.redis_store import BLOCK_S
 from zturbo.server.uploads import read_image
 

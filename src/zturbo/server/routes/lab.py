@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
 
+from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 from zturbo.lab.axes import ENGINE_AXES, MAX_AXES, sweepable, vary_field
 from zturbo.lab.report import script_hash
@@ -132,7 +133,7 @@ async def _planned(st: ServerState, make) -> tuple[Any, SweepSpec, RunFolder, in
     return engine, spec, default_folder(spec, st.settings), total
 
 
-def _queue(st: ServerState, jobs: LabJobs, engine, spec: SweepSpec, folder: RunFolder,
+def _queue(st: ServerState, jobs: LabJobs, engine: Engine, spec: SweepSpec, folder: RunFolder,
            total: int, job_id: str | None = None) -> LabJob:
     """Hand the sweep to the lab worker (a full lab queue is a 429 with Retry-After, from
     the app's QueueFull handler)."""

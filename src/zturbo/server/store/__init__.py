@@ -1,20 +1,11 @@
-"""What every ingress of one service shares, one interface with two backends.
+"""What every ingress of one service shares: one interface (``base.Store``), two backends.
 
-``History`` (SQLite + PNG files under the outputs dir) is the single-process default: the
-jobs live in this process's JobQueue, so the store only keeps their rows and the images.
-``RedisStore`` (``state_backend: redis``) shares everything another ingress needs to
-watch, cancel and fetch a job it did not run: the job record and its status, the event
-log a follower reads (SSE), cancel requests, the PNG bytes and the history rows.
-
-The interface (both backends; ``shared`` says whether the live part means anything):
-
-- jobs: ``add_job(id, request, created, owner=)``, ``set_job(id, status, ...)``,
-  ``job(id)``, ``interrupt_unfinished(reason)``;
-- images: ``add_image(row)``, ``image(id)``, ``images(query=, limit=, offset=)``,
-  ``replay(row, n)``, ``full_run(...)``, ``put_png(id, data)``, ``png(id)``;
-- live (shared only; the local backend's JobQueue holds them in memory): ``add_event``,
-  ``events(id, after, wait_s)``, ``request_cancel``, ``cancel_reasons``, ``heartbeat``,
-  ``expire_owners``.
+``LocalStore`` (SQLite + PNG files under the outputs dir) is the single-process default:
+the jobs live in this process's JobQueue, so the store only keeps their rows and the
+images. ``RedisStore`` (``state_backend: redis``, a ``base.SharedStore``) shares everything
+another ingress needs to watch, cancel and fetch a job it did not run: the job record and
+its status, the event log a follower reads (SSE), cancel requests, the PNG bytes and the
+history rows.
 """
 
 from __future__ import annotations
@@ -24,20 +15,21 @@ from pathlib import Path
 
 from zturbo.config import Settings
 from zturbo.errors import ZTurboError
-from zturbo.server.store.history import History, StoreUnavailable
+from zturbo.server.store.base import SharedStore, Store, StoreUnavailable
+from zturbo.server.store.history import LocalStore
 from zturbo.server.store.redis_store import RedisStore
 
 log = logging.getLogger("zturbo.server")
 
-__all__ = ["History", "RedisStore", "StoreUnavailable", "open_store"]
+__all__ = ["LocalStore", "RedisStore", "SharedStore", "Store", "StoreUnavailable", "open_store"]
 
 
-def open_store(settings: Settings, history_file: Path, outputs: Path) -> History | RedisStore:
+def open_store(settings: Settings, history_file: Path, outputs: Path) -> Store:
     """The store ``settings.state_backend`` names: SQLite + files, or Redis (checked: one
     that may evict keys is refused)."""
     if settings.state_backend == "redis":
         return open_redis_state(settings)
-    return History(history_file, outputs)
+    return LocalStore(history_file, outputs)
 
 
 def open_redis_state(settings: Settings) -> RedisStore:

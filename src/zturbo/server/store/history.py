@@ -1,4 +1,4 @@
-"""The server's history: SQLite under the state dir, one row per job and one per image.
+"""The local state store: SQLite under the state dir, one row per job and one per image.
 
 SQLite is the embedded default: no service to run, survives a restart, and one file an
 operator can copy. Two connections shared by the worker thread and the request threads, one
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zturbo.errors import ZTurboError
 from zturbo.paths import contained_file
+from zturbo.server.store.base import TERMINAL, Store, StoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,14 +59,8 @@ BUSY_TIMEOUT_S = 30.0
 PROBE_BYTES = 8192  # the probe's row: larger than most requests, so it needs new pages too
 _WRITE_FAILED = ("the history database cannot be written ({exc}): the disk of the server's "
                  "state dir may be full or failing; retry later")
-TERMINAL = ("done", "error", "cancelled")
 # how many images the row's job made (its timings are the whole job's)
 JOB_IMAGES = "(SELECT COUNT(*) FROM images j WHERE j.job_id = images.job_id) AS job_images"
-
-
-class StoreUnavailable(ZTurboError):
-    """The state store cannot be read or written now (Redis does not answer, the history
-    database's disk is full or failing): the client should retry (503 with Retry-After)."""
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -76,13 +70,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-class History:
-    """Jobs and images of this server, newest first; safe to use from any thread.
-
-    The local backend of the state store (``zturbo.server.store``): the PNGs are the files under
-    ``outputs`` that the JobQueue writes; live job state stays in the JobQueue's memory."""
-
-    shared = False  # events, cancel and leases live in this process's JobQueue
+class LocalStore(Store):
+    """The local backend of the state store: jobs and images in SQLite; the PNGs are the
+    files under ``outputs`` that the JobQueue writes; live job state (events, cancels) stays
+    in this process's JobQueue."""
 
     def __init__(self, path: Path, outputs: Path | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,17 +205,6 @@ class History:
             (pattern, limit, offset),
         )
         return [_image(r) for r in rows], total
-
-    def replay(self, row: dict[str, Any], job_images: int) -> dict[str, Any]:
-        """What the page's teleport badge needs for an image row: its own time (the job's
-        total over its images) and, for a teleport hit, the full run it replayed."""
-        total = row["timings"].get("total")
-        hit = bool((row.get("teleport") or {}).get("hit"))
-        return {
-            "seconds": None if total is None else round(total / max(job_images, 1), 6),
-            "full_run": self.full_run(row["request"], row["fingerprint"], row["created"])
-            if hit else None,
-        }
 
     def full_run(self, request: dict[str, Any], fingerprint: str, before: float
                  ) -> dict[str, Any] | None:

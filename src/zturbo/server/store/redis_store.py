@@ -39,7 +39,7 @@ from redis.retry import Retry
 from zturbo.caches.redis_tier import _safe_url
 from zturbo.errors import ZTurboError
 from zturbo.hashing import digest
-from zturbo.server.store.history import TERMINAL, History, StoreUnavailable
+from zturbo.server.store.base import TERMINAL, SharedStore, StoreUnavailable
 
 T = TypeVar("T")
 PREFIX = "zturbo:state:v1:"
@@ -60,10 +60,8 @@ return redis.call('HGET', KEYS[1], 'owner')
 """
 
 
-class RedisStore:
+class RedisStore(SharedStore):
     """One ingress's handle on the shared state; ``owner`` names this ingress (its lease)."""
-
-    shared = True
 
     def __init__(self, url: str, *, ttl_s: int, timeout_s: float, lease_s: float,
                  prefix: str = PREFIX) -> None:
@@ -299,7 +297,6 @@ class RedisStore:
             row["job_images"] = n
         return rows
 
-    replay = History.replay  # the same report over this backend's full_run
 
     def full_run(self, request: dict[str, Any], fingerprint: str, before: float
                  ) -> dict[str, Any] | None:
