@@ -333,7 +333,10 @@ _MEMO_FILE = "numerics_canary.json"
 
 def canary(placement: Placement) -> str:
     """The canary hash for one placement: from the process memo, the state dir's memo,
-    or run now (and memoised in both)."""
+    or run now (and memoised in both). A ``meta`` placement holds shapes only: nothing
+    computes there, so it has no canary."""
+    if placement.device.startswith("meta"):
+        return "meta"
     key = memo_key(placement)
     with _MEMO_LOCK:
         if key in _MEMO:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 import zturbo
 from zturbo.caches import teleport
 from zturbo.config import load_settings
-from zturbo.engine import dype, lora, slg
+from zturbo.engine import dype, lora, lora_report, slg
 
 from conftest import pixels
 from knob_files import make_foreign_lora, make_lora
@@ -107,7 +107,7 @@ def _step_fault(done, total, latents):
 INJECTIONS = {
     "lora_load": lambda e, m: m.setattr(e.pipe, "load_lora_weights",
                                         _after(e.pipe.load_lora_weights)),
-    "lora_convert": lambda e, m: m.setattr(lora, "check", _raise),  # convert/fit fails
+    "lora_convert": lambda e, m: m.setattr(lora_report, "check", _raise),  # convert/fit fails
     "set_adapters": lambda e, m: m.setattr(e.pipe, "set_adapters", _after(e.pipe.set_adapters)),
     "vae_tiling": lambda e, m: m.setattr(e.pipe.vae, "enable_tiling",
                                          _after(e.pipe.vae.enable_tiling)),
