@@ -7,32 +7,8 @@ from typing import Annotated
 
 import typer
 
-from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
-    Attention,
-    CacheDitBn,
-    CacheDitFn,
-    CacheDitMc,
-    CacheDitRdt,
-    CacheDitWarmup,
-    Compile,
-    CompileMode,
-    Device,
-    Dtype,
-    HiddenLayer,
-    LongPrompt,
-    Lora,
-    Model,
-    Offload,
+from zturbo.cli.options import (
     Profile,
-    StepCache,
-    StepCacheMask,
-    StepCachePreset,
-    Template,
-    TextEncoderDevice,
-    TextEncoderQuant,
-    TransformerFile,
-    TsOrder,
-    VaeDevice,
     friendly_errors,
 )
 from zturbo.config import config_path, load_settings

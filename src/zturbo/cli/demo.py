@@ -7,32 +7,7 @@ from typing import Annotated
 
 import typer
 
-from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
-    Attention,
-    CacheDitBn,
-    CacheDitFn,
-    CacheDitMc,
-    CacheDitRdt,
-    CacheDitWarmup,
-    Compile,
-    CompileMode,
-    Device,
-    Dtype,
-    HiddenLayer,
-    LongPrompt,
-    Lora,
-    Model,
-    Offload,
-    Profile,
-    StepCache,
-    StepCacheMask,
-    StepCachePreset,
-    Template,
-    TextEncoderDevice,
-    TextEncoderQuant,
-    TransformerFile,
-    TsOrder,
-    VaeDevice,
+from zturbo.cli.options import (
     friendly_errors,
 )
 from zturbo.config import load_settings

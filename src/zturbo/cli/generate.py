@@ -16,7 +16,7 @@ import typer
 
 from zturbo.caches.report import TeleportReport
 from zturbo.cli.feedback import Feedback
-from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zturbo profile
+from zturbo.cli.options import (
     Adapter,
     Attention,
     CacheDitBn,
@@ -28,8 +28,6 @@ from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zt
     CompileMode,
     Device,
     Dtype,
-    HiddenLayer,
-    LongPrompt,
     Lora,
     LoraDir,
     LoraPartial,
@@ -40,7 +38,6 @@ from zturbo.cli.options import (  # noqa: F401 - shared with zturbo serve and zt
     StepCache,
     StepCacheMask,
     StepCachePreset,
-    Template,
     TextEncoderDevice,
     TextEncoderQuant,
     TransformerFile,
