@@ -75,7 +75,16 @@ SETUPS: dict[str, dict[str, Any]] = {
     "dbcache-fast": {"step_cache": "dbcache", "step_cache_preset": "fast"},
     "taylorseer-medium": {"step_cache": "taylorseer", "step_cache_preset": "medium"},
 }
-SETUP_STEPS = {"plain": [1, 2, 3, 4], "dbcache-fast": [4, 6, 8], "taylorseer-medium": [4, 6, 8]}
+ROTATION = list(SETUPS)  # a sequence's setup by seed, unless named (run_oracle's setups)
+# Setups only run when named: bfloat16, and native attention with a LoRA fused at load (the
+# layout LoRA in the kohya layout; FUSED is replaced by its path).
+FUSED = "<fused>"
+SETUPS.update({
+    "bfloat16": {"dtype": "bfloat16"},
+    "native-fused": {"attention": "native", "loras": [FUSED]},
+})
+SETUP_STEPS = {"plain": [1, 2, 3, 4], "dbcache-fast": [4, 6, 8], "taylorseer-medium": [4, 6, 8],
+               "bfloat16": [1, 2, 3, 4], "native-fused": [1, 2, 3, 4]}
 
 PROMPTS = ["a red robot", "a cat sitting on a windowsill", "neon city at night",
            "portrait of an old fisherman, cinematic lighting"]
@@ -86,6 +95,11 @@ NEGATIVES = ["", "", "blurry", "low quality, blurry"]
 SIZES = [32, 48, 64, 96, 128]
 GOOD_LORAS = [f"style{i}" for i in range(10)]  # more than the 8 adapters an engine keeps
 BAD_LORAS = ["foreign", "broken"]  # no matching keys; not a safetensors file
+# one LoRA in every trainer layout (engine/demo_files.py writes them): the diffusers file and
+# its conversions name the same adapter, so a hit across layouts must equal the reference
+LAYOUTS = ["diffusers", "kohya", "musubi-tuner", "comfyui", "ai-toolkit", "diffsynth",
+           "lycoris-lokr", "lycoris-loha"]
+LAYOUT_LORAS = [f"layered-{layout}" for layout in LAYOUTS]
 SOURCES = {"src-a": (64, 64, 1), "src-b": (128, 96, 2), "src-c": (96, 128, 3)}
 # hits by kind: teleport by what served the image (Result.teleport[i].served: resume from
 # a stored step, final_latent decoded, or the stored image), the rest from the tiers' stats
@@ -158,6 +172,45 @@ def draw_prompt_knobs(f: dict[str, Any]) -> None:
         f["enhance"] = True
 
 
+def draw_blind_fields(f: dict[str, Any], salt: int, fresh: bool = True) -> None:
+    """The fields the first draws never vary (shift, DyPE scale and exponent at sizes where
+    DyPE is active, tile sizes, LoRAs in every layout), from a generator of their own seeded
+    by the request so far and ``salt`` (the history's length), so the sequences' other draws
+    stay what they were. A repeat keeps its fields but may swap a layout LoRA's layout."""
+    more = random.Random(f"blind-{salt}-{json.dumps(f, sort_keys=True)}")
+    picks = list(f.get("loras") or [])
+    layered = [i for i, p in enumerate(picks) if p.startswith("layered-")]
+    if layered and more.random() < 0.6:  # the same LoRA in another layout
+        weight = picks[layered[0]].rsplit(":", 1)[1]
+        picks[layered[0]] = f"{more.choice(LAYOUT_LORAS)}:{weight}"
+        f["loras"] = picks
+    if not fresh:
+        return
+    if not layered and more.random() < 0.2:
+        f["loras"] = [f"{more.choice(LAYOUT_LORAS)}:{more.choice([0.5, 1.0])}", *picks][:8]
+    if more.random() < 0.2:
+        f["shift"] = more.choice([1.0, 2.0, 6.0])
+    if f.get("dype") and not f.get("passes") and more.random() < 0.5:
+        f["width"], f["height"] = more.choice([(288, 256), (256, 288), (320, 288)])
+        f["dype_scale"] = more.choice([0.5, 2.0, 4.0])
+        f["dype_exponent"] = more.choice([1.0, 2.0, 3.0])
+    if f.get("vae_tiling") and more.random() < 0.5:
+        f["vae_tile_size"] = more.choice([64, 80, 96])
+
+
+def tally_drawn(figures: "Figures", spec: dict[str, Any], got: "Outcome") -> None:
+    """Requests per rarely drawn field, and teleport hits on layout-LoRA requests."""
+    f = spec["fields"]
+    names = [name for name in ("shift", "dype_scale", "variety", "enhance") if name in f]
+    names += ["vae_tile_size"] if f.get("vae_tile_size", 64) != 64 else []
+    names += [f"lora:{p.split(':')[0].removeprefix('layered-')}"
+              for p in f.get("loras") or [] if p.startswith("layered-")]
+    if any(n.startswith("lora:") for n in names) and any(t.hit for t in got.teleport):
+        names.append("layout-lora teleport hit")
+    for name in names:
+        figures.drawn[name] = figures.drawn.get(name, 0) + 1
+
+
 def new_fault(rng: random.Random, steps: int) -> dict[str, Any] | None:
     roll = rng.random()
     if roll < 0.08:
@@ -168,12 +221,20 @@ def new_fault(rng: random.Random, steps: int) -> dict[str, Any] | None:
 
 
 def next_spec(rng: random.Random, setup: str, history: list[dict]) -> dict[str, Any]:
-    """A new request, an exact repeat of an earlier one, or a near-repeat."""
+    """A new request, an exact repeat of an earlier one, or a near-repeat (then the fields
+    the first draws never vary are drawn on top)."""
+    spec, fresh = _next_spec(rng, setup, history)
+    draw_blind_fields(spec["fields"], len(history), fresh)
+    return spec
+
+
+def _next_spec(rng: random.Random, setup: str,
+               history: list[dict]) -> tuple[dict[str, Any], bool]:
     roll = rng.random()
     if history and roll < 0.3:
         spec = json.loads(json.dumps(rng.choice(history)))
         spec["fault"] = new_fault(rng, spec["fields"]["steps"])
-        return spec
+        return spec, False
     if history and roll < 0.5:
         spec = json.loads(json.dumps(rng.choice(history)))
         f = spec["fields"]
@@ -197,8 +258,8 @@ def next_spec(rng: random.Random, setup: str, history: list[dict]) -> dict[str, 
         else:
             f.update(slg_scale=2.0, slg_layers=[1], slg_start=0.0, slg_stop=1.0)
         spec["fault"] = new_fault(rng, f["steps"])
-        return spec
-    return new_spec(rng, setup)
+        return spec, False
+    return new_spec(rng, setup), True
 
 
 def between(rng: random.Random) -> str | None:
@@ -232,8 +293,11 @@ def box_mask(name: str) -> Image.Image:
 
 def make_lora_dir(engine, folder: Path) -> Path:
     """style0..style9 (one random LoRA, each scaled differently: ten distinct files), a LoRA
-    matching no module, and a file that is not safetensors."""
+    matching no module, a file that is not safetensors, and one more LoRA in every trainer
+    layout (layered-diffusers, layered-kohya, ... layered-lycoris-loha)."""
     from safetensors.torch import load_file, save_file
+
+    from zturbo.engine.demo_files import write_layouts
 
     from knob_files import make_foreign_lora, make_lora
 
@@ -244,6 +308,9 @@ def make_lora_dir(engine, folder: Path) -> Path:
         save_file({k: v * (1.0 + 0.2 * i) for k, v in base.items()}, folder / f"{name}.safetensors")
     make_foreign_lora(folder / "foreign.safetensors")
     (folder / "broken.safetensors").write_bytes(b"not a safetensors file")
+    layered = make_lora(engine, folder, name="layered-diffusers", seed=11)
+    for layout, path in write_layouts(layered, folder).items():
+        path.rename(folder / f"layered-{layout}.safetensors")
     return folder
 
 
@@ -258,8 +325,11 @@ def cache_settings(setup: str, lora_dir: Path, redis_url: str | None, cached: bo
                   "teleport_repeat": repeat}
     else:
         caches = {"memory_cache_mb": 0, "disk_cache_mb": 0, "redis_url": None, "teleport": False}
+    engine = dict(SETUPS[setup])
+    if "loras" in engine:
+        engine["loras"] = [str(lora_dir / "layered-kohya.safetensors") + ":0.8"]
     return Settings(model="demo", device="cpu", lora_dirs=[str(lora_dir)],
-                    enhance_max_tokens=ENHANCE_TOKENS, **SETUPS[setup], **caches)
+                    enhance_max_tokens=ENHANCE_TOKENS, **engine, **caches)
 
 
 @dataclass
@@ -268,6 +338,28 @@ class Outcome:
     error: str | None = None
     clear: bool = True  # the error is a ZTurboError (one clear line), not a crash
     teleport: list[TeleportReport] = field(default_factory=list)  # Result.teleport
+    metadata: list[dict] = field(default_factory=list)  # what each PNG says, one per image
+    png: list[str] = field(default_factory=list)  # sha256 of each PNG's bytes (no timings)
+
+
+def png_record(result) -> tuple[list[dict], list[str]]:
+    """What the PNGs of a result carry (the parameters written into them, minus timings) and
+    the sha256 of their bytes, as ``Result.save`` writes them without the timings. The
+    request's ``teleport`` is the engine's when unset (on on the cache-on engine, off on the
+    reference): it is left out of both."""
+    import hashlib
+
+    from zturbo.config.metadata import a1111_text, png_bytes, pnginfo
+
+    metadata, digests = [], []
+    for image, seed in zip(result.images, result.seeds):
+        request = result.request.for_seed(seed).model_copy(update={"teleport": None})
+        metadata.append({"request": request.model_dump(mode="json"), "model": result.model,
+                         "fingerprint": result.fingerprint,
+                         "parameters": a1111_text(request, result.model, result.fingerprint)})
+        data = png_bytes(image, pnginfo(request, result.model, result.fingerprint))
+        digests.append(hashlib.sha256(data).hexdigest())
+    return metadata, digests
 
 
 def run(engine, spec: dict[str, Any], with_fault: bool = True) -> Outcome:
@@ -287,8 +379,9 @@ def run(engine, spec: dict[str, Any], with_fault: bool = True) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - a crash is an outcome to compare, not the end
         return Outcome(error=f"{type(exc).__name__}: {exc}".strip(),
                        clear=isinstance(exc, (ZTurboError, InjectedFailure)))
+    metadata, digests = png_record(result)
     return Outcome(images=[np.asarray(im).copy() for im in result.images],
-                   teleport=list(result.teleport))
+                   teleport=list(result.teleport), metadata=metadata, png=digests)
 
 
 # ------------------------------------------------------------------ the oracle
@@ -305,6 +398,8 @@ class Figures:
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(HIT_KINDS, 0))
     references: int = 0
     crashes: dict[str, int] = field(default_factory=dict)  # both engines raised, not clearly
+    drawn: dict[str, int] = field(default_factory=dict)  # requests per drawn field (tally_drawn)
+    rejections: dict[str, int] = field(default_factory=dict)  # errors both engines gave
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     # the numerics and threads runs
@@ -357,16 +452,18 @@ class Oracle:
             self.figures.references += 1
         return self._references[key]
 
-    def sequence(self, seed: int, requests: int, upto: int | None = None) -> bool:
-        """One seeded sequence on a fresh cache-on engine; False at its first mismatch."""
+    def sequence(self, seed: int, requests: int, upto: int | None = None,
+                 setup: str | None = None) -> bool:
+        """One seeded sequence on a fresh cache-on engine (``setup``, else one by the seed);
+        False at its first mismatch."""
         rng = random.Random(seed)  # the requests and events: a function of the seed alone
         damage = random.Random(f"damage-{seed}")  # which entry a corruption hits
-        setup = list(SETUPS)[seed % len(SETUPS)]
+        setup = setup or ROTATION[seed % len(ROTATION)]
         home = self.workdir / f"seq-{seed}"
         shutil.rmtree(home, ignore_errors=True)
         self._use_home(home)
         _flush_redis(self.redis_url)
-        repeat = REPEATS[(seed // len(SETUPS)) % len(REPEATS)]
+        repeat = REPEATS[(seed // len(ROTATION)) % len(REPEATS)]
         engine = self._cached_engine(setup, repeat)
         history: list[dict] = []
         self.figures.sequences += 1
@@ -413,6 +510,7 @@ class Oracle:
     def _check(self, engine, setup: str, spec: dict, seed: int, index: int) -> bool:
         self.figures.requests += 1
         got = run(engine, spec)
+        tally_drawn(self.figures, spec, got)
         for replay in got.teleport:
             served = replay.served
             if served != "full":
@@ -425,6 +523,8 @@ class Oracle:
         want = self.reference(setup, spec)
         if got.error is not None and want.error is not None:
             self.figures.rejected_by_both += 1
+            reason = want.error[:80]
+            self.figures.rejections[reason] = self.figures.rejections.get(reason, 0) + 1
             if not want.clear:  # not a clear error: a bug worth a look
                 crash = f"{setup}: {want.error[:120]}"
                 self.figures.crashes[crash] = self.figures.crashes.get(crash, 0) + 1
@@ -475,6 +575,14 @@ def _difference(got: Outcome, want: Outcome) -> str | None:
             diff = np.abs(a.astype(int) - b.astype(int))
             return (f"image {i} differs from the cache-off engine's: {int((diff > 0).sum())} "
                     f"values, up to {int(diff.max())} levels")
+    for i, (a, b) in enumerate(zip(got.metadata, want.metadata)):
+        if a != b:
+            keys = sorted(k for k in a if a[k] != b.get(k))
+            inner = sorted(k for k in a.get("request", {})
+                           if a["request"][k] != b.get("request", {}).get(k))
+            return f"image {i}'s PNG metadata differs: {keys} (request fields {inner})"
+    if got.png != want.png:
+        return "equal pixels and metadata, but the PNG bytes differ"
     return None
 
 
@@ -532,11 +640,12 @@ def fault_free(rng: random.Random, requests: int, loras: bool = False) -> list[d
 def _tally(figures: Figures, got: Outcome) -> None:
     """Teleport hits of one response, by what served them and by tier."""
     for replay in got.teleport:
-        served = replay.get("served", "resume" if replay.get("hit") else "full")
+        served = replay.served
         if served != "full":
             figures.hits["teleport"] += 1
             figures.hits[f"teleport:{served}"] = figures.hits.get(f"teleport:{served}", 0) + 1
-            figures.tiers[replay["tier"]] = figures.tiers.get(replay["tier"], 0) + 1
+            tier = str(replay.tier)
+            figures.tiers[tier] = figures.tiers.get(tier, 0) + 1
 
 
 def judge(figures: Figures, spec: dict[str, Any], got: Outcome, want) -> str | None:
@@ -544,6 +653,7 @@ def judge(figures: Figures, spec: dict[str, Any], got: Outcome, want) -> str | N
     the problem, or None."""
     figures.requests += 1
     _tally(figures, got)
+    tally_drawn(figures, spec, got)
     if got.error is not None and _expected(spec, got.error):
         figures.failed_as_expected += 1
         return None
@@ -580,8 +690,7 @@ def numerics_worker(config: dict[str, Any]) -> dict[str, Any]:
         got = run(engine, spec)
         problem = judge(figures, spec, got, lambda: run(reference, spec, with_fault=False))
         figures.references += 1
-        crossed = [t["tier"] for t in got.teleport
-                   if t.get("hit") and t.get("tier") in ("disk", "redis")]
+        crossed = [t.tier for t in got.teleport if t.hit and t.tier in ("disk", "redis")]
         if config["round"] == 1 and crossed:  # no entry of this numerics existed there yet
             figures.crossed += 1
             problem = f"{problem or 'equal pixels'}; served from {crossed[0]} in the first " \
@@ -609,7 +718,7 @@ def _merge(total: Figures, part: dict[str, Any]) -> None:
     for name in ("requests", "compared", "failed_as_expected", "rejected_by_both",
                  "references", "crossed"):
         setattr(total, name, getattr(total, name) + part[name])
-    for name in ("hits", "tiers"):
+    for name in ("hits", "tiers", "drawn"):
         for key, value in part[name].items():
             getattr(total, name)[key] = getattr(total, name).get(key, 0) + value
     total.mismatches.extend(part["mismatches"])
@@ -733,9 +842,11 @@ def run_threads(workdir: Path, redis_url: str, seed: int, requests: int,
 
 
 def run_oracle(workdir: Path, redis_url: str, seeds: list[int], requests: int,
-               upto: int | None = None, minutes: float | None = None, out=sys.stdout) -> Figures:
+               upto: int | None = None, minutes: float | None = None, out=sys.stdout,
+               setups: list[str] | None = None) -> Figures:
     """Run sequences for ``seeds`` (or, with ``minutes``, from seeds[0] on until the time is
-    up); keep going after a mismatch so a long run finds every failing seed."""
+    up); keep going after a mismatch so a long run finds every failing seed. With
+    ``setups``, the n-th sequence runs on setups[n % len(setups)]."""
     started = time.perf_counter()
     oracle = Oracle(workdir, redis_url, out=out)
     try:
@@ -743,7 +854,8 @@ def run_oracle(workdir: Path, redis_url: str, seeds: list[int], requests: int,
         todo = list(seeds)
         while todo or (minutes and time.perf_counter() - started < minutes * 60):
             seed = todo.pop(0) if todo else seed + 1
-            oracle.sequence(seed, requests, upto)
+            setup = setups[oracle.figures.sequences % len(setups)] if setups else None
+            oracle.sequence(seed, requests, upto, setup)
     finally:
         oracle.close()
     oracle.figures.seconds = round(time.perf_counter() - started, 1)
@@ -759,6 +871,10 @@ def summary(figures: Figures) -> str:
          f"{f.failed_as_expected}; rejected by both engines: {f.rejected_by_both}; "
          f"references computed: {f.references}"),
         "  cache hits: " + ", ".join(f"{k} {v}" for k, v in f.hits.items()),
+        "  drawn (requests): " + (", ".join(f"{k} {v}" for k, v in sorted(f.drawn.items()))
+                                  or "none"),
+        "  rejected by both: " + (", ".join(f"{k!r} x{v}" for k, v in sorted(f.rejections.items()))
+                                  or "none"),
         "  events: " + (", ".join(f"{k} {v}" for k, v in sorted(f.events.items())) or "none"),
         "  both engines crashed (not a cache bug, but a bug): "
         + (", ".join(f"{k} x{v}" for k, v in sorted(f.crashes.items())) or "none"),
@@ -785,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop each sequence after this request index (reproduce a failure)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="keep starting sequences until this many minutes have passed")
+    parser.add_argument("--setups", default=None,
+                        help=f"comma-separated setups the sequences cycle through (of "
+                             f"{', '.join(SETUPS)}); default: by seed, of {', '.join(ROTATION)}")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--numerics", type=int, default=0, metavar="ROUNDS",
                         help="instead: the numerics run, this many rounds of processes")
@@ -810,8 +929,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_threads(Path(tmp) / f"threads-{i}", server.url, args.seed + i,
                                     args.requests))
         if not runs:
+            setups = [s for s in args.setups.split(",") if s] if args.setups else None
             runs.append(run_oracle(Path(tmp), server.url, seeds, args.requests, args.upto,
-                                   args.minutes))
+                                   args.minutes, setups=setups))
     for figures in runs:
         print(summary(figures))
     if args.json:
