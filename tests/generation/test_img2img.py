@@ -112,6 +112,18 @@ def test_bad_image_inputs_are_clear_errors(engine, tmp_path):
         generate(engine, request)
 
 
+def test_a_tiled_encode_of_the_wrong_size_is_a_clear_error_and_stores_nothing(engine):
+    # VAE tiles of 80 px at overlap 0.25 step 60 pixels but keep 8 latents (64 pixels): a
+    # 128 px wide image came back 17 latents wide, and the pipeline raised a ValueError
+    image = source_image().resize((128, 96))
+    for _ in range(2):  # nothing was stored that would serve it the second time
+        with pytest.raises(ZTurboError, match="into a latent of another size"):
+            engine.generate("a red robot", seed=7, width=128, height=96, image=image,
+                            strength=0.5, vae_tiling=True, vae_tile_size=80, steps=2)
+    engine.generate("a red robot", seed=7, width=128, height=96, image=image, strength=0.5,
+                    vae_tiling=True, vae_tile_size=64, steps=2)  # a stride that fits
+
+
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_teleport_replays_img2img_and_inpaint_and_skips_the_vae_encode(with_mask):
     """A second run resumes from the stored step (exact pixels) and its source comes from

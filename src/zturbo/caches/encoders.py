@@ -22,6 +22,7 @@ from zturbo.caches.packing import pack, unpack
 from zturbo.engine.placement import component_device
 from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import Embedding, embed
+from zturbo.errors import ZTurboError
 
 log = logging.getLogger("zturbo.caches")
 
@@ -130,6 +131,7 @@ def vae_moments(engine: Engine, image: Image.Image, width: int, height: int) -> 
     pixels = pixels.to(device=component_device(engine, "vae"), dtype=vae.dtype)
     moments = vae.encode(pixels).latent_dist.parameters
     cost = time.perf_counter() - started
+    check_encoded(moments, pixels, encode_tiling(vae, width, height))
     keep(engine, VAE_LATENT, key, {"moments": moments},
           {"cost_s": f"{cost:.6f}", "layout": layout_of(moments)})
     return moments, None
@@ -145,6 +147,23 @@ def encode_tiling(vae, width: int, height: int) -> dict[str, Any] | None:
         return None
     return {"sample": int(vae.tile_sample_min_size), "latent": int(vae.tile_latent_min_size),
             "overlap": float(vae.tile_overlap_factor)}
+
+
+def check_encoded(moments: torch.Tensor, pixels: torch.Tensor,
+                  tiling: dict[str, Any] | None) -> None:
+    """A tiled encode whose pixel stride and latent stride differ (diffusers' tiling rounds
+    each on its own: tile 80 at overlap 0.25 steps 60 pixels but keeps 8 latents, 64 pixels)
+    returns a latent of another size than the image's; refused before anything is stored."""
+    factor = pixels.shape[-1] // moments.shape[-1] if moments.shape[-1] else 0
+    if factor and (moments.shape[-2] * factor, moments.shape[-1] * factor) == tuple(
+            pixels.shape[-2:]):
+        return
+    tiles = f" with VAE tiles of {tiling['sample']} px at overlap {tiling['overlap']}" if tiling \
+        else ""
+    raise ZTurboError(f"the VAE encoded the {pixels.shape[-1]}x{pixels.shape[-2]} image"
+                      f"{tiles} into a latent of another size ({moments.shape[-1]}x"
+                      f"{moments.shape[-2]}): use a tile size whose stride fits, e.g. 512 "
+                      "(a multiple of 32 at overlap 0.25), or no tiling")
 
 
 # A tensor's memory layout decides which kernels later ops run, and so the last bit of their
