@@ -3,7 +3,7 @@ end to end with and without a running ``zturbo serve``. Demo model, loopback onl
 
 1. Start-up: ``zturbo --help``, ``--version``, ``info IMAGE``, ``config show`` as new
    processes, median wall time. "lazy" is this tree; "eager" is the same command after
-   importing what an eager package would import at start-up (``zturbo.generate``
+   importing what an eager package would import at start-up (``zturbo.generation.orchestrator``
    and ``zturbo.engine.accel``: torch, diffusers, transformers), measured in the same run, so
    the ratio compares like with like on the same machine and load.
 2. Repeated runs: the same 256x256 request with a new seed each run (no teleport hit),
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))  # serverkit: free_port, wai
 from zturbo.generation.measure import markdown_table, write_json  # noqa: E402 - after the sys.path lines
 
 RESULTS = ROOT / "benchmarks" / "results" / "cli.json"
-EAGER = "import zturbo.generate, zturbo.engine.accel\n"  # what `import zturbo.cli` pulled in before
+EAGER = "import zturbo.generation.orchestrator, zturbo.engine.accel\n"  # what `import zturbo.cli` pulled in before
 RUN = "import sys\nsys.argv = ['zturbo', *{args!r}]\nfrom zturbo.cli import main\nmain()\n"
 GENERATE = ["generate", "a red robot", "--model", "demo", "-W", "256", "-H", "256"]
 
