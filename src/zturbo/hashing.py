@@ -40,10 +40,7 @@ def file_sha256(path: Path) -> str:
     stat = path.stat()
     memo_key = _memo_key(path, stat)
     memo_path = state_dir() / "file_hashes.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
+    memo = read_memo(memo_path)
     if memo_key in memo:
         return memo[memo_key]
     h = hashlib.sha256()
@@ -54,14 +51,29 @@ def file_sha256(path: Path) -> str:
     if not settled or _memo_key(path, path.stat()) != memo_key:
         return h.hexdigest()
     memo[memo_key] = h.hexdigest()
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass  # a memo is an optimisation only
+    write_memo(memo_path, memo)
     return memo[memo_key]
+
+
+def read_memo(path: Path) -> dict[str, Any]:
+    """A JSON memo from the state dir; a missing, unreadable or foreign one is empty."""
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def write_memo(path: Path, memo: dict[str, Any]) -> None:
+    """Replace a JSON memo atomically (a reader never sees half of it); a failure is
+    ignored: a memo is an optimisation only."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")  # a model folder's

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from zturbo.hashing import digest
+from zturbo.hashing import digest, read_memo, write_memo
 from zturbo.paths import state_dir
 
 CANARY_VERSION = 1  # bump when the canary's operations change: old memos are not reused
@@ -342,27 +342,14 @@ def canary(placement: Placement) -> str:
         if key in _MEMO:
             return _MEMO[key]
         path = state_dir() / _MEMO_FILE
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError):
-            stored = {}
+        stored = read_memo(path)
         value = stored.get(key)
         if not isinstance(value, str):
             value = run_canary(placement.device, placement.dtype, placement.shapes)
             stored[key] = value
-            _write_memo(path, stored)
+            write_memo(path, stored)
         _MEMO[key] = value
         return value
-
-
-def _write_memo(path: Path, memo: dict[str, str]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a memo is an optimisation only
 
 
 def placement_identity(placement: Placement) -> dict[str, Any]:

@@ -28,7 +28,14 @@ from zturbo.config import Settings, state_dir
 from zturbo.config.engine_identity import ENGINE_FIELDS
 from zturbo.engine import demo
 from zturbo.engine.lora import parse_lora
-from zturbo.hashing import COMPONENTS, digest, file_sha256, weights_identity
+from zturbo.hashing import (
+    COMPONENTS,
+    digest,
+    file_sha256,
+    read_memo,
+    weights_identity,
+    write_memo,
+)
 
 CONTENT_FIELDS = ("model", "loras", "transformer_file")  # compared by content: ``files``
 NUMERIC_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors")
@@ -90,14 +97,10 @@ def fresh_numerics(settings: Settings) -> dict[str, Any]:
                   "settings": settings_key(settings),
                   "model": [settings.model, settings.revision]})  # the canary's shapes
     path = state_dir() / NUMERICS_MEMO
-    try:
-        memo = json.loads(path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if not isinstance(memo, dict) or not isinstance(memo.get(key), dict):
-        memo = memo if isinstance(memo, dict) else {}
+    memo = read_memo(path)
+    if not isinstance(memo.get(key), dict):
         memo[key] = numerics(settings)
-        _write_memo(path, dict(list(memo.items())[-MEMO_ENTRIES:]))
+        write_memo(path, dict(list(memo.items())[-MEMO_ENTRIES:]))
     return memo[key]
 
 
@@ -134,16 +137,6 @@ def _text(path: Path) -> str | None:
         return path.read_text()
     except OSError:
         return None
-
-
-def _write_memo(path: Path, memo: dict[str, Any]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a memo is an optimisation only
 
 
 def model_folder(spec: str, revision: str | None) -> Path | None:
