@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
-from serverkit import SMALL, app_for, one_thread
+from serverkit import SMALL, app_for, error_of, one_thread, post_json
 
 SURROGATE = "a \ud800 robot"
 
@@ -30,17 +30,6 @@ def client(engine, tmp_path_factory):
         yield c
 
 
-def post_json(client, path: str, body: dict):
-    """POST JSON text as given (a lone surrogate needs a JSON escape, not UTF-8)."""
-    return client.post(path, content=json.dumps(body).encode(),
-                       headers={"content-type": "application/json"})
-
-
-def error_of(r, status: int) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body["error"]) == {"message", "type", "code"}, body
-    return body["error"]["message"]
 
 
 def png_with_text(**chunks: str) -> bytes:

@@ -5,7 +5,6 @@ cap on open event streams."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -18,7 +17,7 @@ from zturbo.caches import RedisTier
 from zturbo.config import ascii_digits, ascii_int, load_settings
 from zturbo.errors import ZTurboError
 
-from serverkit import SMALL, app_for, gate, live_server, one_thread, wait_for
+from serverkit import SMALL, app_for, error_of, gate, live_server, one_thread, post_json, wait_for
 
 JOB = {"prompt": "a red robot", "seed": 4, **SMALL, "teleport": False}
 
@@ -37,15 +36,6 @@ def client(engine, tmp_path_factory):
         yield c
 
 
-def post_json(client, path: str, body: dict):
-    """POST JSON text as given (NaN as the bare token Python's json writes)."""
-    return client.post(path, content=json.dumps(body).encode(),
-                       headers={"content-type": "application/json"})
-
-
-def error_of(r, status: int) -> str:
-    assert r.status_code == status, r.text
-    return r.json()["error"]["message"]
 
 
 def jobs_in_history(client) -> int:

@@ -209,3 +209,18 @@ def processes_naming(text: str) -> list[str]:
         if text in args:
             found.append(f"{cmdline.parent.name} {args[:200]}")
     return found
+
+
+def post_json(client, path: str, body: dict):
+    """POST JSON text as Python's json writes it (a lone surrogate as its escape, NaN as the
+    bare token), which a client library would refuse to send."""
+    return client.post(path, content=json.dumps(body).encode(),
+                       headers={"content-type": "application/json"})
+
+
+def error_of(r, status: int) -> str:
+    """The message of an error answer of ``status``, in the server's one error shape."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body["error"]) == {"message", "type", "code"}, body
+    return body["error"]["message"]
