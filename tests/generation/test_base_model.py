@@ -44,10 +44,14 @@ def test_the_base_model_is_recognised_from_its_scheduler(base, engine):
     assert settings_for_model(load_settings(flags={"model": "demo-base"})[0]).steps == 50
 
 
-def test_what_the_user_set_wins_over_the_model(base):
+def test_what_the_user_set_wins_over_the_model(base, zturbo_home, monkeypatch):
     settings, _ = load_settings(flags={"model": "demo-base", "steps": 12, "shift": 2.0})
     mine = with_model_defaults(settings, base.model_defaults)
     assert (mine.steps, mine.shift, mine.guidance) == (12, 2.0, 4.0)
+    (zturbo_home / "config.toml").write_text("[default]\nsteps = 9\n")
+    monkeypatch.setenv("ZTURBO_GUIDANCE", "0")
+    mine = settings_for_model(load_settings(flags={"model": "demo-base"})[0])
+    assert (mine.steps, mine.guidance, mine.shift) == (9, 0.0, 6.0)
     request = make_request(base.settings, prompt="a cat", steps=20, guidance=0.0)
     assert (request.steps, request.guidance) == (20, 0.0)
 
@@ -140,3 +144,9 @@ def test_cli_flags_and_the_turbo_line_on_stderr(tmp_path):
     assert stored["cfg_normalization"] is True and stored["cfg_truncation"] == 0.9
     bad = run_cli("generate", "a cat", "--model", "demo", "--cfg-truncation", "3")
     assert bad.returncode == 2 and "cfg_truncation" in bad.stderr
+    base = run_cli("generate", "a cat", "--model", "demo-base", "-W", "64", "-H", "64",
+                   "--steps", "3", "--seed", "1", "-o", str(tmp_path / "b.png"))
+    assert base.returncode == 0, base.stderr
+    stored = metadata.read(tmp_path / "b.png")["request"]
+    assert (stored["steps"], stored["guidance"], stored["shift"]) == (3, 4.0, 6.0)
+    assert "distilled" not in base.stderr

@@ -162,7 +162,7 @@ def new_spec(rng: random.Random, setup: str) -> dict[str, Any]:
 
 
 def draw_prompt_knobs(f: dict[str, Any]) -> None:
-    """Seed variety and the prompt enhancer, drawn from a generator of their own (seeded by
+    """Seed variety, the prompt enhancer and the CFG controls, drawn from a generator of their own (seeded by
     the request drawn so far), so the sequences' other draws stay what they were."""
     knobs = random.Random(json.dumps(f, sort_keys=True))
     if knobs.random() < 0.25:
@@ -170,6 +170,9 @@ def draw_prompt_knobs(f: dict[str, Any]) -> None:
         f["variety_steps"] = knobs.choice([0.3, 0.6, 1.0])
     if knobs.random() < 0.15:
         f["enhance"] = True
+    if f.get("guidance") and knobs.random() < 0.5:  # diffusers' CFG controls
+        f["cfg_normalization"] = knobs.choice([False, True])
+        f["cfg_truncation"] = knobs.choice([1.0, 0.6, 0.3])
 
 
 def draw_blind_fields(f: dict[str, Any], salt: int, fresh: bool = True) -> None:
