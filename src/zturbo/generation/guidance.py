@@ -29,6 +29,6 @@ def guidance_note(request: Request, model_defaults: dict[str, Any]) -> str | Non
     cost = (request.steps + guided) / request.steps
     return (f"guidance {request.guidance:g} on a model distilled for guidance 0 (Turbo): "
             f"{guided} of {request.steps} steps run the DiT twice (prompt and negative "
-            f"prompt), about {cost:.1f}x the denoise time, and the image changes (stronger "
-            f"contrast and saturation; Turbo was not trained for it); guidance 0 is this "
-            f"model's setting")
+            f"prompt), {cost:.1f}x the DiT work (up to that much more denoise time), and the "
+            f"image changes (stronger contrast and saturation; Turbo was not trained for "
+            f"it); guidance 0 is this model's setting")
