@@ -204,13 +204,11 @@ def check_request(engine: Engine, request) -> None:
     residuals it cached from the batch to it: diffusers fails inside the DiT (found by the
     cache oracle). CFG truncation does the same from the step where guidance stops. A clear
     error instead, before any work."""
-    if not step_cache(engine) or request.guidance <= 0:
-        return
-    if request.slg_scale:
+    if step_cache(engine) and request.slg_scale and request.guidance > 0:
         raise ZTurboError("skip-layer guidance with guidance > 0 does not combine with step "
                           "caching (--step-cache): use guidance 0, slg_scale 0, or an engine "
                           "without step caching")
-    if request.cfg_truncation < 1:
+    if step_cache(engine) and request.guidance > 0 and request.cfg_truncation < 1:
         raise ZTurboError("cfg_truncation below 1 with guidance > 0 does not combine with "
                           "step caching (--step-cache): use cfg_truncation 1, guidance 0, or "
                           "an engine without step caching")
