@@ -9,7 +9,7 @@ from importlib.metadata import version
 
 import pytest
 
-from zturbo.cli import entry, helpspec, helpview
+from zturbo.cli import about, entry, helpspec, helpview
 from zturbo.cli.root import command
 from zturbo.config import Request
 from zturbo.config.groups import flag_of
@@ -87,6 +87,12 @@ def test_version_is_the_typer_answer_with_the_package_version(tree, capsys):
     assert status == 0 and text.splitlines()[0] == f"zturbo {version('zturbo')}"
     assert tree.main(["--version"], prog_name="zturbo", standalone_mode=False) == 0
     assert capsys.readouterr().out == text
+
+
+def test_versions_read_from_dist_info_agree_with_importlib_metadata():
+    for package in (*about.PACKAGES, "pytest", "typing-extensions", "Pydantic.Settings"):
+        assert about.dist_info_version(package) == version(package), package
+    assert about.installed("no-such-package-anywhere") == "not installed"
 
 
 def test_a_group_alone_is_its_help_with_status_2(spec, tree, capsys):
