@@ -102,6 +102,12 @@ def test_a_group_alone_is_its_help_with_status_2(spec, tree, capsys):
     assert helpview.answer(["generate"], spec) is None  # a command alone runs it
 
 
+def test_a_missing_or_foreign_spec_leaves_help_to_typer(tmp_path):
+    assert helpview.load(str(tmp_path / "absent.json")) is None
+    (tmp_path / "other.json").write_text('{"format": 0, "commands": {}}')
+    assert helpview.load(str(tmp_path / "other.json")) is None
+
+
 @pytest.mark.parametrize("argv", [["generate", "--bogus", "--help"], ["bogus", "--help"],
                                   ["-h"], ["generate", "a cat", "--help"],
                                   ["--help", "generate"], ["--version", "generate"]])

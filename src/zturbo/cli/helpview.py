@@ -68,13 +68,8 @@ def wrap(text: str, limit: int) -> list[str]:
 
 
 def _help_lines(parts: list[str], limit: int) -> list[str]:
-    """An option's help and its extras (``[default: X]``, ``[required]``): on one line
-    when they fit, else each wrapped below the other."""
-    parts = [part for part in parts if part]
-    joined = " ".join(parts)
-    if "\n" not in joined and len(joined) <= limit:
-        return [joined]
-    return [line for part in parts for line in wrap(part, limit)]
+    """An option's help and its extras (``[default: X]``, ``[required]``) as one text."""
+    return wrap(" ".join(part for part in parts if part), limit)
 
 
 def _table(cells: list[list[str]], helps: list[list[str]], inner: int) -> list[str]:
@@ -93,7 +88,7 @@ def _table(cells: list[list[str]], helps: list[list[str]], inner: int) -> list[s
                       for line in _help_lines(help_parts, inner - STACKED_INDENT)]
             continue
         names = "  ".join(row[i].ljust(widths[i]) for i in keep)
-        body = _help_lines(help_parts, help_width) or [""]
+        body = _help_lines(help_parts, help_width)
         lines.append(f"{names}  {body[0]}")
         lines += [" " * lead + line for line in body[1:]]
     return lines
