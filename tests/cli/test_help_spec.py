@@ -82,6 +82,14 @@ def test_help_wraps_to_the_terminal_and_keeps_long_names_readable(spec, monkeypa
     assert "│ --replicas  <int range> [x>=1]" not in shown[120]
 
 
+def test_help_on_a_stream_without_box_characters_draws_them_in_ascii(spec):
+    text, _ = helpview.answer(["cache", "--help"], spec)
+    ascii_text = helpview.printable(text, "ascii")
+    assert "+- Options -" in ascii_text and "| --help " in ascii_text
+    assert ascii_text == text.translate(helpview.ASCII_BOXES)  # nothing else changed
+    assert helpview.printable(text, "utf-8") is text
+
+
 def test_version_is_the_typer_answer_with_the_package_version(tree, capsys):
     text, status = entry.fast_answer(["--version"])
     assert status == 0 and text.splitlines()[0] == f"zturbo {version('zturbo')}"

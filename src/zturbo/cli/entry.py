@@ -29,6 +29,6 @@ def main() -> None:
         root.main()
         return
     text, status = answered
-    sys.stdout.write(text)
+    sys.stdout.write(helpview.printable(text, sys.stdout.encoding))
     sys.stdout.flush()
     sys.exit(status)

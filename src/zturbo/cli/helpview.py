@@ -133,6 +133,24 @@ def render(entry: dict, total: int) -> str:
     return "\n".join(line.rstrip() for line in out) + "\n"
 
 
+ASCII_BOXES = str.maketrans("╭╮╰╯─│", "++++-|")
+
+
+def printable(text: str, encoding: str | None) -> str:
+    """``text`` as the output stream can encode it: box lines in ASCII where it cannot
+    encode them (as rich draws them there), any other such character as ``?``."""
+    encoding = encoding or "utf-8"
+    try:
+        text.encode(encoding)
+        return text
+    except (UnicodeEncodeError, LookupError):
+        boxed = text.translate(ASCII_BOXES)
+        try:
+            return boxed.encode(encoding, "replace").decode(encoding)
+        except LookupError:
+            return boxed.encode("ascii", "replace").decode("ascii")
+
+
 def answer(argv: list[str], commands: dict) -> tuple[str, int] | None:
     """``(text, exit status)`` when ``argv`` only asks for help: ``[CMD ...] --help``, or a
     command group named alone (its help, status 2, as typer gives it); else None."""
