@@ -63,6 +63,9 @@ def test_help_and_version_load_neither_typer_nor_the_settings():
         assert out.returncode == (2 if args == ["lab"] else 0), (args, out.stderr)
         assert loaded == [], f"zturbo {' '.join(args)} imported {loaded}"
         assert out.stdout.startswith("zturbo " if args == ["--version"] else "\n Usage: zturbo")
+    module = subprocess.run([sys.executable, "-m", "zturbo", "--version"], capture_output=True,
+                            text=True, check=False, timeout=60)
+    assert module.returncode == 0 and module.stdout == out.stdout  # python -m zturbo
 
 
 @pytest.mark.subprocess
