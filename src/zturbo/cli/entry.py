@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import sys
 
-from zturbo.cli import helpview
+from zturbo.cli import about, helpview
 
 
 def fast_answer(argv: list[str]) -> tuple[str, int] | None:
     """``(text, exit status)`` for a plain ``--version`` or help request, else None (also
     when the help spec is missing)."""
     if argv == ["--version"]:
-        from zturbo.cli.about import version_text  # importlib.metadata: only --version needs it
-
-        return version_text() + "\n", 0
+        return about.version_text() + "\n", 0
     commands = helpview.load()
     return helpview.answer(argv, commands) if commands is not None else None
 

@@ -55,24 +55,30 @@ def _param_row(param, ctx: Context, mode: str) -> dict[str, Any]:
             "help": [_plain(part) for part in help_parts]}
 
 
+def _panels(rows_by_title: dict[str, list], default: str) -> list[dict[str, Any]]:
+    """Panels in typer's order: the default one (``Options``, ``Commands``...) first, the
+    others in the order of their first row."""
+    titles = sorted(rows_by_title, key=lambda title: title != default)
+    return [{"title": title, "rows": rows_by_title[title]} for title in titles]
+
+
 def _param_panels(command, ctx: Context, mode: str) -> list[dict[str, Any]]:
-    """Arguments panels first, then options panels, each in the order of its first
-    parameter, like typer's help."""
-    panels: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    """The arguments panels, then the options panels."""
+    arguments: dict[str, list] = {}
+    options: dict[str, list] = {}
     for param in command.get_params(ctx):
         if getattr(param, "hidden", False):
             continue
         argument = isinstance(param, core.TyperArgument)
         default = rich_utils.ARGUMENTS_PANEL_TITLE if argument else rich_utils.OPTIONS_PANEL_TITLE
         title = getattr(param, "rich_help_panel", None) or default
-        panels.setdefault((0 if argument else 1, title), []).append(_param_row(param, ctx, mode))
-    order = sorted(panels, key=lambda key: (key[0], key[1] != (rich_utils.ARGUMENTS_PANEL_TITLE,
-                                                              rich_utils.OPTIONS_PANEL_TITLE)[key[0]]))
-    return [{"title": title, "rows": panels[(kind, title)]} for kind, title in order]
+        (arguments if argument else options).setdefault(title, []).append(_param_row(param, ctx, mode))
+    return [*_panels(arguments, rich_utils.ARGUMENTS_PANEL_TITLE),
+            *_panels(options, rich_utils.OPTIONS_PANEL_TITLE)]
 
 
 def _command_panels(group, ctx: Context, mode: str) -> list[dict[str, Any]]:
-    panels: dict[str, list[list[str]]] = {}
+    commands: dict[str, list] = {}
     for name in group.list_commands(ctx):
         sub = group.get_command(ctx, name)
         if sub is None or sub.hidden:
@@ -82,9 +88,8 @@ def _command_panels(group, ctx: Context, mode: str) -> list[dict[str, Any]]:
         if sub.deprecated:
             summary = rich_utils.DEPRECATED_STRING + summary
         title = getattr(sub, "rich_help_panel", None) or rich_utils.COMMANDS_PANEL_TITLE
-        panels.setdefault(title, []).append([sub.name or name, summary])
-    titles = sorted(panels, key=lambda title: title != rich_utils.COMMANDS_PANEL_TITLE)
-    return [{"title": title, "rows": panels[title]} for title in titles]
+        commands.setdefault(title, []).append([sub.name or name, summary])
+    return _panels(commands, rich_utils.COMMANDS_PANEL_TITLE)
 
 
 def _entry(command, ctx: Context) -> dict[str, Any]:
