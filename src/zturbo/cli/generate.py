@@ -137,7 +137,8 @@ def generate(
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     feedback = Feedback()
     remaining = requests
-    if file is None and image is None:  # a server cannot see local input files
+    # a server cannot see local input files; with --server off none is looked for
+    if file is None and image is None and settings.server != "off":
         remaining = _on_server(settings, requests, pattern, as_json, feedback)
     if remaining:
         _locally(settings, remaining, pattern, as_json, feedback, source, file)

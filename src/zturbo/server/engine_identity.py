@@ -43,7 +43,7 @@ NUMERIC_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors"
 PART_ORDER = ("settings", "versions", "files", "numerics")  # cheapest first
 NUMERICS_MEMO = "client_numerics.json"
 MEMO_ENTRIES = 64
-SHELL_ONLY = ("PWD", "OLDPWD")  # where the shell stands: no kernel reads it
+SHELL_ONLY = ("PWD", "OLDPWD", "_", "SHLVL")  # the shell's bookkeeping: no kernel reads it
 CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "microcode",
               "flags", "CPU implementer", "CPU architecture", "CPU variant", "CPU part",
               "CPU revision", "Features")
