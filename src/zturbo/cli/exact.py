@@ -33,11 +33,16 @@ def eligible(settings: Settings, request: Request) -> bool:
             and request.embeddings_sha256 is None and not request.passes)
 
 
+# engine settings whose "auto" may be decided at load from the GPU's free memory
+MEASURED_AUTO = ("memory_plan", "text_encoder_quant")
+
+
 def measured_placement(settings: Settings, device_type: str) -> bool:
-    """Whether the engine's fingerprint holds a load-time measurement (a memory plan picked
-    from the GPU's free memory), so a later process may load another engine."""
-    return (settings.memory_plan == "auto" and settings.vram_budget is None
-            and device_type == "cuda")
+    """Whether the engine's fingerprint may hold a load-time measurement (a memory plan or
+    quantisation picked from the GPU's free memory), so a later process may load another
+    engine from the same settings."""
+    return (device_type == "cuda" and settings.vram_budget is None
+            and any(getattr(settings, name, None) == "auto" for name in MEASURED_AUTO))
 
 
 def remember(engine: Any, settings: Settings, request: Request, result: Result,
