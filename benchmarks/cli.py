@@ -9,6 +9,11 @@ end to end with and without a running ``zturbo serve``. Demo model, loopback onl
 2. Repeated runs: the same 256x256 request with a new seed each run (no teleport hit),
    as new ``zturbo generate`` processes: ``--server off`` (every run loads the model, the
    old behaviour) against ``--server auto`` with a ``zturbo serve`` running.
+3. Cold runs with ``--server off``, each a new process: an exact repeat (its image is
+   stored) and a new seed, each with the exact-repeat lookup that needs no model load
+   ("fast path") and without it (the full path: the model loads, then the cache answers;
+   the lookup is switched off in that process only). Runs alternate, so load drift hits
+   both alike; the closing note gives the ratio.
 
 Prints two markdown tables and writes benchmarks/results/cli.json (atomically).
 
@@ -36,6 +41,9 @@ from zturbo.generation.measure import markdown_table, write_json  # noqa: E402 -
 RESULTS = ROOT / "benchmarks" / "results" / "cli.json"
 EAGER = "import zturbo.generation.orchestrator, zturbo.engine.accel\n"  # what `import zturbo.cli` pulled in before
 RUN = "import sys\nsys.argv = ['zturbo', *{args!r}]\nfrom zturbo.cli import main\nmain()\n"
+# the full path: generate without the exact-repeat lookup (every request loads the model)
+FULL_PATH = ("import zturbo.cli.generate as g\n"
+             "g._stored = lambda settings, requests, *rest: requests\n")
 GENERATE = ["generate", "a red robot", "--model", "demo", "-W", "256", "-H", "256"]
 
 
@@ -96,6 +104,34 @@ def repeated_rows(env: dict, cwd: Path, runs: int) -> list[dict]:
     ]
 
 
+def cold_rows(env: dict, cwd: Path, runs: int) -> list[dict]:
+    """Exact repeats and new seeds from a cold ``--server off``, fast path and full path
+    alternating."""
+    repeat = [*GENERATE, "--seed", "7", "--server", "off"]
+    timed_process(RUN.format(args=repeat), env, cwd)  # stores the image and its record
+    times: dict[tuple[str, str], list[float]] = {}
+    for i in range(runs):
+        new = [*GENERATE, "--seed", str(300 + i), "--server", "off"]
+        for case, args in (("exact repeat", repeat), ("new seed", new)):
+            for path, prefix in (("fast path", ""), ("full path", FULL_PATH)):
+                args_now = args if case == "exact repeat" or path == "fast path" else [
+                    *GENERATE, "--seed", str(400 + i), "--server", "off"]
+                times.setdefault((case, path), []).append(
+                    timed_process(prefix + RUN.format(args=args_now), env, cwd))
+    return [{"run": case, "path": path, "runs": runs,
+             "median_s": round(statistics.median(values), 3), "min_s": round(min(values), 3)}
+            for (case, path), values in times.items()]
+
+
+def cold_note(rows: list[dict]) -> str:
+    median = {(r["run"], r["path"]): r["median_s"] for r in rows}
+    fast, full = median[("exact repeat", "fast path")], median[("exact repeat", "full path")]
+    new, new_full = median[("new seed", "fast path")], median[("new seed", "full path")]
+    return (f"Cold exact repeat (--server off): {fast:.2f} s with the lookup, {full:.2f} s "
+            f"through the model load ({full / fast:.1f}x); a new seed: {new:.2f} s against "
+            f"{new_full:.2f} s.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (~30 s)")
@@ -113,11 +149,16 @@ def main() -> None:
                                        "--server", "off"]), env, cwd)  # the PNG for `info`
         startup = startup_rows(env, cwd, cwd / "out.png", repeat)
         repeated = repeated_rows(env, cwd, runs)
+        cold = cold_rows(env, cwd, runs)
     print("## start-up (new process, median s)\n")
     print(markdown_table(startup))
     print("\n## repeated zturbo generate runs, 256x256 demo, end to end\n")
     print(markdown_table(repeated))
+    print("\n## cold zturbo generate --server off, 256x256 demo, end to end (new processes)\n")
+    print(markdown_table(cold))
+    print(f"\n{cold_note(cold)}")
     write_json(RESULTS, {"quick": args.quick, "startup": startup, "repeated": repeated,
+                         "cold": cold, "cold_note": cold_note(cold),
                          "cpus": os.cpu_count(),
                          "load_avg": os.getloadavg()})
 
