@@ -137,9 +137,11 @@ def generate(
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     feedback = Feedback()
     remaining = requests
+    if file is None and image is None and settings.server in ("auto", "off"):
+        remaining = _stored(settings, remaining, pattern, as_json)  # exact repeats first
     # a server cannot see local input files; with --server off none is looked for
-    if file is None and image is None and settings.server != "off":
-        remaining = _on_server(settings, requests, pattern, as_json, feedback)
+    if remaining and file is None and image is None and settings.server != "off":
+        remaining = _on_server(settings, remaining, pattern, as_json, feedback)
     if remaining:
         _locally(settings, remaining, pattern, as_json, feedback, source, file)
 
@@ -171,14 +173,9 @@ def _enhance_only(settings, request, as_json: bool) -> None:
 
 def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, source,
              file) -> None:
-    """Run ``requests`` in this process: exact repeats from their stored images, the rest
-    (from the first that is not one) on the model, loaded here."""
+    """Load the model in this process and run ``requests`` (recording each image for an
+    exact repeat's lookup, ``_stored``)."""
     from zturbo.cli import exact  # PIL, SQLite: only when this process generates
-
-    if source is None and file is None:
-        requests = _stored(settings, requests, pattern, as_json)
-        if not requests:
-            return
     from zturbo.generation import models  # torch, diffusers: only when this process generates
     from zturbo.generation.orchestrator import generate as run
     from zturbo.generation.orchestrator import steps_run
@@ -196,7 +193,9 @@ def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, so
 
 def _stored(settings, requests: list, pattern: str, as_json: bool) -> list:
     """Show the leading requests whose every image is stored (``cli.exact``: no model
-    load, no torch); return the rest, from the first that is not."""
+    load, no torch, no server); return the rest, from the first that is not. Only for
+    ``--server auto`` (a server it would find has this engine: the same image) and
+    ``off``; a server the user named is asked."""
     from zturbo.cli import exact  # PIL, SQLite: only when this process generates
 
     lookup = exact.Lookup.open(settings, START_ENV)
