@@ -20,6 +20,7 @@ Prints two markdown tables and writes benchmarks/results/cli.json (atomically).
 
     python benchmarks/cli.py --quick      # ~30 s on an idle 2-core machine
     python benchmarks/cli.py
+    python benchmarks/cli.py --cold       # only the cold --server off rows
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))  # serverkit: free_port, wai
 from zturbo.generation.measure import markdown_table, write_json  # noqa: E402 - after the sys.path lines
 
 RESULTS = ROOT / "benchmarks" / "results" / "cli.json"
+RESULTS_COLD = ROOT / "benchmarks" / "results" / "cli_cold.json"
 EAGER = "import zturbo.generation.orchestrator, zturbo.engine.accel\n"  # what `import zturbo.cli` pulled in before
 RUN = "import sys\nsys.argv = ['zturbo', *{args!r}]\nfrom zturbo.cli import main\nmain()\n"
 # the full path: generate without the exact-repeat lookup (every request loads the model)
@@ -151,6 +153,8 @@ def cold_note(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (~30 s)")
+    parser.add_argument("--cold", action="store_true",
+                        help="only the cold --server off rows (writes results/cli_cold.json)")
     args = parser.parse_args()
     repeat, runs = (2, 2) if args.quick else (5, 5)
     from zturbo.engine import demo
@@ -161,22 +165,27 @@ def main() -> None:
         env = {**os.environ, "ZTURBO_HOME": str(home), "HF_HUB_OFFLINE": "1",
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-        timed_process(RUN.format(args=[*GENERATE, "--seed", "1", "-o", "out.png",
-                                       "--server", "off"]), env, cwd)  # the PNG for `info`
-        startup = startup_rows(env, cwd, cwd / "out.png", repeat)
-        repeated = repeated_rows(env, cwd, runs)
-        cold = cold_rows(env, cwd, runs)
-    print("## start-up (new process, median s)\n")
-    print(markdown_table(startup))
-    print("\n## repeated zturbo generate runs, 256x256 demo, end to end\n")
-    print(markdown_table(repeated))
+        if args.cold:
+            cold = cold_rows(env, cwd, runs)
+            startup, repeated = [], []
+        else:
+            timed_process(RUN.format(args=[*GENERATE, "--seed", "1", "-o", "out.png",
+                                           "--server", "off"]), env, cwd)  # the PNG for `info`
+            startup = startup_rows(env, cwd, cwd / "out.png", repeat)
+            repeated = repeated_rows(env, cwd, runs)
+            cold = cold_rows(env, cwd, runs)
+    if startup:
+        print("## start-up (new process, median s)\n")
+        print(markdown_table(startup))
+        print("\n## repeated zturbo generate runs, 256x256 demo, end to end\n")
+        print(markdown_table(repeated))
     print("\n## cold zturbo generate --server off, 256x256 demo, end to end (new processes)\n")
     print(markdown_table(cold))
     print(f"\n{cold_note(cold)}")
-    write_json(RESULTS, {"quick": args.quick, "startup": startup, "repeated": repeated,
-                         "cold": cold, "cold_note": cold_note(cold),
-                         "cpus": os.cpu_count(),
-                         "load_avg": os.getloadavg()})
+    write_json(RESULTS_COLD if args.cold else RESULTS,
+               {"quick": args.quick, "startup": startup, "repeated": repeated,
+                "cold": cold, "cold_note": cold_note(cold), "cpus": os.cpu_count(),
+                "load_avg": os.getloadavg()})
 
 
 if __name__ == "__main__":
