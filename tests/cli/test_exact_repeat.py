@@ -92,6 +92,7 @@ def test_anything_else_in_the_identity_or_the_entries_steps_aside(model, tmp_pat
     generate(model, tmp_path / "first.png")
     assert lookup(model) is not None  # the unchanged request is found: the misses are real
     assert lookup(model, dtype="bfloat16") is None  # another engine setting
+    assert lookup("demo") is None  # another model (the same weights, named otherwise)
     env = {**generate_cli.START_ENV, "OMP_NUM_THREADS": "7"}
     assert lookup(model, env=env) is None  # another start-up environment
     with monkeypatch.context() as m:
