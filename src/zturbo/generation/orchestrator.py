@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,7 +19,6 @@ from zturbo.caches.encoders import cached_embed
 from zturbo.caches.packing import tensor_digest
 from zturbo.caches.report import TeleportReport
 from zturbo.config import Request, img2img_start_step
-from zturbo.config.metadata import save_png
 from zturbo.engine import accel
 from zturbo.engine import dype as dype_rope
 from zturbo.engine import slg as skip_layer
@@ -47,26 +45,10 @@ from zturbo.generation.guidance import guidance_note
 from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
 from zturbo.generation.request_scope import request_scope
+from zturbo.generation.result import Result
 
 if TYPE_CHECKING:
     from zturbo.generation.embedfile import EmbeddingFile
-
-
-@dataclass
-class Result:
-    images: list[Image.Image]
-    seeds: list[int]
-    request: Request
-    model: str
-    fingerprint: str
-    timings: dict[str, float]
-    token_count: int
-    warnings: list[str] = field(default_factory=list)
-    teleport: list[TeleportReport] = field(default_factory=list)
-
-    def save(self, pattern: str | Path) -> list[Path]:
-        """Save each image as PNG with its parameters; ``{seed}`` in the pattern is filled."""
-        return [save_png(self, i, pattern) for i in range(len(self.images))]
 
 
 def embed_params(request: Request, negative: bool = False) -> dict[str, Any]:

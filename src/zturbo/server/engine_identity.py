@@ -15,11 +15,12 @@ server only when every part is equal (zturbo.server.running). Compared cheapest 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata as dist
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ NUMERIC_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors"
 PART_ORDER = ("settings", "versions", "files", "numerics")  # cheapest first
 NUMERICS_MEMO = "client_numerics.json"
 MEMO_ENTRIES = 64
-SHELL_ONLY = ("PWD", "OLDPWD")  # where the shell stands: no kernel reads it
+SHELL_ONLY = ("PWD", "OLDPWD", "_", "SHLVL")  # the shell's bookkeeping: no kernel reads it
 CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "microcode",
               "flags", "CPU implementer", "CPU architecture", "CPU variant", "CPU part",
               "CPU revision", "Features")
@@ -92,9 +93,7 @@ def fresh_numerics(settings: Settings) -> dict[str, Any]:
     variable but the shell's working directory, the installed packages, Python, the CPU and
     GPU, the CPUs this process may run on, the engine settings), so only the first client
     in an environment imports torch to compare."""
-    key = digest({"env": {k: v for k, v in os.environ.items() if k not in SHELL_ONLY},
-                  "packages": _installed(), "python": sys.version, "host": _host(),
-                  "settings": settings_key(settings),
+    key = digest({**process_facts(os.environ), "settings": settings_key(settings),
                   "model": [settings.model, settings.revision]})  # the canary's shapes
     path = state_dir() / NUMERICS_MEMO
     memo = read_memo(path)
@@ -102,6 +101,41 @@ def fresh_numerics(settings: Settings) -> dict[str, Any]:
         memo[key] = numerics(settings)
         write_memo(path, dict(list(memo.items())[-MEMO_ENTRIES:]))
     return memo[key]
+
+
+def fresh_identity(settings: Settings, env: Mapping[str, str]) -> str | None:
+    """The identity of the engine ``settings`` make, known without loading it or importing
+    torch: every part above but the measured numerics, which a fresh process measures
+    (or reads from its memo) from what is here instead: ``process_facts`` of ``env`` (the
+    environment the process started with), the model spec, and zturbo's own sources
+    (``code_identity``). Two processes with equal identities load engines with equal
+    fingerprints. None when a file the settings name is missing."""
+    files = file_parts(settings)
+    if files is None:
+        return None
+    return digest({**process_facts(env), "settings": settings_key(settings),
+                   "model": [settings.model, settings.revision], "versions": versions(),
+                   "files": files, "code": code_identity()})
+
+
+def process_facts(env: Mapping[str, str]) -> dict[str, Any]:
+    """What two fresh processes can differ in: every environment variable but the shell's
+    working directory, the installed packages, Python, the CPU and GPU, the CPUs this
+    process may run on."""
+    return {"env": {k: v for k, v in env.items() if k not in SHELL_ONLY},
+            "packages": _installed(), "python": sys.version, "host": _host()}
+
+
+@functools.cache
+def code_identity() -> str:
+    """zturbo's own sources by path, size and modification time (an edited checkout is
+    another engine: its fingerprint or its pixels may have changed)."""
+    root = Path(__file__).resolve().parent.parent
+    files = []
+    for path in sorted(root.rglob("*.py")):
+        stat = path.stat()
+        files.append([path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns])
+    return digest(files)
 
 
 def _installed() -> list[str]:
