@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from zturbo.config import Request
+from zturbo.engine.control_maps import CONTROL_PARAMS
 from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import sigmas
 from zturbo.hashing import digest
@@ -33,7 +34,9 @@ NOT_IN_TRAJECTORY = frozenset({"num_images", "teleport", "seed", "enhance", "ori
 
 # Knobs added to Request after keys were first stored: when the first field is off (0) the
 # whole group leaves the key, so every request without the knob keeps the key it had.
-OFF_UNLESS_SET = {"variety": ("variety", "variety_steps")}
+OFF_UNLESS_SET = {"variety": ("variety", "variety_steps"),
+                  "control_image": ("control_image", "control_type", "control_scale",
+                                    *CONTROL_PARAMS)}
 
 
 # the decode settings: after the trajectory (txt2img); the source encode (img2img)

@@ -31,6 +31,7 @@ from zturbo.config.sizes import (
     LongPromptMode,
     nearest_multiples,
 )
+from zturbo.engine.control_maps import CONTROL_TABLE
 from zturbo.engine.lora import LoraPick, LoraPicks, pick_loras
 from zturbo.engine.prompt_templates import MAX_TEMPLATE_CHARS, find
 from zturbo.errors import ZTurboError
@@ -81,6 +82,17 @@ class Request(BaseModel):
     passes: Annotated[Passes, IMAGE, Flag(
         "Multi-pass SCALE:STEPS:STRENGTH,... e.g. 0.5:8:1.0,1.0:4:0.45 (last scale 1.0).",
         type=str)] = Field((), max_length=8)
+    # Control-map preprocessor parameters (``engine.control_maps``): each is read by one
+    # control type only and is canonical (its default) for the others.
+    canny_low: Annotated[Int, IMAGE, Flag(
+        "Canny low threshold on the 0-255 gradient scale (--control-type canny). "
+        "[default: 100]")] = Field(100, ge=0, le=1000)
+    canny_high: Annotated[Int, IMAGE, Flag(
+        "Canny high threshold, at least --canny-low (--control-type canny). "
+        "[default: 200]")] = Field(200, ge=0, le=1000)
+    tile_factor: Annotated[Int, IMAGE, Flag(
+        "How many times the tile map shrinks the control image before blurring it back "
+        "(--control-type tile). [default: 4]")] = Field(4, ge=1, le=32)
     # per-request LoRAs, by name from lora_dirs (engine-level ones: Settings.loras)
     loras: Annotated[LoraPicks, WEIGHTS] = Field((), max_length=8)
     vae_tiling: Annotated[Bool, WEIGHTS, Flag(
@@ -148,6 +160,7 @@ class Request(BaseModel):
             off += ["variety_steps"]
         if not data.get("slg_scale"):
             off += ["slg_layers", "slg_start", "slg_stop"]
+        off += _control_params_off(data)
         for name in off:
             if name in data:
                 try:
@@ -155,6 +168,13 @@ class Request(BaseModel):
                 except ValidationError as exc:
                     raise ValueError(f"{name}: {first_error(exc)}") from None
         return data
+
+    @model_validator(mode="after")
+    def _canny_order(self) -> Request:
+        if self.canny_low > self.canny_high:
+            raise ValueError(f"canny_low {self.canny_low} must not be above canny_high "
+                             f"{self.canny_high}")
+        return self
 
     @field_validator("slg_layers")
     @classmethod
@@ -263,6 +283,20 @@ class Request(BaseModel):
         """One seed per image: ``seed, seed+1, ...`` (the seed must be resolved)."""
         assert self.seed is not None, "resolve the seed first (make_request does)"
         return [(self.seed + i) % SEED_LIMIT for i in range(self.num_images)]
+
+
+def _control_params_off(data: dict[str, Any]) -> list[str]:
+    """The preprocessor parameters that do not apply (another control type's, or all of them
+    without a control image); without a control image one set away from its default is an
+    error, as any control field is."""
+    kind = data.get("control_type") if data.get("control_image") is not None else None
+    unused = [name for key, entry in CONTROL_TABLE.items() if key != kind
+              for name in entry.params]
+    if data.get("control_image") is None:
+        for name in unused:
+            if name in data and data[name] != Request.model_fields[name].default:
+                raise ValueError(f"{name} needs a control image (--control-image)")
+    return unused
 
 
 @functools.cache
