@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zturbo.config import Request
-from zturbo.engine.control_maps import CONTROL_PARAMS
+from zturbo.config import Request, control_fields
 from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import sigmas
 from zturbo.hashing import digest
@@ -34,9 +33,7 @@ NOT_IN_TRAJECTORY = frozenset({"num_images", "teleport", "seed", "enhance", "ori
 
 # Knobs added to Request after keys were first stored: when the first field is off (0) the
 # whole group leaves the key, so every request without the knob keeps the key it had.
-OFF_UNLESS_SET = {"variety": ("variety", "variety_steps"),
-                  "control_image": ("control_image", "control_type", "control_scale",
-                                    *CONTROL_PARAMS)}
+OFF_UNLESS_SET = {"variety": ("variety", "variety_steps")}
 
 
 # the decode settings: after the trajectory (txt2img); the source encode (img2img)
@@ -52,11 +49,15 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
     - the VAE tiling fields for txt2img (tiling touches only the decode, after the stored
       latent, and the img2img source encode), and the tile size and overlap when tiling
       is off;
-    - the fields of knobs in ``OFF_UNLESS_SET`` while they are off (they leave the key);
+    - the fields of knobs in ``OFF_UNLESS_SET`` while they are off (they leave the key), and
+      every control field (``config.control_fields``) when there is no control image;
     - a LoRA pick's name (its sha256 is the content), and picks with scale 0, which
       ``lora.request_loras`` does not load at all (the base model runs).
     """
     fields = request.model_dump(mode="json", exclude=set(NOT_IN_TRAJECTORY))
+    if request.control_image is None:  # no ControlNet: every control field leaves the key
+        for name in control_fields():
+            fields.pop(name, None)
     for name in OFF_UNLESS_SET:  # a knob added later: at its default it adds nothing
         if not fields.get(name):
             for dropped in OFF_UNLESS_SET[name]:

@@ -96,7 +96,7 @@ HiddenLayer = request_option("hidden_layer")
 LongPrompt = request_option("long_prompt")
 
 # Options that name a Request field but that the command reads itself first (files, a seed list)
-READ_FIRST = frozenset({"seed", "image", "mask"})
+READ_FIRST = frozenset({"seed", "image", "mask", "control_image"})
 
 
 def request_options(options: dict[str, Any],

@@ -30,7 +30,7 @@ class ControlParams(Protocol):
 
 
 @dataclass(frozen=True)
-class ControlType:
+class ControlEntry:
     """One control type: how its map is made (None: the image is the map), the Union
     model's conditions it feeds, the Request fields it reads, and one line of help."""
 
@@ -103,29 +103,27 @@ def tile(image: Image.Image, params: Any) -> Image.Image:
     return grown.filter(ImageFilter.GaussianBlur(radius=factor / 4)) if factor > 1 else grown
 
 
-CONTROL_TABLE: dict[str, ControlType] = {
-    "canny": ControlType(canny, "canny", ("canny_low", "canny_high"),
+CONTROL_TABLE: dict[str, ControlEntry] = {
+    "canny": ControlEntry(canny, "canny", ("canny_low", "canny_high"),
                          "Canny edges of the image (--canny-low/--canny-high)."),
-    "softedge": ControlType(soft_edges, "hed", (),
+    "softedge": ControlEntry(soft_edges, "hed", (),
                             "Soft edges from the image's gradients (for HED / soft-edge)."),
-    "lineart": ControlType(line_art, "hed, scribble", (),
+    "lineart": ControlEntry(line_art, "hed, scribble", (),
                            "Dark lines of a drawing or photo as white lines on black."),
-    "grayscale": ControlType(grayscale, "gray", (),
+    "grayscale": ControlEntry(grayscale, "gray", (),
                              "The image in gray, for recolouring."),
-    "tile": ControlType(tile, "tile (the Tile ControlNet)", ("tile_factor",),
+    "tile": ControlEntry(tile, "tile (the Tile ControlNet)", ("tile_factor",),
                         "The image shrunk and blurred (--tile-factor), for the Tile model."),
-    "depth": ControlType(None, "depth", (), "A depth map made elsewhere, used as given."),
-    "pose": ControlType(None, "pose", (), "A pose skeleton made elsewhere, used as given."),
-    "normal": ControlType(None, "normal", (), "A normal map made elsewhere, used as given."),
-    "map": ControlType(None, "any", (), "Any other map made elsewhere (MLSD, scribble...), "
+    "depth": ControlEntry(None, "depth", (), "A depth map made elsewhere, used as given."),
+    "pose": ControlEntry(None, "pose", (), "A pose skeleton made elsewhere, used as given."),
+    "normal": ControlEntry(None, "normal", (), "A normal map made elsewhere, used as given."),
+    "map": ControlEntry(None, "any", (), "Any other map made elsewhere (MLSD, scribble...), "
                        "used as given."),
 }
 CONTROL_TYPES = tuple(CONTROL_TABLE)
-# the Request fields of the preprocessors, each read by one control type only
-CONTROL_PARAMS = tuple(name for entry in CONTROL_TABLE.values() for name in entry.params)
 
 
-def control_type(name: str) -> ControlType:
+def control_type(name: str) -> ControlEntry:
     """The table entry of control type ``name`` (a KeyError names the known ones)."""
     try:
         return CONTROL_TABLE[name]

@@ -231,10 +231,11 @@ class LoadedEngine(Engine):
         }
 
     def generate(self, prompt: str | None = None, *, on_step=None, image=None, mask=None,
-                 embeddings=None, on_event=None, **fields: Any):
+                 control=None, embeddings=None, on_event=None, **fields: Any):
         """``engine.generate("a cat", seed=42)``: build a Request and run it.
 
-        ``image`` / ``mask`` (a PIL image or a file path) make it img2img / inpaint.
+        ``image`` / ``mask`` (a PIL image or a file path) make it img2img / inpaint;
+        ``control`` (likewise) is the control image for the engine's ControlNet.
         ``embeddings`` (an ``embedfile.EmbeddingFile``) replaces the text encoder: its prompt,
         its content digest and how it was encoded go into the Request.
         """
@@ -242,7 +243,8 @@ class LoadedEngine(Engine):
             fields["prompt"] = prompt
         if embeddings is not None:
             fields = {**fields, **embeddings.request_fields()}
-        source, hashes = as_source(image, mask, max_pixels=self.settings.max_pixels)
+        source, hashes = as_source(image, mask, control=control,
+                                   max_pixels=self.settings.max_pixels)
         for name, value in source_size(source).items():  # output size: the source's
             fields[name] = value if fields.get(name) is None else fields[name]
         request = make_request(self.settings, **{**fields, **hashes})
