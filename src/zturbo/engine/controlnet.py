@@ -30,7 +30,7 @@ import torch
 
 from zturbo.buildlock import BUILD_LOCK
 from zturbo.errors import ModelUnavailable, ZTurboError
-from zturbo.hashing import digest, file_sha256
+from zturbo.hashing import controlnet_identity
 
 HOOK_NAME = "zturbo_controlnet"
 EMBEDDER = "control_all_x_embedder.2-1.weight"
@@ -110,15 +110,6 @@ def check_fits(config: Any, transformer_config: Any) -> None:
                                  + "; ".join(problems))
 
 
-def identity(path: Path) -> str:
-    """The ControlNet's weights by content: the file's sha256, or its folder's files'."""
-    if path.is_file():
-        return f"file:{file_sha256(path)}"
-    files = sorted(p for p in path.rglob("*") if p.is_file()
-                   and p.suffix in (".safetensors", ".json"))
-    return digest({str(p.relative_to(path)): file_sha256(p) for p in files})
-
-
 def load(path: str | Path, transformer, dtype: torch.dtype):
     """A ZImageControlNetModel from a diffusers folder or a single .safetensors file,
     sharing the transformer's embedders and refiners (``from_transformer``), on the
@@ -143,7 +134,7 @@ def load(path: str | Path, transformer, dtype: torch.dtype):
     _own_storage(model)
     model = ZImageControlNetModel.from_transformer(model, transformer)
     model.to(device=next(transformer.parameters()).device).eval()
-    return model, identity(path)
+    return model, controlnet_identity(path)
 
 
 @torch.no_grad()

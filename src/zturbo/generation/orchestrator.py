@@ -24,6 +24,7 @@ from zturbo.config.metadata import save_png
 from zturbo.engine import accel
 from zturbo.engine import dype as dype_rope
 from zturbo.engine import slg as skip_layer
+from zturbo.engine.controlnet import Control
 from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from here
     LATENT_CHANNELS,
@@ -41,7 +42,6 @@ from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from
 )
 from zturbo.engine.variety import Variety
 from zturbo.errors import ZTurboError
-from zturbo.engine.controlnet import Control
 from zturbo.generation import enhancing
 from zturbo.generation.control import check_control, control_context, size_note
 from zturbo.generation.enhancing import EventCallback
