@@ -21,6 +21,9 @@ CHANGES = {
     "tile": {"control_type": "tile"},
     "tile_factor": {"control_type": "tile", "tile_factor": 8},
     "inpaint": {"image": "ef" * 32, "mask": "12" * 32},
+    # tiling changes a controlled trajectory through the control map's VAE encode
+    "vae_tiling": {"vae_tiling": True},
+    "vae_tile_size": {"vae_tiling": True, "vae_tile_size": 256},
     "inpaint source": {"image": "34" * 32, "mask": "12" * 32},
     "inpaint mask": {"image": "ef" * 32, "mask": "56" * 32},
 }

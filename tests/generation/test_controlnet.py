@@ -104,6 +104,20 @@ def test_a_repeat_is_an_image_lookup_and_a_scale_change_a_miss(ctl_engine):
     assert other.teleport[0].served == "full"
 
 
+def test_another_map_for_the_same_request_is_a_miss(ctl_engine, monkeypatch):
+    """The teleport key holds the control context by content: were a preprocessor to
+    change, its old entries could not serve the new map."""
+    import zturbo.generation.control as control
+
+    first = ours(ctl_engine, seed=12, control_type="lineart")
+    assert ours(ctl_engine, seed=12, control_type="lineart").teleport[0].served == "image"
+    monkeypatch.setattr(control, "control_map",
+                        lambda image, request: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    changed = ours(ctl_engine, seed=12, control_type="lineart")
+    assert changed.teleport[0].served == "full"
+    assert not np.array_equal(pixels(changed.images[0]), pixels(first.images[0]))
+
+
 def test_control_on_an_engine_without_a_controlnet_is_refused_before_any_work(engine):
     before = engine.caches.stats()
     with pytest.raises(NoControlNet, match="--controlnet"):

@@ -46,9 +46,9 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
     off, so a plain request keeps the key it always had):
 
     - ``negative_prompt`` when guidance is 0: it is neither encoded nor passed to the DiT;
-    - the VAE tiling fields for txt2img (tiling touches only the decode, after the stored
-      latent, and the img2img source encode), and the tile size and overlap when tiling
-      is off;
+    - the VAE tiling fields for txt2img without control (tiling touches only the decode,
+      after the stored latent, and the encodes of an img2img source or a control map), and
+      the tile size and overlap when tiling is off;
     - the fields of knobs in ``OFF_UNLESS_SET`` while they are off (they leave the key), and
       every control field (``config.control_fields``) when there is no control image;
     - a LoRA pick's name (its sha256 is the content), and picks with scale 0, which
@@ -65,7 +65,7 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
     unused = []
     if request.guidance == 0:
         unused.append("negative_prompt")
-    if request.image is None:
+    if request.image is None and request.control_image is None:
         unused.extend(DECODE_FIELDS)
     elif not request.vae_tiling:
         unused.extend(DECODE_FIELDS[1:])

@@ -16,12 +16,14 @@ import torch
 from PIL import Image
 
 from zturbo.caches.encoders import control_vae_moments, masked_vae_moments
+from zturbo.caches.packing import tensor_digest
 from zturbo.config import Request
 from zturbo.engine.control_maps import control_map
 from zturbo.engine.controlnet import Control
 from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 from zturbo.generation.img2img import Source, mask_latents
+from zturbo.hashing import digest
 
 
 class NoControlNet(ZTurboError):
@@ -78,3 +80,13 @@ def control_context(engine: Engine, request: Request, source: Source) -> Control
         pad = torch.zeros(1, want - context.shape[1], *context.shape[2:])
         context = torch.cat([context, pad.to(context)], dim=1)
     return Control(context, request.control_scale)
+
+
+def conditioning_digest(text_digest: str, control: Control | None) -> str:
+    """The teleport key's conditioning part: the prompt embedding's digest, and with
+    control the control context's too (by content, like the embedding: a preprocessor
+    or map that changes is a miss even where the Request's fields are the same)."""
+    if control is None:
+        return text_digest  # uncontrolled keys stay what they were
+    return digest({"embedding": text_digest,
+                   "control": tensor_digest({"context": control.context})})

@@ -43,7 +43,12 @@ from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from
 from zturbo.engine.variety import Variety
 from zturbo.errors import ZTurboError
 from zturbo.generation import enhancing
-from zturbo.generation.control import check_control, control_context, size_note
+from zturbo.generation.control import (
+    check_control,
+    conditioning_digest,
+    control_context,
+    size_note,
+)
 from zturbo.generation.enhancing import EventCallback
 from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
@@ -260,6 +265,7 @@ def generate(engine: Engine, request: Request, on_step: StepCallback | None = No
         if request.control_image is not None:
             t = time.perf_counter()
             control = control_context(engine, request, source)
+            text = dataclasses.replace(text, digest=conditioning_digest(text.digest, control))
             timings["control"] = time.perf_counter() - t
             warnings += size_note(request, source)
         for seed in request.seeds():
