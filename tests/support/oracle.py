@@ -245,19 +245,23 @@ def next_spec(rng: random.Random, setup: str, history: list[dict]) -> dict[str, 
 def draw_control(spec: dict[str, Any], setup: str, salt: int, fresh: bool) -> None:
     """A control image (txt2img, or inpaint when the request has a source: a mask is added
     and strength is 1), its type, scale and preprocessor parameters, sometimes an
-    unreadable control file; on a repeat of a controlled request sometimes another scale
-    or type. From a generator of its own, so the sequences' other draws stay; only on the
+    unreadable control file; on a repeat of a controlled request sometimes another scale,
+    type or VAE tiling. From a generator of its own, so the sequences' other draws stay; only on the
     plain setup (step caching refuses control)."""
     f = spec["fields"]
     if setup != "plain" or f.get("passes"):
         return
     more = random.Random(f"control-{salt}-{json.dumps(spec, sort_keys=True)}")
     if not fresh:
-        if spec.get("control") and more.random() < 0.4:
-            if more.random() < 0.5:
+        if spec.get("control") and more.random() < 0.5:
+            change = more.choice(["scale", "type", "tiling"])
+            if change == "scale":
                 f["control_scale"] = more.choice([0.25, 0.75, 1.25])
-            else:
+            elif change == "type":
                 f["control_type"] = more.choice(["map", "canny", "tile"])
+            else:  # the same control map encoded tiled, then untiled (or the reverse)
+                f["vae_tiling"] = not f.get("vae_tiling", False)
+                f["vae_tile_size"], f["vae_tile_overlap"] = 64, 0.25
         return
     if more.random() >= 0.25:
         return
