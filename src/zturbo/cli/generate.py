@@ -52,6 +52,7 @@ from zturbo.cli.options import (
 )
 from zturbo.cli.prompt import embeddings_fields, layer_list
 from zturbo.config import bucket_size, load_settings, make_request
+from zturbo.config.model_defaults import settings_for_model
 from zturbo.errors import ZTurboError
 
 app = typer.Typer()
@@ -125,6 +126,7 @@ def generate(
         raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
     settings, _ = load_settings(profile, {**setting_flags(options),
                                           "model": model or stored_model})
+    settings = settings_for_model(settings)  # the model's own defaults where none were set
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     guidance: Annotated[float, IMAGE_DEFAULT] = Field(
         0.0, description="default guidance scale (Turbo: 0)")
     shift: Annotated[float, IMAGE_DEFAULT] = Field(3.0, description="default flow-matching shift")
+    cfg_normalization: Annotated[bool, IMAGE_DEFAULT] = Field(
+        False, description="default CFG renormalisation (guidance > 0: the guided prediction "
+        "is kept within the conditional one's norm)")
+    cfg_truncation: Annotated[float, IMAGE_DEFAULT] = Field(
+        1.0, description="default CFG truncation (guidance > 0: steps whose normalised time "
+        "1 - sigma is above it run without guidance; 1: never)")
     max_sequence_length: Annotated[int, PROMPT_DEFAULT] = Field(
         512, ge=1, le=TEXT_TOKEN_LIMIT,
         description=f"default text token limit (the DiT takes at most {TEXT_TOKEN_LIMIT})",

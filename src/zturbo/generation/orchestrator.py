@@ -50,6 +50,7 @@ from zturbo.generation.control import (
     size_note,
 )
 from zturbo.generation.enhancing import EventCallback
+from zturbo.generation.guidance import guidance_note
 from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
 from zturbo.generation.request_scope import request_scope
@@ -188,6 +189,7 @@ def run_seed(engine: Engine, request: Request, seed: int, text: Conditioning,
         t = time.perf_counter()
         latents = denoise(
             engine, text.prompt.tensors, x, schedule[first:], guidance=request.guidance,
+            cfg_normalization=request.cfg_normalization, cfg_truncation=request.cfg_truncation,
             shift=request.shift, negative=text.negative, on_step=replay.capturing(on_step), first_step=first,
             total_steps=len(schedule), blend=begin.blend if begin is not None else None,
             dype=dype_rope.DyPE.from_request(request), slg=slg,
@@ -249,6 +251,9 @@ def generate(engine: Engine, request: Request, on_step: StepCallback | None = No
     accel.check_request(engine, request)
     check_control(engine, request)
     request, warnings = skip_layer.fit_request(request, engine.pipe.transformer)
+    note = guidance_note(request, engine.model_defaults)
+    if note is not None:
+        warnings.append(note)
     timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
     started = time.perf_counter()
     images: list[Image.Image] = []

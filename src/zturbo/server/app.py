@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from zturbo.config import Settings, state_dir
+from zturbo.config.model_defaults import settings_for_model, with_model_defaults
 from zturbo.errors import ZTurboError
 from zturbo.generation.measure import warmup
 from zturbo.generation.models import LoadedEngine, load
@@ -73,6 +74,9 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
     takes it before binding the port).
     ``announce``: this server's URL, recorded in the state dir while it is ready, so
     ``zturbo generate`` can send its requests here (zturbo.server.running)."""
+    # Requests are built with the model's own defaults where the user set none
+    settings = (with_model_defaults(settings, engine.model_defaults)
+                if isinstance(engine, LoadedEngine) else settings_for_model(settings))
     metrics = Metrics(lambda: st.engine)
     jobs = JobQueue(settings, None, settings.outputs / "server", metrics,
                     **({"runner": runner} if runner else {}), workers=workers)

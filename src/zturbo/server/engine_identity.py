@@ -26,7 +26,7 @@ from typing import Any
 
 from zturbo.config import Settings, state_dir
 from zturbo.config.engine_identity import ENGINE_FIELDS
-from zturbo.engine import demo
+from zturbo.config.model_defaults import model_folder
 from zturbo.engine.lora import parse_lora
 from zturbo.hashing import (
     COMPONENTS,
@@ -137,27 +137,6 @@ def _text(path: Path) -> str | None:
     try:
         return path.read_text()
     except OSError:
-        return None
-
-
-def model_folder(spec: str, revision: str | None) -> Path | None:
-    """The local folder ``spec`` names, found without building or downloading anything."""
-    if demo.is_demo(spec):
-        folder: Path | None = demo.folder(spec, state_dir() / "models")
-    elif (Path(spec).expanduser() / "model_index.json").is_file():
-        folder = Path(spec).expanduser()
-    else:
-        folder = _hub_snapshot(spec, revision)
-    return folder if folder is not None and (folder / "model_index.json").is_file() else None
-
-
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
-    from huggingface_hub import snapshot_download  # lazy: only for a Hub id
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError):  # not cached, or not a Hub id
         return None
 
 
