@@ -1,7 +1,7 @@
 """The cost of ControlNet control on a demo model: per DiT step against plain txt2img, the
 control context (map + VAE encode, then from the VAE latent cache), and a repeat.
 
-    python benchmarks/control.py [--quick] [--model demo-small] [--size 256] [--repeat 3]
+    python benchmarks/control.py [--quick] [--model demo-small] [--size 256] [--steps 8] [--repeat 3]
 
 Loads the model twice, plain and with the random demo ControlNet of its size (written by
 ``engine.demo_files.make_controlnet``; a real ControlNet-Union adds 15 control blocks to
@@ -48,14 +48,14 @@ def seconds(engine, repeat: int, **fields) -> tuple[float, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="demo model, 64 px, 2 repeats (CI)")
+    ap.add_argument("--quick", action="store_true", help="demo model, 64 px, 4 steps, 2 repeats (CI)")
     ap.add_argument("--model", default="demo-small")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     if args.quick:
-        args.model, args.size, args.repeat = "demo", 64, 2
+        args.model, args.size, args.repeat, args.steps = "demo", 64, 2, 4
     size = {"width": args.size, "height": args.size, "steps": args.steps}
     control = Image.fromarray(np.random.default_rng(0).integers(
         0, 255, (args.size, args.size, 3), np.uint8))
