@@ -103,6 +103,7 @@ def generate(
     options = {**locals(), **request}  # every option by parameter name
     options.pop("request")
     seed, image, mask = request.get("seed"), request.get("image"), request.get("mask")
+    control = request.get("control_image")
     if prompt_file is not None:
         try:
             prompt = options["prompt"] = prompt_file.read_text().strip()
@@ -127,27 +128,29 @@ def generate(
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return
-    source = _source(image, mask, settings, fields) if image or mask else None
+    source = _source(image, mask, control, settings, fields) if image or mask or control else None
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
     check_total_images(len(requests), requests[0].num_images, settings.max_images)
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     feedback = Feedback()
     remaining = requests
-    if file is None and image is None:  # a server cannot see local input files
+    if file is None and source is None:  # a server cannot see local input files
         remaining = _on_server(settings, requests, pattern, as_json, feedback)
     if remaining:
         _locally(settings, remaining, pattern, as_json, feedback, source, file)
 
 
-def _source(image: Path | None, mask: Path | None, settings, fields: dict[str, Any]):
-    """img2img/inpaint pixels; their hashes (and by default their size) go into ``fields``."""
+def _source(image: Path | None, mask: Path | None, control: Path | None, settings,
+            fields: dict[str, Any]):
+    """img2img/inpaint/control pixels; their hashes (and by default their size) go into
+    ``fields``."""
     from zturbo.generation.img2img import (  # torch: only when an image is given
         as_source,
         source_size,
     )
 
-    source, hashes = as_source(image, mask, max_pixels=settings.max_pixels)
+    source, hashes = as_source(image, mask, control=control, max_pixels=settings.max_pixels)
     fields.update(hashes)
     for name, value in source_size(source).items():
         fields[name] = value if fields.get(name) is None else fields[name]
