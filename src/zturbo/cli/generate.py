@@ -128,9 +128,15 @@ def generate(
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return
+    if control is None and from_image is not None and fields.get("control_image"):
+        control = _stored_control(from_image, fields["control_image"])
     source = _source(image, mask, control, settings, fields) if image or mask or control else None
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
+    if source is not None and source.control is not None:
+        from zturbo.caches.inputs import keep_input  # PIL, torch: only with a control image
+
+        keep_input(source.control)  # so --from finds it again (by content)
     check_total_images(len(requests), requests[0].num_images, settings.max_images)
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     feedback = Feedback()
@@ -141,7 +147,7 @@ def generate(
         _locally(settings, remaining, pattern, as_json, feedback, source, file)
 
 
-def _source(image: Path | None, mask: Path | None, control: Path | None, settings,
+def _source(image: Path | None, mask: Path | None, control: Any, settings,
             fields: dict[str, Any]):
     """img2img/inpaint/control pixels; their hashes (and by default their size) go into
     ``fields``."""
@@ -155,6 +161,18 @@ def _source(image: Path | None, mask: Path | None, control: Path | None, setting
     for name, value in source_size(source).items():
         fields[name] = value if fields.get(name) is None else fields[name]
     return source
+
+
+def _stored_control(from_image: Path, digest: str):
+    """The control image a ``--from`` PNG names, from the state dir's input store, or one
+    line saying how to give it."""
+    from zturbo.caches.inputs import find_input, inputs_dir  # PIL, torch: only when needed
+
+    found = find_input(digest)
+    if found is None:
+        raise ZTurboError(f"{from_image} was made with a control image (sha256 {digest[:12]}...) "
+                          f"that is not in {inputs_dir()}: give it with --control-image FILE")
+    return found
 
 
 def _enhance_only(settings, request, as_json: bool) -> None:
