@@ -207,6 +207,10 @@ def check_request(engine: Engine, request) -> None:
         raise ZTurboError("skip-layer guidance with guidance > 0 does not combine with step "
                           "caching (--step-cache): use guidance 0, slg_scale 0, or an engine "
                           "without step caching")
+    if step_cache(engine) and getattr(request, "control_image", None) is not None:
+        raise ZTurboError("a control image does not combine with step caching (--step-cache): "
+                          "cached residuals would skip the ControlNet's hints; use an engine "
+                          "without step caching")
 
 
 def last_cached_steps(engine: Engine) -> list[int]:

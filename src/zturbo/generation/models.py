@@ -30,6 +30,7 @@ from zturbo.caches import build_cache
 from zturbo.caches.tiers import TieredCache
 from zturbo.config import DEFAULT_MODEL, Request, Settings, load_settings, make_request, state_dir
 from zturbo.engine import accel, costmodel, demo
+from zturbo.engine import controlnet as control_net
 from zturbo.engine.lora import LoraRegistry, apply_loras, parse_lora
 from zturbo.engine.placement import (
     apply_memory_plan,
@@ -42,6 +43,7 @@ from zturbo.engine.quant import load_transformer_file, text_encoder_quant_config
 from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
 from zturbo.errors import ModelUnavailable, ZTurboError
 from zturbo.generation import enhancing
+from zturbo.generation.control import check_control
 from zturbo.generation.img2img import as_source, source_size
 from zturbo.generation.orchestrator import generate
 from zturbo.hashing import COMPONENTS, digest, weights_identity
@@ -142,6 +144,7 @@ class LoadedEngine(Engine):
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     canary_shapes: dict[str, Any] = field(default_factory=dict, repr=False)  # per component
     lora_registry: LoraRegistry = field(default_factory=LoraRegistry, repr=False)
+    controlnet: Any = field(default=None, repr=False)  # setting controlnet; in identity
 
     def close(self) -> None:
         """Release the cache tiers (a server calls this at shutdown)."""
@@ -169,6 +172,7 @@ class LoadedEngine(Engine):
                               f"has {layers} layers (0..{layers - 1})")
         check_text_limit(self, request.max_sequence_length)
         accel.check_request(self, request)
+        check_control(self, request)
 
     def _runtime(self, components: tuple[str, ...] = COMPONENTS) -> dict[str, Any]:
         return {
@@ -300,11 +304,15 @@ def load(
                                        f"{', '.join(missing)}")
             pipe, identity, extras = _load_pipeline(folder, settings, torch_device,
                                                     torch_dtype, text_encoder=text_encoder)
+        controlnet = None
+        if settings.controlnet:  # by content in the identity, so in every cache key
+            controlnet, identity["controlnet"] = control_net.load(
+                settings.controlnet, pipe.transformer, torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     engine = LoadedEngine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
         settings=settings.model_copy(update={"model": spec}), identity=identity,
-        extras=extras, caches=build_cache(settings),
+        extras=extras, caches=build_cache(settings), controlnet=controlnet,
     )
     accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
     engine.fingerprint  # measures the numerics canary now, not in a first request
