@@ -15,6 +15,7 @@ import typer
 from zturbo.cli.compose import compose_command
 from zturbo.cli.feedback import progress
 from zturbo.cli.options import (
+    ControlNetPath,
     Device,
     Dtype,
     Model,
@@ -61,7 +62,7 @@ def sweep_command(progress):
         control_image: Annotated[Path | None, typer.Option("--control-image", help="Control image of every frame (needs --controlnet); vary control_scale=... or control_type=....")] = None,
         control_type: Annotated[str | None, typer.Option("--control-type", help="How the control image becomes a map (unless swept). [default: map]")] = None,
         control_scale: Annotated[float | None, typer.Option("--control-scale", help="ControlNet strength (unless swept). [default: 0.75]")] = None,
-        controlnet: Annotated[str | None, typer.Option("--controlnet", help="ControlNet to load beside the model (a diffusers folder or a single file).")] = None,
+        controlnet: ControlNetPath = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per frame, then a summary line.")] = False,
         model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
         transformer_file: TransformerFile = None,
