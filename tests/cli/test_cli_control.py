@@ -82,3 +82,21 @@ def test_generate_bad_control_input_is_one_line(zturbo_home, photo, tmp_path, ar
     assert out.returncode == 2, out.stdout
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert outputs(zturbo_home) == []
+
+
+def test_a_controlled_image_reruns_from_its_png(zturbo_home, photo, controlnet_files, tmp_path):
+    net = str(controlnet_files[1])
+    made = run_cli("generate", "a robot", *FAST, "--controlnet", net, "--control-image",
+                   str(photo), "--control-type", "canny", "--control-scale", "0.9", "-o",
+                   str(tmp_path / "a.png"))
+    assert made.returncode == 0, made.stderr
+    first = np.asarray(Image.open(tmp_path / "a.png"))
+    again = run_cli("generate", "--from", str(tmp_path / "a.png"), "--controlnet", net, "-o",
+                    str(tmp_path / "b.png"))
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), first)
+    # a flag overrides what the PNG stored: another scale, another image
+    other = run_cli("generate", "--from", str(tmp_path / "a.png"), "--controlnet", net,
+                    "--control-scale", "0.2", "-o", str(tmp_path / "c.png"))
+    assert other.returncode == 0, other.stderr
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "c.png")), first)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 
 from zturbo.engine.control_maps import control_map
 
-from serverkit import app_for, error_of, one_thread, post_json
+from serverkit import app_for, error_of, one_thread, post_json, sse
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +91,7 @@ BAD_JSON = [  # (body fields, status, message)
     ({"control_scale": 0.5}, 400, "control_scale needs a control image"),
     ({"canny_low": 10}, 400, "canny_low needs a control image"),
     ({"control_image": C}, 400, "control"),  # a hash without its pixels
+    ({"control_image_b64": b64(png())}, 400, "the engine has no ControlNet"),
 ]
 
 
@@ -125,3 +127,34 @@ def test_bad_multipart_control_job_is_a_4xx_and_runs_nothing(client, files, fiel
     assert r.status_code in (status, 422), r.text
     assert message in error_of(r, r.status_code)
     nothing_happened(client, before)
+
+
+def test_one_controlled_image_on_every_front_end(control_engine):
+    """The same controlled request by base64 JSON (native, OpenAI extra field) and by
+    multipart job gives the same pixels; the size follows the control image."""
+    data = png((48, 32), seed=4)
+    fields = {"prompt": "a robot", "seed": 5, "steps": 2, "control_type": "canny",
+              "control_scale": 0.6}
+    with one_thread(), TestClient(app_for(control_engine)) as c:
+        native = post_json(c, "/api/generate", {**fields, "control_image_b64": b64(data)})
+        assert native.status_code == 200, native.text
+        made = np.asarray(Image.open(io.BytesIO(native.content)))
+        assert made.shape == (32, 48, 3)
+        openai = post_json(c, "/v1/images/generations", {
+            "prompt": "a robot", "seed": 5, "num_inference_steps": 2, "control_type": "canny",
+            "control_scale": 0.6, "control_image_b64": "data:image/png;base64," + b64(data)})
+        assert openai.status_code == 200, openai.text
+        png_b64 = openai.json()["data"][0]["b64_json"]
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(png_b64)))), made)
+        job = c.post("/api/jobs/control", files={"control_image": ("c.png", data, "image/png")},
+                     data={"fields": json.dumps(fields)})
+        assert job.status_code == 202, job.text
+        done = [d for e, d in sse(c, job.json()["id"]) if e == "done"][0]
+        image = c.get(f"/api/images/{done['images'][0]['id']}")
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(image.content))), made)
+        ran = c.get(f"/api/images/{done['images'][0]['id']}/info").json()["request"]
+        assert (ran["control_type"], ran["control_scale"]) == ("canny", 0.6)
+        # another scale is another image
+        other = post_json(c, "/api/generate", {**fields, "control_scale": 1.2,
+                                               "control_image_b64": b64(data)})
+        assert not np.array_equal(np.asarray(Image.open(io.BytesIO(other.content))), made)
