@@ -116,6 +116,7 @@ def load(path: str | Path, transformer, dtype: torch.dtype):
     transformer's device, and its content identity; a clear error if it cannot load or
     does not fit."""
     from diffusers import ZImageControlNetModel  # lazy: keeps CLI start fast
+    from safetensors import SafetensorError
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -129,7 +130,7 @@ def load(path: str | Path, transformer, dtype: torch.dtype):
             else:
                 raise ZTurboError(f"controlnet {path}: expected a diffusers folder or a "
                                   ".safetensors file")
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelUnavailable(f"cannot load controlnet {path}: {exc}") from None
     _own_storage(model)
     model = ZImageControlNetModel.from_transformer(model, transformer)
