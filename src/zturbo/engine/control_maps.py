@@ -23,10 +23,14 @@ from PIL import Image, ImageFilter
 class ControlParams(Protocol):
     """What ``control_map`` reads of a Request (the engine does not import the config)."""
 
-    control_type: str
-    canny_low: int
-    canny_high: int
-    tile_factor: int
+    @property
+    def control_type(self) -> str: ...
+    @property
+    def canny_low(self) -> int: ...
+    @property
+    def canny_high(self) -> int: ...
+    @property
+    def tile_factor(self) -> int: ...
 
 
 @dataclass(frozen=True)
