@@ -66,3 +66,15 @@ def test_a_sweep_varies_the_control_scale_and_type_not_the_image(zturbo_home, co
         sweep_source(spec)
     keep_input(control)
     assert image_sha256(sweep_source(spec).control) == digest
+
+
+def test_a_server_sweep_needs_its_control_image_in_the_store(engine, zturbo_home, control):
+    from fastapi.testclient import TestClient
+
+    from serverkit import app_for, error_of
+
+    body = {"prompt": "a robot", "vary": ["control_scale=0.5,1.0"],
+            "fixed": {"control_image": image_sha256(control), "width": 32, "height": 32}}
+    with TestClient(app_for(engine)) as c:
+        assert "--control-image FILE" in error_of(c.post("/api/lab/sweeps", json=body), 400)
+        assert c.get("/api/lab/sweeps").json()["sweeps"] == []
