@@ -100,3 +100,11 @@ def test_a_controlled_image_reruns_from_its_png(zturbo_home, photo, controlnet_f
                     "--control-scale", "0.2", "-o", str(tmp_path / "c.png"))
     assert other.returncode == 0, other.stderr
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "c.png")), first)
+
+
+def test_a_control_request_without_a_controlnet_keeps_nothing(zturbo_home, photo):
+    out = run_cli("generate", "a cat", *FAST, "--control-image", str(photo))
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("zturbo: error:")]
+    assert len(errors) == 1 and "has no ControlNet" in errors[0], out.stderr
+    assert outputs(zturbo_home) == [] and not (zturbo_home / "inputs").exists()

@@ -134,10 +134,6 @@ def generate(
     source = _source(image, mask, control, settings, fields) if image or mask or control else None
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
-    if source is not None and source.control is not None:
-        from zturbo.caches.inputs import keep_input  # PIL, torch: only with a control image
-
-        keep_input(source.control)  # so --from finds it again (by content)
     check_total_images(len(requests), requests[0].num_images, settings.max_images)
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     feedback = Feedback()
@@ -206,6 +202,10 @@ def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, so
         for path, image_seed, replay in zip(paths, result.seeds, result.teleport, strict=True):
             _report(path, image_seed, result.timings, replay, as_json,
                     prompts=_prompts(result.request))
+    if source is not None and source.control is not None:  # once its images are made
+        from zturbo.caches.inputs import keep_input
+
+        keep_input(source.control)  # so --from finds it again (by content)
 
 
 def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) -> list:
