@@ -64,3 +64,20 @@ def test_the_controlnet_weights_change_the_fingerprint(engine):
     assert len({engine.fingerprint, a.fingerprint, b.fingerprint}) == 3
     assert len({key(engine, request), key(a, request), key(b, request)}) == 3
     assert a.vae_fingerprint == engine.vae_fingerprint  # the VAE latent cache is shared
+
+
+def test_a_server_with_another_controlnet_is_another_engine(engine, tmp_path):
+    """Servers and clients compare the ControlNet by content, like the model's weights."""
+    from zturbo.config.engine_identity import engine_key
+    from zturbo.server.engine_identity import file_parts, settings_key
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"one")
+    b.write_bytes(b"two")
+    base = engine.settings
+    with_a, with_b = (base.model_copy(update={"controlnet": str(p)}) for p in (a, b))
+    assert "controlnet" not in file_parts(base)["weights"]
+    assert file_parts(with_a)["weights"]["controlnet"] != file_parts(with_b)["weights"]["controlnet"]
+    assert settings_key(with_a) == settings_key(base)  # the path is compared by content
+    assert file_parts(base.model_copy(update={"controlnet": str(tmp_path / "gone")})) is None
+    assert len({engine_key(base), engine_key(with_a), engine_key(with_b)}) == 3

@@ -89,6 +89,7 @@ def test_inpaint_equals_diffusers_controlnet_inpaint_pipeline(ctl_engine):
 def test_the_folder_and_the_single_file_give_the_same_pixels(files, ctl_engine):
     folder_engine = load(files[0])
     assert folder_engine.identity["controlnet"] != ctl_engine.identity["controlnet"]
+    assert folder_engine.info()["controlnet"] == folder_engine.identity["controlnet"]
     a = ours(folder_engine, teleport=False, control_type="canny")
     b = ours(ctl_engine, teleport=False, control_type="canny")
     assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))

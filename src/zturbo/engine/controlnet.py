@@ -89,21 +89,24 @@ def infer_config(state: dict[str, torch.Tensor], transformer_config: Any) -> dic
     }
 
 
-def check_fits(config: Any, transformer_config: Any) -> None:
+def check_fits(config: dict[str, Any], transformer_config: Any) -> None:
     """Refuse a ControlNet whose width, heads, layer places or input channels do not fit
-    the transformer (the hints are added to its layers' hidden states)."""
-    get = config.get if isinstance(config, dict) else functools.partial(getattr, config)
+    the transformer (the hints are added to its layers' hidden states). ``config`` is its
+    diffusers config; a key it lacks takes ZImageControlNetModel's default."""
+    values = {"dim": 3840, "n_heads": 30, **config}
     problems = []
     for name in ("dim", "n_heads"):
-        if int(get(name)) != int(getattr(transformer_config, name)):
-            problems.append(f"{name} {get(name)} (the model's: {getattr(transformer_config, name)})")
+        if int(values[name]) != int(getattr(transformer_config, name)):
+            problems.append(f"{name} {values[name]} (the model's: "
+                            f"{getattr(transformer_config, name)})")
     depth = int(transformer_config.n_layers)
-    places = list(get("control_layers_places") or [])
+    places = list(values.get("control_layers_places") or [])
     if not places or max(places) >= depth:
         problems.append(f"layer places {places} (the model's DiT has {depth} layers)")
     channels = int(transformer_config.in_channels)
-    if int(get("control_in_dim")) not in (channels, 2 * channels + 1):
-        problems.append(f"{get('control_in_dim')} control channels (this model takes "
+    control_in = int(values.get("control_in_dim") or 0)
+    if control_in not in (channels, 2 * channels + 1):
+        problems.append(f"{control_in} control channels (this model takes "
                         f"{channels}, or {2 * channels + 1} for the inpaint-capable 2.x)")
     if problems:
         raise ControlNetMismatch("the ControlNet does not fit this model: "

@@ -230,6 +230,7 @@ class LoadedEngine(Engine):
             "vae_fingerprint": self.vae_fingerprint,
             **{f"{name}_params": n for name, n in params.items()},
             "load_seconds": round(self.load_seconds, 3),
+            **({"controlnet": self.identity["controlnet"]} if self.controlnet is not None else {}),
             **self._runtime(),
             "extras": self.extras,
         }
