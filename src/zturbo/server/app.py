@@ -34,7 +34,15 @@ from zturbo.server.errors import ERROR_RESPONSES, TOO_LARGE, error_response
 from zturbo.server.jobs import JobQueue
 from zturbo.server.labjobs import LabJobs, records_dir
 from zturbo.server.metrics import Metrics
-from zturbo.server.routes import encode, generate, images, library, openai_images, ops
+from zturbo.server.routes import (
+    control,
+    encode,
+    generate,
+    images,
+    library,
+    openai_images,
+    ops,
+)
 from zturbo.server.routes import jobs as jobs_routes
 from zturbo.server.routes import lab as lab_routes
 from zturbo.server.state import ServerState, Slots
@@ -127,7 +135,7 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
     errors.install(app)
     _middleware(app, settings, metrics, st.streams)
 
-    for module in (openai_images, generate, encode, jobs_routes, images, ops, library):
+    for module in (openai_images, generate, encode, jobs_routes, images, ops, library, control):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(lab_routes.router, responses=ERROR_RESPONSES)  # the lab (docs/lab.md)
     mcp = _mount_mcp(app)
