@@ -90,7 +90,8 @@ BAD_JSON = [  # (body fields, status, message)
     ({"control_type": "canny"}, 400, "control_type needs a control image"),
     ({"control_scale": 0.5}, 400, "control_scale needs a control image"),
     ({"canny_low": 10}, 400, "canny_low needs a control image"),
-    ({"control_image": C}, 400, "names an control_image but none was given"),  # no pixels
+    ({"control_image": C}, 400,  # a hash without its pixels
+     "control_image: the request names one (by hash) but none was given"),
     ({"control_image_b64": b64(png())}, 400, "the engine has no ControlNet"),
 ]
 

@@ -97,8 +97,9 @@ def check_source(request: Request, source: Source) -> None:
         if want is None and given is None:
             continue
         if want is None or given is None:
-            raise ZTurboError(f"the request names {'no ' if want is None else 'an '}{name} "
-                              f"but {'one was' if given is not None else 'none was'} given")
+            raise ZTurboError(f"{name}: the request names {'none' if want is None else 'one'}"
+                              f" (by hash) but {'one was' if given is not None else 'none was'}"
+                              " given")
         if image_sha256(given) != want:
             raise ZTurboError(f"the {name} given does not match the request's {name} hash")
 

@@ -47,6 +47,7 @@ from zturbo.generation import enhancing
 from zturbo.generation.control import check_control
 from zturbo.generation.img2img import as_source, source_size
 from zturbo.generation.orchestrator import generate
+from zturbo.generation.vae import check_tiling
 from zturbo.hashing import COMPONENTS, digest, weights_identity
 from zturbo.numerics import (
     Placement,
@@ -176,6 +177,7 @@ class LoadedEngine(Engine):
         check_text_limit(self, request.max_sequence_length)
         accel.check_request(self, request)
         check_control(self, request)
+        check_tiling(self.pipe.vae, request)
 
     def _runtime(self, components: tuple[str, ...] = COMPONENTS) -> dict[str, Any]:
         return {

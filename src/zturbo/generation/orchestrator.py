@@ -53,6 +53,7 @@ from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
 from zturbo.generation.request_scope import request_scope
 from zturbo.generation.result import Result
+from zturbo.generation.vae import check_tiling
 
 if TYPE_CHECKING:
     from zturbo.generation.embedfile import EmbeddingFile
@@ -232,6 +233,7 @@ def generate(engine: Engine, request: Request, on_step: StepCallback | None = No
     check_source(request, source)
     accel.check_request(engine, request)
     check_control(engine, request)
+    check_tiling(engine.pipe.vae, request)
     request, warnings = skip_layer.fit_request(request, engine.pipe.transformer)
     note = guidance_note(request, engine.model_defaults)
     if note is not None:
