@@ -163,6 +163,11 @@ class EnginePool:
         """Call ``listener()`` (from any thread) after a load ends or an engine is evicted."""
         self._listeners.append(listener)
 
+    def any_engine(self) -> Any:
+        """The default's engine if loaded, else any loaded one (cache stats), else None."""
+        engines = [e.engine for e in self._entries.values() if e.engine is not None]
+        return self.peek() or (engines[0] if engines else None)
+
     def resident_bytes(self) -> float:
         with self._lock:
             return sum(e.cost for e in self._entries.values() if e.engine is not None)
@@ -253,19 +258,25 @@ class EnginePool:
         if self.budget is None:
             return
         need = self._estimated(entry)
+        evicted = False
         with self._lock:
             entry.state, entry.error = "loading", None  # seen as loading while it waits
             while True:
                 loaded = [e for e in self._entries.values()
                           if e.engine is not None or (e.state == "loading" and e is not entry)]
                 if sum(e.cost for e in loaded) + need <= self.budget:
-                    return
+                    break
                 idle = sorted((e for e in loaded if e.engine is not None and e.holds == 0
                                and e.engine is not self._owned), key=lambda e: e.used)
                 if idle:
                     self._evict(idle[0])
+                    evicted = True
                     continue
                 self._lock.wait(timeout=1.0)  # pinned engines hold the room: wait for one
+        if evicted:
+            gc.collect()
+            _empty_device_cache()
+            self._notify()  # never under the pool's lock: listeners take their own
 
     def _evict(self, entry: Entry) -> None:
         """Drop an unpinned engine (caller holds the lock)."""
@@ -275,10 +286,6 @@ class EnginePool:
         log.warning("zturbo: evicted model %r (least recently used)", entry.name)
         if not self._shared and engine is not None:
             engine.close()  # its own tier stack
-        del engine
-        gc.collect()
-        _empty_device_cache()
-        self._notify()
 
     def _load_entry(self, entry: Entry) -> Any:
         with self._lock:
