@@ -269,7 +269,7 @@ class EnginePool:
             self.events.append(("fail", entry.name))
             self._lock.notify_all()
         log.error("zturbo: cannot load model %r: %s", entry.name, why)
-        gc.collect()  # whatever the failed load built
+        _free_device_memory()  # whatever the failed load built
         self._notify()
         raise ModelFailed(f"model {entry.name!r} failed to load: {why}") from None
 
@@ -295,8 +295,7 @@ class EnginePool:
                     continue
                 self._lock.wait(timeout=1.0)  # pinned engines hold the room: wait for one
         if evicted:
-            gc.collect()
-            _empty_device_cache()
+            _free_device_memory()
             self._notify()  # never under the pool's lock: listeners take their own
 
     def _evict(self, entry: Entry) -> None:
@@ -383,7 +382,10 @@ def device_total(settings: Settings) -> int | None:
     return demo.total_bytes(pick_device(settings.device))
 
 
-def _empty_device_cache() -> None:
-    """Give an evicted engine's device memory back to the driver (CUDA only)."""
+def _free_device_memory() -> None:
+    """Give an evicted engine's device memory back to the driver (CUDA only: a collection
+    takes seconds in a process this size; on the CPU its weights go with their last
+    reference)."""
     if torch.cuda.is_available():
+        gc.collect()  # weights held only in reference cycles
         torch.cuda.empty_cache()
