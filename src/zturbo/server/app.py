@@ -189,10 +189,11 @@ async def _load(st: ServerState) -> None:
         st.fingerprint = await asyncio.to_thread(_fingerprint, engine)
     st.jobs.start(pool, asyncio.get_running_loop())
     if st.announce and engine is not None:
-        identity = await asyncio.to_thread(engine_identity, st.settings, engine)
-        st.record = write_record(st.settings, identity, st.fingerprint, st.announce)
+        own = pool.settings_of(None)  # the default model's: its source, not a table name
+        identity = await asyncio.to_thread(engine_identity, own, engine)
+        st.record = write_record(own, identity, st.fingerprint, st.announce)
         if st.record is not None:  # until shutdown cancels this task
-            await watch(st.settings, identity["files"], st.record)
+            await watch(own, identity["files"], st.record)
 
 
 def _fingerprint(engine) -> str:

@@ -241,8 +241,10 @@ class EnginePool:
     def start_load(self, name: str) -> None:
         """Load ``name`` in a thread of its own (nothing when loaded or loading)."""
         entry = self._entries[self.resolve(name)]
-        if entry.engine is not None or entry.state == "loading":
-            return
+        with self._lock:
+            if entry.engine is not None or entry.state == "loading":
+                return
+            entry.state, entry.error = "loading", None  # seen at once: no stale "failed"
         threading.Thread(target=self._load_quietly, args=(entry.name,),
                          name=f"zturbo-load-{entry.name}", daemon=True).start()
 
