@@ -168,14 +168,18 @@ def new_spec(rng: random.Random, setup: str) -> dict[str, Any]:
 
 
 def draw_prompt_knobs(f: dict[str, Any]) -> None:
-    """Seed variety and the prompt enhancer, drawn from a generator of their own (seeded by
-    the request drawn so far), so the sequences' other draws stay what they were."""
+    """Seed variety, the prompt enhancer and the CFG controls (guidance > 0), drawn from a
+    generator of their own (seeded by the request drawn so far), so the sequences' other
+    draws stay what they were."""
     knobs = random.Random(json.dumps(f, sort_keys=True))
     if knobs.random() < 0.25:
         f["variety"] = knobs.choice([0.5, 1.0, 2.0])
         f["variety_steps"] = knobs.choice([0.3, 0.6, 1.0])
     if knobs.random() < 0.15:
         f["enhance"] = True
+    if f.get("guidance") and knobs.random() < 0.5:  # diffusers' CFG controls
+        f["cfg_normalization"] = knobs.choice([False, True])
+        f["cfg_truncation"] = knobs.choice([1.0, 0.6, 0.3])
 
 
 def draw_blind_fields(f: dict[str, Any], salt: int, fresh: bool = True) -> None:
@@ -209,6 +213,8 @@ def tally_drawn(figures: "Figures", spec: dict[str, Any], got: "Outcome") -> Non
     f = spec["fields"]
     names = [name for name in ("shift", "dype_scale", "variety", "enhance") if name in f]
     names += ["vae_tile_size"] if f.get("vae_tile_size", 64) != 64 else []
+    names += ["cfg_normalization"] if f.get("cfg_normalization") else []
+    names += ["cfg_truncation"] if f.get("cfg_truncation", 1.0) < 1.0 else []
     names += [f"lora:{p.split(':')[0].removeprefix('layered-')}"
               for p in f.get("loras") or [] if p.startswith("layered-")]
     if any(n.startswith("lora:") for n in names) and any(t.hit for t in got.teleport):
