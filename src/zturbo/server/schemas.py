@@ -60,6 +60,8 @@ class JobBody(RequestFields):  # type: ignore[misc, valid-type]
     control_image_b64: str | None = Field(
         None, description="the control image as base64 (or a data: URL); it sets "
                           "control_image, and by default the size")
+    model: Text | None = Field(None, description="the model to run, by name (GET /v1/models; "
+                                                 "default: the server's default model)")
 
 
 class GenerateBody(JobBody):
@@ -68,7 +70,8 @@ class GenerateBody(JobBody):
     format: Literal["png", "json"] = Field("png", description="png: the image; json: base64")
 
 
-SERVER_FIELDS = {"aspect", "bucket", "format", "control_image_b64"}
+# what a body holds beside Request fields (how to size, answer, pick the model...)
+SERVER_FIELDS = set(GenerateBody.model_fields) - set(RequestFields.model_fields)
 
 
 def request_from_body(settings: Settings, body: BaseModel, extra: dict | None = None,
@@ -105,7 +108,8 @@ class OpenAIGenerate(BaseModel):
     n: Int | None = Field(None, ge=1, description="images (seeds seed, seed+1, ...)")
     size: Text | None = Field(None, description='"WxH" (multiples of 16) or "auto"')
     response_format: Literal["b64_json", "url"] | None = "b64_json"
-    model: Text | None = Field(None, description="accepted and ignored: one model per server")
+    model: Text | None = Field(None, description="the model to run, by name (GET /v1/models); "
+                               "ignored by a server of one model")
     output_format: Literal["png"] | None = None
     quality: Text | None = None
     style: Text | None = None

@@ -28,11 +28,11 @@ async def generate(body: GenerateBody, request: Request):
     (``X-Zturbo-Warnings``: percent-encoded lines; the ``warnings`` list in JSON)."""
     st = state(request)
     source, hashes, size = await body_source(st, {CONTROL_B64: body.control_image_b64})
-    req = await asyncio.to_thread(request_from_body, st.settings, body,  # hashes LoRA files
-                                  extra=hashes, defaults=size)
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
+                                  extra=hashes, defaults=size)  # hashes LoRA files
     if body.format == "png" and req.num_images > 1:
         raise ApiError(400, 'num_images > 1 needs "format": "json" (a PNG answer holds one image)')
-    job = await sync.run(st, req, request, source)
+    job = await sync.run(st, req, request, source, model=body.model)
     if body.format == "png":
         image = job.images[0]
         headers = {"X-Zturbo-Image-Id": image["id"], "X-Zturbo-Seed": str(image["seed"]),

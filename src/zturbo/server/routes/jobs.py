@@ -49,9 +49,9 @@ async def submit(body: JobBody, request: Request):
     """Queue a generation; follow it at ``events``. 429 with Retry-After when the queue is full."""
     st = state(request)
     source, hashes, size = await body_source(st, {CONTROL_B64: body.control_image_b64})
-    req = await asyncio.to_thread(request_from_body, st.settings, body,  # hashes LoRA files
-                                  extra=hashes, defaults=size)
-    return _accepted(st, await sync.queue(st, req, source))
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
+                                  extra=hashes, defaults=size)  # hashes LoRA files
+    return _accepted(st, await sync.queue(st, req, source, body.model))
 
 
 @router.post("/edit", status_code=202)
@@ -71,9 +71,9 @@ async def submit_edit(
     control = await base64_control(st, body.control_image_b64)
     source, hashes, size = await pixels_source(
         st, source_upload.image, mask_upload.image if mask_upload else None, control)
-    req = await asyncio.to_thread(request_from_body, st.settings, body, extra=hashes,
-                                  defaults=size)
-    return _accepted(st, await sync.queue(st, req, source))
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
+                                  extra=hashes, defaults=size)
+    return _accepted(st, await sync.queue(st, req, source, body.model))
 
 
 @router.post("/control", status_code=202)
@@ -94,9 +94,9 @@ async def submit_control(
     uploads = [await read_image(f, st.settings) if f is not None else None
                for f in (image, mask, control_image)]
     source, hashes, size = await pixels_source(st, *(u.image if u else None for u in uploads))
-    req = await asyncio.to_thread(request_from_body, st.settings, body, extra=hashes,
-                                  defaults=size)
-    return _accepted(st, await sync.queue(st, req, source))
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
+                                  extra=hashes, defaults=size)
+    return _accepted(st, await sync.queue(st, req, source, body.model))
 
 
 def _job_body(fields: str) -> JobBody:
@@ -109,7 +109,8 @@ def _job_body(fields: str) -> JobBody:
 
 def _accepted(st: ServerState, job: Job) -> dict:
     summary = st.jobs.summary(job)
-    return {"id": job.id, "status": summary["status"], "queue_position": summary["queue_position"],
+    return {"id": job.id, "status": summary["status"], "model": job.model,
+            "queue_position": summary["queue_position"],
             "url": f"/api/jobs/{job.id}", "events": f"/api/jobs/{job.id}/events"}
 
 
