@@ -69,7 +69,7 @@ def load_transformer_file(path: Path, folder: Path, dtype: torch.dtype):
 def torchao_version() -> str | None:
     """torchao's version when it imports (quietly: its CUDA-only kernels do not load on a
     CPU build and it says so), else None."""
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # also models.QUIET_LOGGERS
     try:
         import torchao  # lazy: keeps CLI start fast
     except ImportError:

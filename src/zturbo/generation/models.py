@@ -11,6 +11,7 @@ Every cache keys on it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -61,8 +62,15 @@ from zturbo.numerics import (
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
+# transformers and diffusers import torchao wherever it is installed: on a CPU build its
+# CUDA kernels do not load (it says so), and torch warns of its Enum registrations
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def quiet_libraries() -> None:
     """Turn off the libraries' own progress bars and chatter (we show our own progress)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers  # lazy: keeps CLI start fast
     import transformers
 
