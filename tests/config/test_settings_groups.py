@@ -26,7 +26,7 @@ def test_the_engine_settings_are_those_a_server_is_matched_by():
         "cache_dit_bn", "cache_dit_warmup", "cache_dit_rdt", "cache_dit_max_cached",
         "cache_dit_mc", "cache_dit_taylorseer", "cache_dit_ts_order", "attention", "compile",
         "compile_mode", "teleport_start_step", "teleport_store_steps", "memory_plan",
-        "vram_budget", "lora_partial"}
+        "vram_budget", "lora_partial", "controlnet"}
     base = Settings(model="demo")
     for name, value in (("attention", "native"), ("step_cache", "dbcache"), ("model", "x/y"),
                         ("teleport_start_step", 3)):
@@ -40,7 +40,8 @@ OTHER = {"width": 512, "height": 768, "steps": 4, "guidance": 1.5, "shift": 2.0,
          "max_sequence_length": 256, "template": "photo", "hidden_layer": -3,
          "long_prompt": "pool", "dype": "yarn", "dype_scale": 3.0, "dype_exponent": 1.5,
          "slg_scale": 1.0, "slg_layers": [1, 2], "slg_start": 0.1, "slg_stop": 0.5,
-         "teleport": False, "vae_tile_size": 256, "vae_tile_overlap": 0.1}
+         "teleport": False, "vae_tile_size": 256, "vae_tile_overlap": 0.1,
+         "cfg_normalization": True, "cfg_truncation": 0.5}
 
 
 def test_make_request_takes_each_request_default_from_the_settings():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import zturbo
+from zturbo.engine.quant import tensor_bytes
 from zturbo.errors import ZTurboError
 
 from conftest import pixels
@@ -72,13 +73,7 @@ def test_text_encoder_quantisation_needs_cuda():
 
 
 def stored_bytes(module) -> int:
-    """Bytes a module's weights hold: a torchao tensor's inner tensors, else its own."""
-    total = 0
-    for p in module.parameters():
-        names = p.__tensor_flatten__()[0] if hasattr(p, "__tensor_flatten__") else None
-        inner = [getattr(p, n) for n in names] if names else [p]
-        total += sum(t.numel() * t.element_size() for t in inner)
-    return total
+    return sum(tensor_bytes(p) for p in module.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +99,10 @@ def test_an_int8_encoder_is_close_deterministic_and_its_own_fingerprint(engine, 
     assert stored_bytes(int8.pipe.text_encoder) == pytest.approx(predicted["text_encoder"],
                                                                  rel=0.05)
     assert stored_bytes(int8.pipe.text_encoder) < stored_bytes(engine.pipe.text_encoder)
+    from zturbo.generation.models import resident_of  # what an engine pool counts
+
+    saved = stored_bytes(engine.pipe.text_encoder) - stored_bytes(int8.pipe.text_encoder)
+    assert resident_of(engine) - resident_of(int8) == saved
 
 
 def test_a_streaming_plan_keeps_the_int8_encoders_pixels(int8):

@@ -3,7 +3,9 @@
 Six seeded sequences (two per acceleration setup: plain, DBCache and TaylorSeer with a
 static step mask, each with two of the three teleport_repeat modes) of 30 requests each
 run on one engine per sequence with every cache tier on (memory, disk and the real Redis
-of the ``server`` fixture). Every response must equal,
+of the ``server`` fixture); a tenth of them (drawn) go again to another model on the same
+tiers (a LoRA fused at load: another fingerprint, as an engine pool holds), whose answer
+must equal its own cache-off engine's: no key crosses models. Every response must equal,
 pixel for pixel, a cache-off engine's; a failure prints the one-line reproduction. The
 hit counts prove the run exercised the caches rather than testing nothing.
 """
@@ -39,6 +41,7 @@ def test_caches_never_change_a_pixel(tmp_path, server):
                         ("teleport:image", 10), ("embedding", 80), ("vae_latent", 8)):
         assert figures.hits.get(kind, 0) >= floor, (kind, summary(figures))
     assert sum(figures.events.values()) >= 15, summary(figures)  # corruptions, restarts
+    assert figures.other_model >= 8, summary(figures)  # the other model was asked
 
 
 @pytest.mark.subprocess
@@ -105,3 +108,19 @@ def test_bfloat16_and_a_fused_lora_with_native_attention_never_change_a_pixel(tm
     assert not figures.mismatches, log.getvalue() + "\n" + summary(figures)
     # on these seeds: 26 compared, 8 teleport hits, 15 embedding hits
     assert figures.compared >= 18 and figures.hits["teleport"] >= 4, summary(figures)
+
+
+def test_controlled_requests_never_change_a_pixel(tmp_path, server):
+    """A sequence on the plain setup (its engines load the demo ControlNet) whose seed draws
+    controlled txt2img and inpaint, with LoRAs and VAE tiling, and an unreadable control
+    file: every image equals the cache-off engine's, the bad file is refused by both."""
+    log = io.StringIO()
+    figures = run_oracle(tmp_path / "oracle", server.url, [376], 10, out=log, setups=["plain"])
+    print(summary(figures))
+    assert not figures.mismatches, log.getvalue() + "\n" + summary(figures)
+    drawn = figures.drawn
+    for kind in ("control:txt2img", "control:inpaint", "control:with loras",
+                 "control:with tiling", "control:broken file"):
+        assert drawn.get(kind, 0) >= 1, (kind, summary(figures))
+    assert any("cannot read image" in reason for reason in figures.rejections), summary(figures)
+    assert figures.compared >= 6, summary(figures)

@@ -10,6 +10,7 @@ import typer
 from zturbo.cli.options import (
     Attention,
     Compile,
+    ControlNetPath,
     Device,
     Dtype,
     Lora,
@@ -45,6 +46,7 @@ def serve(
     attention: Attention = None,
     compile_: Compile = None,
     lora: Lora = None,
+    controlnet: ControlNetPath = None,
     ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve: the same API in front of generator replicas (one engine each); joins RAY_ADDRESS when set, else starts a local Ray. See docs/scaleout.md.")] = False,
     replicas: Annotated[int | None, typer.Option("--replicas", min=1, help="With --ray: generator replicas (one GPU each when CUDA is present, else one CPU). [default: 1]")] = None,
     autoscale: Annotated[str | None, typer.Option("--autoscale", metavar="MIN:MAX", help="With --ray: autoscale the generator replicas between MIN and MAX.")] = None,
@@ -63,7 +65,8 @@ def serve(
         raise typer.BadParameter("give --replicas or --autoscale, not both")
 
     settings, _ = load_settings(profile, setting_flags(options))
-    resolve_folder(settings.model, settings)  # a model that can't be had fails here, in seconds
+    default = settings.model_settings(settings.default_model())  # [models.*]: the default's
+    resolve_folder(default.model, default)  # a model that can't be had fails here, in seconds
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         typer.echo(f"zturbo: warning: serving on {settings.host} without an API key",
                    err=True)
@@ -74,8 +77,8 @@ def serve(
         open_redis_state(settings).close()
     lock = StateLock().acquire(server_url(settings))  # before the history, before the port
     sock = bind(settings.host, settings.port)  # a busy port fails here, before "serving"
-    typer.echo(f"zturbo: serving {settings.model} on http://{settings.host}:{settings.port}",
-               err=True)
+    typer.echo(f"zturbo: serving {', '.join(settings.model_names())} on "
+               f"http://{settings.host}:{settings.port}", err=True)
     app = create_app(settings, state_lock=lock, announce=client_url(settings.host, settings.port))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             timeout_graceful_shutdown=int(settings.shutdown_grace_s) or 1)

@@ -77,6 +77,15 @@ def torchao_version() -> str | None:
     return str(torchao.__version__)
 
 
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds: a torchao tensor's inner tensors (its int8 data, scales...),
+    not its logical shape in its outer dtype; any other tensor's own."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None:
+        return tensor.numel() * tensor.element_size()
+    return sum(tensor_bytes(getattr(tensor, name)) for name in flatten()[0])
+
+
 def quantize_text_encoder(encoder, mode: str) -> dict[str, str]:
     """Quantise ``encoder``'s Linear weights in place (torchao weight-only ``mode``) and
     return its identity for the extras (the fingerprint)."""

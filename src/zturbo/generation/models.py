@@ -11,6 +11,7 @@ Every cache keys on it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -30,7 +31,9 @@ from zturbo.buildlock import BUILD_LOCK
 from zturbo.caches import build_cache
 from zturbo.caches.tiers import TieredCache
 from zturbo.config import DEFAULT_MODEL, Request, Settings, load_settings, make_request, state_dir
+from zturbo.config.model_defaults import folder_defaults, with_model_defaults
 from zturbo.engine import accel, costmodel, demo
+from zturbo.engine import controlnet as control_net
 from zturbo.engine.lora import LoraRegistry, apply_loras, parse_lora
 from zturbo.engine.placement import (
     apply_memory_plan,
@@ -43,13 +46,16 @@ from zturbo.engine.quant import (
     TE_QUANT_BACKENDS,
     load_transformer_file,
     quantize_text_encoder,
+    tensor_bytes,
     text_encoder_quant_config,
 )
 from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
 from zturbo.errors import ModelUnavailable, ZTurboError
 from zturbo.generation import enhancing
+from zturbo.generation.control import check_control
 from zturbo.generation.img2img import as_source, source_size
 from zturbo.generation.orchestrator import generate
+from zturbo.generation.vae import check_tiling
 from zturbo.hashing import COMPONENTS, digest, weights_identity
 from zturbo.numerics import (
     Placement,
@@ -155,6 +161,9 @@ class LoadedEngine(Engine):
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     canary_shapes: dict[str, Any] = field(default_factory=dict, repr=False)  # per component
     lora_registry: LoraRegistry = field(default_factory=LoraRegistry, repr=False)
+    controlnet: Any = field(default=None, repr=False)  # setting controlnet; in identity
+    # the model's own request defaults (config.model_defaults), under the user's settings
+    model_defaults: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         """Release the cache tiers (a server calls this at shutdown)."""
@@ -182,6 +191,8 @@ class LoadedEngine(Engine):
                               f"has {layers} layers (0..{layers - 1})")
         check_text_limit(self, request.max_sequence_length)
         accel.check_request(self, request)
+        check_control(self, request)
+        check_tiling(self.pipe.vae, request)
 
     def _runtime(self, components: tuple[str, ...] = COMPONENTS) -> dict[str, Any]:
         return {
@@ -239,15 +250,17 @@ class LoadedEngine(Engine):
             "vae_fingerprint": self.vae_fingerprint,
             **{f"{name}_params": n for name, n in params.items()},
             "load_seconds": round(self.load_seconds, 3),
+            **({"controlnet": self.identity["controlnet"]} if self.controlnet is not None else {}),
             **self._runtime(),
             "extras": self.extras,
         }
 
     def generate(self, prompt: str | None = None, *, on_step=None, image=None, mask=None,
-                 embeddings=None, on_event=None, **fields: Any):
+                 control=None, embeddings=None, on_event=None, **fields: Any):
         """``engine.generate("a cat", seed=42)``: build a Request and run it.
 
-        ``image`` / ``mask`` (a PIL image or a file path) make it img2img / inpaint.
+        ``image`` / ``mask`` (a PIL image or a file path) make it img2img / inpaint;
+        ``control`` (likewise) is the control image for the engine's ControlNet.
         ``embeddings`` (an ``embedfile.EmbeddingFile``) replaces the text encoder: its prompt,
         its content digest and how it was encoded go into the Request.
         """
@@ -255,7 +268,8 @@ class LoadedEngine(Engine):
             fields["prompt"] = prompt
         if embeddings is not None:
             fields = {**fields, **embeddings.request_fields()}
-        source, hashes = as_source(image, mask, max_pixels=self.settings.max_pixels)
+        source, hashes = as_source(image, mask, control=control,
+                                   max_pixels=self.settings.max_pixels)
         for name, value in source_size(source).items():  # output size: the source's
             fields[name] = value if fields.get(name) is None else fields[name]
         request = make_request(self.settings, **{**fields, **hashes})
@@ -278,6 +292,7 @@ def load(
     loras: list[str] | None = None,
     transformer_file: str | None = None,
     text_encoder: bool = True,
+    caches: TieredCache | None = None,
 ) -> LoadedEngine:
     """Load a model: ``zturbo.load("demo")``, a Hub id, or a local diffusers folder.
 
@@ -285,6 +300,8 @@ def load(
     .safetensors) replaces the folder's transformer. Both default to the settings.
     ``text_encoder=False`` makes a generator-only engine: the Qwen3 encoder and tokenizer
     are never loaded (prompt embeddings then come from ``zturbo encode`` files).
+    ``caches``: the tier stack to use (an engine pool shares one; default: built here from
+    the settings).
     """
     if settings is None:
         settings, _ = load_settings(flags={"model": model, "device": device, "dtype": dtype})
@@ -311,16 +328,60 @@ def load(
                                        f"{', '.join(missing)}")
             pipe, identity, extras = _load_pipeline(folder, settings, torch_device,
                                                     torch_dtype, text_encoder=text_encoder)
+        controlnet = None
+        if settings.controlnet:  # by content in the identity, so in every cache key
+            controlnet, identity["controlnet"] = control_net.load(
+                settings.controlnet, pipe.transformer, torch_dtype)
     pipe.set_progress_bar_config(disable=True)
+    defaults = folder_defaults(folder)
     engine = LoadedEngine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
-        settings=settings.model_copy(update={"model": spec}), identity=identity,
-        extras=extras, caches=build_cache(settings),
+        settings=with_model_defaults(settings, defaults).model_copy(update={"model": spec}),
+        identity=identity, extras=extras,
+        caches=caches if caches is not None else build_cache(settings), model_defaults=defaults,
+        controlnet=controlnet,
     )
     accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
     engine.fingerprint  # measures the numerics canary now, not in a first request
     engine.load_seconds = time.perf_counter() - started
     return engine
+
+
+def estimate_bytes(settings: Settings) -> float:
+    """Bytes the engine of ``settings`` will hold once loaded, before it loads: the cost
+    model over the folder's configs (a demo model's or a local folder's; the published
+    Z-Image shape for a Hub id or ``demo-full``), in the dtype it will load in."""
+    nbytes = torch.finfo(pick_dtype(settings.dtype, pick_device(settings.device))).bits // 8
+    shape = costmodel.ZIMAGE_TURBO
+    if demo.is_demo(settings.model) and not demo.is_full(settings.model) or \
+            (Path(settings.model).expanduser() / "model_index.json").is_file():
+        folder = resolve_folder(settings.model, settings)
+        shape = costmodel.shape_from_configs(*(_config(folder, c) for c in
+                                               ("transformer", "text_encoder", "vae")))
+    # an int8 encoder asked for by name is counted so; auto may not choose it: unquantised
+    quant = "int8" if settings.text_encoder_quant == "int8" else "none"
+    return costmodel.resident_bytes(shape, nbytes, quant)
+
+
+def _config(folder: Path | None, component: str) -> dict[str, Any]:
+    """A component's ``config.json`` in a model folder ({} when absent)."""
+    path = folder / component / "config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"cannot read {path}: {exc}") from None
+
+
+def resident_of(engine: LoadedEngine) -> int:
+    """Bytes a loaded engine's weights and buffers hold (measured, not estimated)."""
+    total = 0
+    for name in ("transformer", "text_encoder", "vae"):
+        module = getattr(engine.pipe, name, None)
+        if module is not None:
+            total += sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
+    return total
 
 
 # the encoder precisions the planner may weigh, per text_encoder_quant (bitsandbytes ones

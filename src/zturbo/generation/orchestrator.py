@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,10 +19,10 @@ from zturbo.caches.encoders import cached_embed
 from zturbo.caches.packing import tensor_digest
 from zturbo.caches.report import TeleportReport
 from zturbo.config import Request, img2img_start_step
-from zturbo.config.metadata import save_png
 from zturbo.engine import accel
 from zturbo.engine import dype as dype_rope
 from zturbo.engine import slg as skip_layer
+from zturbo.engine.controlnet import Control
 from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from here
     LATENT_CHANNELS,
@@ -42,30 +41,22 @@ from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from
 from zturbo.engine.variety import Variety
 from zturbo.errors import ZTurboError
 from zturbo.generation import enhancing
+from zturbo.generation.control import (
+    check_control,
+    conditioning_digest,
+    control_context,
+    size_note,
+)
 from zturbo.generation.enhancing import EventCallback
+from zturbo.generation.guidance import guidance_note
 from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
 from zturbo.generation.request_scope import request_scope
+from zturbo.generation.result import Result
+from zturbo.generation.vae import check_tiling
 
 if TYPE_CHECKING:
     from zturbo.generation.embedfile import EmbeddingFile
-
-
-@dataclass
-class Result:
-    images: list[Image.Image]
-    seeds: list[int]
-    request: Request
-    model: str
-    fingerprint: str
-    timings: dict[str, float]
-    token_count: int
-    warnings: list[str] = field(default_factory=list)
-    teleport: list[TeleportReport] = field(default_factory=list)
-
-    def save(self, pattern: str | Path) -> list[Path]:
-        """Save each image as PNG with its parameters; ``{seed}`` in the pattern is filled."""
-        return [save_png(self, i, pattern) for i in range(len(self.images))]
 
 
 def embed_params(request: Request, negative: bool = False) -> dict[str, Any]:
@@ -128,9 +119,10 @@ def steps_run(request: Request) -> int:
 
 
 def start(engine: Engine, request: Request, seed: int, source: Source) -> Start:
-    """Where one image's trajectory begins: noise (txt2img), or the noised source image
-    with the inpaint blend (img2img, inpaint)."""
-    if request.image is None:
+    """Where one image's trajectory begins: noise (txt2img, and controlled inpaint, whose
+    source is in the control context), or the noised source image with the inpaint blend
+    (img2img, inpaint)."""
+    if request.image is None or request.control_image is not None:
         return Start(noise(seed, request.width, request.height))
     return image_start(engine, request, seed, source, trajectory_sigmas(request))
 
@@ -148,7 +140,8 @@ def finite_latents(latents: torch.Tensor, request: Request) -> None:
 
 def run_seed(engine: Engine, request: Request, seed: int, text: Conditioning,
              source: Source, timings: dict[str, float],
-             on_step: StepCallback | None = None) -> tuple[Image.Image, TeleportReport]:
+             on_step: StepCallback | None = None, control: Control | None = None
+             ) -> tuple[Image.Image, TeleportReport]:
     """One image through teleport: the stored image of its trajectory (a lookup), or resume a
     stored latent of it (the final one decodes only), or run it in full; store what it
     computed; then decode. The engine lock must be held."""
@@ -171,17 +164,19 @@ def run_seed(engine: Engine, request: Request, seed: int, text: Conditioning,
             fresh = start(engine, request, seed, source)
             begin, x = fresh, fresh.latents
         else:  # a resumed inpaint still blends
-            begin = start(engine, request, seed, source) if request.mask is not None else None
+            blends = request.mask is not None and request.control_image is None
+            begin = start(engine, request, seed, source) if blends else None
             x = resumed
         if request.image is not None:
             timings["vae_encode"] = timings.get("vae_encode", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         latents = denoise(
             engine, text.prompt.tensors, x, schedule[first:], guidance=request.guidance,
+            cfg_normalization=request.cfg_normalization, cfg_truncation=request.cfg_truncation,
             shift=request.shift, negative=text.negative, on_step=replay.capturing(on_step), first_step=first,
             total_steps=len(schedule), blend=begin.blend if begin is not None else None,
             dype=dype_rope.DyPE.from_request(request), slg=slg,
-            variety=Variety.from_request(request, seed),
+            variety=Variety.from_request(request, seed), control=control,
         )
         elapsed = time.perf_counter() - t
         timings["denoise"] += elapsed
@@ -237,7 +232,12 @@ def generate(engine: Engine, request: Request, on_step: StepCallback | None = No
     source = source or Source()
     check_source(request, source)
     accel.check_request(engine, request)
+    check_control(engine, request)
+    check_tiling(engine.pipe.vae, request)
     request, warnings = skip_layer.fit_request(request, engine.pipe.transformer)
+    note = guidance_note(request, engine.model_defaults)
+    if note is not None:
+        warnings.append(note)
     timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
     started = time.perf_counter()
     images: list[Image.Image] = []
@@ -250,9 +250,19 @@ def generate(engine: Engine, request: Request, on_step: StepCallback | None = No
             t = time.perf_counter()
         text = embed_request(engine, request, embeddings)
         timings["encode"] = time.perf_counter() - t
-        run = run_passes if request.passes else run_seed
+        control = None
+        if request.control_image is not None:
+            t = time.perf_counter()
+            control = control_context(engine, request, source)
+            text = dataclasses.replace(text, digest=conditioning_digest(text.digest, control))
+            timings["control"] = time.perf_counter() - t
+            warnings += size_note(request, source)
         for seed in request.seeds():
-            image, replay = run(engine, request, seed, text, source, timings, on_step)
+            if request.passes:
+                image, replay = run_passes(engine, request, seed, text, source, timings, on_step)
+            else:
+                image, replay = run_seed(engine, request, seed, text, source, timings, on_step,
+                                         control)
             images.append(image)
             replays.append(replay)
     timings["total"] = time.perf_counter() - started

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ from zturbo.server.routes.library import lora_names
 from zturbo.server.routes.ops import page_options, readiness, templates
 from zturbo.server.schemas import request_from_body
 from zturbo.server.state import ServerState
-from zturbo.server.uploads import Upload, decode_image, max_upload_bytes
+from zturbo.server.uploads import Upload, base64_bytes, decode_image
 
 log = logging.getLogger("zturbo.server")
 PNG = "image/png"
@@ -95,8 +94,8 @@ async def generate(call: Call, args) -> Answer:
     """Text to image: a job like POST /api/jobs, awaited, with progress."""
     st = call.st
     await until_ready(st)
-    request = await asyncio.to_thread(request_from_body, st.settings, args)  # hashes LoRAs
-    return await _run(call, request)
+    request = await asyncio.to_thread(request_from_body, st.pool.settings_of(args.model), args)
+    return await _run(call, request, model=args.model)
 
 
 async def edit(call: Call, args) -> Answer:
@@ -107,9 +106,9 @@ async def edit(call: Call, args) -> Answer:
     mask = await _pixels(call, args.mask, "mask") if args.mask is not None else None
     source, hashes = await asyncio.to_thread(
         as_source, image.image, mask.image if mask else None, max_pixels=st.settings.max_pixels)
-    request = await asyncio.to_thread(request_from_body, st.settings, args, extra=hashes,
-                                      defaults=source_size(source))
-    return await _run(call, request, source)
+    request = await asyncio.to_thread(request_from_body, st.pool.settings_of(args.model), args,
+                                      extra=hashes, defaults=source_size(source))
+    return await _run(call, request, source, args.model)
 
 
 async def _pixels(call: Call, value: str, name: str) -> Upload:
@@ -119,23 +118,13 @@ async def _pixels(call: Call, value: str, name: str) -> Upload:
     if value.startswith(IMAGE_URI):
         data = await asyncio.to_thread(image_png, st, value[len(IMAGE_URI):])
     else:
-        data = _base64(value.partition("base64,")[2] if value.startswith("data:") else value,
-                       name, max_upload_bytes(st.settings), st.settings.max_upload_mb)
+        data = base64_bytes(value, name, st.settings, f" nor {IMAGE_URI}<id>")
     return await asyncio.to_thread(decode_image, data, name, st.settings)
 
 
-def _base64(text: str, name: str, limit: int, limit_mb: float) -> bytes:
-    if len(text) > (limit // 3 + 2) * 4:  # refused before decoding
-        raise ApiError(413, f"{name} is larger than {limit_mb:g} MiB (setting max_upload_mb)")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, f"{name} is neither base64 image data nor {IMAGE_URI}<id>") from None
-
-
-async def _run(call: Call, request, source=None) -> Answer:
+async def _run(call: Call, request, source=None, model: str | None = None) -> Answer:
     st = call.st
-    job = await sync.queue(st, request, source)  # its history write waits off the loop
+    job = await sync.queue(st, request, source, model)  # its history write waits off the loop
     reporter = asyncio.ensure_future(_job_progress(call, st.jobs, job))
     try:
         job = await sync.wait(st, job)

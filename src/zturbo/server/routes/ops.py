@@ -10,7 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from zturbo.config import ASPECTS, BUCKETS, DypeMethod, LongPromptMode
 from zturbo.config import Request as GenRequest
+from zturbo.config.request import CONTROL_SCALE, MAX_CONTROL_SCALE
 from zturbo.engine import prompt_templates
+from zturbo.engine.control_maps import CONTROL_TABLE
 from zturbo.server.errors import RETRY_LOADING_S
 from zturbo.server.metrics import cache_stats
 from zturbo.server.state import ServerState, state
@@ -43,13 +45,16 @@ async def ready(request: Request):
 
 
 def readiness(st: ServerState) -> dict:
-    """``{ready: true, model, fingerprint}``, or ``{ready: false, error}``."""
-    if st.engine is None or st.fingerprint is None:
+    """``{ready: true, model, fingerprint}``, or ``{ready: false, error}``. With several
+    models: ready once the worker runs (the default's load ended either way)."""
+    if not st.started or st.jobs.pool is None or (st.fingerprint is None and not st.several):
         return {"ready": False, "error": st.load_error or "loading the model"}
     down = st.jobs.worker_down() or st.jobs.store_down() or st.jobs.history_down()
     if down:
         return {"ready": False, "error": down}
-    return {"ready": True, "model": st.engine.spec, "fingerprint": st.fingerprint}
+    engine = st.engine
+    return {"ready": True, "model": engine.spec if engine is not None else st.settings.model,
+            "fingerprint": st.fingerprint}
 
 
 @router.get("/metrics", response_class=Response)
@@ -62,7 +67,8 @@ async def metrics(request: Request):
 @router.get("/api/cache/stats")
 async def caches(request: Request):
     """The engine caches' counters per kind and tier (``available: false`` without caches)."""
-    stats = cache_stats(state(request).engine)
+    st = state(request)
+    stats = cache_stats(st.pool.any_engine() if st.started else None)  # one stack per server
     if stats is None:
         return {"available": False, "kinds": {}, "tiers": {}}
     return {"available": True, **stats}
@@ -70,18 +76,31 @@ async def caches(request: Request):
 
 @router.get("/api/options")
 async def options(request: Request):
-    """What the web page needs: defaults, limits, aspects and buckets, templates."""
-    return page_options(state(request).settings)
+    """What the web page needs: defaults, limits, aspects and buckets, templates, and the
+    models (each with its state and its own defaults; the default model first)."""
+    st = state(request)
+    return {**page_options(st.settings), "models": model_options(st.pool)}
+
+
+def model_options(pool) -> list[dict]:
+    """Each model's record (``pool.state``) with the request defaults it gives."""
+    return [{**pool.state(name), "defaults": defaults_of(pool.settings_of(name))}
+            for name in pool.names()]
+
+
+def defaults_of(s) -> dict:
+    """The request defaults the page shows (a model's own, with [models.*])."""
+    return {"width": s.width, "height": s.height, "steps": s.steps,
+            "guidance": s.guidance, "shift": s.shift, "hidden_layer": s.hidden_layer,
+            "long_prompt": s.long_prompt, "dype": s.dype, "slg_scale": s.slg_scale,
+            "slg_layers": list(s.slg_layers), "slg_start": s.slg_start,
+            "slg_stop": s.slg_stop}
 
 
 def page_options(s) -> dict:
     """Defaults, choices, limits, aspects and buckets, templates (GET /api/options)."""
     return {
-        "defaults": {"width": s.width, "height": s.height, "steps": s.steps,
-                     "guidance": s.guidance, "shift": s.shift, "hidden_layer": s.hidden_layer,
-                     "long_prompt": s.long_prompt, "dype": s.dype, "slg_scale": s.slg_scale,
-                     "slg_layers": list(s.slg_layers), "slg_start": s.slg_start,
-                     "slg_stop": s.slg_stop},
+        "defaults": defaults_of(s),
         "choices": {"long_prompt": list(get_args(LongPromptMode)),
                     "dype": list(get_args(DypeMethod))},
         "limits": {"max_pixels": s.max_pixels, "max_steps": s.max_steps,
@@ -94,6 +113,10 @@ def page_options(s) -> dict:
         # Request's own defaults: what a copied command may leave out
         "request_defaults": GenRequest(prompt="-").model_dump(mode="json", exclude={"prompt"}),
         "preview_every": s.preview_every,
+        # ControlNet: the map types (what each needs and feeds) and the strength's range
+        "control": {"types": [{"name": name, "doc": entry.doc, "feeds": entry.feeds}
+                              for name, entry in CONTROL_TABLE.items()],
+                    "scale": CONTROL_SCALE, "max_scale": MAX_CONTROL_SCALE},
     }
 
 
