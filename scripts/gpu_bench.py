@@ -9,7 +9,8 @@ diffusers' ZImagePipeline on the same weights and prompts, interleaved (the rati
 figure that counts), and the exact repeats (the image entry, the final latent, a resume at
 step 7); then each lever against the same baseline (an engine loaded and timed the same
 way, the first lever row), one engine at a time: the attention backends present, regional torch.compile, cache-dit's step-mask presets, FP8 weight-only
-(torchao, when importable) and the memory plans (peak measured next to the cost model's
+(torchao, when importable), an int8 text encoder (torchao: its PSNR against the
+unquantised pixels) and the memory plans (peak measured next to the cost model's
 prediction). Every row gives its peak GPU memory; every lever row says
 whether its pixels equal the baseline's, and the PSNR where not. The cost model's floor
 for the card stands next to the new prompt. A time budget (--budget-s) skips the levers
@@ -165,6 +166,8 @@ def baseline(bench: Bench, engine, plain, size: int) -> None:
     same_as_plain = None
     for _ in range(bench.repeat):
         prompt, result, seconds, peak = new_prompt(bench, engine, size)
+        if engine.caches is not None:  # untimed: plain diffusers is not charged for our writes
+            engine.caches.writer.drain()
         ours.append(seconds)
         peaks["ours"].append(peak)
         split.append(result.timings)
@@ -221,7 +224,9 @@ def levers(bench: Bench, quick: bool) -> list[tuple[str, dict[str, Any], str | N
     import torch
 
     from zturbo.engine import accel
+    from zturbo.engine.costmodel import MEMORY_PLANS
     from zturbo.engine.placement import pick_device, pick_dtype
+    from zturbo.engine.quant import torchao_version
 
     device = pick_device(bench.device)
     dtype = pick_dtype(bench.dtype, device)
@@ -239,7 +244,10 @@ def levers(bench: Bench, quick: bool) -> list[tuple[str, dict[str, Any], str | N
         out.append((f"cache-dit {preset}", {"step_cache": "dbcache", "step_cache_preset": preset},
                     cache_why))
     out.append(("fp8 weight-only (torchao)", {"post": apply_fp8}, fp8_unusable(device, torch)))
-    for plan in ("encoder-swap", "group"):  # the baseline row is the resident plan
+    # the quantised encoder changes the pixels: its row's PSNR is the figure to read
+    out.append(("text encoder int8 (torchao)", {"text_encoder_quant": "int8"},
+                None if torchao_version() else "needs torchao"))
+    for plan in MEMORY_PLANS[1:]:  # the baseline row is the resident plan
         out.append((f"memory plan {plan}", {"memory_plan": plan}, None))
     # last: the longest (compilation), so a spent budget cuts it rather than the others
     out.append(("compile (regional)", {"compile": True},
@@ -317,8 +325,10 @@ def measure_lever(bench: Bench, engine, name: str, size: int,
     same = compare(first.images[0], bench.references.get(size))
     seconds = median(times)
     plan = engine.extras.get("memory_plan", "resident")
-    predicted = costmodel.plan_peak_bytes(plan, costmodel.shapes_of(engine.pipe), size, size,
-                                          bench.prompt_tokens) / 2**30
+    quant = (engine.extras.get("text_encoder") or {}).get("quant", "none")
+    predicted = costmodel.plan_peak_bytes(
+        plan, costmodel.shapes_of(engine.pipe), size, size, bench.prompt_tokens,
+        text_encoder_quant=quant if quant in costmodel.TEXT_ENCODER_QUANTS else "none") / 2**30
     return bench.add(size=f"{size}x{size}", row=name, seconds=seconds,
                      step_ms=1000 * median(steps) / STEPS, peak_gib=peak,
                      predicted_gib=round(predicted, 2),

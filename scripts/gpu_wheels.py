@@ -4,7 +4,8 @@
     scripts/gpu-wheels DIR      # elsewhere
 
 What goes in: zturbo's own wheel, and every distribution of ``zturbo[server,accel]`` plus
-the ``openai`` client (gpu-smoke's server row) that the machine's image does not hold
+the ``openai`` client (gpu-smoke's server row) and ``torchao`` (gpu-bench's quantised rows)
+that the machine's image does not hold
 (scripts/gpu_image_packages.txt), followed down their requirements, pinned to the
 versions installed here (the ones the tests ran with), as CPython 3.12 manylinux x86_64
 wheels (``pip download --no-deps``). Requirements the image already meets are left to it.
@@ -31,7 +32,10 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = Path(__file__).resolve().parent / "gpu_image_packages.txt"
 EXTRAS = ("server", "accel")
-EXTRA_ROOTS = ("openai",)  # gpu-smoke's server row talks to the server through it
+# openai: gpu-smoke's server row talks to the server through it. torchao: gpu-bench's int8
+# text encoder and FP8 rows (3.4 MiB; its compiled kernels are optional: what they do not
+# load for, torchao runs in plain torch ops)
+EXTRA_ROOTS = ("openai", "torchao")
 # In the image, but at versions nobody read there, below what the pins here need (pydantic
 # wants typing-extensions>=4.16, openai anyio>=4.10, the CLI was tested on typer 0.29):
 # small pure-Python wheels, carried anyway.

@@ -4,10 +4,13 @@ closing writes what is queued."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 
 import zturbo
 from zturbo.caches import DiskTier, MemoryTier, TieredCache
@@ -104,3 +107,15 @@ def test_the_image_entry_is_the_image_as_returned_not_as_changed_later():
     assert second.teleport[0].served == "image"
     assert np.array_equal(pixels(second.images[0]), plain)
     engine.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities: Linux")
+def test_the_writer_thread_yields_the_cpu_to_requests():
+    writer = BackgroundWriter(depth=2)
+    seen = []
+    assert writer.submit("teleport", "2" * 64, lambda: seen.append(
+        os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    writer.drain()
+    writer.close()
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, mine + 10)] and mine < 19  # the request's thread keeps its own

@@ -42,9 +42,11 @@ def test_every_row_runs_on_the_cpu(tmp_path, capsys):
     assert step_cache["identical"] is False and step_cache["psnr_db"] > 0  # it skips steps
     assert by[("64x64", "compile (regional)")]["detail"].startswith("skipped: ")
     assert all("detail" in r for r in levers) and "| attention flash |" in printed
-    for plan in ("encoder-swap", "group"):  # on the CPU too: the same pixels as resident
+    for plan in ("encoder-swap", "dit-swap", "group"):  # on the CPU too: resident's pixels
         row = by[("64x64", f"memory plan {plan}")]
         assert row["identical"] is True and row["predicted_gib"] > 0
+    int8 = by[("64x64", "text encoder int8 (torchao)")]  # torchao is in the quant extra
+    assert int8["identical"] is False and 30 < int8["psnr_db"] < float("inf")
 
 
 def test_without_cuda_it_says_so_and_exits_2(capsys):

@@ -22,7 +22,7 @@ def test_what_the_image_lacks_is_carried_pinned_to_the_tested_versions(carried):
     from importlib.metadata import version
 
     for name in ("diffusers", "cache-dit", "pydantic", "pydantic-core", "pydantic-settings",
-                 "fastapi", "uvicorn", "openai", "redis", "hiredis"):
+                 "fastapi", "uvicorn", "openai", "redis", "hiredis", "torchao"):
         assert carried[name] == version(name)
     # the image has these, and torch is never carried
     assert not {"torch", "transformers", "numpy", "safetensors", "accelerate", "pillow",

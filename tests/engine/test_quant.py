@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import zturbo
+from zturbo.engine.quant import tensor_bytes
 from zturbo.errors import ZTurboError
 
 from conftest import pixels
@@ -66,3 +67,53 @@ def test_text_encoder_quantisation_needs_cuda():
     settings, _ = zturbo.load_settings(flags={"model": "demo", "text_encoder_quant": "8bit"})
     with pytest.raises(ZTurboError, match="needs CUDA"):
         zturbo.load(settings=settings)
+
+
+# ---------------------------------------------------------------- int8 (torchao), CPU too
+
+
+def stored_bytes(module) -> int:
+    return sum(tensor_bytes(p) for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def int8(engine):
+    return zturbo.load("demo", settings=zturbo.Settings(model="demo", text_encoder_quant="int8"))
+
+
+def test_an_int8_encoder_is_close_deterministic_and_its_own_fingerprint(engine, int8):
+    from zturbo.engine import costmodel
+
+    assert int8.extras["text_encoder"]["quant"] == "int8"
+    assert int8.extras["text_encoder"]["backend"].startswith("torchao ")
+    quantised = image(int8)
+    assert np.array_equal(quantised, image(int8))
+    got = psnr(quantised, image(engine))
+    assert 30.0 < got < float("inf"), got
+    # the encoder's numerics changed: its embeddings and every image are keyed apart
+    assert int8.text_fingerprint != engine.text_fingerprint
+    assert int8.fingerprint != engine.fingerprint
+    assert int8.vae_fingerprint == engine.vae_fingerprint
+    # the cost model's int8 bytes are what torchao stores (the demo's own shapes)
+    predicted = costmodel.weight_bytes(costmodel.shapes_of(int8.pipe), 4, "int8")
+    assert stored_bytes(int8.pipe.text_encoder) == pytest.approx(predicted["text_encoder"],
+                                                                 rel=0.05)
+    assert stored_bytes(int8.pipe.text_encoder) < stored_bytes(engine.pipe.text_encoder)
+    from zturbo.generation.models import resident_of  # what an engine pool counts
+
+    saved = stored_bytes(engine.pipe.text_encoder) - stored_bytes(int8.pipe.text_encoder)
+    assert resident_of(engine) - resident_of(int8) == saved
+
+
+def test_a_streaming_plan_keeps_the_int8_encoders_pixels(int8):
+    planned = zturbo.load("demo", settings=zturbo.Settings(
+        model="demo", text_encoder_quant="int8", memory_plan="group"))
+    assert planned.fingerprint != int8.fingerprint  # the plan is recorded
+    assert planned.text_fingerprint == int8.text_fingerprint
+    assert np.array_equal(image(planned, seed=6), image(int8, seed=6))
+
+
+def test_bitsandbytes_modes_still_need_a_model_folder_for_demo_full():
+    with pytest.raises(ZTurboError, match="need a model folder"):
+        zturbo.load("demo-full", settings=zturbo.Settings(model="demo-full", device="meta",
+                                                          text_encoder_quant="8bit"))

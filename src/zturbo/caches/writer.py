@@ -7,18 +7,38 @@ the entry (``submit`` returns False): a request never waits on storage. An entry
 visible only when it is complete, since a tier's ``put`` takes finished bytes; a lookup of
 an entry still queued waits for that one job (``wait_for``), so a repeat never misses what
 the previous request stored. ``drain`` waits for every queued job (stats, shutdown).
+
+On Linux the writer's thread runs at a lower CPU priority (nice + ``WRITER_NICE``): where
+the cores are all busy (a CPU-only engine, a loaded host), its PNG encodes and packing
+wait for the request threads instead of taking their time slices. benchmarks/new_prompt.py
+measures it (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 
 log = logging.getLogger("zturbo.caches")
 
 Job = Callable[[], None]
+WRITER_NICE = 10  # added to the process's nice value for the writer's thread (max 19)
+
+
+def lower_thread_priority(step: int = WRITER_NICE) -> None:
+    """Raise the calling thread's nice value by ``step`` (Linux, where a thread's id names
+    it to setpriority; elsewhere, or when refused, nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except OSError as exc:
+        log.debug("cache writer: cannot lower its priority: %s", exc)
 
 
 class BackgroundWriter:
@@ -77,6 +97,7 @@ class BackgroundWriter:
             thread.join(timeout=30)
 
     def _run(self) -> None:
+        lower_thread_priority()
         while True:
             item = self._queue.get()
             if item is None:

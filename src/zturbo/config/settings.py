@@ -286,14 +286,18 @@ class Settings(BaseSettings):
         None, description="ControlNet-Union loaded beside the model: a diffusers folder or "
         "the single .safetensors file of the release (requests then take a control image)"
     )
-    text_encoder_quant: Annotated[Literal["none", "8bit", "4bit"], WEIGHTS_ENGINE] = Field(
-        "none", description="bitsandbytes text-encoder quantisation (CUDA only)"
+    text_encoder_quant: Annotated[Literal["none", "int8", "auto", "8bit", "4bit"],
+                                  WEIGHTS_ENGINE] = Field(
+        "none", description="text-encoder quantisation: int8 (torchao weight-only, CPU and "
+        "CUDA), auto (int8 where the memory planner finds it faster within the budget), "
+        "8bit or 4bit (bitsandbytes, CUDA only, a model folder)"
     )
-    memory_plan: Annotated[Literal["auto", "resident", "encoder-swap", "group"],
+    memory_plan: Annotated[Literal["auto", "resident", "encoder-swap", "dit-swap", "group"],
                            WEIGHTS_ENGINE] = Field(
         "auto", description="where the weights live: resident (all on the device), "
-        "encoder-swap (the text encoder streams in to encode), group (the DiT streams in "
-        "block by block too); auto: the fastest whose predicted peak fits vram_budget")
+        "encoder-swap (the text encoder streams in to encode), dit-swap (the DiT streams in "
+        "block by block at every pass), group (both stream); auto: the fastest whose "
+        "predicted peak fits vram_budget")
     vram_budget: Annotated[str | None, WEIGHTS_ENGINE] = Field(
         None, description="device memory the memory plan may use, e.g. 8G (default: the "
         "device's free memory at load; on the CPU, auto is resident)")

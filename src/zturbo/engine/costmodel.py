@@ -307,10 +307,10 @@ def shape_from_configs(transformer: dict[str, Any], text_encoder: dict[str, Any]
     return ModelShape(dit, text, vae_shape)
 
 
-def resident_bytes(shape: ModelShape, nbytes: int = 2) -> float:
+def resident_bytes(shape: ModelShape, nbytes: int = 2, text_encoder_quant: str = "none") -> float:
     """Bytes a loaded engine holds: every component's weights (an engine pool's
     footprint of a model before it loads)."""
-    return float(sum(weight_bytes(shape, nbytes).values()))
+    return float(sum(weight_bytes(shape, nbytes, text_encoder_quant).values()))
 
 
 # Published end-to-end figures to hold the model against. "9 steps" in older
@@ -348,15 +348,49 @@ def compare_published(shape: ModelShape = ZIMAGE_TURBO) -> list[dict]:
 
 # From the fastest to the leanest. resident: every weight on the device. encoder-swap: the
 # text encoder streams to the device layer by layer while it encodes (group offload with
-# prefetch), the DiT and the VAE stay. group: the DiT streams block by block too; only the
-# VAE stays. Each runs the same kernels on the same device: the same pixels.
-MEMORY_PLANS = ("resident", "encoder-swap", "group")
+# prefetch), the DiT and the VAE stay. dit-swap: the DiT streams block by block at every
+# pass, the encoder and the VAE stay. group: both stream; only the VAE stays. Each runs the
+# same kernels on the same device: the same pixels.
+MEMORY_PLANS = ("resident", "encoder-swap", "dit-swap", "group")
+ENCODER_STREAMS = ("encoder-swap", "group")
+DIT_STREAMS = ("dit-swap", "group")
+# The text encoder's weights under each precision the planner weighs: none (the engine's
+# dtype) or int8 (weight-only, every Linear of the encoder; the embedding stays). int8
+# changes the encoder's numerics (a new fingerprint, PSNR reported), so the planner weighs
+# it only where the settings allow it (text_encoder_quant auto) or ask for it (int8).
+TEXT_ENCODER_QUANTS = ("none", "int8")
+INT8_ROW_BYTES = 5  # per output row of an int8 weight: an fp32 scale and an int8 zero point
 RUNTIME_OVERHEAD = 0.6e9  # CUDA context, cuBLAS workspaces, allocator slack (a lead to measure)
+HOST_LINK_BYTES_S = 25e9  # PCIe 4.0 x16 as pinned copies reach it: streamed weights' pace
 
 
-def weight_bytes(shape: ModelShape, nbytes: int = 2) -> dict[str, float]:
+@dataclass(frozen=True)
+class PlanChoice:
+    """A memory plan, the text encoder's precision under it and the predicted peak bytes."""
+
+    plan: str
+    text_encoder_quant: str = "none"
+    peak_bytes: float | None = None  # None: named, not weighed against a budget
+
+
+def text_encoder_bytes(text: TextShape, nbytes: int = 2, quant: str = "none") -> dict[str, float]:
+    """Bytes of the text encoder's embedding and of one of its layers under ``quant``."""
+    if quant not in TEXT_ENCODER_QUANTS:
+        raise ZTurboError(f"unknown text encoder precision {quant!r}: choose "
+                          f"{', '.join(TEXT_ENCODER_QUANTS)}")
+    q, kv = text.heads * text.head_dim, text.kv_heads * text.head_dim
+    weights = text.hidden * (q + 2 * kv) + q * text.hidden + 3 * text.hidden * text.ffn
+    rows = q + 2 * kv + text.hidden + 2 * text.ffn + text.hidden  # output rows of its Linears
+    layer = weights * nbytes if quant == "none" else weights + rows * INT8_ROW_BYTES
+    return {"embedding": text.vocab * text.hidden * nbytes, "layer": layer,
+            "total": text.vocab * text.hidden * nbytes + text.layers * layer}
+
+
+def weight_bytes(shape: ModelShape, nbytes: int = 2,
+                 text_encoder_quant: str = "none") -> dict[str, float]:
     """Bytes of each component's weights (the DiT's blocks plus its embedders and final
-    layer; the encoder with its embedding; the VAE's encoder and decoder)."""
+    layer; the encoder with its embedding, under ``text_encoder_quant``; the VAE's encoder
+    and decoder)."""
     dit, vae = shape.dit, shape.vae
     patch = dit.patch * dit.patch * dit.in_channels
     dit_rest = dit.cap_dim * dit.dim + patch * dit.dim * 2 + 256 * 1024 + 1024 * dit.adaln_dim
@@ -366,7 +400,7 @@ def weight_bytes(shape: ModelShape, nbytes: int = 2) -> dict[str, float]:
     top = vae.block_out[-1]
     mid = 2 * (4 * 9 * top * top + (4 * top * top if vae.mid_attention else 0))
     return {"transformer": (dit.params + dit_rest) * nbytes,
-            "text_encoder": shape.text.params * nbytes,
+            "text_encoder": text_encoder_bytes(shape.text, nbytes, text_encoder_quant)["total"],
             "vae": (levels + mid) * nbytes}
 
 
@@ -384,33 +418,60 @@ def activation_bytes(shape: ModelShape, width: int, height: int, prompt_tokens: 
     return {"encode": encode, "denoise": denoise, "decode": decode}
 
 
-def plan_peak_bytes(plan: str, shape: ModelShape, width: int, height: int,
-                    prompt_tokens: int = 128, nbytes: int = 2) -> float:
-    """Predicted peak device memory of one image under a memory plan."""
+def _check_plan(plan: str) -> None:
     if plan not in MEMORY_PLANS:
         raise ZTurboError(f"unknown memory plan {plan!r}: choose {', '.join(MEMORY_PLANS)}")
-    w = weight_bytes(shape, nbytes)
+
+
+def plan_peak_bytes(plan: str, shape: ModelShape, width: int, height: int,
+                    prompt_tokens: int = 128, nbytes: int = 2,
+                    text_encoder_quant: str = "none") -> float:
+    """Predicted peak device memory of one image under a memory plan."""
+    _check_plan(plan)
+    w = weight_bytes(shape, nbytes, text_encoder_quant)
     act = activation_bytes(shape, width, height, prompt_tokens, nbytes=nbytes)
-    dit = shape.dit
-    # streamed components hold the group computing and the one prefetched
-    te_layer = 2 * shape.text.params / max(shape.text.layers, 1) * nbytes
-    dit_block = 2 * dit.block_params() * nbytes
-    te = w["text_encoder"] if plan == "resident" else te_layer
-    core = w["transformer"] if plan != "group" else dit_block
-    stages = (te + core + act["encode"], te * (plan == "resident") + core + act["denoise"],
-              te * (plan == "resident") + core + act["decode"])
+    encoder = text_encoder_bytes(shape.text, nbytes, text_encoder_quant)
+    # streamed components hold the group computing and the one prefetched: the encoder's
+    # largest leaf (its embedding) and, as a bound on the leaves beside it, one layer
+    te_streamed = max(encoder["embedding"], encoder["layer"]) + encoder["layer"]
+    dit_block = 2 * shape.dit.block_params() * nbytes
+    te = te_streamed if plan in ENCODER_STREAMS else w["text_encoder"]
+    core = dit_block if plan in DIT_STREAMS else w["transformer"]
+    kept = te * (plan not in ENCODER_STREAMS)  # a resident encoder stays after encoding
+    stages = (te + core + act["encode"], kept + core + act["denoise"],
+              kept + core + act["decode"])
     return w["vae"] + max(stages) + RUNTIME_OVERHEAD
 
 
+def plan_streamed_bytes(plan: str, shape: ModelShape, steps: int = 8, nbytes: int = 2,
+                        text_encoder_quant: str = "none") -> float:
+    """Weight bytes a plan copies from host memory to the device for one new prompt (the
+    encoder once, the DiT once per pass): what makes a leaner plan slower."""
+    _check_plan(plan)
+    w = weight_bytes(shape, nbytes, text_encoder_quant)
+    return (w["text_encoder"] * (plan in ENCODER_STREAMS)
+            + w["transformer"] * steps * (plan in DIT_STREAMS))
+
+
 def pick_plan(budget_bytes: float, shape: ModelShape = ZIMAGE_TURBO, width: int = 1024,
-              height: int = 1024) -> tuple[str, float]:
-    """The fastest plan whose predicted peak fits the budget (else the leanest), and its
-    predicted peak."""
-    for plan in MEMORY_PLANS:
-        peak = plan_peak_bytes(plan, shape, width, height)
-        if peak <= budget_bytes:
-            return plan, peak
-    return MEMORY_PLANS[-1], plan_peak_bytes(MEMORY_PLANS[-1], shape, width, height)
+              height: int = 1024, text_encoder_quants: tuple[str, ...] = ("none",),
+              steps: int = 8, plans: tuple[str, ...] = MEMORY_PLANS) -> PlanChoice:
+    """The plan (among ``plans``) and encoder precision (among ``text_encoder_quants``)
+    whose predicted peak fits the budget and that streams the fewest bytes, the
+    unquantised encoder first on a tie; if none fits, the leanest."""
+    peaks = {(plan, quant): plan_peak_bytes(plan, shape, width, height,
+                                            text_encoder_quant=quant)
+             for plan in plans for quant in text_encoder_quants}
+
+    def streamed(key: tuple[str, str]) -> float:
+        return plan_streamed_bytes(key[0], shape, steps, text_encoder_quant=key[1])
+
+    fits = [key for key, peak in peaks.items() if peak <= budget_bytes]
+    if fits:
+        best = min(fits, key=lambda k: (streamed(k), TEXT_ENCODER_QUANTS.index(k[1])))
+    else:
+        best = min(peaks, key=lambda k: (peaks[k], streamed(k)))
+    return PlanChoice(best[0], best[1], peaks[best])
 
 
 def parse_bytes(text: str) -> float:

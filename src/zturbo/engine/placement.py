@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from zturbo.engine.costmodel import DIT_STREAMS, ENCODER_STREAMS, MEMORY_PLANS
 from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 
@@ -83,11 +84,12 @@ def apply_memory_plan(pipe, device: torch.device, plan: str) -> None:
     resident: everything on ``device``. encoder-swap: the text encoder's weights live in
     CPU memory and stream to ``device`` layer by layer as it encodes (diffusers' group
     offloading; on CUDA the next layer is prefetched on a side stream); the DiT and the VAE
-    stay. group: the DiT streams too, one block at a time. Compute always runs on
-    ``device``, with the same kernels: the pixels do not change.
+    stay. dit-swap: the DiT streams, one block at a time, the encoder stays. group: both
+    stream. Compute always runs on ``device``, with the same kernels: the pixels do not
+    change. A quantised (torchao) encoder streams and stays like any other.
     """
-    if plan not in ("resident", "encoder-swap", "group"):
-        raise ZTurboError(f"unknown memory plan {plan!r}: choose resident, encoder-swap or group")
+    if plan not in MEMORY_PLANS:
+        raise ZTurboError(f"unknown memory plan {plan!r}: choose {', '.join(MEMORY_PLANS)}")
     if plan == "resident":
         pipe.to(device)
         return
@@ -95,13 +97,14 @@ def apply_memory_plan(pipe, device: torch.device, plan: str) -> None:
 
     cpu, stream = torch.device("cpu"), device.type == "cuda"
     pipe.vae.to(device)
-    if pipe.text_encoder is not None:
+    if pipe.text_encoder is not None and plan in ENCODER_STREAMS:
         apply_group_offloading(pipe.text_encoder, onload_device=device, offload_device=cpu,
                                offload_type="leaf_level", use_stream=stream)
-    if plan == "group":
+    elif pipe.text_encoder is not None:
+        pipe.text_encoder.to(device)
+    if plan in DIT_STREAMS:
         apply_group_offloading(pipe.transformer, onload_device=device, offload_device=cpu,
                                offload_type="block_level", num_blocks_per_group=1,
                                use_stream=stream)
     else:
         pipe.transformer.to(device)
-

@@ -6,11 +6,15 @@ config comes from the base model's ``transformer/`` folder, so nothing is fetche
 the Hub. The rest of the pipeline is the base model's. GGUF weights stay quantised in
 memory and are dequantised per forward (a memory win; on CPU about 1.3-1.7x slower).
 
-bitsandbytes 8/4-bit text encoders need CUDA: elsewhere they are a clear error.
+An int8 text encoder (torchao's weight-only int8: every Linear of Qwen3, the embedding
+kept) runs on the CPU and on CUDA, on a loaded model or one built in memory; it halves the
+encoder's weights and changes its numerics, so it enters the fingerprint. bitsandbytes
+8/4-bit text encoders need CUDA and a model folder: elsewhere they are a clear error.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from zturbo.errors import ModelUnavailable, ZTurboError
 from zturbo.hashing import file_sha256
 
 TE_QUANT_BACKENDS = {"8bit": "bitsandbytes_8bit", "4bit": "bitsandbytes_4bit"}
+TORCHAO_QUANTS = ("int8",)  # weight-only, applied to a built model (costmodel weighs it)
 
 
 def gguf_types(path: Path) -> list[str]:
@@ -61,9 +66,46 @@ def load_transformer_file(path: Path, folder: Path, dtype: torch.dtype):
     return model, identity
 
 
+def torchao_version() -> str | None:
+    """torchao's version when it imports (quietly: its CUDA-only kernels do not load on a
+    CPU build and it says so), else None."""
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # also models.QUIET_LOGGERS
+    try:
+        import torchao  # lazy: keeps CLI start fast
+    except ImportError:
+        return None
+    return str(torchao.__version__)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds: a torchao tensor's inner tensors (its int8 data, scales...),
+    not its logical shape in its outer dtype; any other tensor's own."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None:
+        return tensor.numel() * tensor.element_size()
+    return sum(tensor_bytes(getattr(tensor, name)) for name in flatten()[0])
+
+
+def quantize_text_encoder(encoder, mode: str) -> dict[str, str]:
+    """Quantise ``encoder``'s Linear weights in place (torchao weight-only ``mode``) and
+    return its identity for the extras (the fingerprint)."""
+    if mode not in TORCHAO_QUANTS:
+        raise ZTurboError(f"text_encoder_quant {mode}: torchao quantises "
+                          f"{', '.join(TORCHAO_QUANTS)}")
+    version = torchao_version()
+    if version is None:
+        raise ZTurboError(f"text_encoder_quant {mode} needs torchao: pip install torchao "
+                          f"(or zturbo[quant])")
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_  # lazy: CLI start
+
+    quantize_(encoder, Int8WeightOnlyConfig())
+    return {"quant": mode, "backend": f"torchao {version} weight-only"}
+
+
 def text_encoder_quant_config(mode: str, device: torch.device, dtype: torch.dtype):
-    """diffusers' PipelineQuantizationConfig for a bitsandbytes text encoder, or None."""
-    if mode == "none":
+    """diffusers' PipelineQuantizationConfig for a bitsandbytes text encoder, or None (no
+    quantisation, or one torchao applies after loading)."""
+    if mode == "none" or mode == "auto" or mode in TORCHAO_QUANTS:
         return None
     if device.type != "cuda":
         raise ZTurboError(f"text_encoder_quant {mode} needs CUDA (bitsandbytes); this engine "

@@ -12,6 +12,7 @@ Every cache keys on it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -41,7 +42,13 @@ from zturbo.engine.placement import (
     place,
 )
 from zturbo.engine.protocol import Engine
-from zturbo.engine.quant import load_transformer_file, text_encoder_quant_config
+from zturbo.engine.quant import (
+    TE_QUANT_BACKENDS,
+    load_transformer_file,
+    quantize_text_encoder,
+    tensor_bytes,
+    text_encoder_quant_config,
+)
 from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
 from zturbo.errors import ModelUnavailable, ZTurboError
 from zturbo.generation import enhancing
@@ -61,8 +68,15 @@ from zturbo.numerics import (
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
+# transformers and diffusers import torchao wherever it is installed: on a CPU build its
+# CUDA kernels do not load (it says so), and torch warns of its Enum registrations
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def quiet_libraries() -> None:
     """Turn off the libraries' own progress bars and chatter (we show our own progress)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers  # lazy: keeps CLI start fast
     import transformers
 
@@ -344,7 +358,9 @@ def estimate_bytes(settings: Settings) -> float:
         folder = resolve_folder(settings.model, settings)
         shape = costmodel.shape_from_configs(*(_config(folder, c) for c in
                                                ("transformer", "text_encoder", "vae")))
-    return costmodel.resident_bytes(shape, nbytes)
+    # an int8 encoder asked for by name is counted so; auto may not choose it: unquantised
+    quant = "int8" if settings.text_encoder_quant == "int8" else "none"
+    return costmodel.resident_bytes(shape, nbytes, quant)
 
 
 def _config(folder: Path | None, component: str) -> dict[str, Any]:
@@ -364,42 +380,53 @@ def resident_of(engine: LoadedEngine) -> int:
     for name in ("transformer", "text_encoder", "vae"):
         module = getattr(engine.pipe, name, None)
         if module is not None:
-            total += sum(t.numel() * t.element_size()
-                         for t in (*module.parameters(), *module.buffers()))
+            total += sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
     return total
 
 
+# the encoder precisions the planner may weigh, per text_encoder_quant (bitsandbytes ones
+# are loaded quantised from a folder: the planner counts them as unquantised)
+PLANNER_QUANTS = {"auto": ("none", "int8"), "int8": ("int8",)}
+
+
 def memory_plan(shape: Callable[[], costmodel.ModelShape], device: torch.device,
-                settings: Settings) -> tuple[str, float | None]:
-    """The memory plan and its predicted peak (bytes; None when the plan was named): the
-    fastest one the cost model fits into ``vram_budget``, else into the device's free
-    memory now (before any weight is on it). On the CPU auto is resident. ``shape`` is
-    asked for only when a budget is weighed."""
-    if settings.memory_plan != "auto":
-        return settings.memory_plan, None
+                settings: Settings) -> costmodel.PlanChoice:
+    """The memory plan, the text encoder's precision and the predicted peak (bytes; None
+    when nothing was weighed): the fastest choice the cost model fits into ``vram_budget``,
+    else into the device's free memory now (before any weight is on it), among the named
+    plan or all of them and the precisions ``text_encoder_quant`` allows. On the CPU
+    without a budget, auto is resident with the encoder as it is. ``shape`` is asked for
+    only when a budget is weighed."""
+    quants = PLANNER_QUANTS.get(settings.text_encoder_quant, ("none",))
+    plans = costmodel.MEMORY_PLANS if settings.memory_plan == "auto" else (settings.memory_plan,)
+    if len(plans) == 1 and len(quants) == 1:
+        return costmodel.PlanChoice(plans[0], quants[0])
     if settings.vram_budget is not None:
         budget = costmodel.parse_bytes(settings.vram_budget)
     elif device.type == "cuda":
         budget = float(demo.free_bytes(device) or 0)  # on CUDA always the driver's figure
     else:
-        return "resident", None
-    return costmodel.pick_plan(budget, shape())
+        return costmodel.PlanChoice(plans[0], quants[0])
+    return costmodel.pick_plan(budget, shape(), text_encoder_quants=quants, plans=plans)
 
 
 def _place(pipe, device: torch.device, settings: Settings, extras: dict[str, Any],
-           plan: tuple[str, float | None] | None = None) -> None:
-    """Move the components as the settings say (a memory plan, or the plain placement);
-    the placement joins the extras."""
-    chosen, predicted = plan or memory_plan(lambda: costmodel.shapes_of(pipe), device, settings)
-    if chosen != "resident":
+           plan: costmodel.PlanChoice | None = None) -> None:
+    """Quantise the text encoder where the plan says so, then move the components as the
+    settings say (a memory plan, or the plain placement); both join the extras."""
+    choice = plan or memory_plan(lambda: costmodel.shapes_of(pipe), device, settings)
+    if choice.text_encoder_quant != "none" and pipe.text_encoder is not None:
+        extras["text_encoder"] = {**extras.get("text_encoder", {}), **quantize_text_encoder(
+            pipe.text_encoder, choice.text_encoder_quant)}
+    if choice.plan != "resident":
         if settings.offload != "none" or settings.text_encoder_device or settings.vae_device:
-            raise ZTurboError(f"memory plan {chosen} places the components itself: it does "
-                              f"not combine with offload or per-component devices")
+            raise ZTurboError(f"memory plan {choice.plan} places the components itself: it "
+                              f"does not combine with offload or per-component devices")
         if device.type != "meta":  # meta holds shapes only: the plan is only reported
-            apply_memory_plan(pipe, device, chosen)
-        extras["memory_plan"] = chosen  # the same kernels; recorded all the same
-        if predicted is not None:
-            extras["memory_plan_predicted_gib"] = round(predicted / 2**30, 2)
+            apply_memory_plan(pipe, device, choice.plan)
+        extras["memory_plan"] = choice.plan  # the same kernels; recorded all the same
+        if choice.peak_bytes is not None:
+            extras["memory_plan_predicted_gib"] = round(choice.peak_bytes / 2**30, 2)
         return
     for name, value in place(pipe, device, offload=settings.offload,
                              text_encoder_device=settings.text_encoder_device,
@@ -410,18 +437,21 @@ def _place(pipe, device: torch.device, settings: Settings, extras: dict[str, Any
 def _build_in_memory(spec: str, settings: Settings, device: torch.device, dtype: torch.dtype,
                      text_encoder: bool = True):
     """``demo-full`` at random init, built on its device (on the CPU first only for offload,
-    or for a memory plan when the device cannot hold every weight), with its identity and
-    the same knobs as a loaded model: LoRAs and placement. Weight files (a transformer
-    file, a quantised text encoder) need a model folder."""
-    if settings.transformer_file or settings.text_encoder_quant != "none":
+    or for a memory plan or an int8 encoder when the device cannot hold every weight), with
+    its identity and the same knobs as a loaded model: LoRAs, an int8 text encoder and
+    placement. Weight files (a transformer file, a bitsandbytes text encoder) need a model
+    folder."""
+    if settings.transformer_file or settings.text_encoder_quant in TE_QUANT_BACKENDS:
         raise ZTurboError(f"{spec} is built in memory at random init: transformer_file and "
-                          f"text_encoder_quant need a model folder (a Hub id or a local path)")
+                          f"text_encoder_quant {settings.text_encoder_quant} need a model "
+                          f"folder (a Hub id or a local path); text_encoder_quant int8 "
+                          f"quantises it in memory")
     specs = [parse_lora(t) for t in settings.loras]  # parse errors before the slow part
     plan = memory_plan(lambda: costmodel.shapes_of(
         demo.build_full(torch.device("meta"), dtype, text_encoder=text_encoder)), device, settings)
-    build_device = device
-    if settings.offload != "none" or (plan[0] != "resident" and
-                                      not demo.has_room(device, dtype, text_encoder)):
+    build_device = device  # the CPU first where the bfloat16 weights would not fit
+    leaner = plan.plan != "resident" or plan.text_encoder_quant != "none"
+    if settings.offload != "none" or (leaner and not demo.has_room(device, dtype, text_encoder)):
         build_device = torch.device("cpu")
     pipe = demo.build_full(build_device, dtype, text_encoder=text_encoder)
     config = {"transformer": demo.FULL_TRANSFORMER, "text_encoder": demo.FULL_TEXT_ENCODER,
