@@ -94,8 +94,8 @@ def quantize_text_encoder(encoder, mode: str) -> dict[str, str]:
                           f"{', '.join(TORCHAO_QUANTS)}")
     version = torchao_version()
     if version is None:
-        raise ZTurboError(f"text_encoder_quant {mode} needs torchao: pip install torchao "
-                          f"(or zturbo[quant])")
+        raise ZTurboError(f"text_encoder_quant {mode} needs torchao: pip install "
+                          f"'zturbo[int8]' (or torchao)")
     from torchao.quantization import Int8WeightOnlyConfig, quantize_  # lazy: CLI start
 
     quantize_(encoder, Int8WeightOnlyConfig())
