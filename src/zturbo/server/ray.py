@@ -11,11 +11,13 @@ Two deployments in one Serve application:
   and one torch thread). A run streams ``step`` events and ends with the PNGs (bytes) and
   the Result's JSON fields: only plain data crosses the process boundary.
 
-Cache-aware routing: the ingress names each request's trajectory (a digest of the Request),
-or for a request with LoRA adapters its adapter set (``affinity_id``), as a Serve
-*multiplexed model id*; a replica "loads" that id for free, so Serve's router
-sends the next identical request to the replica that served it (its memory tier) when that
-replica is free, and elsewhere otherwise (then the shared Redis tier answers).
+Routing (zturbo.server.rayrouting), two keys: the request's **model** (its pool name) is the
+Serve *multiplexed model id*: a replica loads that engine through ``@serve.multiplexed``
+(as many as its memory budget holds, least-recently-used out), and Serve's router sends the
+request to a replica that holds it. Within those, the request's trajectory (a digest of
+the Request), or for a request with LoRA adapters its adapter set (``affinity_id``), goes
+to the replica that served it last (its memory tier, its loaded adapters) when that replica
+is free, and elsewhere otherwise (then the shared Redis tier answers).
 
 Faults: a generator replica that dies under a job is retried once on another replica
 (runs are deterministic: the image is the same); if that fails too the job ends with an
@@ -39,7 +41,7 @@ from typing import Any
 import ray
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.config import BackpressureConfig
+from ray.serve.config import BackpressureConfig, RequestRouterConfig
 from ray.serve.exceptions import DeploymentUnavailableError
 
 from zturbo.caches.report import TeleportReport
@@ -50,11 +52,11 @@ from zturbo.errors import ZTurboError
 from zturbo.generation.orchestrator import Result
 from zturbo.hashing import digest
 from zturbo.server.jobs import DeviceLost
+from zturbo.server.rayrouting import AFFINITY_KWARG, ModelAffinityRouter
 
 log = logging.getLogger("zturbo.server.ray")
 APP = "zturbo"
 RETRIES = 1  # a job whose replica died runs once more elsewhere
-AFFINITY_KEYS = 64  # trajectory ids a replica stays "warm" for (its LRU affinity set)
 PASSED_ENV = ("ZTURBO_HOME", "HF_HOME", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
 
 
@@ -71,7 +73,8 @@ class Scale:
     target_ongoing: float = 1.0  # autoscaling: target ongoing requests per replica
     max_ongoing: int = 1  # one image at a time per engine
     max_queued: int = 64  # more wait at the handle -> 429
-    affinity: bool = True  # cache-aware routing (multiplexed trajectory ids)
+    affinity: bool = True  # cache-aware routing (a trajectory's last replica first)
+    model_routing: bool = True  # model-aware routing (the model's name as multiplexed id)
     retry_after_s: int = 5
     ingresses: int = 1  # ingress replicas; more than one needs state_backend: redis
 
@@ -218,8 +221,10 @@ class RemoteEngine:
     pipe = None  # no text encoder here: /api/encode answers 409 (encode on a replica host)
     caches = None  # the caches live in the replicas (fleet view: the replica_* metrics)
 
-    def __init__(self, handle, settings: Settings, affinity: bool) -> None:
+    def __init__(self, handle, settings: Settings, affinity: bool,
+                 model_routing: bool = True) -> None:
         self.handle, self.spec, self.affinity = handle, settings.model, affinity
+        self.model_routing = model_routing
         self._fingerprint: str | None = None  # the replicas', asked once, then from results
         self.lock = threading.Lock()  # create_app reads the fingerprint under the engine lock
         self._lock = threading.Lock()
@@ -279,9 +284,11 @@ def remote_generate(engine: RemoteEngine, request: Request, on_step=None,
 
 def _attempt(engine: RemoteEngine, request: Request, on_step, seen: dict) -> RemoteResult:
     options: dict[str, Any] = {"stream": True}
-    if engine.affinity:
-        options["multiplexed_model_id"] = affinity_id(request)
-    stream = engine.handle.options(**options).run.remote(request.model_dump(mode="json"))
+    if engine.model_routing:
+        options["multiplexed_model_id"] = model_of(request)
+    hint = {AFFINITY_KWARG: affinity_id(request)} if engine.affinity else {}
+    stream = engine.handle.options(**options).run.remote(request.model_dump(mode="json"),
+                                                         **hint)
     steps = 0
     try:
         for event in stream:
@@ -346,6 +353,8 @@ def build(settings: Settings, scale: Scale, env: dict[str, str] | None = None):
         "ray_actor_options": ({"num_gpus": 1} if torch.cuda.is_available()
                               else {"num_cpus": 1}),
         "health_check_period_s": 2, "graceful_shutdown_timeout_s": 5,
+        "request_router_config": RequestRouterConfig(
+            request_router_class=ModelAffinityRouter),
     }
     if scale.autoscale:
         low, high = scale.autoscale
@@ -379,10 +388,10 @@ def check_ingresses(settings: Settings, scale: Scale) -> None:
 def app_builder(args: dict[str, Any]):
     """The import path of the Serve config (deploy/serve.yaml): ``args`` holds ``profile``,
     the Scale fields (``replicas``, ``autoscale: "1:4"``, ``max_ongoing``, ``max_queued``,
-    ``affinity``) and any Settings keys (``model``, ``redis_url``...)."""
+    ``affinity``, ``model_routing``) and any Settings keys (``model``, ``redis_url``...)."""
     args = dict(args or {})
     scale_keys = ("replicas", "target_ongoing", "max_ongoing", "max_queued", "affinity",
-                  "retry_after_s", "ingresses")
+                  "model_routing", "retry_after_s", "ingresses")
     scale = Scale(**{k: args.pop(k) for k in scale_keys if k in args})
     if "autoscale" in args:
         scale.autoscale = parse_autoscale(str(args.pop("autoscale")))
