@@ -18,7 +18,9 @@ from pydantic import (
     AliasChoices,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -29,7 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from zturbo.config.groups import Group
+from zturbo.config.groups import Group, fields_where
 from zturbo.config.sizes import (
     DEFAULT_MODEL,
     MAX_STEPS,
@@ -43,6 +45,8 @@ from zturbo.errors import ZTurboError
 from zturbo.paths import state_dir
 
 API_KEY = re.compile(r"[\x21-\x7e]{1,512}")  # a Bearer token: visible ASCII, no spaces
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a [models.NAME] table's name
+MODELS = "models"  # the top-level config table of named models; no profile may take the name
 
 # Each field's Group (zturbo.config.groups): its --help panel; "ENGINE": it decides which
 # engine a process loads; "DEFAULT": it is the default of the Request field of its name.
@@ -78,6 +82,10 @@ class Settings(BaseSettings):
     dtype: Annotated[Literal["auto", "float32", "bfloat16", "float16"], WEIGHTS_ENGINE] = Field(
         "auto", description="auto: bfloat16 on cuda, float32 elsewhere"
     )
+    models: Annotated[dict[str, dict[str, Any]], WEIGHTS] = Field(
+        default_factory=dict, description="named models a server holds, from the config "
+        "file's [models.NAME] tables (source plus engine settings and request defaults; "
+        "docs/server.md); model names the default one")
     # request defaults
     width: Annotated[int, IMAGE_DEFAULT] = Field(1024, description="default image width")
     height: Annotated[int, IMAGE_DEFAULT] = Field(1024, description="default image height")
@@ -231,6 +239,10 @@ class Settings(BaseSettings):
         2, ge=0, description="server: a latent preview every N steps (0: none)")
     max_event_streams: Annotated[int, SERVER] = Field(
         256, ge=1, description="server: most job event streams (SSE) open at once (more: 429)")
+    pool_memory: Annotated[str | None, SERVER] = Field(
+        None, description="server with [models.*]: memory its loaded models may hold, in "
+        "bytes (24G) or a fraction of the device's (0.8); past it the least recently used "
+        "idle model is evicted (unset: no limit)")
     server: Annotated[str, SPEED] = Field(
         "auto", pattern=r"^(auto|off|https?://\S+)$",
         description="zturbo generate: auto (a running zturbo serve with the same model), "
@@ -297,10 +309,10 @@ class Settings(BaseSettings):
             return [ascii_int(v, "a list item") for v in value.replace(" ", "").split(",") if v]
         return value
 
-    @field_validator("vram_budget")
+    @field_validator("vram_budget", "pool_memory")
     @classmethod
-    def _memory_size(cls, value: str | None) -> str | None:
-        if value is not None:
+    def _memory_size(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not (info.field_name == "pool_memory" and _fraction(value)):
             try:
                 parse_bytes(value)
             except ZTurboError as exc:
@@ -343,6 +355,66 @@ class Settings(BaseSettings):
             raise ValueError("step_cache_mask must compute the first step (start with 1)")
         return value
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_tables(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        for name, table in value.items():
+            if not MODEL_NAME.fullmatch(str(name)):
+                raise ValueError(f"model name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
+            if not isinstance(table, dict):
+                raise ValueError(f"[models.{name}] must be a table with a source")
+            unknown = sorted(set(table) - set(model_keys()))
+            if unknown:
+                raise ValueError(f"unknown key(s) in [models.{name}]: "
+                                 f"{', '.join(_did_you_mean(k, model_keys()) for k in unknown)}")
+            if not isinstance(table.get("source"), str) or not table["source"]:
+                raise ValueError(f"[models.{name}] needs source = a Hub id, folder or demo name")
+        return value
+
+    @model_validator(mode="after")
+    def _models_valid(self) -> Settings:
+        if _NESTED.get():
+            return self  # a model's own settings: its tables are not its own
+        for name in self.models:
+            self.model_settings(name)  # each model's settings are checked now, not on load
+        return self
+
+    def default_model(self) -> str:
+        """The name of the model a request without one gets: ``model`` when it names a
+        table (or no table exists: the single model); the first table when ``model`` was
+        left at its default; else ``model`` itself, a source served beside the tables."""
+        if not self.models or self.model in self.models:
+            return self.model
+        if "model" not in self.model_fields_set:
+            return next(iter(self.models))
+        return self.model
+
+    def model_names(self) -> list[str]:
+        """Every model this process may serve, the default first."""
+        default = self.default_model()
+        return [default, *(name for name in self.models if name != default)]
+
+    def model_settings(self, name: str) -> Settings:
+        """The settings of model ``name``: these ones with its table's keys over them
+        (``source`` as ``model``), validated like any other. The default model's when
+        ``name`` is not a table (it then is the ``model`` setting itself)."""
+        table = self.models.get(name)
+        if table is None:
+            return self
+        values = self.model_dump(exclude={MODELS})
+        values.update({k: v for k, v in table.items() if k != "source"}, model=table["source"])
+        layer, nested = _CONFIG_LAYER.set({}), _NESTED.set(True)  # these values only
+        try:
+            child = Settings(**values)
+        except ValidationError as exc:
+            raise ValueError(f"[models.{name}] {first_error(exc)}") from None
+        finally:
+            _CONFIG_LAYER.reset(layer)
+            _NESTED.reset(nested)
+        return child.model_copy(update={MODELS: {}})
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -373,6 +445,8 @@ SECRET_SETTINGS = ("api_key", "cache_secret")
 
 # The config-file layer of the settings being built (set by load_settings, read by the source).
 _CONFIG_LAYER: ContextVar[dict[str, Any]] = ContextVar("_CONFIG_LAYER", default={})
+# True while one named model's settings are built (Settings.model_settings)
+_NESTED: ContextVar[bool] = ContextVar("_NESTED", default=False)
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
@@ -394,10 +468,15 @@ def read_config(path: Path | None = None) -> dict[str, dict[str, Any]]:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ZTurboError(f"cannot read config {path}: {exc}") from None
-    fields = set(Settings.model_fields)
+    fields = set(Settings.model_fields) - {MODELS}
     for table, values in data.items():
         if not isinstance(values, dict):
             raise ZTurboError(f"{path}: top-level key {table!r} must be a table like [default]")
+        if table == MODELS:
+            continue  # [models.NAME] tables: checked by the models setting
+        if MODELS in values:
+            raise ZTurboError(f"{path}: [{table}] cannot hold models: name each model in "
+                              f"its own [models.NAME] table")
         unknown = sorted(set(values) - fields)
         if unknown:
             raise ZTurboError(f"{path}: unknown key(s) in [{table}]: "
@@ -405,10 +484,27 @@ def read_config(path: Path | None = None) -> dict[str, dict[str, Any]]:
     return data
 
 
-def _did_you_mean(key: str) -> str:
+def _did_you_mean(key: str, known: Any = None) -> str:
     """``stpes (did you mean steps?)``: an unknown key with the closest setting's name."""
-    close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, list(known or Settings.model_fields), n=1,
+                                      cutoff=0.6)
     return f"{key} (did you mean {close[0]}?)" if close else key
+
+
+def _fraction(text: str) -> bool:
+    """``0.8``: a share of the device's memory (pool_memory), not a number of bytes."""
+    try:
+        return 0 < float(text) <= 1
+    except ValueError:
+        return False
+
+
+def model_keys() -> tuple[str, ...]:
+    """The keys a ``[models.NAME]`` table may hold: ``source``, the settings that decide
+    the engine (dtype, device, fused LoRAs, transformer file...) and the request defaults
+    (steps, guidance...)."""
+    engine = [f for f in fields_where(Settings, engine=True) if f != "model"]
+    return ("source", *engine, *fields_where(Settings, request=True), "strength")
 
 
 def load_settings(
@@ -419,10 +515,14 @@ def load_settings(
     path = path or config_path()
     tables = read_config(path)
     profile = profile or os.environ.get("ZTURBO_PROFILE")
+    if profile == MODELS:
+        raise ZTurboError(f"{MODELS!r} is no profile: it holds the [models.NAME] tables")
     if profile and profile != "default" and profile not in tables:
-        known = ", ".join(t for t in tables if t != "default") or "none"
+        known = ", ".join(t for t in tables if t not in ("default", MODELS)) or "none"
         raise ZTurboError(f"unknown profile {profile!r} (profiles in {path}: {known})")
     layer = {**tables.get("default", {}), **(tables.get(profile, {}) if profile else {})}
+    if tables.get(MODELS):
+        layer[MODELS] = tables[MODELS]
     token = _CONFIG_LAYER.set(layer)
     try:
         settings = Settings(**flags)
@@ -441,6 +541,8 @@ def load_settings(
             sources[name] = f"{path.name} [{profile}]"
         elif name in tables.get("default", {}):
             sources[name] = f"{path.name} [default]"
+        elif name == MODELS and tables.get(MODELS):
+            sources[name] = f"{path.name} [{MODELS}.*]"
         else:
             sources[name] = "default"
     return settings, sources

@@ -278,6 +278,41 @@ def shapes_of(pipe) -> ModelShape:
     return ModelShape(dit, text, vae)
 
 
+def shape_from_configs(transformer: dict[str, Any], text_encoder: dict[str, Any] | None,
+                       vae: dict[str, Any]) -> ModelShape:
+    """The shapes a model folder's ``config.json`` files describe, before any weight is
+    read (diffusers' rules: the SwiGLU width is ``int(dim / 3 * 8)``, adaLN at most 256
+    wide); ``text_encoder`` None: a generator-only model."""
+    dim, heads = int(transformer["dim"]), int(transformer["n_heads"])
+    dit = DiTShape(
+        dim=dim, layers=int(transformer["n_layers"]),
+        refiner_layers=int(transformer["n_refiner_layers"]), heads=heads,
+        kv_heads=int(transformer.get("n_kv_heads", heads)), head_dim=dim // heads,
+        ffn=int(dim / 3 * 8), patch=int(transformer.get("all_patch_size", [2])[0]),
+        in_channels=int(transformer.get("in_channels", 16)),
+        cap_dim=int(transformer.get("cap_feat_dim", 2560)), adaln_dim=min(dim, 256))
+    text = TextShape(layers=0, vocab=0)
+    if text_encoder:
+        t = text_encoder
+        text = TextShape(hidden=int(t["hidden_size"]), layers=int(t["num_hidden_layers"]),
+                         heads=int(t["num_attention_heads"]),
+                         kv_heads=int(t.get("num_key_value_heads", t["num_attention_heads"])),
+                         head_dim=int(t.get("head_dim") or
+                                      int(t["hidden_size"]) // int(t["num_attention_heads"])),
+                         ffn=int(t["intermediate_size"]), vocab=int(t["vocab_size"]))
+    vae_shape = VAEShape(latent_channels=int(vae.get("latent_channels", 16)),
+                         block_out=tuple(int(c) for c in vae["block_out_channels"]),
+                         layers_per_block=int(vae.get("layers_per_block", 2)),
+                         mid_attention=bool(vae.get("mid_block_add_attention", True)))
+    return ModelShape(dit, text, vae_shape)
+
+
+def resident_bytes(shape: ModelShape, nbytes: int = 2) -> float:
+    """Bytes a loaded engine holds: every component's weights (an engine pool's
+    footprint of a model before it loads)."""
+    return float(sum(weight_bytes(shape, nbytes).values()))
+
+
 # Published end-to-end figures to hold the model against. "9 steps" in older
 # diffusers were 8 DiT passes (README, Steps), so they are modelled as 8.
 PUBLISHED: list[dict[str, Any]] = [

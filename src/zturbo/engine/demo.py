@@ -282,6 +282,20 @@ def free_bytes(device: torch.device) -> int | None:
     return None
 
 
+def total_bytes(device: torch.device) -> int | None:
+    """All the memory of ``device`` (CUDA: the card's; CPU: physical RAM), or None."""
+    import torch  # lazy: a client finds the demo folder without it
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
 def has_room(device: torch.device, dtype: torch.dtype, text_encoder: bool = True) -> bool:
     """Whether demo-full's weights fit in ``device``'s free memory (unknown: assumed so)."""
     if device.type == "meta":

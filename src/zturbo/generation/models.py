@@ -11,6 +11,7 @@ Every cache keys on it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -265,6 +266,7 @@ def load(
     loras: list[str] | None = None,
     transformer_file: str | None = None,
     text_encoder: bool = True,
+    caches: TieredCache | None = None,
 ) -> LoadedEngine:
     """Load a model: ``zturbo.load("demo")``, a Hub id, or a local diffusers folder.
 
@@ -272,6 +274,8 @@ def load(
     .safetensors) replaces the folder's transformer. Both default to the settings.
     ``text_encoder=False`` makes a generator-only engine: the Qwen3 encoder and tokenizer
     are never loaded (prompt embeddings then come from ``zturbo encode`` files).
+    ``caches``: the tier stack to use (an engine pool shares one; default: built here from
+    the settings).
     """
     if settings is None:
         settings, _ = load_settings(flags={"model": model, "device": device, "dtype": dtype})
@@ -302,12 +306,48 @@ def load(
     engine = LoadedEngine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
         settings=settings.model_copy(update={"model": spec}), identity=identity,
-        extras=extras, caches=build_cache(settings),
+        extras=extras, caches=caches if caches is not None else build_cache(settings),
     )
     accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
     engine.fingerprint  # measures the numerics canary now, not in a first request
     engine.load_seconds = time.perf_counter() - started
     return engine
+
+
+def estimate_bytes(settings: Settings) -> float:
+    """Bytes the engine of ``settings`` will hold once loaded, before it loads: the cost
+    model over the folder's configs (a demo model's or a local folder's; the published
+    Z-Image shape for a Hub id or ``demo-full``), in the dtype it will load in."""
+    nbytes = torch.finfo(pick_dtype(settings.dtype, pick_device(settings.device))).bits // 8
+    shape = costmodel.ZIMAGE_TURBO
+    if demo.is_demo(settings.model) and not demo.is_full(settings.model) or \
+            (Path(settings.model).expanduser() / "model_index.json").is_file():
+        folder = resolve_folder(settings.model, settings)
+        shape = costmodel.shape_from_configs(*(_config(folder, c) for c in
+                                               ("transformer", "text_encoder", "vae")))
+    return costmodel.resident_bytes(shape, nbytes)
+
+
+def _config(folder: Path | None, component: str) -> dict[str, Any]:
+    """A component's ``config.json`` in a model folder ({} when absent)."""
+    path = folder / component / "config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"cannot read {path}: {exc}") from None
+
+
+def resident_of(engine: LoadedEngine) -> int:
+    """Bytes a loaded engine's weights and buffers hold (measured, not estimated)."""
+    total = 0
+    for name in ("transformer", "text_encoder", "vae"):
+        module = getattr(engine.pipe, name, None)
+        if module is not None:
+            total += sum(t.numel() * t.element_size()
+                         for t in (*module.parameters(), *module.buffers()))
+    return total
 
 
 def memory_plan(shape: Callable[[], costmodel.ModelShape], device: torch.device,

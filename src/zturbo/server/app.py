@@ -1,8 +1,9 @@
-"""The FastAPI app: ``create_app(settings, engine=None)``.
+"""The FastAPI app: ``create_app(settings, engine=None, pool=None)``.
 
-The model is loaded in the lifespan, in a thread, never at import: ``/api/health``
-answers at once and ``/api/ready`` says when the model is in. One worker thread (jobs.py)
-owns the device; handlers only submit jobs and await their events.
+The default model is loaded in the lifespan, in a thread, never at import:
+``/api/health`` answers at once and ``/api/ready`` says when it is in. The other named
+models load on first use (server/pool.py). One worker thread (jobs.py) owns the device;
+handlers only submit jobs and await their events.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from zturbo.config import Settings, state_dir
-from zturbo.errors import ZTurboError
 from zturbo.generation.measure import warmup
-from zturbo.generation.models import LoadedEngine, load
+from zturbo.generation.models import LoadedEngine
 from zturbo.server import errors
 from zturbo.server.announce import announce as write_record
 from zturbo.server.announce import engine_identity, watch, withdraw
@@ -33,7 +33,16 @@ from zturbo.server.errors import ERROR_RESPONSES, TOO_LARGE, error_response
 from zturbo.server.jobs import JobQueue
 from zturbo.server.labjobs import LabJobs, records_dir
 from zturbo.server.metrics import Metrics
-from zturbo.server.routes import encode, generate, images, library, openai_images, ops
+from zturbo.server.pool import EnginePool
+from zturbo.server.routes import (
+    encode,
+    generate,
+    images,
+    library,
+    models,
+    openai_images,
+    ops,
+)
 from zturbo.server.routes import jobs as jobs_routes
 from zturbo.server.routes import lab as lab_routes
 from zturbo.server.state import ServerState, Slots
@@ -62,9 +71,13 @@ def history_path() -> Path:
     return state_dir() / "server" / "history.sqlite3"
 
 
-def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1,
-               state_lock: StateLock | None = None, announce: str | None = None) -> FastAPI:
-    """The server app. With ``engine=None`` the lifespan loads ``settings.model``.
+def create_app(settings: Settings, engine=None, *, pool: EnginePool | None = None,
+               runner=None, workers: int = 1, state_lock: StateLock | None = None,
+               announce: str | None = None) -> FastAPI:
+    """The server app. With ``engine=None`` the lifespan loads the default model
+    (``settings.model``, or the default of the ``[models.*]`` tables); the others load on
+    first use. ``engine``: the caller's, served as the default model. ``pool``: an engine
+    pool the caller built (default: ``EnginePool(settings, engine)``).
     ``runner`` and ``workers`` go to the JobQueue (the Ray ingress passes a remote engine,
     a runner that calls generator replicas, and one worker per replica).
 
@@ -73,11 +86,12 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
     takes it before binding the port).
     ``announce``: this server's URL, recorded in the state dir while it is ready, so
     ``zturbo generate`` can send its requests here (zturbo.server.running)."""
-    metrics = Metrics(lambda: st.engine)
+    pool = pool if pool is not None else EnginePool(settings, engine)
+    metrics = Metrics(lambda: pool.any_engine() if st.started else None, lambda: pool)
     jobs = JobQueue(settings, None, settings.outputs / "server", metrics,
                     **({"runner": runner} if runner else {}), workers=workers)
-    st = ServerState(settings=settings, history=None, jobs=jobs, metrics=metrics,
-                     engine=engine, announce=announce)
+    st = ServerState(settings=settings, history=None, jobs=jobs, metrics=metrics, pool=pool,
+                     started=pool.peek() is not None, announce=announce)
     if isinstance(engine, LoadedEngine):  # the caller's: it finds picked LoRAs here too
         engine.lora_registry.search(settings.lora_dirs)
 
@@ -107,10 +121,8 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
             if lab is not None:
                 await asyncio.to_thread(lab.shutdown, settings.shutdown_grace_s)
             await asyncio.to_thread(jobs.shutdown, settings.shutdown_grace_s)
-            if engine is None and st.engine is not None:
-                st.engine.close()  # loaded here: release its cache tiers
-            else:
-                _flush_caches(st.engine)  # the caller owns the engine: only flush
+            _flush_caches(pool.peek())  # the caller's engine: only flushed
+            pool.close()  # the engines loaded here: their cache tiers released
             history.close()
             if own_lock is not None:
                 own_lock.release()
@@ -123,7 +135,7 @@ def create_app(settings: Settings, engine=None, *, runner=None, workers: int = 1
     errors.install(app)
     _middleware(app, settings, metrics, st.streams)
 
-    for module in (openai_images, generate, encode, jobs_routes, images, ops, library):
+    for module in (openai_images, generate, encode, jobs_routes, images, ops, library, models):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(lab_routes.router, responses=ERROR_RESPONSES)  # the lab (docs/lab.md)
     mcp = _mount_mcp(app)
@@ -157,25 +169,27 @@ def _running(mcp) -> AbstractAsyncContextManager:
 
 
 async def _load(st: ServerState) -> None:
-    """Load the model in a thread (unless given), then start the worker."""
-    if st.engine is None:
-        try:
-            st.engine = await asyncio.to_thread(load, settings=st.settings)
-        except ZTurboError as exc:
-            st.load_error = str(exc)
-            log.error("zturbo: cannot load the model: %s", exc)
+    """Load the default model in a thread (unless given), then start the worker. With
+    several models a default that fails to load leaves the others serving (its state says
+    why); a single model that fails leaves the server unready, with the reason."""
+    pool = st.pool
+    try:
+        engine = await asyncio.to_thread(pool.load, pool.default)
+    except Exception as exc:  # an operator must see why the server never gets ready
+        st.load_error = pool.failed(pool.default) or str(exc)  # the load's own words
+        log.error("zturbo: cannot load the model: %s", st.load_error)
+        if not st.several:
             return
-        except Exception as exc:  # an operator must see why the server never gets ready
-            st.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("zturbo: model load failed")
-            return
-    if st.settings.compile:  # compile now, not in the first request (ready stays 503 till then)
+        engine = None
+    st.started = True
+    if engine is not None and st.settings.compile:  # now, not in the first request
         size = ((st.settings.width, st.settings.height),)
-        log.warning("zturbo: compile warm-up: %s", await asyncio.to_thread(warmup, st.engine, size))
-    st.fingerprint = await asyncio.to_thread(_fingerprint, st.engine)
-    st.jobs.start(st.engine, asyncio.get_running_loop())
-    if st.announce:
-        identity = await asyncio.to_thread(engine_identity, st.settings, st.engine)
+        log.warning("zturbo: compile warm-up: %s", await asyncio.to_thread(warmup, engine, size))
+    if engine is not None:
+        st.fingerprint = await asyncio.to_thread(_fingerprint, engine)
+    st.jobs.start(pool, asyncio.get_running_loop())
+    if st.announce and engine is not None:
+        identity = await asyncio.to_thread(engine_identity, st.settings, engine)
         st.record = write_record(st.settings, identity, st.fingerprint, st.announce)
         if st.record is not None:  # until shutdown cancels this task
             await watch(st.settings, identity["files"], st.record)

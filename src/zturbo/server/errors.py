@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from zturbo.errors import ZTurboError
 from zturbo.server.jobs import NotAccepting, QueueFull
+from zturbo.server.pool import FAILED_RETRY_S, ModelFailed, UnknownModel
 from zturbo.server.store.redis_store import StoreUnavailable
 
 log = logging.getLogger("zturbo.server")
@@ -51,7 +52,7 @@ class ErrorBody(BaseModel):
 
 _MEANINGS = {
     400: "a value the request validation refuses", 401: "missing or wrong API key",
-    404: "unknown id", 409: "conflict: the job ended or was cancelled",
+    404: "unknown id or model", 409: "conflict: the job ended or was cancelled",
     413: "body, upload or image too large", 422: "the body's shape (unknown field, wrong type)",
     429: "queue full (Retry-After)", 503: "model loading or shutting down (Retry-After)",
     504: "timed out",
@@ -98,7 +99,12 @@ def as_api_error(exc: ZTurboError) -> ApiError:
                         headers={"Retry-After": str(RETRY_LOADING_S)})
     if isinstance(exc, StoreUnavailable):
         return ApiError(503, str(exc), "unavailable", headers={"Retry-After": "5"})
-    return ApiError(400, str(exc))
+    if isinstance(exc, UnknownModel):  # OpenAI's answer to an unknown model
+        return ApiError(404, str(exc), "model_not_found")
+    if isinstance(exc, ModelFailed):
+        return ApiError(503, str(exc), "unavailable",
+                        headers={"Retry-After": str(int(FAILED_RETRY_S))})
+    return ApiError(400, str(exc))  # ModelTooLarge too: it can never load here
 
 
 def install(app: FastAPI) -> None:

@@ -66,6 +66,7 @@ class Job:
     id: str
     request: Request
     created: float
+    model: str  # the engine pool's name of the model that runs it
     deadline: float  # time.monotonic() after which the job times out
     status: str = "queued"  # queued | running | done | error | cancelled
     started: float | None = None
@@ -108,7 +109,7 @@ class JobQueue:
         that asks for prompt enhancement) makes a Result (``generate``; the
         Ray app passes one that calls generator replicas); ``workers`` threads run jobs
         (one per local device; as many as the replicas behind a Ray ingress)."""
-        self.engine = None  # set by start()
+        self.pool = None  # the engine pool (zturbo.server.pool), set by start()
         self.runner = runner
         self.workers = workers
         self.settings = settings
@@ -137,9 +138,12 @@ class JobQueue:
         self._mirror: Mirror | None = None  # copies events to a shared store (redis backend)
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self, engine, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the worker with a loaded engine; events are delivered on ``loop``."""
-        self.engine = engine
+    def start(self, pool, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the worker on an engine pool; events are delivered on ``loop``. A job
+        runs once its model is loaded (loads run beside the worker: a job for a loaded
+        model never waits for another model's load)."""
+        self.pool = pool
+        pool.on_change(self._poke)
         self._loop = loop
         if self.history.shared:
             self._mirror = Mirror(self.history, self._active_ids, self.cancel)
@@ -188,14 +192,17 @@ class JobQueue:
         return True
 
     # -- submit / query / cancel ---------------------------------------------------------
-    def submit(self, request: Request, source: Any = None) -> Job:
-        """Queue a request, or raise QueueFull (-> 429) / NotAccepting (-> 503) /
-        StoreUnavailable (its history row cannot be written: -> 503).
+    def submit(self, request: Request, source: Any = None, model: str | None = None) -> Job:
+        """Queue a request for ``model`` (None: the default), or raise QueueFull (-> 429) /
+        NotAccepting (-> 503) / StoreUnavailable (its history row cannot be written: -> 503)
+        / the pool's UnknownModel, ModelTooLarge, ModelFailed. The model is pinned (never
+        evicted) until the job ends, and its load starts now if it is not loaded.
 
         Blocking (the row is written here, waiting out a busy database): call it off the
         event loop. The row is written outside the queue's lock, in a slot held meanwhile."""
         now = time.time()
-        job = Job(id=uuid.uuid4().hex, request=request, created=now,
+        model = self.pool.resolve(model) if self.pool is not None else (model or "")
+        job = Job(id=uuid.uuid4().hex, request=request, created=now, model=model,
                   deadline=time.monotonic() + self.settings.request_timeout_s, source=source)
         with self._lock:
             if not self._accepting:
@@ -207,9 +214,16 @@ class JobQueue:
                                 f"retry in {retry} s", retry)
             self._reserved += 1
         try:
+            self.pool.hold(model)  # refused here: unknown, too large, failed lately
+        except ZTurboError:
+            with self._lock:
+                self._reserved -= 1
+            raise
+        try:
             self.history.add_job(job.id, request.model_dump(mode="json"), now)
         except Exception as exc:
             self._history_failed(exc)
+            self.pool.release(model)
             with self._lock:
                 self._reserved -= 1
                 self._wake.notify_all()  # the idle worker probes until writes succeed
@@ -219,13 +233,21 @@ class JobQueue:
             if not self._accepting:  # shut down (or the worker died) while the row was written
                 self._unwritten.append(("set_job", (job.id, "cancelled"), {
                     "finished": time.time(), "error": "the server stopped accepting jobs"}))
+                self.pool.release(model)
                 raise NotAccepting(self.worker_down() or "the server is shutting down")
             self._queue.append(job)
             self._jobs[job.id] = job
             self._publish(job, "queued", {"position": len(self._queue)})
             self._wake.notify_all()
+        if not self.pool.ready(model):
+            self.pool.start_load(model)  # beside the worker; it wakes the worker when done
         self._gauges()
         return job
+
+    def _poke(self) -> None:
+        """A model loaded, failed or was evicted: the worker looks at the queue again."""
+        with self._lock:
+            self._wake.notify_all()
 
     def _retry_after(self) -> int:
         return max(1, math.ceil(self._mean_run_s * (len(self._queue) + 1)))
@@ -263,7 +285,8 @@ class JobQueue:
         """What GET /api/jobs/{id} returns."""
         with self._lock:
             return {
-                "id": job.id, "status": job.status, "queue_position": self._position(job),
+                "id": job.id, "status": job.status, "model": job.model,
+                "queue_position": self._position(job),
                 "step": job.step, "total": job.total, "created": job.created,
                 "started": job.started, "finished": job.finished, "error": job.error,
                 "request": job.request.model_dump(mode="json"), "images": list(job.images),
@@ -376,8 +399,9 @@ class JobQueue:
             with self._lock:
                 if self._stopping:
                     return None
-                if self._queue:
-                    job = self._queue.popleft()
+                job = self._runnable()
+                if job is not None:
+                    self._queue.remove(job)
                     job.status, job.started = "running", time.time()
                     self._running.append(job)
                     self._publish(job, "started", {"total": job.total})
@@ -385,6 +409,20 @@ class JobQueue:
                     return job
                 behind = self._unwritten or self._history_error
                 self._wake.wait(timeout=HISTORY_RETRY_S if behind else None)
+
+    def _runnable(self) -> Job | None:
+        """The first queued job whose model is loaded (caller holds the lock). Jobs whose
+        model failed to load end here (503: the model's state says why)."""
+        for job in list(self._queue):
+            why = self.pool.failed(job.model)
+            if why is not None:
+                self._queue.remove(job)
+                job.device_lost = True
+                self._finish(job, "error", error=f"model {job.model!r} failed to load: {why}")
+                self._publish_positions()
+            elif self.pool.ready(job.model):
+                return job
+        return None
 
     def _record(self, method: str, *args: Any, **fields: Any) -> None:
         """Queue one history write (``self.history.<method>(*args, **fields)``)."""
@@ -423,8 +461,9 @@ class JobQueue:
                 job.timed_out = True
                 raise Cancelled("timed out in the queue")
             events = {"on_event": self._on_event(job)} if job.request.enhance else {}
-            result = self.runner(self.engine, job.request, on_step=self._on_step(job),
-                                 source=job.source, **events)
+            with self.pool.acquire(job.model) as engine:  # loaded: the job pins it
+                result = self.runner(engine, job.request, on_step=self._on_step(job),
+                                     source=job.source, **events)
             images = self._save(job, result)
             status, error = "done", None
         except Cancelled:
@@ -513,7 +552,7 @@ class JobQueue:
             row = {
                 "id": image_id, "job_id": job.id, "idx": i, "created": time.time(),
                 "prompt": result.request.prompt, "seed": seed, "width": result.request.width,
-                "height": result.request.height, "request": request, "model": result.model,
+                "height": result.request.height, "request": request, "model": job.model,
                 "fingerprint": result.fingerprint,
                 "timings": {k: round(v, 6) for k, v in result.timings.items()},
                 "teleport": teleport, "path": str(path),
@@ -532,6 +571,8 @@ class JobQueue:
         is queued here (the worker writes it). The job ends (its event is set) even when
         the history write fails."""
         job.status, job.finished, job.error = status, finished or time.time(), error
+        if self.pool is not None:
+            self.pool.release(job.model)  # no longer pinned by this job
         if finished is None:
             self._record("set_job", job.id, status, finished=job.finished, error=error)
         if status == "done":
@@ -548,7 +589,7 @@ class JobQueue:
         while len(self._finished) > KEEP_FINISHED:
             self._jobs.pop(self._finished.popleft(), None)
         if self.metrics:
-            self.metrics.job_finished(status, timed_out=job.timed_out)
+            self.metrics.job_finished(status, timed_out=job.timed_out, model=job.model)
         self._in_loop(job.ended.set)
 
     def _gauges(self) -> None:

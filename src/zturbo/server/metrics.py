@@ -20,8 +20,9 @@ STAGES = ("encode", "denoise", "decode", "save", "total")
 class Metrics:
     """The server's metrics, registered in their own registry."""
 
-    def __init__(self, engine_ref) -> None:
-        """``engine_ref()`` returns the engine once loaded (None before)."""
+    def __init__(self, engine_ref, pool_ref=None) -> None:
+        """``engine_ref()`` returns the engine once loaded (None before); ``pool_ref()`` the
+        engine pool (per-model loads, evictions, load seconds, resident bytes)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("zturbo_http_requests", "HTTP requests",
@@ -45,7 +46,11 @@ class Metrics:
         self.replica_teleport = Counter(
             "zturbo_replica_teleport_lookups", "Teleport lookups per generator replica by "
             "outcome and tier", ["replica", "outcome", "tier"], registry=r)
+        self.model_jobs = Counter("zturbo_model_jobs", "Finished jobs by model and outcome",
+                                  ["model", "status"], registry=r)
         r.register(_CacheCollector(engine_ref))
+        if pool_ref is not None:
+            r.register(_PoolCollector(pool_ref))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -64,8 +69,9 @@ class Metrics:
         self.queue.set(queued)
         self.running.set(running)
 
-    def job_finished(self, status: str, timed_out: bool = False) -> None:
+    def job_finished(self, status: str, timed_out: bool = False, model: str = "") -> None:
         self.jobs.labels(status).inc()
+        self.model_jobs.labels(model, status).inc()
         if status == "error":
             self.errors.labels("timeout" if timed_out else "job").inc()
 
@@ -121,3 +127,31 @@ class _CacheCollector:
                 ratio.add_metric([kind, tier], h / (h + m) if h + m else 0.0)
             saved.add_metric([kind], float(data.get("saved_s", 0.0)))
         yield from (hits, misses, ratio, saved, forged)
+
+
+class _PoolCollector:
+    """Reads the engine pool's per-model records at scrape time."""
+
+    def __init__(self, pool_ref) -> None:
+        self.pool_ref = pool_ref
+
+    def collect(self):
+        pool = self.pool_ref()
+        records = pool.records() if pool is not None else []
+        loads = CounterMetricFamily("zturbo_model_loads", "Model loads", labels=["model"])
+        evictions = CounterMetricFamily("zturbo_model_evictions", "Models evicted (least "
+                                        "recently used, under pool_memory)", labels=["model"])
+        seconds = GaugeMetricFamily("zturbo_model_load_seconds", "Seconds the model's last "
+                                    "load took", labels=["model"])
+        resident = GaugeMetricFamily("zturbo_model_resident_bytes", "Bytes the loaded model "
+                                     "holds (0: not loaded)", labels=["model"])
+        state = GaugeMetricFamily("zturbo_model_state", "1 for the model's state",
+                                  labels=["model", "state"])
+        for row in records:
+            name = row["name"]
+            loads.add_metric([name], row["loads"])
+            evictions.add_metric([name], row["evictions"])
+            seconds.add_metric([name], row["load_seconds"])
+            resident.add_metric([name], row["resident_bytes"] or 0)
+            state.add_metric([name, row["state"]], 1)
+        yield from (loads, evictions, seconds, resident, state)

@@ -57,6 +57,8 @@ class JobBody(RequestFields):  # type: ignore[misc, valid-type]
 
     aspect: Text | None = Field(None, description="official aspect, e.g. 16:9 (sets the size)")
     bucket: Int = Field(1024, description="bucket for aspect: 1024, 1280 or 1536")
+    model: Text | None = Field(None, description="the model to run, by name (GET /v1/models; "
+                                                 "default: the server's default model)")
 
 
 class GenerateBody(JobBody):
@@ -65,7 +67,7 @@ class GenerateBody(JobBody):
     format: Literal["png", "json"] = Field("png", description="png: the image; json: base64")
 
 
-SERVER_FIELDS = {"aspect", "bucket", "format"}
+SERVER_FIELDS = {"aspect", "bucket", "format", "model"}
 
 
 def request_from_body(settings: Settings, body: BaseModel, extra: dict | None = None,
@@ -102,7 +104,8 @@ class OpenAIGenerate(BaseModel):
     n: Int | None = Field(None, ge=1, description="images (seeds seed, seed+1, ...)")
     size: Text | None = Field(None, description='"WxH" (multiples of 16) or "auto"')
     response_format: Literal["b64_json", "url"] | None = "b64_json"
-    model: Text | None = Field(None, description="accepted and ignored: one model per server")
+    model: Text | None = Field(None, description="the model to run, by name (GET /v1/models); "
+                               "ignored by a server of one model")
     output_format: Literal["png"] | None = None
     quality: Text | None = None
     style: Text | None = None

@@ -12,6 +12,7 @@ from fastapi import Request
 from zturbo.config import Settings
 from zturbo.server.jobs import JobQueue
 from zturbo.server.metrics import Metrics
+from zturbo.server.pool import EnginePool
 from zturbo.server.store import Store
 
 
@@ -36,13 +37,16 @@ class Slots:
 
 @dataclass
 class ServerState:
-    """What the handlers share: settings, the engine once loaded, the queue, history, metrics."""
+    """What the handlers share: settings, the engine pool, the queue, history, metrics."""
 
     settings: Settings
     history: Store | None  # the state store (server/store), opened by the lifespan
     jobs: JobQueue
     metrics: Metrics
-    engine: Any = None
+    pool: EnginePool
+    # the default model's engine may be used: given by the caller, or its start-up load
+    # ended (with several models, either way: the others serve)
+    started: bool = False
     load_error: str | None = None
     # the engine's fingerprint, read once before the worker starts: /api/ready must not
     # read engine.extras while a request may change it (only under the engine lock)
@@ -53,6 +57,16 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.streams = Slots(self.settings.max_event_streams)
+
+    @property
+    def engine(self) -> Any:
+        """The default model's engine while it is loaded (None before the server started)."""
+        return self.pool.peek() if self.started else None
+
+    @property
+    def several(self) -> bool:
+        """Several named models ([models.*] tables): the request's model picks one."""
+        return bool(self.settings.models)
 
 
 def state(request: Request) -> ServerState:

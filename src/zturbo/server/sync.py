@@ -21,23 +21,27 @@ from zturbo.server.state import ServerState
 HUNG_MARGIN_S = 30.0
 
 
-def submit(st: ServerState, request: Request, source=None) -> Job:
-    """Queue a request (503 while the model loads or after it failed to load). Blocking
-    (the job's history row is written): the handlers call ``queue``."""
-    if st.load_error:
+def submit(st: ServerState, request: Request, source=None, model: str | None = None) -> Job:
+    """Queue a request for ``model`` (None: the default; 503 while the server starts or
+    after its one model failed to load; 404 for an unknown model). Blocking (the job's
+    history row is written): the handlers call ``queue``."""
+    if st.load_error and not st.several:
         raise unavailable(f"the model failed to load: {st.load_error}")
-    if st.engine is None or st.history is None:
+    if not st.started or st.history is None:
         raise unavailable("the model is still loading; see /api/ready")
     # a job the worker would refuse never takes a queue slot
     check_source(request, source or Source())  # an image hash needs its pixels
     check_readable(request.loras, st.settings.lora_dirs)
-    st.engine.check_fits(request)
-    return st.jobs.submit(request, source)
+    engine = st.pool.peek(model)
+    if engine is not None:  # a model not loaded yet is checked by its worker
+        engine.check_fits(request)
+    return st.jobs.submit(request, source, model)
 
 
-async def queue(st: ServerState, request: Request, source=None) -> Job:
+async def queue(st: ServerState, request: Request, source=None,
+                model: str | None = None) -> Job:
     """``submit`` off the event loop: its history write may wait out a busy database."""
-    return await asyncio.to_thread(submit, st, request, source)
+    return await asyncio.to_thread(submit, st, request, source, model)
 
 
 def _cancel_queued(st: ServerState):
@@ -55,10 +59,11 @@ async def _disconnected(http: HttpRequest) -> None:
             return
 
 
-async def run(st: ServerState, request: Request, http: HttpRequest, source=None) -> Job:
+async def run(st: ServerState, request: Request, http: HttpRequest, source=None,
+              model: str | None = None) -> Job:
     """Submit and wait for the job to end; raise the ApiError its failure maps to.
     ``source`` carries the img2img pixels the request names by hash."""
-    submitting = asyncio.ensure_future(queue(st, request, source))
+    submitting = asyncio.ensure_future(queue(st, request, source, model))
     try:
         job = await asyncio.shield(submitting)
     except asyncio.CancelledError:  # stopped while the job was being queued: cancel it then

@@ -38,7 +38,7 @@ class EncodeBody(BaseModel):
 async def encode(body: EncodeBody, request: Request):
     """Encode the prompt; answers the safetensors bytes, metadata in the file's header."""
     st = state(request)
-    if st.engine is None:
+    if st.engine is None:  # the default model's (the others: their own servers' encode)
         raise unavailable(st.load_error or "the model is still loading")
     if getattr(st.engine.pipe, "text_encoder", None) is None:
         raise ApiError(409, "this server runs generator-only (no text encoder): encode elsewhere")

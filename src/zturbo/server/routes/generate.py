@@ -25,10 +25,10 @@ async def generate(body: GenerateBody, request: Request):
     image, final_latent, resume or full; see docs/teleport.md), and an enhanced prompt
     (``X-Zturbo-Enhanced-Prompt``, percent-encoded)."""
     st = state(request)
-    req = await asyncio.to_thread(request_from_body, st.settings, body)  # hashes LoRA files
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body)
     if body.format == "png" and req.num_images > 1:
         raise ApiError(400, 'num_images > 1 needs "format": "json" (a PNG answer holds one image)')
-    job = await sync.run(st, req, request)
+    job = await sync.run(st, req, request, model=body.model)
     if body.format == "png":
         image = job.images[0]
         headers = {"X-Zturbo-Image-Id": image["id"], "X-Zturbo-Seed": str(image["seed"]),

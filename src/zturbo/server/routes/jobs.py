@@ -48,8 +48,8 @@ def live_job(job_id: str, request: Request) -> Job | dict:
 async def submit(body: JobBody, request: Request):
     """Queue a generation; follow it at ``events``. 429 with Retry-After when the queue is full."""
     st = state(request)
-    req = await asyncio.to_thread(request_from_body, st.settings, body)  # hashes LoRA files
-    return _accepted(st, await sync.queue(st, req))
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body)
+    return _accepted(st, await sync.queue(st, req, model=body.model))
 
 
 @router.post("/edit", status_code=202)
@@ -73,14 +73,15 @@ async def submit_edit(
     source, hashes = await asyncio.to_thread(
         as_source, source_upload.image, mask_upload.image if mask_upload else None,
         max_pixels=st.settings.max_pixels)
-    req = await asyncio.to_thread(request_from_body, st.settings, body, extra=hashes,
-                                  defaults=source_size(source))
-    return _accepted(st, await sync.queue(st, req, source))
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
+                                  extra=hashes, defaults=source_size(source))
+    return _accepted(st, await sync.queue(st, req, source, body.model))
 
 
 def _accepted(st: ServerState, job: Job) -> dict:
     summary = st.jobs.summary(job)
-    return {"id": job.id, "status": summary["status"], "queue_position": summary["queue_position"],
+    return {"id": job.id, "status": summary["status"], "model": job.model,
+            "queue_position": summary["queue_position"],
             "url": f"/api/jobs/{job.id}", "events": f"/api/jobs/{job.id}/events"}
 
 

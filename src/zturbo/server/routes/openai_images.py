@@ -23,9 +23,16 @@ router = APIRouter(prefix="/v1/images", tags=["openai"])
 async def generations(body: OpenAIGenerate, request: Request):
     """OpenAI's ``images.generate``: ``data`` holds ``b64_json`` PNGs or ``url``s."""
     st = state(request)
-    req = await asyncio.to_thread(request_from_openai, st.settings, body)  # hashes LoRA files
-    job = await sync.run(st, req, request)
+    model = openai_model(st, body.model)
+    req = await asyncio.to_thread(request_from_openai, st.pool.settings_of(model), body)
+    job = await sync.run(st, req, request, model=model)
     return _answer(st, job, request, body.response_format)
+
+
+def openai_model(st, name: str | None) -> str | None:
+    """The model an OpenAI body's ``model`` picks: by name with several models; a server
+    of one model ignores it (clients send their own default, e.g. dall-e-3)."""
+    return name if st.several else None
 
 
 def _answer(st, job, request: Request, response_format: str) -> dict:
@@ -58,6 +65,7 @@ async def edits(
     mask: UploadFile | None = File(None, description="white where to repaint"),
     seed: int | None = Form(None),
     num_inference_steps: int | None = Form(None),
+    model: str | None = Form(None, max_length=200, description="the model, by name"),
 ):
     """OpenAI's ``images.edit``: img2img from the uploaded image (inpaint with a mask: white
     is repainted). The upload is checked (size, pixels, decompression bombs); the output size
@@ -71,7 +79,8 @@ async def edits(
     width, height = parse_size(size)
     if width is None:
         width, height = source_size(source)["width"], source_size(source)["height"]
-    req = make_request(st.settings, prompt=prompt, num_images=n, width=width, height=height,
+    model = openai_model(st, model)
+    req = make_request(st.pool.settings_of(model), prompt=prompt, num_images=n, width=width, height=height,
                        seed=seed, steps=num_inference_steps, strength=strength, **hashes)
-    job = await sync.run(st, req, request, source=source)
+    job = await sync.run(st, req, request, source=source, model=model)
     return _answer(st, job, request, response_format)

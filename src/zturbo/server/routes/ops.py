@@ -43,13 +43,16 @@ async def ready(request: Request):
 
 
 def readiness(st: ServerState) -> dict:
-    """``{ready: true, model, fingerprint}``, or ``{ready: false, error}``."""
-    if st.engine is None or st.fingerprint is None:
+    """``{ready: true, model, fingerprint}``, or ``{ready: false, error}``. With several
+    models: ready once the worker runs (the default's load ended either way)."""
+    if not st.started or st.jobs.pool is None or (st.fingerprint is None and not st.several):
         return {"ready": False, "error": st.load_error or "loading the model"}
     down = st.jobs.worker_down() or st.jobs.store_down() or st.jobs.history_down()
     if down:
         return {"ready": False, "error": down}
-    return {"ready": True, "model": st.engine.spec, "fingerprint": st.fingerprint}
+    engine = st.engine
+    return {"ready": True, "model": engine.spec if engine is not None else st.settings.model,
+            "fingerprint": st.fingerprint}
 
 
 @router.get("/metrics", response_class=Response)
@@ -70,18 +73,31 @@ async def caches(request: Request):
 
 @router.get("/api/options")
 async def options(request: Request):
-    """What the web page needs: defaults, limits, aspects and buckets, templates."""
-    return page_options(state(request).settings)
+    """What the web page needs: defaults, limits, aspects and buckets, templates, and the
+    models (each with its state and its own defaults; the default model first)."""
+    st = state(request)
+    return {**page_options(st.settings), "models": model_options(st.pool)}
+
+
+def model_options(pool) -> list[dict]:
+    """Each model's record (``pool.state``) with the request defaults it gives."""
+    return [{**pool.state(name), "defaults": defaults_of(pool.settings_of(name))}
+            for name in pool.names()]
+
+
+def defaults_of(s) -> dict:
+    """The request defaults the page shows (a model's own, with [models.*])."""
+    return {"width": s.width, "height": s.height, "steps": s.steps,
+            "guidance": s.guidance, "shift": s.shift, "hidden_layer": s.hidden_layer,
+            "long_prompt": s.long_prompt, "dype": s.dype, "slg_scale": s.slg_scale,
+            "slg_layers": list(s.slg_layers), "slg_start": s.slg_start,
+            "slg_stop": s.slg_stop}
 
 
 def page_options(s) -> dict:
     """Defaults, choices, limits, aspects and buckets, templates (GET /api/options)."""
     return {
-        "defaults": {"width": s.width, "height": s.height, "steps": s.steps,
-                     "guidance": s.guidance, "shift": s.shift, "hidden_layer": s.hidden_layer,
-                     "long_prompt": s.long_prompt, "dype": s.dype, "slg_scale": s.slg_scale,
-                     "slg_layers": list(s.slg_layers), "slg_start": s.slg_start,
-                     "slg_stop": s.slg_stop},
+        "defaults": defaults_of(s),
         "choices": {"long_prompt": list(get_args(LongPromptMode)),
                     "dype": list(get_args(DypeMethod))},
         "limits": {"max_pixels": s.max_pixels, "max_steps": s.max_steps,
