@@ -4,8 +4,10 @@ Two keys route a request, a coarse one and a fine one:
 
 - the **model** (its pool name) is the request's Serve *multiplexed model id*: the replica
   loads that engine through ``@serve.multiplexed`` (an LRU of as many engines as its memory
-  budget holds), and Serve's own multiplex routing sends the request to a replica that holds
-  it (after a short wait for a busy one, to the replica with the fewest models);
+  budget holds). While some replica holds the model, the request waits for one of those
+  (up to ``model_wait_s``: a load elsewhere costs more than a short queue), then Serve's
+  own multiplex routing takes over (its holders, then the replica with the fewest models,
+  then any);
 - the **affinity** (the request's trajectory, or its LoRA adapter set) is a keyword of the
   call; this router remembers which replica it last sent each affinity to (an LRU of
   ``affinity_keys``) and tries that replica first while it still holds the model, so a
@@ -20,6 +22,7 @@ Imported by zturbo.server.ray only (Ray at the top: ``zturbo serve --ray``).
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -29,6 +32,7 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RunningReplica
 
 AFFINITY_KWARG = "affinity"  # the generator call's keyword that carries the fine key
 AFFINITY_KEYS = 256  # affinities a router remembers (LRU)
+MODEL_WAIT_S = 5.0  # how long a request waits for a replica that holds its model
 
 
 class Recent:
@@ -65,6 +69,14 @@ def preferred(recent: Recent, affinity: str | None, model: str | None,
     return replicas[replica_id]
 
 
+def holders_only(holders: set[Any], replicas: dict[Any, Any], waited_s: float,
+                 wait_s: float) -> list[Any] | None:
+    """The replicas that hold the model, while the request has waited less than ``wait_s``
+    for one of them; None: let Serve's routing choose (no holder, or waited long enough)."""
+    held = [replicas[r] for r in holders if r in replicas]
+    return held if held and waited_s < wait_s else None
+
+
 def affinity_of(pending: PendingRequest | None) -> str | None:
     value = pending.kwargs.get(AFFINITY_KWARG) if pending is not None else None
     return value if isinstance(value, str) else None
@@ -74,16 +86,27 @@ class ModelAffinityRouter(PowerOfTwoChoicesRequestRouter):
     """Serve's power-of-two router with multiplex routing (the model), plus the affinity's
     last replica tried first."""
 
-    def initialize_state(self, affinity_keys: int = AFFINITY_KEYS, **kwargs: Any) -> None:
+    def initialize_state(self, affinity_keys: int = AFFINITY_KEYS,
+                         model_wait_s: float = MODEL_WAIT_S, **kwargs: Any) -> None:
         self._recent = Recent(affinity_keys)
+        self._model_wait_s = model_wait_s
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None
                               ) -> list[list[RunningReplica]]:
-        ranks = await super().choose_replicas(candidate_replicas, pending_request)
-        model = pending_request.metadata.multiplexed_model_id if pending_request else None
+        model = pending_request.metadata.multiplexed_model_id if pending_request else ""
+        holders = self._multiplexed_model_id_to_replica_ids.get(model, set()) if model else set()
+        held = None
+        if pending_request is not None:
+            held = holders_only(holders, self._replicas, time.time() - pending_request.created_at,
+                                self._model_wait_s)
+        if held is not None:
+            pending_request.routing_context.should_backoff = True  # busy: back off, try again
+            ranks = [held]
+        else:
+            ranks = await super().choose_replicas(candidate_replicas, pending_request)
         first = preferred(self._recent, affinity_of(pending_request), model, self._replicas,
-                          self._multiplexed_model_id_to_replica_ids.get(model or "", set()))
+                          holders)
         return [[first], *ranks] if first is not None else ranks
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
