@@ -12,7 +12,7 @@ from zturbo.server.ray import Scale, app_builder, check_ingresses
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE_KEYS = {"replicas", "autoscale", "target_ongoing", "max_ongoing", "max_queued",
-              "affinity", "retry_after_s", "ingresses"}
+              "affinity", "model_routing", "model_wait_s", "retry_after_s", "ingresses"}
 
 
 def _apps(config: dict) -> list[dict]:

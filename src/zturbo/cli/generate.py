@@ -124,6 +124,7 @@ def generate(
         raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
     settings, _ = load_settings(profile, {**setting_flags(options),
                                           "model": model or stored_model})
+    settings = settings.model_settings(settings.default_model())  # --model NAME: [models.NAME]
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return

@@ -63,7 +63,8 @@ def serve(
         raise typer.BadParameter("give --replicas or --autoscale, not both")
 
     settings, _ = load_settings(profile, setting_flags(options))
-    resolve_folder(settings.model, settings)  # a model that can't be had fails here, in seconds
+    default = settings.model_settings(settings.default_model())  # [models.NAME] or the model
+    resolve_folder(default.model, default)  # a model that can't be had fails here, in seconds
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         typer.echo(f"zturbo: warning: serving on {settings.host} without an API key",
                    err=True)

@@ -27,8 +27,7 @@ from zturbo.config import Settings, state_dir
 from zturbo.generation.measure import warmup
 from zturbo.generation.models import LoadedEngine
 from zturbo.server import errors
-from zturbo.server.announce import announce as write_record
-from zturbo.server.announce import engine_identity, watch, withdraw
+from zturbo.server.announce import Announcer, fingerprint_of, withdraw
 from zturbo.server.errors import ERROR_RESPONSES, TOO_LARGE, error_response
 from zturbo.server.jobs import JobQueue
 from zturbo.server.labjobs import LabJobs, records_dir
@@ -186,19 +185,12 @@ async def _load(st: ServerState) -> None:
         size = ((st.settings.width, st.settings.height),)
         log.warning("zturbo: compile warm-up: %s", await asyncio.to_thread(warmup, engine, size))
     if engine is not None:
-        st.fingerprint = await asyncio.to_thread(_fingerprint, engine)
+        st.fingerprint = await asyncio.to_thread(fingerprint_of, engine)
     st.jobs.start(pool, asyncio.get_running_loop())
     if st.announce and engine is not None:
-        identity = await asyncio.to_thread(engine_identity, st.settings, engine)
-        st.record = write_record(st.settings, identity, st.fingerprint, st.announce)
-        if st.record is not None:  # until shutdown cancels this task
-            await watch(st.settings, identity["files"], st.record)
-
-
-def _fingerprint(engine) -> str:
-    """The engine's fingerprint, read under its lock (extras change only under it)."""
-    with engine.lock:
-        return engine.fingerprint
+        st.record = Announcer(st.settings, pool, st.announce)
+        if await asyncio.to_thread(st.record.start) is not None:  # until shutdown cancels it
+            await st.record.watch()
 
 
 def _flush_caches(engine) -> None:

@@ -54,7 +54,7 @@ from zturbo.generation.orchestrator import Result
 from zturbo.hashing import digest
 from zturbo.server.jobs import DeviceLost
 from zturbo.server.pool import EnginePool, ModelFailed
-from zturbo.server.rayrouting import AFFINITY_KWARG, ModelAffinityRouter
+from zturbo.server.rayrouting import AFFINITY_KWARG, MODEL_WAIT_S, ModelAffinityRouter
 
 log = logging.getLogger("zturbo.server.ray")
 APP = "zturbo"
@@ -77,6 +77,7 @@ class Scale:
     max_queued: int = 64  # more wait at the handle -> 429
     affinity: bool = True  # cache-aware routing (a trajectory's last replica first)
     model_routing: bool = True  # model-aware routing (the model's name as multiplexed id)
+    model_wait_s: float = MODEL_WAIT_S  # wait this long for a replica holding the model
     retry_after_s: int = 5
     ingresses: int = 1  # ingress replicas; more than one needs state_backend: redis
 
@@ -426,7 +427,8 @@ def build(settings: Settings, scale: Scale, env: dict[str, str] | None = None):
                               else {"num_cpus": 1}),
         "health_check_period_s": 2, "graceful_shutdown_timeout_s": 5,
         "request_router_config": RequestRouterConfig(
-            request_router_class=ModelAffinityRouter),
+            request_router_class=ModelAffinityRouter,
+            request_router_kwargs={"model_wait_s": scale.model_wait_s}),
     }
     if scale.autoscale:
         low, high = scale.autoscale
@@ -461,10 +463,11 @@ def check_ingresses(settings: Settings, scale: Scale) -> None:
 def app_builder(args: dict[str, Any]):
     """The import path of the Serve config (deploy/serve.yaml): ``args`` holds ``profile``,
     the Scale fields (``replicas``, ``autoscale: "1:4"``, ``max_ongoing``, ``max_queued``,
-    ``affinity``, ``model_routing``) and any Settings keys (``model``, ``redis_url``...)."""
+    ``affinity``, ``model_routing``, ``model_wait_s``) and any Settings keys (``model``,
+    ``models``, ``pool_memory``, ``redis_url``...)."""
     args = dict(args or {})
     scale_keys = ("replicas", "target_ongoing", "max_ongoing", "max_queued", "affinity",
-                  "model_routing", "retry_after_s", "ingresses")
+                  "model_routing", "model_wait_s", "retry_after_s", "ingresses")
     scale = Scale(**{k: args.pop(k) for k in scale_keys if k in args})
     if "autoscale" in args:
         scale.autoscale = parse_autoscale(str(args.pop("autoscale")))
