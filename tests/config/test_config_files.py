@@ -70,3 +70,61 @@ def test_store_steps_from_comma_list(monkeypatch):
 def test_state_dir_from_env(zturbo_home):
     s, _ = load_settings()
     assert s.home == zturbo_home and s.outputs == zturbo_home / "outputs"
+
+
+MODELS_TOML = """
+[default]
+steps = 4
+
+[models.turbo]
+source = "demo"
+dtype = "float32"
+
+[models.base]
+source = "demo-small"
+steps = 30
+guidance = 4.0
+"""
+
+
+def test_model_tables_name_models_with_their_own_settings(zturbo_home, monkeypatch):
+    (zturbo_home / "config.toml").write_text(MODELS_TOML)
+    settings, sources = load_settings()
+    assert settings.model_names() == ["turbo", "base"]  # model unset: the first table
+    assert sources["models"] == "config.toml [models.*]"
+    base = settings.model_settings("base")
+    assert (base.model, base.steps, base.guidance, base.models) == ("demo-small", 30, 4.0, {})
+    assert settings.model_settings("turbo").steps == 4  # [default] under the table
+    assert load_settings(flags={"model": "base"})[0].model_names() == ["base", "turbo"]
+    # a source that is no table is served beside them, as the default
+    assert load_settings(flags={"model": "demo-medium"})[0].model_names()[0] == "demo-medium"
+    monkeypatch.setenv("ZTURBO_STEPS", "6")  # the environment is over [default], not a table
+    again = load_settings()[0]
+    assert (again.model_settings("turbo").steps, again.model_settings("base").steps) == (6, 30)
+
+
+def test_model_tables_refuse_unknown_keys_bad_values_and_the_models_profile(zturbo_home):
+    config = zturbo_home / "config.toml"
+    config.write_text('[models.base]\nsource = "demo"\nstpes = 3\n')
+    with pytest.raises(ZTurboError, match=r"unknown key\(s\) in \[models.base\]: stpes "
+                                          r"\(did you mean steps\?\)"):
+        load_settings()
+    config.write_text('[models.base]\nsource = "demo"\nport = 80\n')  # a server setting
+    with pytest.raises(ZTurboError, match=r"\[models.base\]: port"):
+        load_settings()
+    config.write_text('[models.base]\nsource = "demo"\nsteps = "many"\n')
+    with pytest.raises(ZTurboError, match=r"\[models.base\] steps"):
+        load_settings()
+    config.write_text('[models.base]\nsteps = 3\n')
+    with pytest.raises(ZTurboError, match="needs source"):
+        load_settings()
+    config.write_text('[models.base]\nsource = "demo"\n')
+    with pytest.raises(ZTurboError, match="'models' is no profile"):
+        load_settings("models")
+    config.write_text('[default]\nmodels = 1\n')
+    with pytest.raises(ZTurboError, match=r"\[default\] cannot hold models"):
+        load_settings()
+    config.unlink()
+    with pytest.raises(ZTurboError, match="pool_memory"):
+        load_settings(flags={"pool_memory": "lots"})
+    assert load_settings(flags={"pool_memory": "0.8"})[0].pool_memory == "0.8"

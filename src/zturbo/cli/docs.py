@@ -72,6 +72,35 @@ width = 768
 height = 768
 ```
 
+## Named models (`[models.NAME]`)
+
+A server can hold several models; each is a `[models.NAME]` table (NAME: letters, digits,
+`.`, `_`, `-`, at most 64). A table holds `source` (a Hub id, a local diffusers folder or a
+demo name; required), any setting that decides the engine (`dtype`, `device`,
+`fused_loras`, `transformer_file`, `memory_plan`, `attention`, ...) and any request default
+(`steps`, `guidance`, `shift`, `width`, `height`, `template`, ...); other keys are an error
+naming them. A table's values go over `[default]`, the active profile and the environment
+for that model only. `model` names the default model: a table's name, or a source served
+beside the tables under its own name; left unset, the first table is the default.
+`models` is no profile name. `pool_memory` caps what the loaded models may hold
+(docs/server.md, "Several models").
+
+```toml
+[default]
+model = "turbo"
+pool_memory = "0.8"     # of the device's memory; or bytes: "40G"
+
+[models.turbo]
+source = "Tongyi-MAI/Z-Image-Turbo"
+
+[models.base]
+source = "/models/z-image-base"
+steps = 30
+guidance = 4.0
+```
+
+Without `[models.*]` tables a server holds the one `model`, as always.
+
 | key | default | meaning |
 | --- | --- | --- |
 """

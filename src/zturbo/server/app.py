@@ -172,8 +172,8 @@ async def _load(st: ServerState) -> None:
     several models a default that fails to load leaves the others serving (its state says
     why); a single model that fails leaves the server unready, with the reason."""
     pool = st.pool
-    try:
-        engine = await asyncio.to_thread(pool.load, pool.default)
+    try:  # a given engine is in already: no thread hop before the worker starts
+        engine = pool.peek() or await asyncio.to_thread(pool.load, pool.default)
     except Exception as exc:  # an operator must see why the server never gets ready
         st.load_error = pool.failed(pool.default) or str(exc)  # the load's own words
         log.error("zturbo: cannot load the model: %s", st.load_error)

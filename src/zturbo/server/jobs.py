@@ -461,9 +461,9 @@ class JobQueue:
                 job.timed_out = True
                 raise Cancelled("timed out in the queue")
             events = {"on_event": self._on_event(job)} if job.request.enhance else {}
-            with self.pool.acquire(job.model) as engine:  # loaded: the job pins it
-                result = self.runner(engine, job.request, on_step=self._on_step(job),
-                                     source=job.source, **events)
+            engine = self.pool.load(job.model)  # loaded, and pinned by the job since submit
+            result = self.runner(engine, job.request, on_step=self._on_step(job),
+                                 source=job.source, **events)
             images = self._save(job, result)
             status, error = "done", None
         except Cancelled:

@@ -14,6 +14,7 @@ of a pool with several models share one tier stack (built from the server's sett
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import threading
@@ -62,6 +63,7 @@ class Entry:
     estimate: float | None = None  # bytes, from the cost model, before loading
     resident: float | None = None  # bytes, measured once loaded
     holds: int = 0  # jobs queued or running for it: never evicted while > 0
+    reserved: bool = False  # loading with its room granted (counted against the budget)
     used: float = 0.0  # time.monotonic() of the last use (LRU)
     loads: int = 0
     evictions: int = 0
@@ -116,7 +118,8 @@ class EnginePool:
                          for name in settings.model_names()}
         self._owned = engine  # the caller's engine: closed by the caller, never evicted
         self._listeners: list[Callable[[], None]] = []
-        self.events: list[tuple[str, str]] = []  # (event, name): load, evict, fail (metrics)
+        # the latest (event, name): load, evict, fail, in order (the counters are per entry)
+        self.events: collections.deque[tuple[str, str]] = collections.deque(maxlen=256)
         if engine is not None:
             entry = self._entries[self.default]
             entry.engine, entry.state, entry.used = engine, "loaded", time.monotonic()
@@ -248,9 +251,27 @@ class EnginePool:
             pass
 
     def _estimated(self, entry: Entry) -> float:
+        """The entry's footprint before loading (cost model); a model whose files cannot
+        even be read for that fails here, like a load."""
         if entry.estimate is None:
-            entry.estimate = float(self._estimate(entry.settings))
-        return entry.estimate
+            try:
+                entry.estimate = float(self._estimate(entry.settings))
+            except Exception as exc:
+                self._failed(entry, exc)
+        return float(entry.estimate or 0.0)
+
+    def _failed(self, entry: Entry, exc: Exception) -> None:
+        """Record why ``entry``'s load failed, wake the waiters, raise ModelFailed."""
+        why = str(exc) if isinstance(exc, ZTurboError) else f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            entry.state, entry.error, entry.failed_at = "failed", why, time.monotonic()
+            entry.reserved = False
+            self.events.append(("fail", entry.name))
+            self._lock.notify_all()
+        log.error("zturbo: cannot load model %r: %s", entry.name, why)
+        _free_device_memory()  # whatever the failed load built
+        self._notify()
+        raise ModelFailed(f"model {entry.name!r} failed to load: {why}") from None
 
     def _make_room(self, entry: Entry) -> None:
         """Evict least-recently-used unpinned engines until ``entry`` fits the budget;
@@ -262,9 +283,9 @@ class EnginePool:
         with self._lock:
             entry.state, entry.error = "loading", None  # seen as loading while it waits
             while True:
-                loaded = [e for e in self._entries.values()
-                          if e.engine is not None or (e.state == "loading" and e is not entry)]
+                loaded = [e for e in self._entries.values() if e.engine is not None or e.reserved]
                 if sum(e.cost for e in loaded) + need <= self.budget:
+                    entry.reserved = True  # a load waiting for room counts only once granted
                     break
                 idle = sorted((e for e in loaded if e.engine is not None and e.holds == 0
                                and e.engine is not self._owned), key=lambda e: e.used)
@@ -274,8 +295,7 @@ class EnginePool:
                     continue
                 self._lock.wait(timeout=1.0)  # pinned engines hold the room: wait for one
         if evicted:
-            gc.collect()
-            _empty_device_cache()
+            _free_device_memory()
             self._notify()  # never under the pool's lock: listeners take their own
 
     def _evict(self, entry: Entry) -> None:
@@ -295,17 +315,10 @@ class EnginePool:
             engine = self._loader(entry.settings, self._shared_caches())
             resident = float(self._measure(engine))
         except Exception as exc:
-            why = str(exc) if isinstance(exc, ZTurboError) else f"{type(exc).__name__}: {exc}"
-            with self._lock:
-                entry.state, entry.error, entry.failed_at = "failed", why, time.monotonic()
-                self.events.append(("fail", entry.name))
-                self._lock.notify_all()
-            log.error("zturbo: cannot load model %r: %s", entry.name, why)
-            gc.collect()  # whatever the failed load built
-            self._notify()
-            raise ModelFailed(f"model {entry.name!r} failed to load: {why}") from None
+            self._failed(entry, exc)
         with self._lock:
             entry.engine, entry.state, entry.resident = engine, "loaded", resident
+            entry.reserved = False
             entry.used, entry.loads = time.monotonic(), entry.loads + 1
             entry.load_seconds = time.perf_counter() - started
             self.events.append(("load", entry.name))
@@ -369,7 +382,10 @@ def device_total(settings: Settings) -> int | None:
     return demo.total_bytes(pick_device(settings.device))
 
 
-def _empty_device_cache() -> None:
-    """Give an evicted engine's device memory back to the driver (CUDA only)."""
+def _free_device_memory() -> None:
+    """Give an evicted engine's device memory back to the driver (CUDA only: a collection
+    takes seconds in a process this size; on the CPU its weights go with their last
+    reference)."""
     if torch.cuda.is_available():
+        gc.collect()  # weights held only in reference cycles
         torch.cuda.empty_cache()

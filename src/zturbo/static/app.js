@@ -103,6 +103,7 @@ async function loadOptions() {
   const options = await json("/api/options");
   state.options = options;
   const d = options.defaults;
+  showModels(options.models || []);
   $("aspect").replaceChildren(new Option("custom", "custom"),
     ...options.aspects.map((a) => new Option(a, a)));
   $("bucket").replaceChildren(...Object.keys(options.buckets).map((b) => new Option(b, b)));
@@ -118,6 +119,38 @@ async function loadOptions() {
   matchAspect();
   await Promise.all([loadTemplates(), loadLoras()]);
   await loadReady();
+}
+
+// ---- models: a picker when the server holds several; its defaults follow the model ---------
+function showModels(models) {
+  state.models = Object.fromEntries(models.map((m) => [m.name, m]));
+  $("model-row").hidden = models.length < 2;
+  const current = $("model-pick").value;
+  $("model-pick").replaceChildren(...models.map((m) => {
+    const option = new Option(`${m.name} (${m.state})`, m.name);
+    option.title = m.error ? `${m.source}: ${m.error}` : m.source;
+    return option;
+  }));
+  if (current && state.models[current]) $("model-pick").value = current;
+  showModelState();
+}
+
+async function refreshModels() {  // states change as models load and are evicted
+  if ($("model-row").hidden) return;
+  try { showModels((await json("/api/options")).models || []); } catch (_) { /* next time */ }
+}
+
+function showModelState() {
+  const m = state.models?.[$("model-pick").value];
+  $("model-state").textContent = !m ? "" : m.state === "failed" ? `failed to load: ${m.error}`
+    : `${m.source}, ${m.state}`;
+}
+
+function pickModel() {  // another model: its own defaults (steps, guidance...) in the form
+  const m = state.models?.[$("model-pick").value];
+  if (m?.defaults) setKnobs(m.defaults);
+  matchAspect();
+  showModelState();
 }
 
 async function loadTemplates() {
@@ -246,6 +279,7 @@ function fields() {
   if (loras.length) body.loras = loras;
   if (!$("teleport").checked) body.teleport = false;
   if ($("enhance").checked) body.enhance = true;
+  if (!$("model-row").hidden && $("model-pick").value) body.model = $("model-pick").value;
   return body;
 }
 
@@ -320,7 +354,7 @@ async function submitAndFollow() {  // submit, then follow to the end; a lost se
         watchQueue();
         if (state.cancelRequested) await cancel();
       }
-      if (await follow(state.job, onEvent)) return;
+      if (await follow(state.job, onEvent)) { refreshModels(); return; }
       serverLost();  // the stream ended before the job did: the server went away
     } catch (err) {
       if (!(err instanceof ServerDown)) throw err;
@@ -602,6 +636,10 @@ async function openBox(index) {
 }
 
 function reuse(item) {
+  if (item.model && state.models?.[item.model]) {
+    $("model-pick").value = item.model;
+    showModelState();
+  }
   restore(item.request);
   $("status").textContent = `settings of seed ${item.seed} restored`;
   $("prompt").focus();
@@ -643,6 +681,7 @@ function wire() {
   $("init").addEventListener("change", onInitChosen);
   $("clear-init").addEventListener("click", () => { $("init").value = ""; onInitChosen(); });
   $("aspect").addEventListener("change", applyAspect);
+  $("model-pick").addEventListener("change", pickModel);
   $("bucket").addEventListener("change", applyAspect);
   for (const id of ["width", "height"]) $(id).addEventListener("change", matchAspect);
   $("template").addEventListener("change", previewTemplate);
