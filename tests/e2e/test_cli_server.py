@@ -42,25 +42,19 @@ source = "demo-small"
 
 @pytest.fixture
 def serve(zturbo_home):
-    """``zturbo serve --model demo`` on a free port; yields its record once it is ready."""
-    yield from _serve("--model", "demo")
+    """``zturbo serve`` with two named models in config.toml (tiny = demo, the default,
+    loaded at start; small = demo-small on first use, its files on disk) on a free port;
+    yields its record once it is ready."""
+    from zturbo.generation.models import resolve_folder
 
-
-@pytest.fixture
-def serve_pool(zturbo_home):
-    """``zturbo serve`` with two named models in config.toml (tiny, the default, loads at
-    start; small on first use); yields its record once it is ready."""
-    (zturbo_home / "config.toml").write_text(POOL)
-    yield from _serve()
-
-
-def _serve(*args: str):
     from serverkit import free_port
 
+    resolve_folder("demo-small", load_settings(flags={"model": "demo-small"})[0])
+    (zturbo_home / "config.toml").write_text(POOL)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "zturbo.cli", "serve", *args,
-                             "--port", str(port)], env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "zturbo.cli", "serve", "--port", str(port)],
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     try:
         record = wait_for(lambda: proc.poll() is None and running.live_records(), 120,
                           "the server's record")[0]
@@ -71,6 +65,9 @@ def _serve(*args: str):
 
 
 def test_generate_uses_the_running_server_same_pixels_and_metadata(serve, tmp_path):
+    from zturbo.generation.models import load
+    from zturbo.generation.orchestrator import generate
+
     record, proc = serve
     assert record.pid == proc.pid and record.model == "demo" and not record.api_key_required
     first = run_cli_process("generate", "a red robot", *ARGS, "-o", str(tmp_path / "s.png"),
@@ -93,37 +90,27 @@ def test_generate_uses_the_running_server_same_pixels_and_metadata(serve, tmp_pa
     assert {**served["request"], "teleport": False} == here["request"]
     assert served["fingerprint"] == here["fingerprint"] == record.fingerprint
     assert served["parameters"] == here["parameters"]
-    proc.terminate()
-    proc.wait(30)
-    assert running.live_records() == []  # removed on shutdown
-
-
-def test_generate_picks_the_server_whose_pool_has_the_model_loaded_or_not(serve_pool,
-                                                                        tmp_path):
-    """``--model small`` names a model of the server's pool that it has not loaded: the CLI
-    sends it there (the record lists every model's identity), the server loads it, and the
-    image carries that engine's fingerprint, now in the record, with the pixels this
-    process's own engine of that model makes. Identity is by content: the source's name
-    finds the same model; another dtype finds none."""
-    from zturbo.generation.models import load
-    from zturbo.generation.orchestrator import generate
-
-    record, _ = serve_pool
-    assert record.model == "demo" and [(m["name"], m["fingerprint"]) for m in record.models] \
-        == [("small", None)]
+    # --model small: a model of the server's pool it has not loaded. The CLI sends it there
+    # (the record names every model by identity), the server loads it, and the image
+    # carries that engine's fingerprint, now in the record, with the pixels this process's
+    # own engine of it makes. By content: the source's name finds it too; a dtype, none.
+    assert [(m["name"], m["fingerprint"]) for m in record.models] == [("small", None)]
     out = run_cli_process("generate", "a red robot", *ARGS[2:], "--model", "small", "--json",
-                          "-o", str(tmp_path / "s.png"))
+                          "-o", str(tmp_path / "m.png"))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1])["server"] == record.url, out.stderr
     loaded = running.live_records()[0].models[0]["fingerprint"]
-    served = metadata.read(tmp_path / "s.png")
+    served = metadata.read(tmp_path / "m.png")
     assert loaded and served["fingerprint"] == loaded != record.fingerprint
     settings, _ = load_settings(flags={"model": "demo-small"})
     assert [(m.record.url, m.name, m.fingerprint) for m in running.matching(settings)] == [
         (record.url, "small", loaded)]
     assert running.matching(settings.model_copy(update={"dtype": "bfloat16"})) == []
     here = generate(load(settings=settings), Request.model_validate(served["request"]))
-    assert np.array_equal(pixels(tmp_path / "s.png"), np.asarray(here.images[0]))
+    assert np.array_equal(pixels(tmp_path / "m.png"), np.asarray(here.images[0]))
+    proc.terminate()
+    proc.wait(30)
+    assert running.live_records() == []  # removed on shutdown
 
 
 def test_dead_records_are_ignored_and_removed(zturbo_home):

@@ -76,6 +76,7 @@ class Announcer:
         with self._lock:
             if self._withdrawn or not self.identities:
                 return
+            self._complete()
             default, *others = self.pool.names()
             record = running.ServerRecord(
                 url=self.url, pid=os.getpid(), model=self.pool.settings_of(default).model,
@@ -87,6 +88,14 @@ class Announcer:
                 self.path = running.write(record)
             except OSError as exc:
                 log.warning("zturbo: cannot write the server record: %s", exc)
+
+    def _complete(self) -> None:
+        """A model whose files could not be named at start (a Hub snapshot or a demo folder
+        not there yet) is named once it loaded: its files are on disk now."""
+        for name, identity in self.identities.items():
+            engine = self.pool.peek(name)
+            if identity["files"] is None and engine is not None:
+                self.identities[name] = engine_identity(self.pool.settings_of(name), engine)
 
     def _fingerprint(self, name: str) -> str | None:
         engine = self.pool.peek(name)
@@ -102,22 +111,23 @@ class Announcer:
 
     def files(self) -> dict[str, Any]:
         """Every model's files part, as the record holds it."""
-        return {name: identity["files"] for name, identity in self.identities.items()}
+        with self._lock:
+            return {name: identity["files"] for name, identity in self.identities.items()}
 
     async def watch(self) -> None:
         """Withdraw the record once a file a model names differs from what was recorded."""
-        recorded = self.files()
         while True:
             await asyncio.sleep(RECHECK_S)
-            now = await asyncio.to_thread(self._files_now)
-            if now != recorded:
+            recorded = self.files()  # a model not named by its files matches no client
+            now = await asyncio.to_thread(self._files_now, [n for n, f in recorded.items() if f])
+            if now != {n: f for n, f in recorded.items() if f}:
                 self.withdraw()
                 log.warning("zturbo: a model or LoRA file changed on disk since it was "
                             "recorded; `zturbo generate` no longer sends its requests here")
                 return
 
-    def _files_now(self) -> dict[str, Any]:
-        return {name: parts.file_parts(self.pool.settings_of(name)) for name in self.identities}
+    def _files_now(self, names: list[str]) -> dict[str, Any]:
+        return {name: parts.file_parts(self.pool.settings_of(name)) for name in names}
 
 
 def withdraw(announcer: Announcer | None) -> None:

@@ -95,7 +95,8 @@ def fresh_numerics(settings: Settings) -> dict[str, Any]:
     key = digest({"env": {k: v for k, v in os.environ.items() if k not in SHELL_ONLY},
                   "packages": _installed(), "python": sys.version, "host": _host(),
                   "settings": settings_key(settings),
-                  "model": [settings.model, settings.revision]})  # the canary's shapes
+                  "model": [settings.model, settings.revision,  # the canary's shapes:
+                            str(model_folder(settings.model, settings.revision))]})  # once there
     path = state_dir() / NUMERICS_MEMO
     memo = read_memo(path)
     if not isinstance(memo.get(key), dict):
