@@ -54,11 +54,12 @@ from zturbo.generation.orchestrator import Result
 from zturbo.hashing import digest
 from zturbo.server.jobs import DeviceLost
 from zturbo.server.pool import EnginePool, ModelFailed
-from zturbo.server.rayrouting import AFFINITY_KWARG, MODEL_WAIT_S, ModelAffinityRouter
+from zturbo.server.rayrouting import AFFINITY_KWARG, MODEL_WAIT_S
 
 log = logging.getLogger("zturbo.server.ray")
 APP = "zturbo"
 RETRIES = 1  # a job whose replica died runs once more elsewhere
+ROUTER = "zturbo.server.rayrouting:ModelAffinityRouter"  # the Generator's request router
 PASSED_ENV = ("ZTURBO_HOME", "HF_HOME", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
 
 
@@ -174,7 +175,12 @@ class Generator:
             return
         warm = self.pool.ready(name)  # found loaded: a model hit
         if serve.get_multiplexed_model_id() == name:
-            await self.engine_for(name)  # loads it here (Serve's LRU), if need be
+            try:
+                await self.engine_for(name)  # loads it here (Serve's LRU), if need be
+            except ZTurboError as exc:  # failed (the others keep serving), or too large
+                yield {"event": "error", "bad_input": not isinstance(exc, ModelFailed),
+                       "message": str(exc)}
+                return
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -427,7 +433,7 @@ def build(settings: Settings, scale: Scale, env: dict[str, str] | None = None):
                               else {"num_cpus": 1}),
         "health_check_period_s": 2, "graceful_shutdown_timeout_s": 5,
         "request_router_config": RequestRouterConfig(
-            request_router_class=ModelAffinityRouter,
+            request_router_class=ROUTER,
             request_router_kwargs={"model_wait_s": scale.model_wait_s}),
     }
     if scale.autoscale:

@@ -96,11 +96,10 @@ class ModelAffinityRouter(PowerOfTwoChoicesRequestRouter):
                               ) -> list[list[RunningReplica]]:
         model = pending_request.metadata.multiplexed_model_id if pending_request else ""
         holders = self._multiplexed_model_id_to_replica_ids.get(model, set()) if model else set()
-        held = None
-        if pending_request is not None:
-            held = holders_only(holders, self._replicas, time.time() - pending_request.created_at,
-                                self._model_wait_s)
-        if held is not None:
+        held = None if pending_request is None else holders_only(
+            holders, self._replicas, time.time() - pending_request.created_at,
+            self._model_wait_s)
+        if pending_request is not None and held is not None:
             pending_request.routing_context.should_backoff = True  # busy: back off, try again
             ranks = [held]
         else:

@@ -48,7 +48,8 @@ class ServerRecord:
 
 _FIELD_TYPES = {"url": str, "pid": int, "model": str, "identity": dict, "fingerprint": str,
                 "api_key_required": bool, "started": (int, float), "models": list}
-_ENTRY_TYPES = {"name": str, "identity": dict, "fingerprint": (str, type(None))}
+_ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {"name": str, "identity": dict,
+                                                   "fingerprint": (str, type(None))}
 
 
 def servers_dir() -> Path:
