@@ -192,3 +192,28 @@ def test_a_model_over_the_whole_budget_is_a_clear_4xx(engine):
         assert r.status_code == 400, r.text
         assert "over the whole pool budget" in r.json()["error"]["message"]
         assert c.get("/v1/models/big").json()["state"] == "not loaded"
+
+
+def test_a_failed_load_leaves_no_engine_and_a_mended_model_loads_later(
+        engine, models_dir, tmp_path, monkeypatch):
+    import zturbo.server.pool as pool_module
+
+    folder = tmp_path / "model"
+    shutil.copytree(demo.ensure("demo", models_dir), folder)
+    weights = next((folder / "transformer").glob("*.safetensors"))
+    good = weights.read_bytes()
+    weights.write_bytes(good[:200])
+    pool = EnginePool(settings(models={"a": {"source": "demo"}, "b": {"source": str(folder)}}))
+    with pytest.raises(pool_module.ModelFailed, match="model 'b' failed to load"):
+        pool.load("b")
+    state = pool.state("b")
+    assert state["state"] == "failed" and state["resident_bytes"] is None
+    assert pool.peek("b") is None and pool.state("b")["loads"] == 0
+    with pytest.raises(pool_module.ModelFailed):  # refused at once for a while
+        pool.hold("b")
+    weights.write_bytes(good)  # the operator mends the files
+    monkeypatch.setattr(pool_module, "FAILED_RETRY_S", 0.0)
+    pool.hold("b")
+    assert pool.load("b") is pool.peek("b") and pool.state("b")["state"] == "loaded"
+    pool.release("b")
+    pool.close()

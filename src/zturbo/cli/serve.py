@@ -63,7 +63,7 @@ def serve(
         raise typer.BadParameter("give --replicas or --autoscale, not both")
 
     settings, _ = load_settings(profile, setting_flags(options))
-    default = settings.model_settings(settings.default_model())  # [models.NAME] or the model
+    default = settings.model_settings(settings.default_model())  # [models.*]: the default's
     resolve_folder(default.model, default)  # a model that can't be had fails here, in seconds
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         typer.echo(f"zturbo: warning: serving on {settings.host} without an API key",
@@ -75,8 +75,8 @@ def serve(
         open_redis_state(settings).close()
     lock = StateLock().acquire(server_url(settings))  # before the history, before the port
     sock = bind(settings.host, settings.port)  # a busy port fails here, before "serving"
-    typer.echo(f"zturbo: serving {settings.model} on http://{settings.host}:{settings.port}",
-               err=True)
+    typer.echo(f"zturbo: serving {', '.join(settings.model_names())} on "
+               f"http://{settings.host}:{settings.port}", err=True)
     app = create_app(settings, state_lock=lock, announce=client_url(settings.host, settings.port))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             timeout_graceful_shutdown=int(settings.shutdown_grace_s) or 1)

@@ -407,22 +407,29 @@ class JobQueue:
                     self._publish(job, "started", {"total": job.total})
                     self._publish_positions()
                     return job
-                behind = self._unwritten or self._history_error
+                behind = self._unwritten or self._history_error or self._queue
                 self._wake.wait(timeout=HISTORY_RETRY_S if behind else None)
 
     def _runnable(self) -> Job | None:
         """The first queued job whose model is loaded (caller holds the lock). Jobs whose
         model failed to load end here (503: the model's state says why)."""
         for job in list(self._queue):
+            if self.pool.ready(job.model):
+                return job
             why = self.pool.failed(job.model)
             if why is not None:
-                self._queue.remove(job)
                 job.device_lost = True
-                self._finish(job, "error", error=f"model {job.model!r} failed to load: {why}")
-                self._publish_positions()
-            elif self.pool.ready(job.model):
-                return job
+                self._end_queued(job, f"model {job.model!r} failed to load: {why}")
+            elif time.monotonic() > job.deadline:  # its model's load never came in time
+                job.timed_out = True
+                self._end_queued(job, self._timeout_message())
         return None
+
+    def _end_queued(self, job: Job, error: str) -> None:
+        """End a queued job that will never run (caller holds the lock)."""
+        self._queue.remove(job)
+        self._finish(job, "error", error=error)
+        self._publish_positions()
 
     def _record(self, method: str, *args: Any, **fields: Any) -> None:
         """Queue one history write (``self.history.<method>(*args, **fields)``)."""

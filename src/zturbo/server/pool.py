@@ -67,7 +67,8 @@ class Entry:
     used: float = 0.0  # time.monotonic() of the last use (LRU)
     loads: int = 0
     evictions: int = 0
-    load_seconds: float = 0.0
+    load_seconds: float = 0.0  # the last load's
+    load_seconds_total: float = 0.0
     load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -151,7 +152,8 @@ class EnginePool:
                     "error": entry.error, "estimate_bytes": _int(entry.estimate),
                     "resident_bytes": _int(entry.resident) if entry.engine is not None else None,
                     "jobs": entry.holds, "loads": entry.loads, "evictions": entry.evictions,
-                    "load_seconds": round(entry.load_seconds, 3)}
+                    "load_seconds": round(entry.load_seconds, 3),
+                    "load_seconds_total": round(entry.load_seconds_total, 3)}
 
     def records(self) -> list[dict[str, Any]]:
         """Every model's state, the default first."""
@@ -239,8 +241,10 @@ class EnginePool:
     def start_load(self, name: str) -> None:
         """Load ``name`` in a thread of its own (nothing when loaded or loading)."""
         entry = self._entries[self.resolve(name)]
-        if entry.engine is not None or entry.state == "loading":
-            return
+        with self._lock:
+            if entry.engine is not None or entry.state == "loading":
+                return
+            entry.state, entry.error = "loading", None  # seen at once: no stale "failed"
         threading.Thread(target=self._load_quietly, args=(entry.name,),
                          name=f"zturbo-load-{entry.name}", daemon=True).start()
 
@@ -321,6 +325,7 @@ class EnginePool:
             entry.reserved = False
             entry.used, entry.loads = time.monotonic(), entry.loads + 1
             entry.load_seconds = time.perf_counter() - started
+            entry.load_seconds_total += entry.load_seconds
             self.events.append(("load", entry.name))
             self._lock.notify_all()
         self._notify()

@@ -21,9 +21,10 @@ SOURCE_FIELDS = PIXEL_FIELDS | {"strength"}  # img2img: the edit tool's
 
 
 def _sizing() -> dict[str, Any]:
-    """The job body's aspect and bucket (an official size instead of width and height)."""
+    """The job body's aspect and bucket (an official size instead of width and height),
+    and its model (by name, on a server of several)."""
     return {name: (JobBody.model_fields[name].annotation, copy.copy(JobBody.model_fields[name]))
-            for name in ("aspect", "bucket")}
+            for name in ("aspect", "bucket", "model")}
 
 
 GenerateArgs = create_model(

@@ -95,8 +95,8 @@ async def generate(call: Call, args) -> Answer:
     """Text to image: a job like POST /api/jobs, awaited, with progress."""
     st = call.st
     await until_ready(st)
-    request = await asyncio.to_thread(request_from_body, st.settings, args)  # hashes LoRAs
-    return await _run(call, request)
+    request = await asyncio.to_thread(request_from_body, st.pool.settings_of(args.model), args)
+    return await _run(call, request, model=args.model)
 
 
 async def edit(call: Call, args) -> Answer:
@@ -107,9 +107,9 @@ async def edit(call: Call, args) -> Answer:
     mask = await _pixels(call, args.mask, "mask") if args.mask is not None else None
     source, hashes = await asyncio.to_thread(
         as_source, image.image, mask.image if mask else None, max_pixels=st.settings.max_pixels)
-    request = await asyncio.to_thread(request_from_body, st.settings, args, extra=hashes,
-                                      defaults=source_size(source))
-    return await _run(call, request, source)
+    request = await asyncio.to_thread(request_from_body, st.pool.settings_of(args.model), args,
+                                      extra=hashes, defaults=source_size(source))
+    return await _run(call, request, source, args.model)
 
 
 async def _pixels(call: Call, value: str, name: str) -> Upload:
@@ -133,9 +133,9 @@ def _base64(text: str, name: str, limit: int, limit_mb: float) -> bytes:
         raise ApiError(400, f"{name} is neither base64 image data nor {IMAGE_URI}<id>") from None
 
 
-async def _run(call: Call, request, source=None) -> Answer:
+async def _run(call: Call, request, source=None, model: str | None = None) -> Answer:
     st = call.st
-    job = await sync.queue(st, request, source)  # its history write waits off the loop
+    job = await sync.queue(st, request, source, model)  # its history write waits off the loop
     reporter = asyncio.ensure_future(_job_progress(call, st.jobs, job))
     try:
         job = await sync.wait(st, job)

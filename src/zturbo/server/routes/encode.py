@@ -21,6 +21,16 @@ from zturbo.server.state import state
 router = APIRouter(tags=["native"])
 
 
+def _encode(st, req):
+    """The default model's encoding of ``req`` (loaded again if it was evicted; held
+    meanwhile)."""
+    with st.pool.acquire(None) as engine:
+        if getattr(engine.pipe, "text_encoder", None) is None:
+            raise ApiError(409, "this server runs generator-only (no text encoder): encode "
+                                "elsewhere")
+        return embedfile.encode(engine, req)
+
+
 class EncodeBody(BaseModel):
     """The request fields that decide an embedding."""
 
@@ -38,12 +48,10 @@ class EncodeBody(BaseModel):
 async def encode(body: EncodeBody, request: Request):
     """Encode the prompt; answers the safetensors bytes, metadata in the file's header."""
     st = state(request)
-    if st.engine is None:  # the default model's (the others: their own servers' encode)
+    if not st.started or (st.engine is None and not st.several):
         raise unavailable(st.load_error or "the model is still loading")
-    if getattr(st.engine.pipe, "text_encoder", None) is None:
-        raise ApiError(409, "this server runs generator-only (no text encoder): encode elsewhere")
     req = make_request(st.settings, **body.model_dump(exclude_none=True))
-    file = await asyncio.to_thread(embedfile.encode, st.engine, req)  # takes the engine lock
+    file = await asyncio.to_thread(_encode, st, req)  # takes the engine lock
     return Response(embedfile.to_bytes(file), media_type="application/octet-stream",
                     headers={"X-Zturbo-Token-Count": file.metadata["token_count"],
                              "X-Zturbo-Encoder": file.metadata["encoder_fingerprint"][:16]})

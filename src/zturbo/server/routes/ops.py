@@ -65,7 +65,8 @@ async def metrics(request: Request):
 @router.get("/api/cache/stats")
 async def caches(request: Request):
     """The engine caches' counters per kind and tier (``available: false`` without caches)."""
-    stats = cache_stats(state(request).engine)
+    st = state(request)
+    stats = cache_stats(st.pool.any_engine() if st.started else None)  # one stack per server
     if stats is None:
         return {"available": False, "kinds": {}, "tiers": {}}
     return {"available": True, **stats}
