@@ -38,12 +38,18 @@ def test_second_run_hits_at_the_default_step_and_is_pixel_identical(fresh):
     assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
 
 
-@pytest.mark.parametrize("dtype, guidance", [("float32", 0.0), ("float32", 2.5),
-                                             ("bfloat16", 0.0), ("bfloat16", 2.5)])
-def test_every_resume_step_is_exact(dtype, guidance):
+# CFG with diffusers' controls: truncation 0.3 leaves steps 5-7 unguided, so resumes land
+# before, at and after the switch from two DiT passes to one
+CFG_CONTROLS = {"cfg_normalization": True, "cfg_truncation": 0.3}
+
+
+@pytest.mark.parametrize("dtype, guidance, controls", [
+    ("float32", 0.0, {}), ("float32", 2.5, {}), ("float32", 2.5, CFG_CONTROLS),
+    ("bfloat16", 0.0, {}), ("bfloat16", 2.5, {})])
+def test_every_resume_step_is_exact(dtype, guidance, controls):
     engine = load(dtype=dtype, teleport_store_steps=[1, 2, 3, 4, 5, 6, 7])
     request = make_request(engine.settings, prompt="a red robot", seed=5, guidance=guidance,
-                           negative_prompt="blur", **SIZE)
+                           negative_prompt="blur", **controls, **SIZE)
     full = engine.generate(**request.model_dump())
     assert full.teleport[0].stored == (1, 2, 3, 4, 5, 6, 7)
     reference = pixels(full.images[0])
@@ -55,7 +61,7 @@ def test_every_resume_step_is_exact(dtype, guidance):
         latents = teleport.lookup(engine, replay, (1, 16, 8, 8))
         assert replay.hit_step == start
         out = denoise(engine, emb.tensors, latents, sigmas(8)[start:], guidance=guidance,
-                      negative=neg, first_step=start)
+                      negative=neg, first_step=start, **controls)
         assert np.array_equal(pixels(decode(engine, out)[0]), reference), start
 
 
@@ -142,6 +148,7 @@ ALTERNATIVES = {
     "vae_tile_size": 256, "vae_tile_overlap": 0.5,
     "passes": (Pass(scale=0.5, steps=4, strength=1.0), Pass(scale=1.0, steps=2, strength=0.5)),
     "loras": (LoraPick(name="style", scale=0.5, sha256="ab" * 32),),
+    "cfg_normalization": True, "cfg_truncation": 0.5,
 }
 
 
@@ -149,6 +156,8 @@ ALTERNATIVES = {
 # trajectory_fields): the matrix changes them on a request where they do.
 WHERE_IT_MATTERS = {
     "negative_prompt": {"guidance": 1.5},
+    "cfg_normalization": {"guidance": 1.5},
+    "cfg_truncation": {"guidance": 1.5},
     "variety_steps": {"variety": 1.0},
     "vae_tiling": {"image": "ab" * 32, "strength": 0.5},
     "vae_tile_size": {"image": "ab" * 32, "strength": 0.5, "vae_tiling": True},

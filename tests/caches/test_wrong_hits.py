@@ -102,6 +102,11 @@ def test_skip_layer_guidance_with_a_static_step_cache_never_resumes():
         engine.generate(**fields, guidance=1.5, steps=4)
     with pytest.raises(ZTurboError, match="does not combine with step caching"):
         engine.check_fits(make_request(engine.settings, **fields, guidance=1.5))
+    # CFG truncation switches from the batched forward to one image mid-run: the same failure
+    plain_cfg = {**plain, "guidance": 1.5, "steps": 4}
+    with pytest.raises(ZTurboError, match="cfg_truncation below 1"):
+        engine.generate(**plain_cfg, cfg_truncation=0.3)
+    assert engine.generate(**plain_cfg, cfg_normalization=True).images  # runs as before
 
 
 def test_fields_that_do_not_change_the_trajectory_do_not_split_the_key(engine):

@@ -79,7 +79,7 @@ def test_clear_of_an_unknown_kind_is_refused_and_names_the_kinds(zturbo_home):
     out = run_cli("cache", "clear", "--kind", "bogus")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr == ("zturbo: error: invalid cache kind 'bogus': the kinds are "
-                          "teleport, image, embedding, vae_latent, enhanced\n")
+                          "teleport, image, embedding, vae_latent, enhanced, repeat\n")
     cache = build_cache(load_settings()[0])
     assert cache.get("teleport", key(1)) is not None  # nothing was removed
     cache.close()

@@ -25,8 +25,8 @@ PROBE = ("import atexit, json, sys\n"
          "main()\n")
 
 
-def imported(*args: str) -> tuple[list[str], subprocess.CompletedProcess]:
-    code = PROBE.format(heavy=HEAVY, args=list(args))
+def imported(*args: str, heavy: tuple[str, ...] = HEAVY) -> tuple[list[str], subprocess.CompletedProcess]:
+    code = PROBE.format(heavy=heavy, args=list(args))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                          env=os.environ.copy(), timeout=60)
     line = [ln for ln in out.stderr.splitlines() if ln.startswith("HEAVY=")]
@@ -50,6 +50,22 @@ def test_everyday_commands_import_nothing_heavy(tmp_path):
     _, out = imported("--version")
     for name in ("zturbo", "torch", "diffusers", "device"):
         assert name in out.stdout
+
+
+@pytest.mark.subprocess
+def test_help_and_version_load_neither_typer_nor_the_settings():
+    """Answered from the help spec and package metadata (zturbo.cli.entry)."""
+    not_needed = ("typer", "click", "rich", "pydantic", "pydantic_settings", "zturbo.config",
+                  "zturbo.cli.root", "torch")
+    for args in (["--help"], ["generate", "--help"], ["cache", "clear", "--help"], ["lab"],
+                 ["--version"]):
+        loaded, out = imported(*args, heavy=not_needed)
+        assert out.returncode == (2 if args == ["lab"] else 0), (args, out.stderr)
+        assert loaded == [], f"zturbo {' '.join(args)} imported {loaded}"
+        assert out.stdout.startswith("zturbo " if args == ["--version"] else "\n Usage: zturbo")
+    module = subprocess.run([sys.executable, "-m", "zturbo", "--version"], capture_output=True,
+                            text=True, check=False, timeout=60)
+    assert module.returncode == 0 and module.stdout == out.stdout  # python -m zturbo
 
 
 @pytest.mark.subprocess

@@ -40,7 +40,8 @@ OTHER = {"width": 512, "height": 768, "steps": 4, "guidance": 1.5, "shift": 2.0,
          "max_sequence_length": 256, "template": "photo", "hidden_layer": -3,
          "long_prompt": "pool", "dype": "yarn", "dype_scale": 3.0, "dype_exponent": 1.5,
          "slg_scale": 1.0, "slg_layers": [1, 2], "slg_start": 0.1, "slg_stop": 0.5,
-         "teleport": False, "vae_tile_size": 256, "vae_tile_overlap": 0.1}
+         "teleport": False, "vae_tile_size": 256, "vae_tile_overlap": 0.1,
+         "cfg_normalization": True, "cfg_truncation": 0.5}
 
 
 def test_make_request_takes_each_request_default_from_the_settings():

@@ -3,7 +3,9 @@
 Six seeded sequences (two per acceleration setup: plain, DBCache and TaylorSeer with a
 static step mask, each with two of the three teleport_repeat modes) of 30 requests each
 run on one engine per sequence with every cache tier on (memory, disk and the real Redis
-of the ``server`` fixture). Every response must equal,
+of the ``server`` fixture); a tenth of them (drawn) go again to another model on the same
+tiers (a LoRA fused at load: another fingerprint, as an engine pool holds), whose answer
+must equal its own cache-off engine's: no key crosses models. Every response must equal,
 pixel for pixel, a cache-off engine's; a failure prints the one-line reproduction. The
 hit counts prove the run exercised the caches rather than testing nothing.
 """
@@ -39,6 +41,7 @@ def test_caches_never_change_a_pixel(tmp_path, server):
                         ("teleport:image", 10), ("embedding", 80), ("vae_latent", 8)):
         assert figures.hits.get(kind, 0) >= floor, (kind, summary(figures))
     assert sum(figures.events.values()) >= 15, summary(figures)  # corruptions, restarts
+    assert figures.other_model >= 8, summary(figures)  # the other model was asked
 
 
 @pytest.mark.subprocess

@@ -16,7 +16,7 @@ from zturbo.config import make_request, metadata
 from zturbo.generation.orchestrator import generate
 
 from conftest import pixels
-from serverkit import SMALL, app_for, one_thread
+from serverkit import SMALL, app_for, one_thread, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +100,22 @@ def test_native_generate_png_and_json(engine, client):
     # official aspect buckets set the size
     assert client.post("/api/generate", json={"prompt": "x", "aspect": "16:9", "width": 64}
                        ).status_code == 400
+
+
+def test_guidance_on_turbo_comes_with_its_cost_line(client):
+    body = {"prompt": "a red robot", "seed": 3, "guidance": 1.5, "cfg_truncation": 0.2,
+            **SMALL}
+    r = client.post("/api/generate", json=body)
+    assert "distilled%20for%20guidance%200" in r.headers["x-zturbo-warnings"]
+    j = client.post("/api/generate", json={**body, "format": "json"}).json()
+    assert len(j["warnings"]) == 1 and "1 of 2 steps run the DiT twice" in j["warnings"][0]
+    assert j["images"][0]["request"]["cfg_truncation"] == 0.2
+    job = client.post("/api/jobs", json=body).json()
+    done = wait_for(lambda: (s := client.get(f"/api/jobs/{job['id']}").json())["status"]
+                    == "done" and s, what="the job")
+    assert done["warnings"] == j["warnings"]
+    plain = client.post("/api/generate", json={**body, "guidance": 0.0, "format": "json"})
+    assert plain.json()["warnings"] == [] and "x-zturbo-warnings" not in plain.headers
 
 
 def test_bad_input_is_a_clear_4xx(client):

@@ -83,6 +83,12 @@ SETUPS.update({
     "bfloat16": {"dtype": "bfloat16"},
     "native-fused": {"attention": "native", "loras": [FUSED]},
 })
+# The model drawn besides the sequence's: a fine-tune beside the base (a LoRA fused at load,
+# so another fingerprint) on the same tier stack, as an engine pool serves them. It gets a
+# share of the requests again, right after the sequence's engine ran them: its keys must
+# never find the other model's entries.
+OTHER_MODEL = {"native-fused": "plain"}  # the other model of a setup (default: native-fused)
+OTHER_SHARE = 0.1
 SETUP_STEPS = {"plain": [1, 2, 3, 4], "dbcache-fast": [4, 6, 8], "taylorseer-medium": [4, 6, 8],
                "bfloat16": [1, 2, 3, 4], "native-fused": [1, 2, 3, 4]}
 
@@ -162,14 +168,18 @@ def new_spec(rng: random.Random, setup: str) -> dict[str, Any]:
 
 
 def draw_prompt_knobs(f: dict[str, Any]) -> None:
-    """Seed variety and the prompt enhancer, drawn from a generator of their own (seeded by
-    the request drawn so far), so the sequences' other draws stay what they were."""
+    """Seed variety, the prompt enhancer and the CFG controls (guidance > 0), drawn from a
+    generator of their own (seeded by the request drawn so far), so the sequences' other
+    draws stay what they were."""
     knobs = random.Random(json.dumps(f, sort_keys=True))
     if knobs.random() < 0.25:
         f["variety"] = knobs.choice([0.5, 1.0, 2.0])
         f["variety_steps"] = knobs.choice([0.3, 0.6, 1.0])
     if knobs.random() < 0.15:
         f["enhance"] = True
+    if f.get("guidance") and knobs.random() < 0.5:  # diffusers' CFG controls
+        f["cfg_normalization"] = knobs.choice([False, True])
+        f["cfg_truncation"] = knobs.choice([1.0, 0.6, 0.3])
 
 
 def draw_blind_fields(f: dict[str, Any], salt: int, fresh: bool = True) -> None:
@@ -203,6 +213,8 @@ def tally_drawn(figures: "Figures", spec: dict[str, Any], got: "Outcome") -> Non
     f = spec["fields"]
     names = [name for name in ("shift", "dype_scale", "variety", "enhance") if name in f]
     names += ["vae_tile_size"] if f.get("vae_tile_size", 64) != 64 else []
+    names += ["cfg_normalization"] if f.get("cfg_normalization") else []
+    names += ["cfg_truncation"] if f.get("cfg_truncation", 1.0) < 1.0 else []
     names += [f"lora:{p.split(':')[0].removeprefix('layered-')}"
               for p in f.get("loras") or [] if p.startswith("layered-")]
     if any(n.startswith("lora:") for n in names) and any(t.hit for t in got.teleport):
@@ -400,6 +412,7 @@ class Figures:
     crashes: dict[str, int] = field(default_factory=dict)  # both engines raised, not clearly
     drawn: dict[str, int] = field(default_factory=dict)  # requests per drawn field (tally_drawn)
     rejections: dict[str, int] = field(default_factory=dict)  # errors both engines gave
+    other_model: int = 0  # requests sent again to the other model on the same tiers
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     # the numerics and threads runs
@@ -464,7 +477,10 @@ class Oracle:
         self._use_home(home)
         _flush_redis(self.redis_url)
         repeat = REPEATS[(seed // len(ROTATION)) % len(REPEATS)]
+        models = random.Random(f"model-{seed}")  # its own draws: the sequence's stay as they were
+        other_setup = OTHER_MODEL.get(setup, "native-fused")
         engine = self._cached_engine(setup, repeat)
+        other = self._cached_engine(other_setup, repeat, caches=engine.caches)
         history: list[dict] = []
         self.figures.sequences += 1
         try:
@@ -472,19 +488,29 @@ class Oracle:
                 event = between(rng)
                 if event:
                     self.figures.events[event] = self.figures.events.get(event, 0) + 1
-                    engine = self._event(event, engine, setup, repeat, damage, home)
+                    restarted = self._event(event, engine, setup, repeat, damage, home)
+                    if restarted is not engine:  # the tiers were closed with it: both anew
+                        other = self._cached_engine(other_setup, repeat,
+                                                    caches=restarted.caches)
+                    engine = restarted
                 spec = next_spec(rng, setup, history)
                 if not self._check(engine, setup, spec, seed, index):
                     return False
+                if models.random() < OTHER_SHARE:
+                    self.figures.other_model += 1
+                    if not self._check(other, other_setup, spec, seed, index, count=False):
+                        return False
                 history.append(spec)
         finally:
             self._count_hits(engine)
             engine.close()
         return True
 
-    def _cached_engine(self, setup: str, repeat: str):
+    def _cached_engine(self, setup: str, repeat: str, caches=None):
+        """A cache-on engine; ``caches``: another engine's tier stack, shared."""
         return zturbo.load("demo", settings=cache_settings(setup, self.lora_dir, self.redis_url,
-                                                           cached=True, repeat=repeat))
+                                                           cached=True, repeat=repeat),
+                           caches=caches)
 
     def _event(self, event: str, engine, setup: str, repeat: str, rng: random.Random,
                home: Path):
@@ -507,8 +533,9 @@ class Oracle:
             if kind != "teleport":
                 self.figures.hits[kind] = self.figures.hits.get(kind, 0) + int(counts.get("hits", 0))
 
-    def _check(self, engine, setup: str, spec: dict, seed: int, index: int) -> bool:
-        self.figures.requests += 1
+    def _check(self, engine, setup: str, spec: dict, seed: int, index: int,
+               count: bool = True) -> bool:
+        self.figures.requests += count  # the other model's runs are counted apart
         got = run(engine, spec)
         tally_drawn(self.figures, spec, got)
         for replay in got.teleport:
@@ -876,6 +903,7 @@ def summary(figures: Figures) -> str:
         "  rejected by both: " + (", ".join(f"{k!r} x{v}" for k, v in sorted(f.rejections.items()))
                                   or "none"),
         "  events: " + (", ".join(f"{k} {v}" for k, v in sorted(f.events.items())) or "none"),
+        f"  sent again to the other model on the same tiers: {f.other_model}",
         "  both engines crashed (not a cache bug, but a bug): "
         + (", ".join(f"{k} x{v}" for k, v in sorted(f.crashes.items())) or "none"),
         f"  mismatches: {len(f.mismatches)}" + (f" (seeds {failing})" if failing else ""),

@@ -23,8 +23,9 @@ _KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 # The kinds of entry the engine stores (each a folder and a key prefix); writers use these
 # names, and ``check_kind`` refuses any other, so this tuple is every kind there is.
-TELEPORT, IMAGE, EMBEDDING, VAE_LATENT, ENHANCED = KINDS = (
-    "teleport", "image", "embedding", "vae_latent", "enhanced")
+# ``repeat``: an exact repeat's record (the image key a request got, found before loading).
+TELEPORT, IMAGE, EMBEDDING, VAE_LATENT, ENHANCED, REPEAT = KINDS = (
+    "teleport", "image", "embedding", "vae_latent", "enhanced", "repeat")
 _KEY = re.compile(r"[0-9a-f]{16,128}")
 _WARN_EVERY_S = 300.0
 OUTAGE_LOG_EVERY_S = 60.0

@@ -34,6 +34,9 @@ NOT_IN_TRAJECTORY = frozenset({"num_images", "teleport", "seed", "enhance", "ori
 # Knobs added to Request after keys were first stored: when the first field is off (0) the
 # whole group leaves the key, so every request without the knob keeps the key it had.
 OFF_UNLESS_SET = {"variety": ("variety", "variety_steps")}
+# Fields added later that leave the key while they hold their default (the value that runs
+# what ran before they existed): diffusers' CFG controls (no renormalisation, no truncation).
+OFF_AT_DEFAULT = ("cfg_normalization", "cfg_truncation")
 
 
 # the decode settings: after the trajectory (txt2img); the source encode (img2img)
@@ -49,7 +52,8 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
     - the VAE tiling fields for txt2img (tiling touches only the decode, after the stored
       latent, and the img2img source encode), and the tile size and overlap when tiling
       is off;
-    - the fields of knobs in ``OFF_UNLESS_SET`` while they are off (they leave the key);
+    - the fields of knobs in ``OFF_UNLESS_SET`` while they are off, and those of
+      ``OFF_AT_DEFAULT`` at their defaults (they leave the key);
     - a LoRA pick's name (its sha256 is the content), and picks with scale 0, which
       ``lora.request_loras`` does not load at all (the base model runs).
     """
@@ -58,6 +62,9 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
         if not fields.get(name):
             for dropped in OFF_UNLESS_SET[name]:
                 fields.pop(dropped, None)
+    for name in OFF_AT_DEFAULT:
+        if name in fields and fields[name] == Request.model_fields[name].default:
+            del fields[name]
     unused = []
     if request.guidance == 0:
         unused.append("negative_prompt")

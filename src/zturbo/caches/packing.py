@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 
 import torch
 from safetensors.torch import load, save
 
 from zturbo.caches.base import SCHEMA
-
-_SCHEMA_FIELD = "zturbo_schema"
-_DIGEST_FIELD = "zturbo_sha256"
-_RESERVED = (_SCHEMA_FIELD, _DIGEST_FIELD)
+from zturbo.caches.rawentry import DIGEST_FIELD as _DIGEST_FIELD
+from zturbo.caches.rawentry import RESERVED as _RESERVED
+from zturbo.caches.rawentry import SCHEMA_FIELD as _SCHEMA_FIELD
+from zturbo.caches.rawentry import header_metadata
 
 
 def pack(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
@@ -35,7 +34,7 @@ def pack(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
 def unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     """(tensors, meta) from ``pack`` bytes; None when corrupt, truncated or of another schema."""
     try:
-        meta = _header_metadata(data)
+        meta = header_metadata(data)
         if meta.get(_SCHEMA_FIELD) != str(SCHEMA):
             return None
         tensors = load(bytes(data))
@@ -65,14 +64,3 @@ def host(t: torch.Tensor) -> torch.Tensor:
     tensor bytes cross from a device to the host before numpy, hashing or safetensors."""
     return t.detach().to("cpu").contiguous()
 
-
-def _header_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` table of a safetensors buffer (8-byte length + JSON header)."""
-    (length,) = struct.unpack_from("<Q", data, 0)
-    if length > len(data) - 8:
-        raise ValueError("truncated header")
-    header = json.loads(bytes(data[8:8 + length]))
-    meta = header.get("__metadata__") or {}
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise ValueError("metadata must be strings")
-    return meta

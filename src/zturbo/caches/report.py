@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -21,6 +21,8 @@ class TeleportReport:
     stored: tuple[int, ...] = ()
     bypass: str | None = None
     passes: tuple[TeleportReport, ...] = ()
+    # the image entry's key (an exact repeat's record keeps it); not part of the JSON shape
+    image_key: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def hit(self) -> bool:

@@ -17,7 +17,6 @@ bytes (decode settings, format): an exact repeat is then a lookup.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from zturbo.caches.base import IMAGE, TELEPORT
 from zturbo.caches.encoders import (
@@ -38,6 +37,7 @@ from zturbo.caches.encoders import (
     record_saved,
 )
 from zturbo.caches.keys import image_key, teleport_key
+from zturbo.caches.repeats import decode_image
 from zturbo.caches.report import TeleportReport
 from zturbo.config.metadata import ENCODED_PNG, pixel_digest, png_bytes
 
@@ -99,7 +99,8 @@ class Replay:
 
     def report(self) -> TeleportReport:
         return TeleportReport(served=self.served(), hit_step=self.hit_step, tier=self.tier,
-                              stored=tuple(sorted(self.captured)), bypass=self.bypass)
+                              stored=tuple(sorted(self.captured)), bypass=self.bypass,
+                              image_key=self.image_key)
 
     def capturing(self, on_step: Callable | None) -> Callable:
         """Wrap a step callback so the latents after the stored steps are kept (float32, a
@@ -166,15 +167,10 @@ def lookup_image(engine: Engine, replay: Replay, width: int, height: int) -> Ima
         return None
     tensors, meta, tier = hit
     data = tensors["png"].numpy().tobytes() if "png" in tensors else b""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            image = im.convert("RGB")  # a new image: no chunk text from the stream
-    except (OSError, UnidentifiedImageError, ValueError):
-        image = None
-    if image is None or image.size != (width, height) or meta.get("pixels") != pixel_digest(image):
+    image = decode_image(data, meta.get("pixels"), width, height)
+    if image is None:
         drop(engine, IMAGE, replay.image_key)
         return None
-    image.info = {ENCODED_PNG: (data, meta["pixels"])}
     replay.image_hit, replay.hit_step, replay.tier = True, replay.steps, tier
     record_saved(engine, IMAGE, float(meta.get("saved_s", 0.0)))
     return image

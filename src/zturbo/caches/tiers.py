@@ -29,16 +29,16 @@ from zturbo.caches.disk import DiskTier
 from zturbo.caches.memory import MemoryTier
 from zturbo.caches.packing import pack, unpack
 from zturbo.caches.redis_tier import RedisTier
+from zturbo.caches.repeats import MIB, open_disk
 from zturbo.caches.seal import cache_secret
 from zturbo.caches.writer import BackgroundWriter
-from zturbo.config import Settings, state_dir
+from zturbo.config import Settings
 from zturbo.errors import ZTurboError
 
 __all__ = ["SCHEMA", "CacheTier", "DiskTier", "MemoryTier", "RedisTier", "TieredCache",
            "build_cache", "pack", "unpack"]
 
 TIER_NAMES = ("memory", "disk", "redis")
-MIB = 1024 * 1024
 _FLUSH_EVERY_S = 2.0
 
 
@@ -204,13 +204,9 @@ def build_cache(settings: Settings) -> TieredCache:
     secret = cache_secret(settings.cache_secret) if shared else None  # seals disk and Redis
     if settings.memory_cache_mb > 0:
         tiers.append(MemoryTier(int(settings.memory_cache_mb * MIB)))
-    if settings.disk_cache_mb > 0:
-        root = state_dir() / "cache"
-        try:
-            tiers.append(DiskTier(root, int(settings.disk_cache_mb * MIB), secret))
-        except OSError as exc:
-            raise ZTurboError(f"cannot open the disk cache at {root}: {exc} "
-                              "(set disk_cache_mb = 0 to run without it)") from None
+    disk = open_disk(settings, secret)
+    if disk is not None:
+        tiers.append(disk)
     if settings.redis_url:
         tiers.append(RedisTier(settings.redis_url, settings.redis_ttl_s,
                                settings.redis_timeout_s, secret=secret))

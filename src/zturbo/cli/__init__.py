@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 from zturbo.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from zturbo.cli.root import app, main
+    from zturbo.cli.entry import main
+    from zturbo.cli.root import app
 
 __all__ = ["app", "main"]
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), {"app": "root", "main": "root"})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {"app": "root", "main": "entry"})

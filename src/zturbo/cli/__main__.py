@@ -1,5 +1,5 @@
 """``python -m zturbo.cli``: the ``zturbo`` command."""
 
-from zturbo.cli.root import main
+from zturbo.cli.entry import main
 
 main()

@@ -21,7 +21,7 @@ app = typer.Typer(help="The offline demo models: sample weight files for every k
 @friendly_errors
 def demo_files_command(
     directory: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="The demo model the files fit: demo, demo-small or demo-medium.")] = "demo",
+    model: Annotated[str, typer.Option("--model", "-m", help="The demo model the files fit: demo, demo-base, demo-small or demo-medium.")] = "demo",
 ) -> None:
     """Write a sample LoRA (in the diffusers layout and every other layout `zturbo lora
     inspect` knows) and a GGUF Q8_0 transformer for a demo model, to try --lora and
@@ -33,7 +33,7 @@ def demo_files_command(
     from zturbo.generation import models
 
     if model not in demo.RECIPES:  # demo-full has no folder: it is built in memory
-        raise ZTurboError(f"--model {model!r}: choose demo, demo-small or demo-medium")
+        raise ZTurboError(f"--model {model!r}: choose demo, demo-base, demo-small or demo-medium")
     settings, _ = load_settings(flags={"model": model})
     files = demo_files.write_all(models.resolve_folder(model, settings), directory)
     for path in files.values():

@@ -51,7 +51,12 @@ Every setting can be given, highest precedence first, as:
    `teleport_start_step` also reads `LATENT_TELEPORT_START_STEP`;
 3. the table of the active profile in `config.toml` (`--profile NAME` or `ZTURBO_PROFILE`);
 4. the `[default]` table of `config.toml`;
-5. the built-in default below.
+5. for the request defaults (`steps`, `guidance`, `shift`, `cfg_normalization`,
+   `cfg_truncation`, ...) only: the model's own defaults, read from its folder (its
+   scheduler's shift; an undistilled Z-Image gets 50 steps and guidance 4; a `zturbo.toml`
+   `[defaults]` table beside `model_index.json` overrides; see docs/knobs.md, "The base
+   model and CFG");
+6. the built-in default below.
 
 `config.toml` lives at `$ZTURBO_CONFIG` (an error if that file does not exist), else
 `<state dir>/config.toml` (optional). The state dir is

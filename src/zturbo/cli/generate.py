@@ -51,9 +51,13 @@ from zturbo.cli.options import (
 )
 from zturbo.cli.prompt import embeddings_fields, layer_list
 from zturbo.config import bucket_size, load_settings, make_request
+from zturbo.config.model_defaults import settings_for_model
 from zturbo.errors import ZTurboError
 
 app = typer.Typer()
+# the environment this process started with (torch and others set variables as they load):
+# part of the engine identity an exact repeat is looked up under (cli.exact)
+START_ENV = dict(os.environ)
 
 
 def _request_fields(from_image: Path | None, given: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -124,7 +128,8 @@ def generate(
         raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
     settings, _ = load_settings(profile, {**setting_flags(options),
                                           "model": model or stored_model})
-    settings = settings.model_settings(settings.default_model())  # --model NAME: [models.NAME]
+    # --model NAME: a [models.NAME] table's settings; the model's own defaults where none set
+    settings = settings_for_model(settings.model_settings(settings.default_model()))
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return
@@ -135,8 +140,11 @@ def generate(
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     feedback = Feedback()
     remaining = requests
-    if file is None and image is None:  # a server cannot see local input files
-        remaining = _on_server(settings, requests, pattern, as_json, feedback)
+    if file is None and image is None and settings.server in ("auto", "off"):
+        remaining = _stored(settings, remaining, pattern, as_json)  # exact repeats first
+    # a server cannot see local input files; with --server off none is looked for
+    if remaining and file is None and image is None and settings.server != "off":
+        remaining = _on_server(settings, remaining, pattern, as_json, feedback)
     if remaining:
         _locally(settings, remaining, pattern, as_json, feedback, source, file)
 
@@ -168,7 +176,9 @@ def _enhance_only(settings, request, as_json: bool) -> None:
 
 def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, source,
              file) -> None:
-    """Load the model in this process and run ``requests``."""
+    """Load the model in this process and run ``requests`` (recording each image for an
+    exact repeat's lookup, ``_stored``)."""
+    from zturbo.cli import exact  # PIL, SQLite: only when this process generates
     from zturbo.generation import models  # torch, diffusers: only when this process generates
     from zturbo.generation.orchestrator import generate as run
     from zturbo.generation.orchestrator import steps_run
@@ -179,12 +189,40 @@ def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, so
         with feedback.image(f"seed {request.seed}", steps_run(request)) as ticker:
             result = run(engine, request, source=source, embeddings=file,
                          on_step=lambda done, total, *_: ticker.step(done, total))
-        for warning in result.warnings:
-            typer.echo(f"zturbo: warning: {warning}", err=True)
-        paths = save_images(result, pattern, settings)
-        for path, image_seed, replay in zip(paths, result.seeds, result.teleport, strict=True):
-            _report(path, image_seed, result.timings, replay, as_json,
-                    prompts=_prompts(result.request))
+        _show(result, pattern, settings, as_json)
+        if source is None and file is None:
+            exact.remember(engine, settings, request, result, START_ENV)
+
+
+def _stored(settings, requests: list, pattern: str, as_json: bool) -> list:
+    """Show the leading requests whose every image is stored (``cli.exact``: no model
+    load, no torch, no server); return the rest, from the first that is not. Only for
+    ``--server auto`` (a server it would find has this engine: the same image) and
+    ``off``; a server the user named is asked."""
+    from zturbo.cli import exact  # PIL, SQLite: only when this process generates
+
+    lookup = exact.Lookup.open(settings, START_ENV)
+    if lookup is None:
+        return requests
+    try:
+        for i, request in enumerate(requests):
+            result = lookup.result(request)
+            if result is None:
+                return requests[i:]
+            _show(result, pattern, settings, as_json)
+    finally:
+        lookup.close()
+    return []
+
+
+def _show(result, pattern: str, settings, as_json: bool) -> None:
+    """Save a Result's images, and say where they went and how they were made."""
+    for warning in result.warnings:
+        typer.echo(f"zturbo: warning: {warning}", err=True)
+    paths = save_images(result, pattern, settings)
+    for path, image_seed, replay in zip(paths, result.seeds, result.teleport, strict=True):
+        _report(path, image_seed, result.timings, replay, as_json,
+                prompts=_prompts(result.request))
 
 
 def _on_server(settings, requests: list, pattern: str, as_json: bool, feedback) -> list:

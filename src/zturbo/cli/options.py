@@ -19,7 +19,7 @@ from zturbo.config import Request, Settings
 from zturbo.config.groups import flag_of
 from zturbo.errors import ZTurboError
 
-Model = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local diffusers folder, or demo / demo-small / demo-medium / demo-full. [env: ZTURBO_MODEL]")]
+Model = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local diffusers folder, or demo / demo-base / demo-small / demo-medium / demo-full. [env: ZTURBO_MODEL]")]
 Profile = Annotated[str | None, typer.Option("--profile", help="Named table of config.toml to apply over [default]. [env: ZTURBO_PROFILE]")]
 Device = Annotated[str | None, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 Dtype = Annotated[str | None, typer.Option("--dtype", help="auto (bfloat16 on cuda, float32 elsewhere), float32, bfloat16, float16.")]

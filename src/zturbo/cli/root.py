@@ -13,6 +13,7 @@ import typer
 from typer._click import exceptions as usage  # typer's own (vendored) click errors
 
 from zturbo.cli import cache, config, demo, generate, lab, lora, mcp, profiler, prompt, serve
+from zturbo.cli.helptext import annotate, escape_markup
 
 app = typer.Typer(
     help="zturbo: generate images with Z-Image-Turbo, replay them exactly, serve them.",
@@ -49,18 +50,24 @@ app.add_typer(prompt.templates_app, name="templates")
 app.add_typer(lab.lab_app, name="lab")
 
 
-def main() -> None:
-    """The console entry point. Bad usage (``--seed abc``, an unknown option) is one line on
-    stderr and exit status 2, like every other bad input (not click's boxed usage text)."""
-    from zturbo.cli.helptext import annotate, escape_markup
+def command() -> typer.core.TyperGroup:
+    """The click command tree of ``app`` as ``zturbo`` runs it: Settings defaults, env vars
+    and panels in the option help, rich markup escaped."""
+    root_command = typer.main.get_command(app)
+    annotate(root_command)
+    escape_markup(root_command)  # rich must print "[default: 8]", not read it as a tag
+    return root_command
 
-    command = typer.main.get_command(app)
-    annotate(command)  # Settings defaults, env vars and panels in --help
-    escape_markup(command)  # rich must print "[default: 8]", not read it as a tag
+
+def main() -> None:
+    """Run the command tree (``zturbo.cli.entry.main`` answers plain ``--help`` and
+    ``--version`` before this module loads). Bad usage (``--seed abc``, an unknown option)
+    is one line on stderr and exit status 2, like every other bad input (not click's boxed
+    usage text)."""
     try:
-        code = command.main(prog_name="zturbo", standalone_mode=False)
+        code = command().main(prog_name="zturbo", standalone_mode=False)
     except usage.NoArgsIsHelpError:
-        code = command(prog_name="zturbo")  # no arguments: the usual help
+        code = 2  # no arguments: the help, printed as the error was made
     except usage.UsageError as exc:
         typer.echo(f"zturbo: error: {exc.format_message()}", err=True)
         code = 2

@@ -63,6 +63,15 @@ class Request(BaseModel):
         short="-g")] = Field(0.0, ge=0.0, le=30.0)
     shift: Annotated[Float, IMAGE, Flag(
         "Flow-matching timestep shift.")] = Field(3.0, gt=0.0, le=50.0)
+    # Guidance controls of the undistilled Z-Image (diffusers' cfg_normalization and
+    # cfg_truncation); with guidance 0 they do nothing and stay at their defaults.
+    cfg_normalization: Annotated[Bool, IMAGE, Flag(
+        "With guidance > 0: scale the guided prediction back to the conditional one's norm "
+        "when it is larger. [default: off]", switch=True)] = False
+    cfg_truncation: Annotated[Float, IMAGE, Flag(
+        "With guidance > 0: steps whose normalised time (1 - sigma) is above this run "
+        "without guidance, one DiT pass each; 1 keeps guidance on every step. [default: 1]"
+    )] = Field(1.0, ge=0.0, le=1.0)
     max_sequence_length: Annotated[Int, PROMPT, Flag(
         "Text token limit.")] = Field(512, ge=1, le=TEXT_TOKEN_LIMIT)
     num_images: Annotated[Int, IMAGE, Flag(
@@ -148,10 +157,12 @@ class Request(BaseModel):
             off += ["variety_steps"]
         if not data.get("slg_scale"):
             off += ["slg_layers", "slg_start", "slg_stop"]
+        if not data.get("guidance"):
+            off += ["cfg_normalization", "cfg_truncation"]
         for name in off:
             if name in data:
                 try:
-                    _field_adapter(name).validate_python(data.pop(name))
+                    field_adapter(name).validate_python(data.pop(name))
                 except ValidationError as exc:
                     raise ValueError(f"{name}: {first_error(exc)}") from None
         return data
@@ -266,7 +277,7 @@ class Request(BaseModel):
 
 
 @functools.cache
-def _field_adapter(name: str) -> TypeAdapter:
+def field_adapter(name: str) -> TypeAdapter:
     """A validator of one Request field alone (its type, strictness and bounds)."""
     info = Request.model_fields[name]
     kind: Any = Annotated[info.annotation, *info.metadata]

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     guidance: Annotated[float, IMAGE_DEFAULT] = Field(
         0.0, description="default guidance scale (Turbo: 0)")
     shift: Annotated[float, IMAGE_DEFAULT] = Field(3.0, description="default flow-matching shift")
+    cfg_normalization: Annotated[bool, IMAGE_DEFAULT] = Field(
+        False, description="default CFG renormalisation (guidance > 0: the guided prediction "
+        "is kept within the conditional one's norm)")
+    cfg_truncation: Annotated[float, IMAGE_DEFAULT] = Field(
+        1.0, description="default CFG truncation (guidance > 0: steps whose normalised time "
+        "1 - sigma is above it run without guidance; 1: never)")
     max_sequence_length: Annotated[int, PROMPT_DEFAULT] = Field(
         512, ge=1, le=TEXT_TOKEN_LIMIT,
         description=f"default text token limit (the DiT takes at most {TEXT_TOKEN_LIMIT})",
@@ -403,7 +409,9 @@ class Settings(BaseSettings):
         table = self.models.get(name)
         if table is None:
             return self
-        values = self.model_dump(exclude={MODELS})
+        # only what was set here is given: the rest stays unset, so a model's own defaults
+        # (config.model_defaults) may still fill it
+        values = self.model_dump(include=self.model_fields_set - {MODELS})
         values.update({k: v for k, v in table.items() if k != "source"}, model=table["source"])
         layer, nested = _CONFIG_LAYER.set({}), _NESTED.set(True)  # these values only
         try:

@@ -202,11 +202,16 @@ def check_request(engine: Engine, request) -> None:
     """Refuse what an engine's step caching cannot run. Skip-layer guidance with guidance > 0
     makes a one-image forward between the batched (cond + uncond) ones, and cache-dit applies
     residuals it cached from the batch to it: diffusers fails inside the DiT (found by the
-    cache oracle). A clear error instead, before any work."""
+    cache oracle). CFG truncation does the same from the step where guidance stops. A clear
+    error instead, before any work."""
     if step_cache(engine) and request.slg_scale and request.guidance > 0:
         raise ZTurboError("skip-layer guidance with guidance > 0 does not combine with step "
                           "caching (--step-cache): use guidance 0, slg_scale 0, or an engine "
                           "without step caching")
+    if step_cache(engine) and request.guidance > 0 and request.cfg_truncation < 1:
+        raise ZTurboError("cfg_truncation below 1 with guidance > 0 does not combine with "
+                          "step caching (--step-cache): use cfg_truncation 1, guidance 0, or "
+                          "an engine without step caching")
 
 
 def last_cached_steps(engine: Engine) -> list[int]:

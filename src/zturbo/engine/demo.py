@@ -11,6 +11,7 @@ speed and memory on a GPU without the weights. Their images are noise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zturbo.errors import ModelUnavailable, ZTurboError
 
@@ -43,10 +44,17 @@ class Recipe:
     text_heads: int
     vae_channels: tuple[int, int, int, int]
     vae_groups: int
+    # the scheduler the model ships with: Z-Image-Turbo's shift is 3.0, the undistilled
+    # Z-Image's 6.0 (its request defaults are read from it: config.model_defaults)
+    scheduler_shift: float = 3.0
 
 
+_DEMO = Recipe(32, 2, 1, 2, (8, 4, 4), 16, 2, 2, (8, 16, 16, 16), 8)
 RECIPES = {
-    "demo": Recipe(32, 2, 1, 2, (8, 4, 4), 16, 2, 2, (8, 16, 16, 16), 8),
+    "demo": _DEMO,
+    # the demo architecture shipped like the undistilled Z-Image (the base model): its
+    # scheduler, hence its defaults (about 50 steps, real CFG)
+    "demo-base": dataclasses.replace(_DEMO, scheduler_shift=6.0),
     "demo-small": Recipe(256, 8, 2, 4, (16, 24, 24), 64, 2, 4, (16, 32, 32, 32), 16),
     "demo-medium": Recipe(768, 12, 2, 6, (32, 48, 48), 128, 4, 4, (32, 64, 64, 64), 32),
 }
@@ -175,9 +183,14 @@ def build_pipeline(name: str):
         scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
         use_post_quant_conv=False,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(**scheduler_config(name))
     return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                           tokenizer=tokenizer, transformer=transformer)
+
+
+def scheduler_config(name: str) -> dict[str, Any]:
+    """The scheduler config a small demo model is saved with (known without building it)."""
+    return {"num_train_timesteps": 1000, "shift": RECIPES[name].scheduler_shift}
 
 
 def folder(name: str, models_dir: Path) -> Path:

@@ -52,6 +52,19 @@ def sigmas(steps: int) -> list[float]:
     return torch.linspace(1.0, 1.0 / steps, steps).tolist()
 
 
+def cfg_steps(sigma_list: list[float], shift: float, guidance: float,
+              truncation: float = 1.0) -> list[bool]:
+    """Which steps of a schedule run guided (two DiT passes: prompt and negative prompt):
+    with guidance > 0, those whose normalised time ``1 - t / 1000`` is not above
+    ``truncation`` (diffusers' rule; t is the shifted sigma times 1000, computed here as the
+    scheduler does). Each step is decided by its own sigma, never by where a run started."""
+    if guidance <= 0:
+        return [False] * len(sigma_list)
+    s = torch.tensor(sigma_list, dtype=torch.float32)
+    t = shift * s / (1 + (shift - 1) * s) * 1000
+    return [(1000 - float(v)) / 1000 <= truncation for v in t]
+
+
 def _chat(tokenizer, prompt: str) -> str:
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True,
@@ -171,6 +184,8 @@ def denoise(
     sigma_list: list[float],
     *,
     guidance: float = 0.0,
+    cfg_normalization: bool = False,
+    cfg_truncation: float = 1.0,
     shift: float = 3.0,
     negative: list[torch.Tensor] | None = None,
     on_step: StepCallback | None = None,
@@ -189,6 +204,9 @@ def denoise(
     run did. ``dype`` and ``slg`` hook the shared transformer for this call only (the engine
     lock is held). ``variety`` swaps in its perturbed embedding for the steps of its
     window (numbered like ``blend``'s, so a resumed run sees what the full run saw).
+    ``cfg_normalization`` and ``cfg_truncation`` (guidance > 0) are diffusers' own: the
+    truncation is decided per step from that step's timestep (``cfg_steps``), so a resumed
+    run guides exactly the steps the full run guided.
     """
     total = total_steps or first_step + len(sigma_list)
     noisy, until = variety.schedule(embeds, total) if variety is not None else (None, 0)
@@ -213,6 +231,7 @@ def denoise(
             prompt_embeds=seed_variety.embeds_at(first_step, embeds, noisy, until),
             negative_prompt_embeds=negative if guidance > 0 else None,
             latents=latents.to(engine.device), sigmas=sigma_list, guidance_scale=guidance,
+            cfg_normalization=cfg_normalization, cfg_truncation=cfg_truncation,
             height=height, width=width, output_type="latent", callback_on_step_end=callback,
             return_dict=False,
         )

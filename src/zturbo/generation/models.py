@@ -30,6 +30,7 @@ from zturbo.buildlock import BUILD_LOCK
 from zturbo.caches import build_cache
 from zturbo.caches.tiers import TieredCache
 from zturbo.config import DEFAULT_MODEL, Request, Settings, load_settings, make_request, state_dir
+from zturbo.config.model_defaults import folder_defaults, with_model_defaults
 from zturbo.engine import accel, costmodel, demo
 from zturbo.engine.lora import LoraRegistry, apply_loras, parse_lora
 from zturbo.engine.placement import (
@@ -143,6 +144,8 @@ class LoadedEngine(Engine):
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     canary_shapes: dict[str, Any] = field(default_factory=dict, repr=False)  # per component
     lora_registry: LoraRegistry = field(default_factory=LoraRegistry, repr=False)
+    # the model's own request defaults (config.model_defaults), under the user's settings
+    model_defaults: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         """Release the cache tiers (a server calls this at shutdown)."""
@@ -303,10 +306,12 @@ def load(
             pipe, identity, extras = _load_pipeline(folder, settings, torch_device,
                                                     torch_dtype, text_encoder=text_encoder)
     pipe.set_progress_bar_config(disable=True)
+    defaults = folder_defaults(folder)
     engine = LoadedEngine(
         pipe=pipe, spec=spec, folder=folder, device=torch_device, dtype=torch_dtype,
-        settings=settings.model_copy(update={"model": spec}), identity=identity,
-        extras=extras, caches=caches if caches is not None else build_cache(settings),
+        settings=with_model_defaults(settings, defaults).model_copy(update={"model": spec}),
+        identity=identity, extras=extras,
+        caches=caches if caches is not None else build_cache(settings), model_defaults=defaults,
     )
     accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
     engine.fingerprint  # measures the numerics canary now, not in a first request

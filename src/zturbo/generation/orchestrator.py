@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,7 +19,6 @@ from zturbo.caches.encoders import cached_embed
 from zturbo.caches.packing import tensor_digest
 from zturbo.caches.report import TeleportReport
 from zturbo.config import Request, img2img_start_step
-from zturbo.config.metadata import save_png
 from zturbo.engine import accel
 from zturbo.engine import dype as dype_rope
 from zturbo.engine import slg as skip_layer
@@ -43,29 +41,14 @@ from zturbo.engine.variety import Variety
 from zturbo.errors import ZTurboError
 from zturbo.generation import enhancing
 from zturbo.generation.enhancing import EventCallback
+from zturbo.generation.guidance import guidance_note
 from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
 from zturbo.generation.request_scope import request_scope
+from zturbo.generation.result import Result
 
 if TYPE_CHECKING:
     from zturbo.generation.embedfile import EmbeddingFile
-
-
-@dataclass
-class Result:
-    images: list[Image.Image]
-    seeds: list[int]
-    request: Request
-    model: str
-    fingerprint: str
-    timings: dict[str, float]
-    token_count: int
-    warnings: list[str] = field(default_factory=list)
-    teleport: list[TeleportReport] = field(default_factory=list)
-
-    def save(self, pattern: str | Path) -> list[Path]:
-        """Save each image as PNG with its parameters; ``{seed}`` in the pattern is filled."""
-        return [save_png(self, i, pattern) for i in range(len(self.images))]
 
 
 def embed_params(request: Request, negative: bool = False) -> dict[str, Any]:
@@ -178,6 +161,7 @@ def run_seed(engine: Engine, request: Request, seed: int, text: Conditioning,
         t = time.perf_counter()
         latents = denoise(
             engine, text.prompt.tensors, x, schedule[first:], guidance=request.guidance,
+            cfg_normalization=request.cfg_normalization, cfg_truncation=request.cfg_truncation,
             shift=request.shift, negative=text.negative, on_step=replay.capturing(on_step), first_step=first,
             total_steps=len(schedule), blend=begin.blend if begin is not None else None,
             dype=dype_rope.DyPE.from_request(request), slg=slg,
@@ -238,6 +222,9 @@ def generate(engine: Engine, request: Request, on_step: StepCallback | None = No
     check_source(request, source)
     accel.check_request(engine, request)
     request, warnings = skip_layer.fit_request(request, engine.pipe.transformer)
+    note = guidance_note(request, engine.model_defaults)
+    if note is not None:
+        warnings.append(note)
     timings = {"encode": 0.0, "denoise": 0.0, "decode": 0.0}
     started = time.perf_counter()
     images: list[Image.Image] = []

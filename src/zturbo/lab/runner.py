@@ -19,6 +19,7 @@ from typing import Any
 from zturbo.config import Request, Settings, load_settings, make_request
 from zturbo.config.engine_identity import engine_key
 from zturbo.config.metadata import pnginfo, write_png_atomic
+from zturbo.config.model_defaults import settings_for_model
 from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 from zturbo.generation.models import load as load_engine
@@ -130,6 +131,7 @@ def plan(spec: SweepSpec, settings: Settings, max_frames: int = MAX_FRAMES) -> l
     (frames sharing a weights file run together, one engine at a time). The grid is counted
     first: over ``max_frames`` frames nothing is built."""
     check_grid(spec.axes, max_frames)
+    settings = settings_for_model(settings)  # the model's own defaults where none were set
     base = _base_request(spec, settings)
     frames = []
     engines: dict[str | None, str] = {}

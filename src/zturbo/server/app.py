@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from zturbo.config import Settings, state_dir
+from zturbo.config.model_defaults import settings_for_model, with_model_defaults
 from zturbo.generation.measure import warmup
 from zturbo.generation.models import LoadedEngine
 from zturbo.server import errors
@@ -85,6 +86,10 @@ def create_app(settings: Settings, engine=None, *, pool: EnginePool | None = Non
     takes it before binding the port).
     ``announce``: this server's URL, recorded in the state dir while it is ready, so
     ``zturbo generate`` can send its requests here (zturbo.server.running)."""
+    # Requests are built with the model's own defaults where the user set none (each named
+    # model's: the pool's settings_of)
+    settings = (with_model_defaults(settings, engine.model_defaults)
+                if isinstance(engine, LoadedEngine) else settings_for_model(settings))
     pool = pool if pool is not None else EnginePool(settings, engine)
     metrics = Metrics(lambda: pool.any_engine() if st.started else None, lambda: pool)
     jobs = JobQueue(settings, None, settings.outputs / "server", metrics,

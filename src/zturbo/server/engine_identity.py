@@ -15,18 +15,19 @@ server only when every part is equal (zturbo.server.running). Compared cheapest 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata as dist
 from pathlib import Path
 from typing import Any
 
 from zturbo.config import Settings, state_dir
 from zturbo.config.engine_identity import ENGINE_FIELDS
-from zturbo.engine import demo
+from zturbo.config.model_defaults import model_folder
 from zturbo.engine.lora import parse_lora
 from zturbo.hashing import (
     COMPONENTS,
@@ -42,7 +43,7 @@ NUMERIC_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors"
 PART_ORDER = ("settings", "versions", "files", "numerics")  # cheapest first
 NUMERICS_MEMO = "client_numerics.json"
 MEMO_ENTRIES = 64
-SHELL_ONLY = ("PWD", "OLDPWD")  # where the shell stands: no kernel reads it
+SHELL_ONLY = ("PWD", "OLDPWD", "_", "SHLVL")  # the shell's bookkeeping: no kernel reads it
 CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "microcode",
               "flags", "CPU implementer", "CPU architecture", "CPU variant", "CPU part",
               "CPU revision", "Features")
@@ -92,17 +93,50 @@ def fresh_numerics(settings: Settings) -> dict[str, Any]:
     variable but the shell's working directory, the installed packages, Python, the CPU and
     GPU, the CPUs this process may run on, the engine settings), so only the first client
     in an environment imports torch to compare."""
-    key = digest({"env": {k: v for k, v in os.environ.items() if k not in SHELL_ONLY},
-                  "packages": _installed(), "python": sys.version, "host": _host(),
-                  "settings": settings_key(settings),
-                  "model": [settings.model, settings.revision,  # the canary's shapes:
-                            str(model_folder(settings.model, settings.revision))]})  # once there
+    key = digest({**process_facts(os.environ), "settings": settings_key(settings),
+                  "model": [settings.model, settings.revision,  # the canary's shapes, once
+                            str(model_folder(settings.model, settings.revision))]})  # there
     path = state_dir() / NUMERICS_MEMO
     memo = read_memo(path)
     if not isinstance(memo.get(key), dict):
         memo[key] = numerics(settings)
         write_memo(path, dict(list(memo.items())[-MEMO_ENTRIES:]))
     return memo[key]
+
+
+def fresh_identity(settings: Settings, env: Mapping[str, str]) -> str | None:
+    """The identity of the engine ``settings`` make, known without loading it or importing
+    torch: every part above but the measured numerics, which a fresh process measures
+    (or reads from its memo) from what is here instead: ``process_facts`` of ``env`` (the
+    environment the process started with), the model spec, and zturbo's own sources
+    (``code_identity``). Two processes with equal identities load engines with equal
+    fingerprints. None when a file the settings name is missing."""
+    files = file_parts(settings)
+    if files is None:
+        return None
+    return digest({**process_facts(env), "settings": settings_key(settings),
+                   "model": [settings.model, settings.revision], "versions": versions(),
+                   "files": files, "code": code_identity()})
+
+
+def process_facts(env: Mapping[str, str]) -> dict[str, Any]:
+    """What two fresh processes can differ in: every environment variable but the shell's
+    working directory, the installed packages, Python, the CPU and GPU, the CPUs this
+    process may run on."""
+    return {"env": {k: v for k, v in env.items() if k not in SHELL_ONLY},
+            "packages": _installed(), "python": sys.version, "host": _host()}
+
+
+@functools.cache
+def code_identity() -> str:
+    """zturbo's own sources by path, size and modification time (an edited checkout is
+    another engine: its fingerprint or its pixels may have changed)."""
+    root = Path(__file__).resolve().parent.parent
+    files = []
+    for path in sorted(root.rglob("*.py")):
+        stat = path.stat()
+        files.append([path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns])
+    return digest(files)
 
 
 def _installed() -> list[str]:
@@ -137,27 +171,6 @@ def _text(path: Path) -> str | None:
     try:
         return path.read_text()
     except OSError:
-        return None
-
-
-def model_folder(spec: str, revision: str | None) -> Path | None:
-    """The local folder ``spec`` names, found without building or downloading anything."""
-    if demo.is_demo(spec):
-        folder: Path | None = demo.folder(spec, state_dir() / "models")
-    elif (Path(spec).expanduser() / "model_index.json").is_file():
-        folder = Path(spec).expanduser()
-    else:
-        folder = _hub_snapshot(spec, revision)
-    return folder if folder is not None and (folder / "model_index.json").is_file() else None
-
-
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
-    from huggingface_hub import snapshot_download  # lazy: only for a Hub id
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError):  # not cached, or not a Hub id
         return None
 
 

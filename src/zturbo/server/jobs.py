@@ -291,6 +291,7 @@ class JobQueue:
                 "started": job.started, "finished": job.finished, "error": job.error,
                 "request": job.request.model_dump(mode="json"), "images": list(job.images),
                 "timings": dict(job.timings), "teleport": list(job.teleport),
+                "warnings": list(job.warnings),
             }
 
     def _position(self, job: Job) -> int | None:

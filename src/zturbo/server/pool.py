@@ -28,6 +28,7 @@ import torch
 
 from zturbo.caches import build_cache
 from zturbo.config import Settings
+from zturbo.config.model_defaults import settings_for_model, with_model_defaults
 from zturbo.engine import costmodel, demo
 from zturbo.engine.placement import pick_device
 from zturbo.errors import ZTurboError
@@ -115,7 +116,7 @@ class EnginePool:
         self._caches = caches  # the shared tier stack (several models), built on first load
         self._shared = len(settings.model_names()) > 1
         self._lock = threading.Condition()
-        self._entries = {name: Entry(name, settings.model_settings(name))
+        self._entries = {name: Entry(name, self._own_settings(name, engine))
                          for name in settings.model_names()}
         self._owned = engine  # the caller's engine: closed by the caller, never evicted
         self._listeners: list[Callable[[], None]] = []
@@ -124,6 +125,14 @@ class EnginePool:
         if engine is not None:
             entry = self._entries[self.default]
             entry.engine, entry.state, entry.used = engine, "loaded", time.monotonic()
+
+    def _own_settings(self, name: str, engine: Any) -> Settings:
+        """Model ``name``'s settings with its own request defaults where nobody set one
+        (config.model_defaults: the given engine's, else read from its files)."""
+        own = self.settings.model_settings(name)
+        if name == self.default and isinstance(engine, LoadedEngine):
+            return with_model_defaults(own, engine.model_defaults)
+        return settings_for_model(own)
 
     # -- names and states ---------------------------------------------------------------
     def names(self) -> list[str]:

@@ -22,8 +22,9 @@ router = APIRouter(tags=["native"])
 async def generate(body: GenerateBody, request: Request):
     """Generate and answer with the PNG (``format: png``, one image) or JSON with base64
     PNGs (``format: json``). Headers name the image, its seed, the job, and what served it (``X-Zturbo-Served``:
-    image, final_latent, resume or full; see docs/teleport.md), and an enhanced prompt
-    (``X-Zturbo-Enhanced-Prompt``, percent-encoded)."""
+    image, final_latent, resume or full; see docs/teleport.md), an enhanced prompt
+    (``X-Zturbo-Enhanced-Prompt``, percent-encoded) and the job's warnings
+    (``X-Zturbo-Warnings``: percent-encoded lines; the ``warnings`` list in JSON)."""
     st = state(request)
     req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body)
     if body.format == "png" and req.num_images > 1:
@@ -37,10 +38,12 @@ async def generate(body: GenerateBody, request: Request):
         ran = image.get("request") or {}
         if ran.get("original_prompt"):  # percent-encoded UTF-8: headers are Latin-1
             headers["X-Zturbo-Enhanced-Prompt"] = quote(ran["prompt"], safe="")
+        if job.warnings:
+            headers["X-Zturbo-Warnings"] = quote("\n".join(job.warnings), safe="")
         return Response(image_png(st, image["id"]), media_type="image/png", headers=headers)
     return {
         "job_id": job.id,
         "images": [{**image, "b64_png": base64.b64encode(
             image_png(st, image["id"])).decode()} for image in job.images],
-        "timings": job.timings, "teleport": job.teleport,
+        "timings": job.timings, "teleport": job.teleport, "warnings": job.warnings,
     }

@@ -1,0 +1,5 @@
+"""``python -m zturbo``: the ``zturbo`` command."""
+
+from zturbo.cli.entry import main
+
+main()
