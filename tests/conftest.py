@@ -97,6 +97,28 @@ def engine(session_home):
     return zturbo.load("demo")
 
 
+@pytest.fixture(scope="session")
+def controlnet_files(session_home, tmp_path_factory) -> tuple[Path, Path]:
+    """A random demo ControlNet (``demo_files.make_controlnet``): its diffusers folder and
+    its single .safetensors file, made once."""
+    from zturbo.config import load_settings
+    from zturbo.engine import demo_files
+    from zturbo.generation import models
+
+    folder = models.resolve_folder("demo", load_settings(flags={"model": "demo"})[0])
+    return demo_files.make_controlnet(folder, tmp_path_factory.mktemp("controlnet"))
+
+
+@pytest.fixture(scope="session")
+def control_engine(controlnet_files):
+    """The demo engine with the demo ControlNet loaded beside it, shared by the session."""
+    import zturbo
+    from zturbo.config import load_settings
+
+    settings, _ = load_settings(flags={"model": "demo", "controlnet": str(controlnet_files[1])})
+    return zturbo.load("demo", settings=settings)
+
+
 def pixels(image) -> np.ndarray:
     return np.asarray(image).copy()
 

@@ -81,6 +81,14 @@ COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")  #
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model", ".jinja")
 
 
+def controlnet_identity(path: Path) -> str:
+    """A ControlNet's weights by content: its single file's sha256, or its folder's files'."""
+    if path.is_file():
+        return f"file:{file_sha256(path)}"
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    return digest({str(p.relative_to(path)): file_sha256(p) for p in files})
+
+
 def weights_identity(folder: Path, component: str) -> str:
     """What identifies one component's weights: a Hub revision, or hashes of its files."""
     parts = folder.resolve().parts

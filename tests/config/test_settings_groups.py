@@ -26,7 +26,7 @@ def test_the_engine_settings_are_those_a_server_is_matched_by():
         "cache_dit_bn", "cache_dit_warmup", "cache_dit_rdt", "cache_dit_max_cached",
         "cache_dit_mc", "cache_dit_taylorseer", "cache_dit_ts_order", "attention", "compile",
         "compile_mode", "teleport_start_step", "teleport_store_steps", "memory_plan",
-        "vram_budget", "lora_partial"}
+        "vram_budget", "lora_partial", "controlnet"}
     base = Settings(model="demo")
     for name, value in (("attention", "native"), ("step_cache", "dbcache"), ("model", "x/y"),
                         ("teleport_start_step", 3)):

@@ -43,7 +43,7 @@ def test_demo_files_fit_the_demo_transformer(engine, tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in paths] == [
         "demo-lora.safetensors",
         *(f"demo-lora-{layout}.safetensors" for layout in demo_files.LAYOUT_WRITERS),
-        "demo-transformer-Q8_0.gguf"]
+        "demo-transformer-Q8_0.gguf", "demo-controlnet.safetensors", "demo-controlnet"]
     # a fresh transformer from the model folder: the session engine may carry LoRA
     # adapters that earlier tests loaded (they wrap the attention projections)
     transformer = demo_transformer(resolve_folder("demo", engine.settings))
@@ -52,6 +52,8 @@ def test_demo_files_fit_the_demo_transformer(engine, tmp_path):
     assert lora and all(k.removeprefix("transformer.").rsplit(".lora_", 1)[0] in modules
                         for k in lora)
     assert all(k.startswith("lora_unet_") for k in load_file(paths[1]))
-    names = {t.name for t in gguf.GGUFReader(paths[-1]).tensors}
+    names = {t.name for t in gguf.GGUFReader(paths[-3]).tensors}
     assert names == set(transformer.state_dict())
+    single, folder = load_file(paths[-2]), load_file(f"{paths[-1]}/diffusion_pytorch_model.safetensors")
+    assert single.keys() == folder.keys() and all(single[k].equal(folder[k]) for k in single)
     assert run_cli("demo", "files", str(tmp_path / "x"), "--model", "nope").returncode == 2

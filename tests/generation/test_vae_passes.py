@@ -33,6 +33,53 @@ def test_tiled_decode_is_close_to_untiled_and_does_not_leak(engine):
     assert np.array_equal(pixels(run(engine).images[0]), plain)  # next request untiled
 
 
+@pytest.mark.parametrize("tile,overlap", [(64, 0.25), (80, 0.25), (96, 0.5), (112, 0.25)])
+def test_the_tiling_arithmetic_is_what_diffusers_vae_does(engine, tile, overlap):
+    """tiled_encode_size/tiled_decode_size predict the sizes (and the thin-tile failure)
+    diffusers' tiled AutoencoderKL really gives, measured on the demo VAE."""
+    import torch
+
+    from zturbo.generation.vae import tiled_decode_size, tiled_encode_size
+
+    vae, scale = engine.pipe.vae, 8
+    saved = (vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size,
+             vae.tile_overlap_factor)
+    vae.enable_tiling()
+    vae.tile_sample_min_size, vae.tile_latent_min_size = tile, tile // scale
+    vae.tile_overlap_factor = overlap
+    try:
+        for width, height in [(64, 96), (96, 64), (128, 96), (160, 128), (208, 112)]:
+            with torch.no_grad():
+                try:
+                    latent = vae.encode(torch.zeros(1, 3, height, width)).latent_dist.mean
+                    encoded = (latent.shape[-1], latent.shape[-2])
+                except RuntimeError:  # a tile too thin for the encoder's convs
+                    encoded = None
+                image = vae.decode(torch.zeros(1, 16, height // scale, width // scale)).sample
+            assert tiled_encode_size(width, height, tile, overlap, scale) == encoded
+            assert tiled_decode_size(width, height, tile, overlap, scale) == (
+                image.shape[-1], image.shape[-2])
+    finally:
+        (vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size,
+         vae.tile_overlap_factor) = saved
+
+
+def test_tiling_that_would_change_the_image_size_is_refused_before_any_work(engine):
+    # 80 px tiles at overlap 0.25 step 60 px but 7 latents (56 px): a 96x64 decode came
+    # back 100x68, a 64 px tall encode failed on a 4 px tile inside diffusers
+    tiling = {"vae_tiling": True, "vae_tile_size": 80, "vae_tile_overlap": 0.25}
+    for fields in ({"width": 96, "height": 64}, {"width": 160, "height": 128},
+                   {"width": 128, "height": 128, "passes": "0.5:2:1.0,1.0:2:0.5"}):
+        request = make_request(engine.settings, prompt="x", seed=1, steps=2,
+                               **{**fields, **tiling})
+        with pytest.raises(ZTurboError, match="do not fit a"):
+            engine.check_fits(request)
+        with pytest.raises(ZTurboError, match="do not fit a"):
+            generate(engine, request)
+    fits = run(engine, width=96, height=64, steps=2, **{**tiling, "vae_tile_size": 64})
+    assert fits.images[0].size == (96, 64)
+
+
 def test_tiling_turns_on_above_the_pixel_threshold(engine):
     settings = engine.settings.model_copy(update={"vae_tiling_pixels": 64 * 64})
     assert make_request(settings, prompt="x", width=128, height=64).vae_tiling

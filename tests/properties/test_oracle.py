@@ -108,3 +108,19 @@ def test_bfloat16_and_a_fused_lora_with_native_attention_never_change_a_pixel(tm
     assert not figures.mismatches, log.getvalue() + "\n" + summary(figures)
     # on these seeds: 26 compared, 8 teleport hits, 15 embedding hits
     assert figures.compared >= 18 and figures.hits["teleport"] >= 4, summary(figures)
+
+
+def test_controlled_requests_never_change_a_pixel(tmp_path, server):
+    """A sequence on the plain setup (its engines load the demo ControlNet) whose seed draws
+    controlled txt2img and inpaint, with LoRAs and VAE tiling, and an unreadable control
+    file: every image equals the cache-off engine's, the bad file is refused by both."""
+    log = io.StringIO()
+    figures = run_oracle(tmp_path / "oracle", server.url, [376], 10, out=log, setups=["plain"])
+    print(summary(figures))
+    assert not figures.mismatches, log.getvalue() + "\n" + summary(figures)
+    drawn = figures.drawn
+    for kind in ("control:txt2img", "control:inpaint", "control:with loras",
+                 "control:with tiling", "control:broken file"):
+        assert drawn.get(kind, 0) >= 1, (kind, summary(figures))
+    assert any("cannot read image" in reason for reason in figures.rejections), summary(figures)
+    assert figures.compared >= 6, summary(figures)

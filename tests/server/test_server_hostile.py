@@ -66,7 +66,7 @@ def test_nan_latents_over_http_are_a_400(client):
 
 def test_jobs_the_worker_would_refuse_are_never_queued(client):
     before = jobs_in_history(client)
-    cases = (({"image": "a" * 64}, "names an image but none was given"),
+    cases = (({"image": "a" * 64}, "image: the request names one (by hash) but none was given"),
              ({"loras": ["broken"]}, "cannot load LoRA 'broken'"))
     for body, text in cases:
         for path in ("/api/jobs", "/api/generate"):

@@ -217,3 +217,17 @@ def test_a_failed_load_leaves_no_engine_and_a_mended_model_loads_later(
     assert pool.load("b") is pool.peek("b") and pool.state("b")["state"] == "loaded"
     pool.release("b")
     pool.close()
+
+
+def test_each_named_model_gets_its_own_folder_defaults_unless_set(models_dir, tmp_path):
+    folder = tmp_path / "tuned"
+    shutil.copytree(demo.ensure("demo", models_dir), folder)
+    (folder / "zturbo.toml").write_text("[defaults]\nsteps = 5\nguidance = 1.5\n")
+    models = {"plain": {"source": "demo"}, "tuned": {"source": str(folder)},
+              "tuned-set": {"source": str(folder), "steps": 7}}
+    base = settings(models=models)  # the serverkit settings set steps 2
+    pool = EnginePool(base)
+    assert pool.settings_of("tuned").guidance == 1.5  # the folder's, nobody set one
+    assert pool.settings_of("tuned").steps == 2  # set by the server's settings: they win
+    assert pool.settings_of("tuned-set").steps == 7  # the table's own
+    assert pool.settings_of("plain").guidance == 0.0

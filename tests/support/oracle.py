@@ -107,6 +107,12 @@ LAYOUTS = ["diffusers", "kohya", "musubi-tuner", "comfyui", "ai-toolkit", "diffs
            "lycoris-lokr", "lycoris-loha"]
 LAYOUT_LORAS = [f"layered-{layout}" for layout in LAYOUTS]
 SOURCES = {"src-a": (64, 64, 1), "src-b": (128, 96, 2), "src-c": (96, 128, 3)}
+# control images (the plain setup's engines load the demo ControlNet), and a control file
+# that cannot be read
+CONTROLS = {"ctl-a": (64, 64, 4), "ctl-b": (96, 64, 5)}
+BROKEN_CONTROL = "ctl-broken"
+CONTROL_TYPES = ["map", "depth", "canny", "softedge", "lineart", "grayscale", "tile"]
+CONTROLNET_FILE = "demo-controlnet.safetensors"  # in <workdir>/controlnet
 # hits by kind: teleport by what served the image (Result.teleport[i].served: resume from
 # a stored step, final_latent decoded, or the stored image), the rest from the tiers' stats
 HIT_KINDS = ("teleport", "teleport:resume", "teleport:final_latent", "teleport:image",
@@ -213,6 +219,13 @@ def tally_drawn(figures: "Figures", spec: dict[str, Any], got: "Outcome") -> Non
     f = spec["fields"]
     names = [name for name in ("shift", "dype_scale", "variety", "enhance") if name in f]
     names += ["vae_tile_size"] if f.get("vae_tile_size", 64) != 64 else []
+    if spec.get("control"):
+        names.append("control:broken file" if spec["control"] == BROKEN_CONTROL else
+                     "control:inpaint" if spec.get("mask") else "control:txt2img")
+        names += ["control:with loras"] if f.get("loras") else []
+        names += ["control:with tiling"] if f.get("vae_tiling") else []
+        if any(t.hit for t in got.teleport):
+            names.append("control:teleport hit")
     names += ["cfg_normalization"] if f.get("cfg_normalization") else []
     names += ["cfg_truncation"] if f.get("cfg_truncation", 1.0) < 1.0 else []
     names += [f"lora:{p.split(':')[0].removeprefix('layered-')}"
@@ -237,7 +250,43 @@ def next_spec(rng: random.Random, setup: str, history: list[dict]) -> dict[str, 
     the first draws never vary are drawn on top)."""
     spec, fresh = _next_spec(rng, setup, history)
     draw_blind_fields(spec["fields"], len(history), fresh)
+    draw_control(spec, setup, len(history), fresh)
     return spec
+
+
+def draw_control(spec: dict[str, Any], setup: str, salt: int, fresh: bool) -> None:
+    """A control image (txt2img, or inpaint when the request has a source: a mask is added
+    and strength is 1), its type, scale and preprocessor parameters, sometimes an
+    unreadable control file; on a repeat of a controlled request sometimes another scale,
+    type or VAE tiling. From a generator of its own, so the sequences' other draws stay; only on the
+    plain setup (step caching refuses control)."""
+    f = spec["fields"]
+    if setup != "plain" or f.get("passes"):
+        return
+    more = random.Random(f"control-{salt}-{json.dumps(spec, sort_keys=True)}")
+    if not fresh:
+        if spec.get("control") and more.random() < 0.5:
+            change = more.choice(["scale", "type", "tiling"])
+            if change == "scale":
+                f["control_scale"] = more.choice([0.25, 0.75, 1.25])
+            elif change == "type":
+                f["control_type"] = more.choice(["map", "canny", "tile"])
+            else:  # the same control map encoded tiled, then untiled (or the reverse)
+                f["vae_tiling"] = not f.get("vae_tiling", False)
+                f["vae_tile_size"], f["vae_tile_overlap"] = 64, 0.25
+        return
+    if more.random() >= 0.25:
+        return
+    spec["control"] = more.choice(["ctl-a", "ctl-a", "ctl-b", BROKEN_CONTROL])
+    f["control_type"] = more.choice(CONTROL_TYPES)
+    f["control_scale"] = more.choice([0.5, 0.75, 1.0, 1.5])
+    if f["control_type"] == "canny" and more.random() < 0.5:
+        f["canny_low"], f["canny_high"] = more.choice([(50, 150), (100, 250)])
+    if f["control_type"] == "tile" and more.random() < 0.5:
+        f["tile_factor"] = more.choice([2, 8])
+    if spec["image"]:
+        spec["mask"] = spec["image"]
+        f["strength"] = 1.0
 
 
 def _next_spec(rng: random.Random, setup: str,
@@ -296,6 +345,25 @@ def source_image(name: str) -> Image.Image:
     return Image.fromarray(((base + rng.integers(0, 64, base.shape)) % 256).astype(np.uint8))
 
 
+def control_input(name: str) -> Image.Image | Path:
+    """A control image by name, or the path of an unreadable control file."""
+    if name == BROKEN_CONTROL:
+        path = Path(tempfile.gettempdir()) / "zturbo-oracle-broken-control.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        return path
+    width, height, seed = CONTROLS[name]
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), np.uint8))
+
+
+def make_controlnet(workdir: Path, models: Path) -> Path:
+    """The demo ControlNet (both layouts) in ``workdir/controlnet``; the single file."""
+    from zturbo.engine import demo
+    from zturbo.engine.demo_files import make_controlnet as write
+
+    return write(demo.ensure("demo", models), workdir / "controlnet")[1]
+
+
 def box_mask(name: str) -> Image.Image:
     width, height, _ = SOURCES[name]
     mask = np.zeros((height, width), np.uint8)
@@ -338,6 +406,9 @@ def cache_settings(setup: str, lora_dir: Path, redis_url: str | None, cached: bo
     else:
         caches = {"memory_cache_mb": 0, "disk_cache_mb": 0, "redis_url": None, "teleport": False}
     engine = dict(SETUPS[setup])
+    controlnet = lora_dir.parent / "controlnet" / CONTROLNET_FILE
+    if setup == "plain" and controlnet.is_file():
+        engine["controlnet"] = str(controlnet)
     if "loras" in engine:
         engine["loras"] = [str(lora_dir / "layered-kohya.safetensors") + ":0.8"]
     return Settings(model="demo", device="cpu", lora_dirs=[str(lora_dir)],
@@ -382,9 +453,10 @@ def run(engine, spec: dict[str, Any], with_fault: bool = True) -> Outcome:
             raise (Cancelled if fault["kind"] == "cancel" else InjectedFailure)(
                 f"oracle {fault['kind']} at step {done}")
 
-    name = spec.get("image")
+    name, control = spec.get("image"), spec.get("control")
     try:
         result = engine.generate(
+            control=control_input(control) if control else None,
             image=source_image(name) if name else None,
             mask=box_mask(spec["mask"]) if spec.get("mask") else None,
             on_step=on_step, **spec["fields"])
@@ -437,6 +509,7 @@ class Oracle:
         self._references: dict[str, Outcome] = {}
         self._ref_engines: dict[str, Any] = {}
         self._use_home(self.workdir / "ref-home")
+        make_controlnet(self.workdir, self.models)  # before any engine: plain ones load it
         self.lora_dir = make_lora_dir(self._ref_engine("plain"), self.workdir / "loras")
 
     def _use_home(self, home: Path) -> None:
@@ -455,8 +528,8 @@ class Oracle:
 
     def reference(self, setup: str, spec: dict[str, Any]) -> Outcome:
         """What a cache-off engine returns for this request alone (memoised per request)."""
-        key = json.dumps({"setup": setup, **{k: spec[k] for k in ("fields", "image", "mask")}},
-                         sort_keys=True)
+        key = json.dumps({"setup": setup, "control": spec.get("control"),
+                          **{k: spec[k] for k in ("fields", "image", "mask")}}, sort_keys=True)
         if key not in self._references:
             outcome = run(self._ref_engine(setup), spec, with_fault=False)
             if outcome.error is not None:  # a failed run may leave state behind: start afresh

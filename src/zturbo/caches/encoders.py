@@ -117,7 +117,54 @@ def vae_moments(engine: Engine, image: Image.Image, width: int, height: int) -> 
     Caching the posterior rather than one sample keeps img2img exact: the caller samples it
     with the request's generator just as diffusers' img2img pipeline does.
     """
-    key = vae_latent_key(engine, image_sha256(image), width, height,
+    return _cached_moments(engine, image_sha256(image), width, height,
+                           lambda: engine.pipe.image_processor.preprocess(
+                               image, height=height, width=width))
+
+
+def _as_controlnet_pipeline(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels as ZImageControlNetPipeline's ``prepare_image`` hands them to the VAE: its
+    ``repeat_interleave`` copies them into a contiguous tensor (the preprocessor's output
+    is a permuted view), and the VAE's convolutions round the two layouts differently."""
+    return pixels.repeat_interleave(1, dim=0)
+
+
+@torch.no_grad()
+def control_vae_moments(engine: Engine, image: Image.Image, width: int, height: int
+                        ) -> tuple[torch.Tensor, str | None]:
+    """The VAE posterior of a control map, encoded as the ControlNet pipelines encode it
+    (``_as_controlnet_pipeline``), cached apart from the same image as an img2img source."""
+    content = hashlib.sha256(f"control|{image_sha256(image)}".encode()).hexdigest()
+    return _cached_moments(engine, content, width, height,
+                           lambda: _as_controlnet_pipeline(engine.pipe.image_processor.preprocess(
+                               image, height=height, width=width)))
+
+
+@torch.no_grad()
+def masked_vae_moments(engine: Engine, image: Image.Image, mask: Image.Image, width: int,
+                       height: int) -> tuple[torch.Tensor, str | None]:
+    """The VAE posterior of ``image`` with the repainted part of ``mask`` blanked (pixels 0,
+    mid-grey), as ZImageControlNetInpaintPipeline encodes its source; cached under both
+    images' hashes."""
+    from diffusers.image_processor import VaeImageProcessor  # lazy: keeps CLI start fast
+
+    def pixels() -> torch.Tensor:
+        masks = VaeImageProcessor(vae_scale_factor=engine.pipe.vae_scale_factor,
+                                  do_normalize=False, do_binarize=True,
+                                  do_convert_grayscale=True)
+        condition = masks.preprocess(mask, height=height, width=width)
+        source = _as_controlnet_pipeline(engine.pipe.image_processor.preprocess(
+            image, height=height, width=width))
+        return source * (torch.tile(condition, [1, 3, 1, 1]) < 0.5)
+
+    content = hashlib.sha256(f"masked|{image_sha256(image)}|{image_sha256(mask)}".encode())
+    return _cached_moments(engine, content.hexdigest(), width, height, pixels)
+
+
+def _cached_moments(engine: Engine, content: str, width: int, height: int,
+                    pixels_of: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, str | None]:
+    """VAE posterior of the pixels ``pixels_of`` makes (named by ``content``), cached."""
+    key = vae_latent_key(engine, content, width, height,
                          encode_tiling(engine.pipe.vae, width, height))
     hit = fetch(engine, VAE_LATENT, key)
     if hit is not None and hit[1].get("layout") in LAYOUTS:
@@ -127,8 +174,7 @@ def vae_moments(engine: Engine, image: Image.Image, width: int, height: int) -> 
         return in_layout(moments, meta["layout"]), tier
     started = time.perf_counter()
     vae = engine.pipe.vae
-    pixels = engine.pipe.image_processor.preprocess(image, height=height, width=width)
-    pixels = pixels.to(device=component_device(engine, "vae"), dtype=vae.dtype)
+    pixels = pixels_of().to(device=component_device(engine, "vae"), dtype=vae.dtype)
     moments = vae.encode(pixels).latent_dist.parameters
     cost = time.perf_counter() - started
     check_encoded(moments, pixels, encode_tiling(vae, width, height))

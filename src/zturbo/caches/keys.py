@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zturbo.config import Request
+from zturbo.config import Request, control_fields
 from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import sigmas
 from zturbo.hashing import digest
@@ -49,15 +49,19 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
     off, so a plain request keeps the key it always had):
 
     - ``negative_prompt`` when guidance is 0: it is neither encoded nor passed to the DiT;
-    - the VAE tiling fields for txt2img (tiling touches only the decode, after the stored
-      latent, and the img2img source encode), and the tile size and overlap when tiling
-      is off;
+    - the VAE tiling fields for txt2img without control (tiling touches only the decode,
+      after the stored latent, and the encodes of an img2img source or a control map), and
+      the tile size and overlap when tiling is off;
     - the fields of knobs in ``OFF_UNLESS_SET`` while they are off, and those of
-      ``OFF_AT_DEFAULT`` at their defaults (they leave the key);
+      ``OFF_AT_DEFAULT`` at their defaults (they leave the key), and every control field
+      (``config.control_fields``) when there is no control image;
     - a LoRA pick's name (its sha256 is the content), and picks with scale 0, which
       ``lora.request_loras`` does not load at all (the base model runs).
     """
     fields = request.model_dump(mode="json", exclude=set(NOT_IN_TRAJECTORY))
+    if request.control_image is None:  # no ControlNet: every control field leaves the key
+        for name in control_fields():
+            fields.pop(name, None)
     for name in OFF_UNLESS_SET:  # a knob added later: at its default it adds nothing
         if not fields.get(name):
             for dropped in OFF_UNLESS_SET[name]:
@@ -68,7 +72,7 @@ def trajectory_fields(request: Request) -> dict[str, Any]:
     unused = []
     if request.guidance == 0:
         unused.append("negative_prompt")
-    if request.image is None:
+    if request.image is None and request.control_image is None:
         unused.extend(DECODE_FIELDS)
     elif not request.vae_tiling:
         unused.extend(DECODE_FIELDS[1:])

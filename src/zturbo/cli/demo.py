@@ -24,8 +24,9 @@ def demo_files_command(
     model: Annotated[str, typer.Option("--model", "-m", help="The demo model the files fit: demo, demo-base, demo-small or demo-medium.")] = "demo",
 ) -> None:
     """Write a sample LoRA (in the diffusers layout and every other layout `zturbo lora
-    inspect` knows) and a GGUF Q8_0 transformer for a demo model, to try --lora and
-    --transformer-file offline."""
+    inspect` knows), a GGUF Q8_0 transformer and a random ControlNet-Union (a diffusers
+    folder and the same weights as one .safetensors file) for a demo model, to try --lora,
+    --transformer-file and --controlnet offline."""
     from zturbo.engine import (
         demo,  # torch, diffusers: only for this command
         demo_files,
@@ -39,5 +40,6 @@ def demo_files_command(
     for path in files.values():
         typer.echo(path)
     typer.echo(f"try: zturbo generate \"a cat\" --model {model} --lora {files['lora']}:0.8\n"
-               f"     zturbo generate \"a cat\" --model {model} --transformer-file {files['gguf']}",
+               f"     zturbo generate \"a cat\" --model {model} --transformer-file {files['gguf']}\n"
+               f"     zturbo generate \"a cat\" --model {model} --controlnet {files['controlnet']} --control-image photo.png",
                err=True)

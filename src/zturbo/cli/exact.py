@@ -27,9 +27,11 @@ from zturbo.server.engine_identity import fresh_identity
 def eligible(settings: Settings, request: Request) -> bool:
     """Whether the full path would look ``request`` up as an image entry: exact repeats
     keep images (``teleport_repeat = image``), teleport is on, and it is one text-to-image
-    trajectory per seed (no source image, no embeddings file, no passes)."""
+    trajectory per seed (no source image, no control image, no embeddings file, no
+    passes)."""
     return (settings.teleport and settings.teleport_repeat == "image" and request.teleport
             and request.image is None and request.mask is None
+            and request.control_image is None
             and request.embeddings_sha256 is None and not request.passes)
 
 

@@ -26,6 +26,7 @@ from zturbo.cli.options import (
     CacheDitWarmup,
     Compile,
     CompileMode,
+    ControlNetPath,
     Device,
     Dtype,
     Lora,
@@ -89,7 +90,7 @@ def generate(
     embeddings: Annotated[Path | None, typer.Option("--embeddings", help="Prompt embeddings from `zturbo encode` (safetensors); the text encoder is not loaded.")] = None,
     enhance_only: Annotated[bool, typer.Option("--enhance-only", help="Print the enhanced prompt and exit without generating.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
-    lora: Lora = None, transformer_file: TransformerFile = None,
+    lora: Lora = None, transformer_file: TransformerFile = None, controlnet: ControlNetPath = None,
     adapter: Adapter = None, lora_dir: LoraDir = None, lora_partial: LoraPartial = None,
     text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
     text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
@@ -107,6 +108,7 @@ def generate(
     options = {**locals(), **request}  # every option by parameter name
     options.pop("request")
     seed, image, mask = request.get("seed"), request.get("image"), request.get("mask")
+    control = request.get("control_image")
     if prompt_file is not None:
         try:
             prompt = options["prompt"] = prompt_file.read_text().strip()
@@ -133,34 +135,50 @@ def generate(
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return
-    source = _source(image, mask, settings, fields) if image or mask else None
+    if control is None and from_image is not None and fields.get("control_image"):
+        control = _stored_control(from_image, fields["control_image"])
+    source = _source(image, mask, control, settings, fields) if image or mask or control else None
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
     check_total_images(len(requests), requests[0].num_images, settings.max_images)
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     feedback = Feedback()
     remaining = requests
-    if file is None and image is None and settings.server in ("auto", "off"):
+    if file is None and source is None and settings.server in ("auto", "off"):
         remaining = _stored(settings, remaining, pattern, as_json)  # exact repeats first
     # a server cannot see local input files; with --server off none is looked for
-    if remaining and file is None and image is None and settings.server != "off":
+    if remaining and file is None and source is None and settings.server != "off":
         remaining = _on_server(settings, remaining, pattern, as_json, feedback)
     if remaining:
         _locally(settings, remaining, pattern, as_json, feedback, source, file)
 
 
-def _source(image: Path | None, mask: Path | None, settings, fields: dict[str, Any]):
-    """img2img/inpaint pixels; their hashes (and by default their size) go into ``fields``."""
+def _source(image: Path | None, mask: Path | None, control: Any, settings,
+            fields: dict[str, Any]):
+    """img2img/inpaint/control pixels; their hashes (and by default their size) go into
+    ``fields``."""
     from zturbo.generation.img2img import (  # torch: only when an image is given
         as_source,
         source_size,
     )
 
-    source, hashes = as_source(image, mask, max_pixels=settings.max_pixels)
+    source, hashes = as_source(image, mask, control=control, max_pixels=settings.max_pixels)
     fields.update(hashes)
     for name, value in source_size(source).items():
         fields[name] = value if fields.get(name) is None else fields[name]
     return source
+
+
+def _stored_control(from_image: Path, digest: str):
+    """The control image a ``--from`` PNG names, from the state dir's input store, or one
+    line saying how to give it."""
+    from zturbo.caches.inputs import find_input, inputs_dir  # PIL, torch: only when needed
+
+    found = find_input(digest)
+    if found is None:
+        raise ZTurboError(f"{from_image} was made with a control image (sha256 {digest[:12]}...) "
+                          f"that is not in {inputs_dir()}: give it with --control-image FILE")
+    return found
 
 
 def _enhance_only(settings, request, as_json: bool) -> None:
@@ -178,6 +196,7 @@ def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, so
              file) -> None:
     """Load the model in this process and run ``requests`` (recording each image for an
     exact repeat's lookup, ``_stored``)."""
+    from zturbo.caches.inputs import keep_input
     from zturbo.cli import exact  # PIL, SQLite: only when this process generates
     from zturbo.generation import models  # torch, diffusers: only when this process generates
     from zturbo.generation.orchestrator import generate as run
@@ -192,6 +211,8 @@ def _locally(settings, requests: list, pattern: str, as_json: bool, feedback, so
         _show(result, pattern, settings, as_json)
         if source is None and file is None:
             exact.remember(engine, settings, request, result, START_ENV)
+    if source is not None and source.control is not None:  # once its images are made
+        keep_input(source.control)  # so --from finds it again (by content)
 
 
 def _stored(settings, requests: list, pattern: str, as_json: bool) -> list:
@@ -365,7 +386,7 @@ def _teleport_text(replay: TeleportReport) -> str:
 def info(
     image: Annotated[Path | None, typer.Argument(help="A PNG made by zturbo (or with A1111 parameters).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    lora: Lora = None, transformer_file: TransformerFile = None,
+    lora: Lora = None, transformer_file: TransformerFile = None, controlnet: ControlNetPath = None,
     text_encoder_quant: TextEncoderQuant = None, offload: Offload = None,
     text_encoder_device: TextEncoderDevice = None, vae_device: VaeDevice = None,
     memory_plan: MemoryPlan = None, vram_budget: VramBudget = None,

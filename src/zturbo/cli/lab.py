@@ -15,6 +15,7 @@ import typer
 from zturbo.cli.compose import compose_command
 from zturbo.cli.feedback import progress
 from zturbo.cli.options import (
+    ControlNetPath,
     Device,
     Dtype,
     Model,
@@ -58,6 +59,10 @@ def sweep_command(progress):
         guidance: Annotated[float | None, typer.Option("--guidance", "-g", help="Guidance scale (unless swept). [default: 0]")] = None,
         negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", help="Used only with guidance > 0.")] = None,
         template: Template = None,
+        control_image: Annotated[Path | None, typer.Option("--control-image", help="Control image of every frame (needs --controlnet); vary control_scale=... or control_type=....")] = None,
+        control_type: Annotated[str | None, typer.Option("--control-type", help="How the control image becomes a map (unless swept). [default: map]")] = None,
+        control_scale: Annotated[float | None, typer.Option("--control-scale", help="ControlNet strength (unless swept). [default: 0.75]")] = None,
+        controlnet: ControlNetPath = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per frame, then a summary line.")] = False,
         model: Model = None, profile: Profile = None, device: Device = None, dtype: Dtype = None,
         transformer_file: TransformerFile = None,
@@ -70,6 +75,7 @@ def sweep_command(progress):
             run,
         )
 
+        control = None  # the pixels of --control-image, kept once the sweep validates
         if from_spec is not None:
             try:
                 spec = load_spec(from_spec.read_text())
@@ -79,6 +85,7 @@ def sweep_command(progress):
             if model:
                 spec.model = model
         else:
+            control, control_digest = _read_control(control_image)
             text = _prompt(prompt, prompt_name or ("robot" if preset and not prompt else None))
             if not text:
                 raise ZTurboError("no prompt: give PROMPT, --prompt-name NAME or --from sweep.toml")
@@ -86,19 +93,37 @@ def sweep_command(progress):
                 raise ZTurboError("nothing to sweep: give --vary FIELD=v1,v2 or --preset NAME")
             spec = build_spec(text, vary, preset=preset, reference=reference, model=model, seed=seed,
                               width=width, height=height, steps=steps, guidance=guidance,
-                              negative_prompt=negative_prompt, template=template)
+                              negative_prompt=negative_prompt, template=template,
+                              control_type=control_type, control_scale=control_scale,
+                              control_image=control_digest)
             folder = RunFolder(output) if output else None
         settings, _ = load_settings(profile, {"model": spec.model, "device": device, "dtype": dtype,
-                                              "transformer_file": transformer_file})
+                                              "transformer_file": transformer_file,
+                                              "controlnet": controlnet})
         spec.model = spec.model or settings.model
         folder = folder or default_folder(spec, settings)
         total = len(plan(spec, settings))  # validates every frame before anything loads
+        if from_spec is None and control is not None:
+            from zturbo.caches.inputs import keep_input
+
+            keep_input(control)  # each frame, and a later --from, find it there by content
         folder.check_writable()  # so is the run folder: one line, exit 2
         typer.echo(f"zturbo: sweep of {total} frame(s) into {folder.path}", err=True)
         outcome = _run_with_bar(run, progress, spec, folder, settings, total, as_json)
         _print_outcome(outcome, as_json)
 
     return sweep
+
+
+def _read_control(path: Path | None):
+    """``--control-image``: the pixels and their digest (the sweep's fixed control_image)."""
+    if path is None:
+        return None, None
+    from zturbo.caches.encoders import image_sha256  # torch: only with a control image
+    from zturbo.generation.img2img import load_image
+
+    image = load_image(path, max_pixels=load_settings()[0].max_pixels)
+    return image, image_sha256(image)
 
 
 def _run_with_bar(run, progress, spec: SweepSpec, folder: RunFolder, settings, total: int,

@@ -28,6 +28,7 @@ Adapter = Annotated[list[str] | None, typer.Option("--adapter", help="LoRA adapt
 LoraDir = Annotated[list[str] | None, typer.Option("--lora-dir", help="Folder --adapter names are looked up in; repeat for several. [env: ZTURBO_LORA_DIRS]")]
 LoraPartial = Annotated[bool | None, typer.Option("--lora-partial/--no-lora-partial", help="Apply a LoRA whose keys do not all fit, skipping (and reporting) the rest. [default: off: refused with the keys listed]")]
 TransformerFile = Annotated[str | None, typer.Option("--transformer-file", help="Single-file transformer (.gguf Q8_0/Q4_K/..., or .safetensors) used over the model's own. [env: ZTURBO_TRANSFORMER_FILE]")]
+ControlNetPath = Annotated[str | None, typer.Option("--controlnet", help="ControlNet-Union loaded beside the model: a diffusers folder or the single .safetensors release file; requests then take --control-image. [env: ZTURBO_CONTROLNET]")]
 TextEncoderQuant = Annotated[str | None, typer.Option("--text-encoder-quant", help="none, 8bit or 4bit (bitsandbytes; CUDA only).")]
 Offload = Annotated[str | None, typer.Option("--offload", help="none, model or sequential CPU offload (needs an accelerator).")]
 TextEncoderDevice = Annotated[str | None, typer.Option("--text-encoder-device", help="Device for the text encoder, e.g. cpu (default: --device).")]
@@ -96,7 +97,7 @@ HiddenLayer = request_option("hidden_layer")
 LongPrompt = request_option("long_prompt")
 
 # Options that name a Request field but that the command reads itself first (files, a seed list)
-READ_FIRST = frozenset({"seed", "image", "mask"})
+READ_FIRST = frozenset({"seed", "image", "mask", "control_image"})
 
 
 def request_options(options: dict[str, Any],

@@ -12,7 +12,19 @@ from typing import Annotated
 import typer
 from typer._click import exceptions as usage  # typer's own (vendored) click errors
 
-from zturbo.cli import cache, config, demo, generate, lab, lora, mcp, profiler, prompt, serve
+from zturbo.cli import (
+    cache,
+    config,
+    control,
+    demo,
+    generate,
+    lab,
+    lora,
+    mcp,
+    profiler,
+    prompt,
+    serve,
+)
 from zturbo.cli.helptext import annotate, escape_markup
 
 app = typer.Typer(
@@ -45,6 +57,7 @@ app.add_typer(lab.app)  # zturbo sweep
 app.add_typer(config.app, name="config")
 app.add_typer(demo.app, name="demo")
 app.add_typer(lora.app, name="lora")
+app.add_typer(control.app, name="control")
 app.add_typer(cache.app, name="cache")
 app.add_typer(prompt.templates_app, name="templates")
 app.add_typer(lab.lab_app, name="lab")

@@ -10,6 +10,7 @@ import typer
 from zturbo.cli.options import (
     Attention,
     Compile,
+    ControlNetPath,
     Device,
     Dtype,
     Lora,
@@ -45,6 +46,7 @@ def serve(
     attention: Attention = None,
     compile_: Compile = None,
     lora: Lora = None,
+    controlnet: ControlNetPath = None,
     ray: Annotated[bool, typer.Option("--ray", help="Serve on Ray Serve: the same API in front of generator replicas (one engine each); joins RAY_ADDRESS when set, else starts a local Ray. See docs/scaleout.md.")] = False,
     replicas: Annotated[int | None, typer.Option("--replicas", min=1, help="With --ray: generator replicas (one GPU each when CUDA is present, else one CPU). [default: 1]")] = None,
     autoscale: Annotated[str | None, typer.Option("--autoscale", metavar="MIN:MAX", help="With --ray: autoscale the generator replicas between MIN and MAX.")] = None,

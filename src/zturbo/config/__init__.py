@@ -17,7 +17,13 @@ from zturbo.config.fields import (
     check_text,
     parse_passes,
 )
-from zturbo.config.request import REQUEST_DEFAULTS, Request, img2img_start_step, make_request
+from zturbo.config.request import (
+    REQUEST_DEFAULTS,
+    Request,
+    control_fields,
+    img2img_start_step,
+    make_request,
+)
 from zturbo.config.settings import Settings, config_path, first_error, load_settings, read_config
 from zturbo.config.sizes import (
     ASPECTS,
@@ -43,7 +49,7 @@ __all__ = [
     "MAX_STEPS", "MAX_TEXT_CHARS", "REQUEST_DEFAULTS", "SEED_LIMIT", "SHA256_HEX", "TEXT_TOKEN_LIMIT", "Bool",
     "DypeMethod", "Float", "Int", "LongPromptMode", "LoraPick", "LoraPicks", "Pass", "Passes",
     "Request", "Settings", "ascii_digits", "ascii_int", "bucket_size", "check_text",
-    "config_path", "first_error",
+    "config_path", "control_fields", "first_error",
     "img2img_start_step", "load_settings", "make_request", "nearest_multiples", "parse_passes",
     "read_config", "state_dir",
 ]

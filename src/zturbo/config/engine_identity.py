@@ -48,5 +48,9 @@ def engine_key(settings: Settings) -> str:
     values["loras"] = [_file_identity(spec) for spec in settings.loras]
     if settings.transformer_file:
         values["transformer_file"] = _file_identity(settings.transformer_file)
+    if settings.controlnet:  # a folder by its absolute path, a file by path, size and mtime
+        values["controlnet"] = _file_identity(str(Path(settings.controlnet).expanduser().resolve()))
+    else:  # added later: off, it leaves the key (a Lab run folder keeps its name)
+        values.pop("controlnet")
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

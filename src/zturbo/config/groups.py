@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-PANELS = ("Prompt", "Image", "Research knobs", "Model and weights", "Speed", "Cache",
+PANELS = ("Prompt", "Image", "Control", "Research knobs", "Model and weights", "Speed", "Cache",
           "Output", "Limits", "Server")  # --help panels, in the order they are shown
 
 

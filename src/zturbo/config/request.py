@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from zturbo.config.fields import SHA256_HEX, Bool, Float, Int, Passes, check_text
-from zturbo.config.groups import Flag, Group, fields_where
+from zturbo.config.groups import Flag, Group, fields_where, group_of
 from zturbo.config.settings import Settings, first_error
 from zturbo.config.sizes import (
     ENHANCE_INPUT_CHARS,
@@ -31,6 +31,7 @@ from zturbo.config.sizes import (
     LongPromptMode,
     nearest_multiples,
 )
+from zturbo.engine.control_maps import CONTROL_TABLE
 from zturbo.engine.lora import LoraPick, LoraPicks, pick_loras
 from zturbo.engine.prompt_templates import MAX_TEMPLATE_CHARS, find
 from zturbo.errors import ZTurboError
@@ -38,6 +39,14 @@ from zturbo.errors import ZTurboError
 # Each field's --help panel (zturbo.config.groups)
 PROMPT, IMAGE, KNOB = Group("Prompt"), Group("Image"), Group("Research knobs")
 WEIGHTS, CACHE = Group("Model and weights"), Group("Cache")
+CONTROL = Group("Control")
+# Control maps: built from the control image by a preprocessor, or passed through as given
+PREPROCESSED_CONTROL = ("canny", "softedge", "lineart", "grayscale", "tile")
+PASS_THROUGH_CONTROL = ("depth", "pose", "normal", "map")
+ControlType = Literal["canny", "softedge", "lineart", "grayscale", "tile", "depth", "pose",
+                      "normal", "map"]
+CONTROL_SCALE = 0.75  # diffusers' ZImageControlNetPipeline default
+MAX_CONTROL_SCALE = 2.0
 
 
 class Request(BaseModel):
@@ -87,6 +96,30 @@ class Request(BaseModel):
     mask: Annotated[str | None, IMAGE, Flag(
         "Inpaint mask for --image: white is repainted, black kept.",
         type=Path)] = Field(None, pattern=SHA256_HEX)
+    # ControlNet: the control image's content hash (its pixels travel alongside, like
+    # ``image``), how it becomes a map (``engine.control_maps``) and how strongly it steers.
+    # Every field in the CONTROL group belongs to it (``control_fields``): off (no control
+    # image) they leave the cache keys and must keep their defaults.
+    control_image: Annotated[str | None, CONTROL, Flag(
+        "Control image for the engine's ControlNet (--controlnet); the output size "
+        "defaults to its size.", type=Path)] = Field(None, pattern=SHA256_HEX)
+    control_type: Annotated[ControlType, CONTROL, Flag(
+        "How the control image becomes a map: canny, softedge, lineart, grayscale, tile, or a "
+        "map made elsewhere: depth, pose, normal, map.", type=str)] = "map"
+    control_scale: Annotated[Float, CONTROL, Flag(
+        "ControlNet strength, 0-2. [default: 0.75]")] = Field(
+        CONTROL_SCALE, ge=0.0, le=MAX_CONTROL_SCALE)
+    # Control-map preprocessor parameters (``engine.control_maps``): each is read by one
+    # control type only and is canonical (its default) for the others.
+    canny_low: Annotated[Int, CONTROL, Flag(
+        "Canny low threshold on the 0-255 gradient scale (--control-type canny). "
+        "[default: 100]")] = Field(100, ge=0, le=1000)
+    canny_high: Annotated[Int, CONTROL, Flag(
+        "Canny high threshold, at least --canny-low (--control-type canny). "
+        "[default: 200]")] = Field(200, ge=0, le=1000)
+    tile_factor: Annotated[Int, CONTROL, Flag(
+        "How many times the tile map shrinks the control image before blurring it back "
+        "(--control-type tile). [default: 4]")] = Field(4, ge=1, le=32)
     passes: Annotated[Passes, IMAGE, Flag(
         "Multi-pass SCALE:STEPS:STRENGTH,... e.g. 0.5:8:1.0,1.0:4:0.45 (last scale 1.0).",
         type=str)] = Field((), max_length=8)
@@ -157,6 +190,7 @@ class Request(BaseModel):
             off += ["variety_steps"]
         if not data.get("slg_scale"):
             off += ["slg_layers", "slg_start", "slg_stop"]
+        off += _control_params_off(data)
         if not data.get("guidance"):
             off += ["cfg_normalization", "cfg_truncation"]
         for name in off:
@@ -166,6 +200,13 @@ class Request(BaseModel):
                 except ValidationError as exc:
                     raise ValueError(f"{name}: {first_error(exc)}") from None
         return data
+
+    @model_validator(mode="after")
+    def _canny_order(self) -> Request:
+        if self.canny_low > self.canny_high:
+            raise ValueError(f"canny_low {self.canny_low} must not be above canny_high "
+                             f"{self.canny_high}")
+        return self
 
     @field_validator("slg_layers")
     @classmethod
@@ -243,6 +284,7 @@ class Request(BaseModel):
             raise ValueError("slg_layers is empty: name the DiT layers to skip, e.g. 7,8,9")
         if self.image is None and (self.strength is not None or self.mask is not None):
             raise ValueError("strength and mask need a source image (--image)")
+        self._check_control()
         if self.passes and self.passes[-1].scale != 1.0:
             raise ValueError("the last pass must have scale 1.0 (the final size)")
         if self.enhance and len(self.prompt) > ENHANCE_INPUT_CHARS:
@@ -254,6 +296,25 @@ class Request(BaseModel):
         if self.vae_tile_size % 16:
             raise ValueError(f"vae_tile_size {self.vae_tile_size} is not a multiple of 16")
         return self
+
+    def _check_control(self) -> None:
+        """Control fields need a control image; controlled inpaint runs the whole schedule
+        from noise (as diffusers' ZImageControlNetInpaintPipeline does)."""
+        if self.control_image is None:
+            changed = [name for name in control_fields()
+                       if getattr(self, name) != Request.model_fields[name].default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} {'need' if len(changed) > 1 else 'needs'} "
+                                 "a control image (--control-image)")
+            return
+        if self.image is not None and self.mask is None:
+            raise ValueError("a control image with a source image needs a mask (controlled "
+                             "inpainting); img2img with a control image is not supported")
+        if self.image is not None and self.strength != 1.0:
+            raise ValueError(f"controlled inpainting runs every step from noise: strength "
+                             f"must be 1.0, not {self.strength}")
+        if self.passes:
+            raise ValueError("multi-pass does not combine with a control image")
 
     def dit_passes(self) -> int:
         """DiT passes one image asks for: ``steps``, or all its passes together (the
@@ -276,12 +337,30 @@ class Request(BaseModel):
         return [(self.seed + i) % SEED_LIMIT for i in range(self.num_images)]
 
 
+def _control_params_off(data: dict[str, Any]) -> list[str]:
+    """With a control image, the preprocessor parameters of the other control types (they
+    take their defaults, so they cannot split the keys; without a control image every
+    control field must keep its default: ``Request._check_control``)."""
+    if data.get("control_image") is None:
+        return []
+    kind = data.get("control_type", Request.model_fields["control_type"].default)
+    return [name for key, entry in CONTROL_TABLE.items() if key != kind
+            for name in entry.params]
+
+
 @functools.cache
 def field_adapter(name: str) -> TypeAdapter:
     """A validator of one Request field alone (its type, strictness and bounds)."""
     info = Request.model_fields[name]
     kind: Any = Annotated[info.annotation, *info.metadata]
     return TypeAdapter(kind, config=ConfigDict(allow_inf_nan=False))
+
+
+@functools.cache
+def control_fields() -> tuple[str, ...]:
+    """The Request fields of ControlNet control: those in the ``Control`` group (the control
+    image, its type, scale and preprocessor parameters)."""
+    return tuple(name for name in Request.model_fields if group_of(Request, name) == CONTROL)
 
 
 # Settings that are the defaults of the Request fields of the same name (Group request=True)
@@ -328,8 +407,8 @@ def with_defaults(settings: Settings, fields: dict[str, Any]) -> dict[str, Any]:
     if values.get("template") in (None, "", "none"):
         values["template"] = "none"
         values.pop("template_body", None)
-    if values.get("image") is not None:
-        values.setdefault("strength", settings.strength)
+    if values.get("image") is not None:  # controlled inpaint runs from noise
+        values.setdefault("strength", 1.0 if values.get("control_image") else settings.strength)
     if "vae_tiling" not in values:
         try:
             pixels = int(values["width"]) * int(values["height"])

@@ -282,6 +282,10 @@ class Settings(BaseSettings):
     transformer_file: Annotated[str | None, WEIGHTS_ENGINE] = Field(
         None, description="single-file transformer (.gguf or .safetensors) over the base model's"
     )
+    controlnet: Annotated[str | None, WEIGHTS_ENGINE] = Field(
+        None, description="ControlNet-Union loaded beside the model: a diffusers folder or "
+        "the single .safetensors file of the release (requests then take a control image)"
+    )
     text_encoder_quant: Annotated[Literal["none", "8bit", "4bit"], WEIGHTS_ENGINE] = Field(
         "none", description="bitsandbytes text-encoder quantisation (CUDA only)"
     )

@@ -208,6 +208,10 @@ def check_request(engine: Engine, request) -> None:
         raise ZTurboError("skip-layer guidance with guidance > 0 does not combine with step "
                           "caching (--step-cache): use guidance 0, slg_scale 0, or an engine "
                           "without step caching")
+    if step_cache(engine) and getattr(request, "control_image", None) is not None:
+        raise ZTurboError("a control image does not combine with step caching (--step-cache): "
+                          "cached residuals would skip the ControlNet's hints; use an engine "
+                          "without step caching")
     if step_cache(engine) and request.guidance > 0 and request.cfg_truncation < 1:
         raise ZTurboError("cfg_truncation below 1 with guidance > 0 does not combine with "
                           "step caching (--step-cache): use cfg_truncation 1, guidance 0, or "

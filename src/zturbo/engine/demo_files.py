@@ -11,7 +11,11 @@
   two for alphas, factors of 1 for the LyCORIS products), so each gives the same pixels
   and cache keys;
 - ``demo-transformer-Q8_0.gguf``: the transformer as GGUF Q8_0:
-  ``--transformer-file DIR/demo-transformer-Q8_0.gguf``.
+  ``--transformer-file DIR/demo-transformer-Q8_0.gguf``;
+- a random ControlNet-Union (the 2.1 layout: 33 control channels, so it also inpaints)
+  for the demo transformer, as a diffusers folder ``demo-controlnet/`` and as the single
+  file the releases ship, ``demo-controlnet.safetensors`` (the same weights):
+  ``--controlnet DIR/demo-controlnet.safetensors``.
 
 The tests make their files with these functions too.
 """
@@ -173,11 +177,50 @@ def make_gguf(folder: Path, target: Path, qtype: str = "Q8_0") -> Path:
     return write_gguf(demo_transformer(folder).state_dict(), target, qtype)
 
 
+def controlnet_config(transformer_config) -> dict:
+    """A ControlNet-Union 2.1 config for a transformer: every DiT layer gets a control
+    layer (the releases take every other one of 30), every refiner layer a hint."""
+    refiners = int(transformer_config.n_refiner_layers)
+    return {
+        "control_layers_places": list(range(int(transformer_config.n_layers))),
+        "control_refiner_layers_places": list(range(refiners)),
+        "control_in_dim": 2 * int(transformer_config.in_channels) + 1,
+        "add_control_noise_refiner": "control_noise_refiner",
+        "dim": int(transformer_config.dim), "n_refiner_layers": refiners,
+        "n_heads": int(transformer_config.n_heads),
+        "n_kv_heads": int(transformer_config.n_kv_heads),
+        "norm_eps": float(transformer_config.norm_eps),
+        "qk_norm": bool(transformer_config.qk_norm),
+    }
+
+
+def make_controlnet(folder: Path, out_dir: Path, name: str = "demo-controlnet",
+                    seed: int = 0, std: float = 0.05) -> tuple[Path, Path]:
+    """A random ControlNet for the transformer in ``folder``, as a diffusers folder and as
+    one .safetensors file of the same weights. Every weight is drawn (the release's
+    zero-initialised projections too), so control visibly changes the image."""
+    from diffusers import ZImageControlNetModel
+
+    config = controlnet_config(demo_transformer(folder).config)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    with BUILD_LOCK:
+        model = ZImageControlNetModel(**config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * std)
+    model.save_pretrained(out_dir / name)
+    single = out_dir / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, single)
+    return out_dir / name, single
+
+
 def write_all(folder: Path, out_dir: Path) -> dict[str, Path]:
     """Every demo file for the model in ``folder``, in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lora = make_lora(folder, out_dir)
     layouts = write_layouts(lora, out_dir)
+    controlnet_folder, controlnet_file = make_controlnet(folder, out_dir)
     return {"lora": lora,
             **{f"lora_{layout.replace('-', '_')}": path for layout, path in layouts.items()},
-            "gguf": make_gguf(folder, out_dir / "demo-transformer-Q8_0.gguf")}
+            "gguf": make_gguf(folder, out_dir / "demo-transformer-Q8_0.gguf"),
+            "controlnet": controlnet_file, "controlnet_folder": controlnet_folder}

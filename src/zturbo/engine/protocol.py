@@ -35,6 +35,7 @@ class Engine(Protocol):
     caches: TieredCache | None
     lock: threading.Lock
     lora_registry: LoraRegistry  # per-request LoRA adapters and their files
+    controlnet: Any  # diffusers' ZImageControlNetModel (setting controlnet), or None
     model_defaults: dict[str, Any]  # the model's own request defaults (steps, guidance...)
 
     @property

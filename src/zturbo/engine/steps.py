@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from zturbo.engine import controlnet as control_net
 from zturbo.engine import dype as dype_rope
 from zturbo.engine import long_prompts
 from zturbo.engine import slg as skip_layer
@@ -195,6 +196,7 @@ def denoise(
     slg: skip_layer.SLG | None = None,
     blend: StepBlend | None = None,
     variety: seed_variety.Variety | None = None,
+    control: control_net.Control | None = None,
 ) -> torch.Tensor:
     """Run the DiT over ``sigma_list`` from ``latents``; returns the final float32 latents.
 
@@ -204,6 +206,7 @@ def denoise(
     run did. ``dype`` and ``slg`` hook the shared transformer for this call only (the engine
     lock is held). ``variety`` swaps in its perturbed embedding for the steps of its
     window (numbered like ``blend``'s, so a resumed run sees what the full run saw).
+    ``control`` feeds the engine's ControlNet hints into every DiT pass.
     ``cfg_normalization`` and ``cfg_truncation`` (guidance > 0) are diffusers' own: the
     truncation is decided per step from that step's timestep (``cfg_steps``), so a resumed
     run guides exactly the steps the full run guided.
@@ -225,7 +228,8 @@ def denoise(
 
     height, width = latents.shape[-2] * 8, latents.shape[-1] * 8
     transformer = engine.pipe.transformer
-    with dype_rope.applied(transformer, dype), \
+    with control_net.applied(transformer, engine.controlnet, control), \
+            dype_rope.applied(transformer, dype), \
             skip_layer.applied(transformer, slg, first_step, total):
         out = view(
             prompt_embeds=seed_variety.embeds_at(first_step, embeds, noisy, until),

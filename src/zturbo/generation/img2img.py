@@ -31,10 +31,12 @@ from zturbo.errors import ZTurboError
 
 @dataclass(frozen=True)
 class Source:
-    """Pixels that a Request references by hash: an img2img source and an inpaint mask."""
+    """Pixels that a Request references by hash: an img2img source, an inpaint mask and a
+    ControlNet's control image (as given: the map is made from it per request)."""
 
     image: Image.Image | None = None
     mask: Image.Image | None = None
+    control: Image.Image | None = None
 
 
 def load_image(path: str | Path, *, max_pixels: int, mode: str = "RGB") -> Image.Image:
@@ -50,13 +52,15 @@ def load_image(path: str | Path, *, max_pixels: int, mode: str = "RGB") -> Image
 
 
 def as_source(image: Image.Image | str | Path | None, mask: Image.Image | str | Path | None,
-              *, max_pixels: int) -> tuple[Source, dict[str, str]]:
-    """Pixels from images or files, and the Request fields (hashes) that name them."""
+              *, max_pixels: int, control: Image.Image | str | Path | None = None
+              ) -> tuple[Source, dict[str, str]]:
+    """Pixels from images or files, and the Request fields (hashes) that name them
+    (``image``, ``mask``, ``control_image``)."""
     def pixels(value, mode: str) -> Image.Image | None:
         if value is None:
             return None
         if isinstance(value, str) and re.fullmatch(SHA256_HEX, value):
-            raise ZTurboError("image/mask is a hash here: pass pixels or a file, or call "
+            raise ZTurboError("image/mask/control is a hash here: pass pixels or a file, or call "
                               "zturbo.generate(engine, request, source=Source(...))")
         if isinstance(value, Image.Image):
             if value.width * value.height > max_pixels:
@@ -65,29 +69,37 @@ def as_source(image: Image.Image | str | Path | None, mask: Image.Image | str | 
             return value.convert(mode)
         return load_image(value, max_pixels=max_pixels, mode=mode)
 
-    source = Source(pixels(image, "RGB"), pixels(mask, "L"))
-    fields = {name: image_sha256(im) for name, im in
-              (("image", source.image), ("mask", source.mask)) if im is not None}
+    source = Source(pixels(image, "RGB"), pixels(mask, "L"), pixels(control, "RGB"))
+    fields = {field: image_sha256(im) for field, im in
+              (("image", source.image), ("mask", source.mask),
+               ("control_image", source.control)) if im is not None}
     return source, fields
 
 
 def source_size(source: Source) -> dict[str, int]:
-    """Default output size for img2img: the source's, down to multiples of 16."""
-    if source.image is None:
+    """Default output size for img2img (the source's) or control (the control image's),
+    down to multiples of 16."""
+    given = source.image or source.control
+    if given is None:
         return {}
-    return {"width": max(16, source.image.width // 16 * 16),
-            "height": max(16, source.image.height // 16 * 16)}
+    return {"width": max(16, given.width // 16 * 16),
+            "height": max(16, given.height // 16 * 16)}
+
+
+# Request field -> Source attribute of the pixels it names
+SOURCE_FIELDS = {"image": "image", "mask": "mask", "control_image": "control"}
 
 
 def check_source(request: Request, source: Source) -> None:
     """The pixels passed alongside must be the ones the Request names."""
-    for name in ("image", "mask"):
-        want, given = getattr(request, name), getattr(source, name)
+    for name, attr in SOURCE_FIELDS.items():
+        want, given = getattr(request, name), getattr(source, attr)
         if want is None and given is None:
             continue
         if want is None or given is None:
-            raise ZTurboError(f"the request names {'no ' if want is None else 'an '}{name} "
-                              f"but {'one was' if given is not None else 'none was'} given")
+            raise ZTurboError(f"{name}: the request names {'none' if want is None else 'one'}"
+                              f" (by hash) but {'one was' if given is not None else 'none was'}"
+                              " given")
         if image_sha256(given) != want:
             raise ZTurboError(f"the {name} given does not match the request's {name} hash")
 

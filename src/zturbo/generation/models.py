@@ -32,6 +32,7 @@ from zturbo.caches.tiers import TieredCache
 from zturbo.config import DEFAULT_MODEL, Request, Settings, load_settings, make_request, state_dir
 from zturbo.config.model_defaults import folder_defaults, with_model_defaults
 from zturbo.engine import accel, costmodel, demo
+from zturbo.engine import controlnet as control_net
 from zturbo.engine.lora import LoraRegistry, apply_loras, parse_lora
 from zturbo.engine.placement import (
     apply_memory_plan,
@@ -44,8 +45,10 @@ from zturbo.engine.quant import load_transformer_file, text_encoder_quant_config
 from zturbo.engine.steps import _check_hidden_layer, check_text_limit, text_token_limit  # noqa: F401 - text_token_limit documented here as well
 from zturbo.errors import ModelUnavailable, ZTurboError
 from zturbo.generation import enhancing
+from zturbo.generation.control import check_control
 from zturbo.generation.img2img import as_source, source_size
 from zturbo.generation.orchestrator import generate
+from zturbo.generation.vae import check_tiling
 from zturbo.hashing import COMPONENTS, digest, weights_identity
 from zturbo.numerics import (
     Placement,
@@ -144,6 +147,7 @@ class LoadedEngine(Engine):
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     canary_shapes: dict[str, Any] = field(default_factory=dict, repr=False)  # per component
     lora_registry: LoraRegistry = field(default_factory=LoraRegistry, repr=False)
+    controlnet: Any = field(default=None, repr=False)  # setting controlnet; in identity
     # the model's own request defaults (config.model_defaults), under the user's settings
     model_defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -173,6 +177,8 @@ class LoadedEngine(Engine):
                               f"has {layers} layers (0..{layers - 1})")
         check_text_limit(self, request.max_sequence_length)
         accel.check_request(self, request)
+        check_control(self, request)
+        check_tiling(self.pipe.vae, request)
 
     def _runtime(self, components: tuple[str, ...] = COMPONENTS) -> dict[str, Any]:
         return {
@@ -230,15 +236,17 @@ class LoadedEngine(Engine):
             "vae_fingerprint": self.vae_fingerprint,
             **{f"{name}_params": n for name, n in params.items()},
             "load_seconds": round(self.load_seconds, 3),
+            **({"controlnet": self.identity["controlnet"]} if self.controlnet is not None else {}),
             **self._runtime(),
             "extras": self.extras,
         }
 
     def generate(self, prompt: str | None = None, *, on_step=None, image=None, mask=None,
-                 embeddings=None, on_event=None, **fields: Any):
+                 control=None, embeddings=None, on_event=None, **fields: Any):
         """``engine.generate("a cat", seed=42)``: build a Request and run it.
 
-        ``image`` / ``mask`` (a PIL image or a file path) make it img2img / inpaint.
+        ``image`` / ``mask`` (a PIL image or a file path) make it img2img / inpaint;
+        ``control`` (likewise) is the control image for the engine's ControlNet.
         ``embeddings`` (an ``embedfile.EmbeddingFile``) replaces the text encoder: its prompt,
         its content digest and how it was encoded go into the Request.
         """
@@ -246,7 +254,8 @@ class LoadedEngine(Engine):
             fields["prompt"] = prompt
         if embeddings is not None:
             fields = {**fields, **embeddings.request_fields()}
-        source, hashes = as_source(image, mask, max_pixels=self.settings.max_pixels)
+        source, hashes = as_source(image, mask, control=control,
+                                   max_pixels=self.settings.max_pixels)
         for name, value in source_size(source).items():  # output size: the source's
             fields[name] = value if fields.get(name) is None else fields[name]
         request = make_request(self.settings, **{**fields, **hashes})
@@ -305,6 +314,10 @@ def load(
                                        f"{', '.join(missing)}")
             pipe, identity, extras = _load_pipeline(folder, settings, torch_device,
                                                     torch_dtype, text_encoder=text_encoder)
+        controlnet = None
+        if settings.controlnet:  # by content in the identity, so in every cache key
+            controlnet, identity["controlnet"] = control_net.load(
+                settings.controlnet, pipe.transformer, torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     defaults = folder_defaults(folder)
     engine = LoadedEngine(
@@ -312,6 +325,7 @@ def load(
         settings=with_model_defaults(settings, defaults).model_copy(update={"model": spec}),
         identity=identity, extras=extras,
         caches=caches if caches is not None else build_cache(settings), model_defaults=defaults,
+        controlnet=controlnet,
     )
     accel.apply(engine)  # attention backend, step caching, compile -> extras["transformer"]
     engine.fingerprint  # measures the numerics canary now, not in a first request

@@ -22,6 +22,7 @@ from zturbo.config import Request, img2img_start_step
 from zturbo.engine import accel
 from zturbo.engine import dype as dype_rope
 from zturbo.engine import slg as skip_layer
+from zturbo.engine.controlnet import Control
 from zturbo.engine.protocol import Engine
 from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from here
     LATENT_CHANNELS,
@@ -40,12 +41,19 @@ from zturbo.engine.steps import (  # noqa: F401 - the steps stay importable from
 from zturbo.engine.variety import Variety
 from zturbo.errors import ZTurboError
 from zturbo.generation import enhancing
+from zturbo.generation.control import (
+    check_control,
+    conditioning_digest,
+    control_context,
+    size_note,
+)
 from zturbo.generation.enhancing import EventCallback
 from zturbo.generation.guidance import guidance_note
 from zturbo.generation.img2img import Source, Start, check_source, image_start
 from zturbo.generation.multipass import pass_request, pass_size, pass_steps
 from zturbo.generation.request_scope import request_scope
 from zturbo.generation.result import Result
+from zturbo.generation.vae import check_tiling
 
 if TYPE_CHECKING:
     from zturbo.generation.embedfile import EmbeddingFile
@@ -111,9 +119,10 @@ def steps_run(request: Request) -> int:
 
 
 def start(engine: Engine, request: Request, seed: int, source: Source) -> Start:
-    """Where one image's trajectory begins: noise (txt2img), or the noised source image
-    with the inpaint blend (img2img, inpaint)."""
-    if request.image is None:
+    """Where one image's trajectory begins: noise (txt2img, and controlled inpaint, whose
+    source is in the control context), or the noised source image with the inpaint blend
+    (img2img, inpaint)."""
+    if request.image is None or request.control_image is not None:
         return Start(noise(seed, request.width, request.height))
     return image_start(engine, request, seed, source, trajectory_sigmas(request))
 
@@ -131,7 +140,8 @@ def finite_latents(latents: torch.Tensor, request: Request) -> None:
 
 def run_seed(engine: Engine, request: Request, seed: int, text: Conditioning,
              source: Source, timings: dict[str, float],
-             on_step: StepCallback | None = None) -> tuple[Image.Image, TeleportReport]:
+             on_step: StepCallback | None = None, control: Control | None = None
+             ) -> tuple[Image.Image, TeleportReport]:
     """One image through teleport: the stored image of its trajectory (a lookup), or resume a
     stored latent of it (the final one decodes only), or run it in full; store what it
     computed; then decode. The engine lock must be held."""
@@ -154,7 +164,8 @@ def run_seed(engine: Engine, request: Request, seed: int, text: Conditioning,
             fresh = start(engine, request, seed, source)
             begin, x = fresh, fresh.latents
         else:  # a resumed inpaint still blends
-            begin = start(engine, request, seed, source) if request.mask is not None else None
+            blends = request.mask is not None and request.control_image is None
+            begin = start(engine, request, seed, source) if blends else None
             x = resumed
         if request.image is not None:
             timings["vae_encode"] = timings.get("vae_encode", 0.0) + time.perf_counter() - t
@@ -165,7 +176,7 @@ def run_seed(engine: Engine, request: Request, seed: int, text: Conditioning,
             shift=request.shift, negative=text.negative, on_step=replay.capturing(on_step), first_step=first,
             total_steps=len(schedule), blend=begin.blend if begin is not None else None,
             dype=dype_rope.DyPE.from_request(request), slg=slg,
-            variety=Variety.from_request(request, seed),
+            variety=Variety.from_request(request, seed), control=control,
         )
         elapsed = time.perf_counter() - t
         timings["denoise"] += elapsed
@@ -221,6 +232,8 @@ def generate(engine: Engine, request: Request, on_step: StepCallback | None = No
     source = source or Source()
     check_source(request, source)
     accel.check_request(engine, request)
+    check_control(engine, request)
+    check_tiling(engine.pipe.vae, request)
     request, warnings = skip_layer.fit_request(request, engine.pipe.transformer)
     note = guidance_note(request, engine.model_defaults)
     if note is not None:
@@ -237,9 +250,19 @@ def generate(engine: Engine, request: Request, on_step: StepCallback | None = No
             t = time.perf_counter()
         text = embed_request(engine, request, embeddings)
         timings["encode"] = time.perf_counter() - t
-        run = run_passes if request.passes else run_seed
+        control = None
+        if request.control_image is not None:
+            t = time.perf_counter()
+            control = control_context(engine, request, source)
+            text = dataclasses.replace(text, digest=conditioning_digest(text.digest, control))
+            timings["control"] = time.perf_counter() - t
+            warnings += size_note(request, source)
         for seed in request.seeds():
-            image, replay = run(engine, request, seed, text, source, timings, on_step)
+            if request.passes:
+                image, replay = run_passes(engine, request, seed, text, source, timings, on_step)
+            else:
+                image, replay = run_seed(engine, request, seed, text, source, timings, on_step,
+                                         control)
             images.append(image)
             replays.append(replay)
     timings["total"] = time.perf_counter() - started

@@ -31,7 +31,7 @@ from zturbo.errors import ZTurboError
 SIZE_AXES = ("aspect", "scale", "orientation")
 ENGINE_AXES = ("transformer_file",)
 # Fields a sweep cannot vary: they name inputs by hash, or are not one frame's knob.
-FIXED_ONLY = ("image", "mask", "num_images", "embeddings_sha256", "loras", "template_body",
+FIXED_ONLY = ("image", "mask", "control_image", "num_images", "embeddings_sha256", "loras", "template_body",
               "passes", "strength")
 # ASCII digits only (str.isdigit and \d also take superscripts and other scripts' digits)
 INT = r"-?[0-9]{1,12}"

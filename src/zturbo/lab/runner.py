@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zturbo.caches.inputs import find_input, inputs_dir
 from zturbo.config import Request, Settings, load_settings, make_request
 from zturbo.config.engine_identity import engine_key
 from zturbo.config.metadata import pnginfo, write_png_atomic
 from zturbo.config.model_defaults import settings_for_model
 from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
+from zturbo.generation.img2img import Source
 from zturbo.generation.models import load as load_engine
 from zturbo.generation.orchestrator import generate
 from zturbo.lab.artifacts import write_artifacts
@@ -190,6 +192,7 @@ def run(spec: SweepSpec, folder: RunFolder | None = None, *, engine: Engine | No
             flags={"model": spec.model})[0]
     folder = folder or default_folder(spec, settings)
     frames = plan(spec, settings)
+    source = sweep_source(spec)
     if engine is not None and any(f.transformer_file != engine.settings.transformer_file
                                   for f in frames):
         raise ZTurboError("a transformer_file axis loads each file in turn: run it from the CLI "
@@ -215,7 +218,7 @@ def run(spec: SweepSpec, folder: RunFolder | None = None, *, engine: Engine | No
                     outcome.rows.append(previous[frame.key])
                     _report(on_frame, outcome, total, frame, True)
             for frame in (f for f in group if f.key in todo):
-                row = run_frame(active, frame, folder, on_step)
+                row = run_frame(active, frame, folder, on_step, source)
                 outcome.ran += 1
                 outcome.rows.append(row)
                 _report(on_frame, outcome, total, frame, False)
@@ -250,10 +253,24 @@ def _load(settings: Settings, transformer_file: str | None):
     return load_engine(settings=engine_settings(settings, transformer_file))
 
 
-def run_frame(engine: Engine, frame: Frame, folder: RunFolder, on_step=None) -> dict[str, Any]:
+def sweep_source(spec: SweepSpec) -> Source | None:
+    """The pixels a sweep's fixed fields name: its control image, from the state dir's input
+    store (``zturbo sweep --control-image`` keeps it there), or one clear error."""
+    digest = spec.fixed.get("control_image")
+    if digest is None:
+        return None
+    found = find_input(digest)
+    if found is None:
+        raise ZTurboError(f"the sweep's control image (sha256 {str(digest)[:12]}...) is not in "
+                          f"{inputs_dir()}: give it with --control-image FILE")
+    return Source(control=found)
+
+
+def run_frame(engine: Engine, frame: Frame, folder: RunFolder, on_step=None,
+              source: Source | None = None) -> dict[str, Any]:
     """One frame through generate(): its PNG (parameters embedded) and its results line."""
     started = time.perf_counter()
-    result = generate(engine, frame.request, on_step=on_step)
+    result = generate(engine, frame.request, on_step=on_step, source=source)
     path = folder.path / frame.file
     path.unlink(missing_ok=True)  # a stale frame (its line or bytes did not match)
     info = pnginfo(result.request, result.model, result.fingerprint,

@@ -35,6 +35,7 @@ from zturbo.server.labjobs import LabJobs, records_dir
 from zturbo.server.metrics import Metrics
 from zturbo.server.pool import EnginePool
 from zturbo.server.routes import (
+    control,
     encode,
     generate,
     images,
@@ -139,7 +140,8 @@ def create_app(settings: Settings, engine=None, *, pool: EnginePool | None = Non
     errors.install(app)
     _middleware(app, settings, metrics, st.streams)
 
-    for module in (openai_images, generate, encode, jobs_routes, images, ops, library, models):
+    for module in (openai_images, generate, encode, jobs_routes, images, ops, library, control,
+                   models):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(lab_routes.router, responses=ERROR_RESPONSES)  # the lab (docs/lab.md)
     mcp = _mount_mcp(app)

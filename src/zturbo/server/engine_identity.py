@@ -31,6 +31,7 @@ from zturbo.config.model_defaults import model_folder
 from zturbo.engine.lora import parse_lora
 from zturbo.hashing import (
     COMPONENTS,
+    controlnet_identity,
     digest,
     file_sha256,
     read_memo,
@@ -38,7 +39,7 @@ from zturbo.hashing import (
     write_memo,
 )
 
-CONTENT_FIELDS = ("model", "loras", "transformer_file")  # compared by content: ``files``
+CONTENT_FIELDS = ("model", "loras", "transformer_file", "controlnet")  # compared by content: ``files``
 NUMERIC_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors")
 PART_ORDER = ("settings", "versions", "files", "numerics")  # cheapest first
 NUMERICS_MEMO = "client_numerics.json"
@@ -184,6 +185,11 @@ def file_parts(settings: Settings) -> dict[str, Any] | None:
         weights = {c: weights_identity(folder, c) for c in COMPONENTS}
         if settings.transformer_file:
             weights["transformer"] = f"file:{file_sha256(Path(settings.transformer_file))}"
+        if settings.controlnet:
+            controlnet = Path(settings.controlnet).expanduser()
+            if not controlnet.exists():
+                return None
+            weights["controlnet"] = controlnet_identity(controlnet)
         loras = [{"sha256": file_sha256(s.path), "scale": float(s.scale)} for s in specs]
     except (OSError, ValueError):  # a file gone or unreadable meanwhile, a bad LoRA spec
         return None

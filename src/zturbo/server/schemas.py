@@ -57,6 +57,9 @@ class JobBody(RequestFields):  # type: ignore[misc, valid-type]
 
     aspect: Text | None = Field(None, description="official aspect, e.g. 16:9 (sets the size)")
     bucket: Int = Field(1024, description="bucket for aspect: 1024, 1280 or 1536")
+    control_image_b64: str | None = Field(
+        None, description="the control image as base64 (or a data: URL); it sets "
+                          "control_image, and by default the size")
     model: Text | None = Field(None, description="the model to run, by name (GET /v1/models; "
                                                  "default: the server's default model)")
 
@@ -67,7 +70,8 @@ class GenerateBody(JobBody):
     format: Literal["png", "json"] = Field("png", description="png: the image; json: base64")
 
 
-SERVER_FIELDS = {"aspect", "bucket", "format", "model"}
+# what a body holds beside Request fields (how to size, answer, pick the model...)
+SERVER_FIELDS = set(GenerateBody.model_fields) - set(RequestFields.model_fields)
 
 
 def request_from_body(settings: Settings, body: BaseModel, extra: dict | None = None,
@@ -132,9 +136,14 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     return int(match.group(1)), int(match.group(2))
 
 
-def request_from_openai(settings: Settings, body: OpenAIGenerate) -> Request:
-    """The Request an OpenAI-style body asks for."""
+def request_from_openai(settings: Settings, body: OpenAIGenerate,
+                        pixels: dict[str, Any] | None = None) -> Request:
+    """The Request an OpenAI-style body asks for; ``pixels``: the hashes of the pixels sent
+    with it (a base64 control image) and the size they default to."""
+    pixels = pixels or {}
     width, height = parse_size(body.size)
+    if width is None:
+        width, height = pixels.get("width"), pixels.get("height")
     fields: dict[str, Any] = {
         "prompt": body.prompt, "num_images": body.n, "width": width, "height": height,
         "seed": body.seed, "steps": body.num_inference_steps, "guidance": body.guidance_scale,
@@ -144,4 +153,5 @@ def request_from_openai(settings: Settings, body: OpenAIGenerate) -> Request:
     unknown = sorted(set(extra) - set(Request.model_fields))
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)}")
-    return make_request(settings, **{**fields, **extra})
+    hashes = {k: v for k, v in pixels.items() if k not in ("width", "height")}
+    return make_request(settings, **{**fields, **extra, **hashes})

@@ -8,6 +8,8 @@ checked against ``max_pixels`` before any pixel is decoded.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import io
 from dataclasses import dataclass
@@ -77,3 +79,18 @@ def decode_image(data: bytes, name: str, settings, decode: bool = True) -> Uploa
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise ApiError(400, f"cannot decode {name}: {exc}") from None
     return Upload(image=image, data=data, sha256=hashlib.sha256(data).hexdigest())
+
+
+def base64_bytes(text: str, name: str, settings, other: str = "") -> bytes:
+    """An image sent as base64 (or a ``data:`` URL), capped like an upload before it is
+    decoded; ``other`` names what else the field may hold, for the error."""
+    if text.startswith("data:"):
+        text = text.partition("base64,")[2]
+    limit = max_upload_bytes(settings)
+    if len(text) > (limit // 3 + 2) * 4:  # refused before decoding
+        raise ApiError(413, f"{name} is larger than {settings.max_upload_mb:g} MiB (setting "
+                            "max_upload_mb)")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{name} is neither base64 image data{other}") from None

@@ -109,6 +109,11 @@ async function loadOptions() {
   $("bucket").replaceChildren(...Object.keys(options.buckets).map((b) => new Option(b, b)));
   $("long-prompt").replaceChildren(...options.choices.long_prompt.map((m) => new Option(m, m)));
   $("dype").replaceChildren(...options.choices.dype.map((m) => new Option(m, m)));
+  $("control-type").replaceChildren(...options.control.types.map((t) => new Option(t.name, t.name)));
+  $("control-type").value = "canny";
+  setControlScale(options.control.scale);
+  $("control-scale").max = options.control.max_scale;
+  describeControl();
   setKnobs({ width: d.width, height: d.height, steps: d.steps, guidance: d.guidance,
              shift: d.shift, hidden_layer: d.hidden_layer, long_prompt: d.long_prompt,
              dype: d.dype, slg_scale: d.slg_scale, slg_layers: d.slg_layers,
@@ -309,6 +314,11 @@ function restore(request) {  // put a stored request back into the form
   $("lora-list").replaceChildren();
   for (const lora of request.loras || []) addLora(lora.name, lora.scale);
   $("teleport").checked = request.teleport !== false;
+  if (request.control_image) {  // the control image itself stays as chosen on this page
+    $("control-type").value = request.control_type;
+    setControlScale(request.control_scale);
+    previewControl();
+  }
   $("enhance").checked = false;  // a stored prompt is the text that was encoded
   showEnhanced(request.original_prompt ? request.prompt : "");
   const advanced = (request.loras || []).length || request.negative_prompt || request.guidance
@@ -380,8 +390,17 @@ function reveal(element) {  // scroll element's top into view unless it is alrea
   element.scrollIntoView({ block: "start", behavior: smooth ? "smooth" : "auto" });
 }
 
-function submitJob() {  // JSON for a prompt; multipart with the init image for img2img
+function submitJob() {  // JSON for a prompt; multipart with the init or control image
   const init = $("init").files[0];
+  const control = $("control").files[0];
+  if (control) {  // a ControlNet generation (with the init image: controlled inpaint)
+    const form = new FormData();
+    form.append("control_image", control);
+    if (init) form.append("image", init);
+    form.append("fields", JSON.stringify({ ...fields(), control_type: $("control-type").value,
+      control_scale: +$("control-scale").value }));
+    return api("/api/jobs/control", { method: "POST", body: form });
+  }
   if (!init) {
     return api("/api/jobs", { method: "POST", body: JSON.stringify(fields()),
       headers: { "Content-Type": "application/json" } });
@@ -395,6 +414,54 @@ function submitJob() {  // JSON for a prompt; multipart with the init image for 
 function onInitChosen() {  // img2img: the output size follows the source image
   const file = $("init").files[0];
   $("clear-init").hidden = !file;
+  sizeFrom(file);
+}
+
+// ---- ControlNet: the control image, its map (previewed by the server), the strength -------
+function describeControl() {
+  const entry = (state.options?.control?.types || []).find((t) => t.name === $("control-type").value);
+  $("control-doc").textContent = entry ? `${entry.doc} Feeds: ${entry.feeds}.` : "";
+}
+
+function setControlScale(value) {
+  $("control-scale").value = value;
+  $("control-scale-value").textContent = (+value).toFixed(2);
+}
+
+let controlAsked = 0;  // the newest preview asked for: an older answer is dropped
+
+async function previewControl() {
+  describeControl();
+  const file = $("control").files[0];
+  $("clear-control").hidden = !file;
+  $("control-figure").hidden = !file;
+  if (!file) return;
+  const asked = ++controlAsked;
+  const kind = $("control-type").value;
+  const form = new FormData();
+  form.append("image", file);
+  form.append("control_type", kind);
+  $("control-caption").textContent = "making the map...";
+  try {
+    const blob = await (await api("/api/control/preview", { method: "POST", body: form })).blob();
+    if (asked !== controlAsked) return;
+    if (state.controlUrl) URL.revokeObjectURL(state.controlUrl);
+    state.controlUrl = URL.createObjectURL(blob);
+    $("control-preview").src = state.controlUrl;
+    $("control-caption").textContent = `The ${kind} map the ControlNet will see.`;
+  } catch (err) {
+    if (asked !== controlAsked) return;
+    $("control-caption").textContent = "";
+    if (!(err instanceof ServerDown)) showError(err.message);
+  }
+}
+
+function onControlChosen() {  // the output size follows the control image, as on the CLI
+  if (!$("init").files[0]) sizeFrom($("control").files[0]);
+  previewControl();
+}
+
+function sizeFrom(file) {  // width and height from an image file, down to multiples of 16
   if (!file) return;
   const probe = new Image();
   probe.onload = () => {
@@ -546,7 +613,8 @@ function fillParams(list, request) {  // the parameters that matter, as a defini
   if (request.template && request.template !== "none") rows.push(["Template", request.template]);
   if (request.negative_prompt) rows.push(["Negative", request.negative_prompt]);
   for (const [name, label] of [["guidance", "Guidance"], ["shift", "Shift"], ["hidden_layer", "Hidden layer"],
-    ["long_prompt", "Long prompts"], ["dype", "DyPE"], ["slg_scale", "SLG scale"], ["strength", "Strength"]]) {
+    ["long_prompt", "Long prompts"], ["dype", "DyPE"], ["slg_scale", "SLG scale"], ["strength", "Strength"],
+    ["control_type", "Control map"], ["control_scale", "Control strength"]]) {
     if (request[name] !== undefined && request[name] !== null && request[name] !== d[name]) rows.push([label, request[name]]);
   }
   if (request.slg_scale) rows.push(["SLG layers", request.slg_layers.join(",")]);
@@ -680,6 +748,10 @@ function wire() {
   $("cancel").addEventListener("click", cancel);
   $("init").addEventListener("change", onInitChosen);
   $("clear-init").addEventListener("click", () => { $("init").value = ""; onInitChosen(); });
+  $("control").addEventListener("change", onControlChosen);
+  $("control-type").addEventListener("change", previewControl);
+  $("control-scale").addEventListener("input", () => setControlScale($("control-scale").value));
+  $("clear-control").addEventListener("click", () => { $("control").value = ""; previewControl(); });
   $("aspect").addEventListener("change", applyAspect);
   $("model-pick").addEventListener("change", pickModel);
   $("bucket").addEventListener("change", applyAspect);

@@ -14,10 +14,12 @@ const ZCommands = (() => {
     dype_scale: "--dype-scale", dype_exponent: "--dype-exponent", dype_base: "--dype-base",
     slg_scale: "--slg-scale", slg_layers: "--slg-layers", slg_start: "--slg-start",
     slg_stop: "--slg-stop", strength: "--strength", vae_tile_size: "--vae-tile-size",
-    vae_tile_overlap: "--vae-tile-overlap",
+    vae_tile_overlap: "--vae-tile-overlap", control_type: "--control-type",
+    control_scale: "--control-scale", canny_low: "--canny-low", canny_high: "--canny-high",
+    tile_factor: "--tile-factor",
   };
   // fields only the server knows how to fill (hashes, resolved bodies), or sent another way
-  const SERVER_SIDE = new Set(["template_body", "image", "mask", "embeddings_sha256",
+  const SERVER_SIDE = new Set(["template_body", "image", "mask", "control_image", "embeddings_sha256",
                                "num_images", "prompt", "loras", "passes", "teleport", "vae_tiling"]);
 
   function quote(text) {  // POSIX shell single quotes
@@ -55,6 +57,7 @@ const ZCommands = (() => {
     if (request.vae_tiling) parts.push("--vae-tiling");
     if (request.image) parts.push("--image", "SOURCE.png");
     if (request.mask) parts.push("--mask", "MASK.png");
+    if (request.control_image) parts.push("--control-image", "CONTROL.png");
     return parts.join(" ");
   }
 
@@ -73,6 +76,11 @@ const ZCommands = (() => {
     const auth = withKey ? ` -H "Authorization: Bearer $ZTURBO_API_KEY"` : "";
     const fields = body(request, defaults);
     const out = `-o zturbo-${request.seed}.png`;
+    if (request.control_image) {  // a ControlNet job: the control image travels as a file part
+      const init = request.image ? " -F image=@SOURCE.png -F mask=@MASK.png" : "";
+      return `curl -s ${origin}/api/jobs/control${auth} -F control_image=@CONTROL.png${init} ` +
+             `-F ${quote("fields=" + JSON.stringify(fields))}`;
+    }
     if (request.image) {  // img2img: the source travels as a file part
       const mask = request.mask ? " -F mask=@MASK.png" : "";
       return `curl -s ${origin}/api/jobs/edit${auth} -F image=@SOURCE.png${mask} ` +

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,7 @@ from zturbo.server.routes.library import lora_names
 from zturbo.server.routes.ops import page_options, readiness, templates
 from zturbo.server.schemas import request_from_body
 from zturbo.server.state import ServerState
-from zturbo.server.uploads import Upload, decode_image, max_upload_bytes
+from zturbo.server.uploads import Upload, base64_bytes, decode_image
 
 log = logging.getLogger("zturbo.server")
 PNG = "image/png"
@@ -119,18 +118,8 @@ async def _pixels(call: Call, value: str, name: str) -> Upload:
     if value.startswith(IMAGE_URI):
         data = await asyncio.to_thread(image_png, st, value[len(IMAGE_URI):])
     else:
-        data = _base64(value.partition("base64,")[2] if value.startswith("data:") else value,
-                       name, max_upload_bytes(st.settings), st.settings.max_upload_mb)
+        data = base64_bytes(value, name, st.settings, f" nor {IMAGE_URI}<id>")
     return await asyncio.to_thread(decode_image, data, name, st.settings)
-
-
-def _base64(text: str, name: str, limit: int, limit_mb: float) -> bytes:
-    if len(text) > (limit // 3 + 2) * 4:  # refused before decoding
-        raise ApiError(413, f"{name} is larger than {limit_mb:g} MiB (setting max_upload_mb)")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, f"{name} is neither base64 image data nor {IMAGE_URI}<id>") from None
 
 
 async def _run(call: Call, request, source=None, model: str | None = None) -> Answer:

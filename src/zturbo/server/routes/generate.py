@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from zturbo.server import sync
+from zturbo.server.control import CONTROL_B64, body_source
 from zturbo.server.errors import ApiError
 from zturbo.server.routes.images import image_png
 from zturbo.server.schemas import GenerateBody, request_from_body
@@ -26,10 +27,12 @@ async def generate(body: GenerateBody, request: Request):
     (``X-Zturbo-Enhanced-Prompt``, percent-encoded) and the job's warnings
     (``X-Zturbo-Warnings``: percent-encoded lines; the ``warnings`` list in JSON)."""
     st = state(request)
-    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body)
+    source, hashes, size = await body_source(st, {CONTROL_B64: body.control_image_b64})
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
+                                  extra=hashes, defaults=size)  # hashes LoRA files
     if body.format == "png" and req.num_images > 1:
         raise ApiError(400, 'num_images > 1 needs "format": "json" (a PNG answer holds one image)')
-    job = await sync.run(st, req, request, model=body.model)
+    job = await sync.run(st, req, request, source, model=body.model)
     if body.format == "png":
         image = job.images[0]
         headers = {"X-Zturbo-Image-Id": image["id"], "X-Zturbo-Seed": str(image["seed"]),

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from zturbo.config import first_error
 from zturbo.config.metadata import json_object
-from zturbo.generation.img2img import as_source, source_size
 from zturbo.server import sync
+from zturbo.server.control import CONTROL_B64, base64_control, body_source, pixels_source
 from zturbo.server.errors import ApiError
 from zturbo.server.jobs import Job, follow
 from zturbo.server.schemas import JobBody, request_from_body
@@ -48,8 +48,10 @@ def live_job(job_id: str, request: Request) -> Job | dict:
 async def submit(body: JobBody, request: Request):
     """Queue a generation; follow it at ``events``. 429 with Retry-After when the queue is full."""
     st = state(request)
-    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body)
-    return _accepted(st, await sync.queue(st, req, model=body.model))
+    source, hashes, size = await body_source(st, {CONTROL_B64: body.control_image_b64})
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
+                                  extra=hashes, defaults=size)  # hashes LoRA files
+    return _accepted(st, await sync.queue(st, req, source, body.model))
 
 
 @router.post("/edit", status_code=202)
@@ -60,22 +62,49 @@ async def submit_edit(
     mask: UploadFile | None = File(None, description="white where to repaint (inpaint)"),
 ):
     """img2img / inpaint as a job (multipart; the web page's init image): like ``POST
-    /api/jobs``, followed the same way. The size defaults to the image's."""
+    /api/jobs``, followed the same way. The size defaults to the image's. With
+    ``control_image_b64`` in the fields (and a mask) it is a controlled inpaint."""
     st = state(request)
-    values = json_object(fields, "fields")
-    try:
-        body = JobBody.model_validate(values)
-    except ValidationError as exc:
-        raise ApiError(422, f"fields: {first_error(exc)}") from None
+    body = _job_body(fields)
     source_upload = await read_image(image, st.settings)
     mask_upload = await read_image(mask, st.settings) if mask is not None else None
-    # pixel and file hashing off the event loop: other clients keep being served
-    source, hashes = await asyncio.to_thread(
-        as_source, source_upload.image, mask_upload.image if mask_upload else None,
-        max_pixels=st.settings.max_pixels)
+    control = await base64_control(st, body.control_image_b64)
+    source, hashes, size = await pixels_source(
+        st, source_upload.image, mask_upload.image if mask_upload else None, control)
     req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
-                                  extra=hashes, defaults=source_size(source))
+                                  extra=hashes, defaults=size)
     return _accepted(st, await sync.queue(st, req, source, body.model))
+
+
+@router.post("/control", status_code=202)
+async def submit_control(
+    request: Request,
+    control_image: UploadFile = File(..., description="the control image (or a map made elsewhere)"),
+    fields: str = Form("{}", description="JSON object: the fields of a POST /api/jobs body (control_type, control_scale...)"),
+    image: UploadFile | None = File(None, description="the image to inpaint (with mask)"),
+    mask: UploadFile | None = File(None, description="white where to repaint (controlled inpaint)"),
+):
+    """A ControlNet generation as a job (multipart; the web page's control image): like
+    ``POST /api/jobs``, followed the same way. The size defaults to the control image's."""
+    st = state(request)
+    body = _job_body(fields)
+    if body.control_image_b64 is not None:
+        raise ApiError(400, "give one control image: the control_image file or "
+                            "control_image_b64, not both")
+    uploads = [await read_image(f, st.settings) if f is not None else None
+               for f in (image, mask, control_image)]
+    source, hashes, size = await pixels_source(st, *(u.image if u else None for u in uploads))
+    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
+                                  extra=hashes, defaults=size)
+    return _accepted(st, await sync.queue(st, req, source, body.model))
+
+
+def _job_body(fields: str) -> JobBody:
+    """A multipart request's ``fields`` (a JSON object) as a job body, or a 422."""
+    try:
+        return JobBody.model_validate(json_object(fields, "fields"))
+    except ValidationError as exc:
+        raise ApiError(422, f"fields: {first_error(exc)}") from None
 
 
 def _accepted(st: ServerState, job: Job) -> dict:

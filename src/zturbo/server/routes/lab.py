@@ -22,7 +22,7 @@ from zturbo.engine.protocol import Engine
 from zturbo.errors import ZTurboError
 from zturbo.lab.axes import ENGINE_AXES, MAX_AXES, sweepable, vary_field
 from zturbo.lab.report import script_hash
-from zturbo.lab.runner import build_spec, default_folder, plan
+from zturbo.lab.runner import build_spec, default_folder, plan, sweep_source
 from zturbo.lab.runs import REPORT, RunFolder, list_runs, run_file, runs_root
 from zturbo.lab.spec import SweepSpec, presets, reference_prompts
 from zturbo.server.errors import ApiError
@@ -124,6 +124,7 @@ async def _planned(st: ServerState, make) -> tuple[Any, SweepSpec, RunFolder, in
 
     def work() -> tuple[SweepSpec, int]:
         spec = make(engine)
+        sweep_source(spec)  # its control image (if any) must be in the input store
         return spec, len(plan(spec, st.settings, MAX_FRAMES))
 
     try:

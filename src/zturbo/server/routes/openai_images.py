@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from zturbo.config import make_request
 from zturbo.generation.img2img import as_source, source_size
 from zturbo.server import sync
+from zturbo.server.control import body_source
 from zturbo.server.routes.images import image_png
 from zturbo.server.schemas import OpenAIGenerate, parse_size, request_from_openai
 from zturbo.server.state import state
@@ -24,8 +25,11 @@ async def generations(body: OpenAIGenerate, request: Request):
     """OpenAI's ``images.generate``: ``data`` holds ``b64_json`` PNGs or ``url``s."""
     st = state(request)
     model = openai_model(st, body.model)
-    req = await asyncio.to_thread(request_from_openai, st.pool.settings_of(model), body)
-    job = await sync.run(st, req, request, model=model)
+    # the base64 control image leaves the extra fields here (the rest are Request fields)
+    source, hashes, size = await body_source(st, body.model_extra or {})
+    req = await asyncio.to_thread(request_from_openai, st.pool.settings_of(model), body,
+                                  {**size, **hashes})  # hashes LoRA files
+    job = await sync.run(st, req, request, source=source, model=model)
     return _answer(st, job, request, body.response_format)
 
 

@@ -10,7 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from zturbo.config import ASPECTS, BUCKETS, DypeMethod, LongPromptMode
 from zturbo.config import Request as GenRequest
+from zturbo.config.request import CONTROL_SCALE, MAX_CONTROL_SCALE
 from zturbo.engine import prompt_templates
+from zturbo.engine.control_maps import CONTROL_TABLE
 from zturbo.server.errors import RETRY_LOADING_S
 from zturbo.server.metrics import cache_stats
 from zturbo.server.state import ServerState, state
@@ -111,6 +113,10 @@ def page_options(s) -> dict:
         # Request's own defaults: what a copied command may leave out
         "request_defaults": GenRequest(prompt="-").model_dump(mode="json", exclude={"prompt"}),
         "preview_every": s.preview_every,
+        # ControlNet: the map types (what each needs and feeds) and the strength's range
+        "control": {"types": [{"name": name, "doc": entry.doc, "feeds": entry.feeds}
+                              for name, entry in CONTROL_TABLE.items()],
+                    "scale": CONTROL_SCALE, "max_scale": MAX_CONTROL_SCALE},
     }
 
 
