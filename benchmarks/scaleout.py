@@ -14,6 +14,14 @@
    set's digest as the multiplexed id) vs plain routing, each on freshly deployed
    replicas: adapter loads and unloads (evictions) summed over the replicas, and latency.
 
+4. Two models: the server holds two named models (``[models.*]``: ``tiny`` = demo, ``small``
+   = demo-small) and each replica's ``pool_memory`` holds one of them; requests alternate
+   between the models (shuffled, distinct prompts) on the 2 replicas, with model-aware
+   routing (the model's name as the multiplexed id) vs without (trajectory affinity only),
+   on the same deployment, plain first: engine loads and evictions during the workload
+   (summed over the replicas), model hit ratio (requests whose engine was already loaded
+   on the replica that ran them) and latency.
+
 Requests go through the ingress's runner (``zturbo.server.ray.remote_generate``: the handle calls
 the JobQueue makes), so the numbers are the generator fleet's, not HTTP's.
 
@@ -110,11 +118,59 @@ def run_lora_workload(engine, requests, clients: int, before: dict) -> tuple[dic
     return stats, {r: dict(c) for r, c in counters.items()}
 
 
+def pool_snapshot(handle, replicas: int) -> dict:
+    """Each replica's engine loads/evictions now (asks until every replica answered)."""
+    seen: dict = {}
+    for _ in range(40 * replicas):
+        info = handle.info.remote().result()
+        seen[info["replica"]] = info["pool"]
+        if len(seen) == replicas:
+            break
+    return seen
+
+
+def run_model_workload(pool, workload, clients: int, before: dict) -> dict:
+    """Two-model requests (``(model, request)`` pairs) through the ingress pool's engines:
+    latency, model hits, and the replicas' engine loads/evictions since ``before``."""
+    from zturbo.server.ray import remote_generate
+
+    def one(item):
+        model, request = item
+        started = time.perf_counter()
+        with pool.acquire(model) as engine:
+            result = remote_generate(engine, request)
+        return time.perf_counter() - started, result
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as threads:
+        done = list(threads.map(one, workload))
+    wall = time.perf_counter() - started
+    after = dict(before)
+    for _, result in done:  # counters only grow: keep each replica's largest
+        if result.pool["loads"] >= after.get(result.replica, {"loads": -1})["loads"]:
+            after[result.replica] = result.pool
+    latencies = [d[0] for d in done]
+    hits = sum(d[1].model_hit for d in done)
+    return {"requests": len(workload), "seconds": round(wall, 3),
+            "images_per_s": round(len(workload) / wall, 3),
+            "latency_p50_s": round(statistics.median(latencies), 4),
+            "latency_mean_s": round(statistics.fmean(latencies), 4),
+            "hits_memory": 0, "hits_redis": 0, "model_hit_ratio": round(hits / len(done), 3),
+            "replicas_used": len({d[1].replica for d in done}),
+            "engine_loads": sum(c["loads"] - before.get(r, {"loads": 0})["loads"]
+                                for r, c in after.items()),
+            "engine_evictions": sum(c["evictions"] - before.get(r, {"evictions": 0})["evictions"]
+                                    for r, c in after.items())}
+
+
 def row(name: str, stats: dict) -> dict:
     return {"workload": name, "images/s": stats["images_per_s"], "p50 s": stats["latency_p50_s"],
             "mean s": stats["latency_mean_s"], "hit ratio": stats.get("hit_ratio", "-"),
             "hits memory/redis": f'{stats["hits_memory"]}/{stats["hits_redis"]}',
             "replicas used": stats["replicas_used"],
+            "model hit ratio": stats.get("model_hit_ratio", "-"),
+            "engine loads/evictions": (f'{stats["engine_loads"]}/{stats["engine_evictions"]}'
+                                       if "engine_loads" in stats else "-"),
             "adapter loads/unloads": (f'{stats["adapter_loads"]}/{stats["adapter_unloads"]}'
                                       if "adapter_loads" in stats else "-")}
 
@@ -135,8 +191,8 @@ def main() -> None:
     from zturbo.config import load_settings, make_request
     from zturbo.engine import demo_files
     from zturbo.engine.lora import MAX_REQUEST_ADAPTERS
-    from zturbo.generation.models import resolve_folder
-    from zturbo.server.ray import APP, RemoteEngine, Scale, build
+    from zturbo.generation.models import estimate_bytes, resolve_folder
+    from zturbo.server.ray import APP, RemoteEngine, RemotePool, Scale, build
 
     from localredis import LocalRedis
 
@@ -145,10 +201,15 @@ def main() -> None:
     os.environ["ZTURBO_HOME"] = str(work / "home")
     lora_dir = work / "loras"
     lora_dir.mkdir(parents=True)
-    flags = {"model": "demo", "width": size, "height": size, "steps": 8, "disk_cache_mb": 0,
-             "lora_dirs": [str(lora_dir)]}
+    # two named models, the default (tiny) as before; a replica's budget holds one of them
+    models = {"tiny": {"source": "demo"}, "small": {"source": "demo-small"}}
+    flags = {"model": "tiny", "models": models, "width": size, "height": size, "steps": 8,
+             "disk_cache_mb": 0, "lora_dirs": [str(lora_dir)]}
     n_loras = MAX_REQUEST_ADAPTERS + 4  # more than one replica keeps: plain routing thrashes
     folder = resolve_folder("demo", load_settings(flags={"model": "demo"})[0])
+    resolve_folder("demo-small", load_settings(flags={"model": "demo-small"})[0])  # built once
+    flags["pool_memory"] = str(int(1.02 * estimate_bytes(
+        load_settings(flags={"model": "demo-small"})[0])))  # small alone; not small + tiny
     for i in range(n_loras):
         demo_files.make_lora(folder, lora_dir, name=f"style{i}", seed=i)
     rows, results = [], {"quick": args.quick, "size": size, "steps": 8}
@@ -187,6 +248,17 @@ def main() -> None:
                 stats["memory_hit_ratio"] = round(stats["hits_memory"] / len(workload), 3)
                 results[f"routing_{name}"] = stats
                 rows.append(row(f"repeated x{repeats}, {name}", stats))
+            per_model = 8 if args.quick else 24
+            for routed in (False, True):  # same replicas: plain first, then model-aware
+                pool = RemotePool(handle, settings, affinity=True, model_routing=routed)
+                name = "model-aware routing" if routed else "trajectory routing only"
+                workload = [(model, make_request(settings, prompt=f"{name} {model} {i}",
+                                                 seed=i, teleport=False))
+                            for model in models for i in range(per_model)]
+                random.Random(2).shuffle(workload)
+                stats = run_model_workload(pool, workload, 2, pool_snapshot(handle, 2))
+                results[f"two_models_{'routed' if routed else 'plain'}"] = stats
+                rows.append(row(f"two models ({per_model} each), {name}", stats))
             per_lora = 4 if args.quick else 8
             for affinity in (False, True):
                 # fresh replicas for each mode: no adapter loaded, counters at zero

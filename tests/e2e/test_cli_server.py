@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from zturbo.cli import remote
-from zturbo.config import load_settings, make_request, metadata
+from zturbo.config import Request, load_settings, make_request, metadata
 from zturbo.server import engine_identity, running
 
 from conftest import run_cli_process
@@ -29,15 +29,32 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path)).copy()
 
 
+POOL = """[default]
+model = "tiny"
+
+[models.tiny]
+source = "demo"
+
+[models.small]
+source = "demo-small"
+"""
+
+
 @pytest.fixture
 def serve(zturbo_home):
-    """``zturbo serve --model demo`` on a free port; yields its record once it is ready."""
+    """``zturbo serve`` with two named models in config.toml (tiny = demo, the default,
+    loaded at start; small = demo-small on first use, its files on disk) on a free port;
+    yields its record once it is ready."""
+    from zturbo.generation.models import resolve_folder
+
     from serverkit import free_port
 
+    resolve_folder("demo-small", load_settings(flags={"model": "demo-small"})[0])
+    (zturbo_home / "config.toml").write_text(POOL)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "zturbo.cli", "serve", "--model", "demo",
-                             "--port", str(port)], env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "zturbo.cli", "serve", "--port", str(port)],
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     try:
         record = wait_for(lambda: proc.poll() is None and running.live_records(), 120,
                           "the server's record")[0]
@@ -48,6 +65,9 @@ def serve(zturbo_home):
 
 
 def test_generate_uses_the_running_server_same_pixels_and_metadata(serve, tmp_path):
+    from zturbo.generation.models import load
+    from zturbo.generation.orchestrator import generate
+
     record, proc = serve
     assert record.pid == proc.pid and record.model == "demo" and not record.api_key_required
     first = run_cli_process("generate", "a red robot", *ARGS, "-o", str(tmp_path / "s.png"),
@@ -70,6 +90,24 @@ def test_generate_uses_the_running_server_same_pixels_and_metadata(serve, tmp_pa
     assert {**served["request"], "teleport": False} == here["request"]
     assert served["fingerprint"] == here["fingerprint"] == record.fingerprint
     assert served["parameters"] == here["parameters"]
+    # --model small: a model of the server's pool it has not loaded. The CLI sends it there
+    # (the record names every model by identity), the server loads it, and the image
+    # carries that engine's fingerprint, now in the record, with the pixels this process's
+    # own engine of it makes. By content: the source's name finds it too; a dtype, none.
+    assert [(m["name"], m["fingerprint"]) for m in record.models] == [("small", None)]
+    out = run_cli_process("generate", "a red robot", *ARGS[2:], "--model", "small", "--json",
+                          "-o", str(tmp_path / "m.png"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["server"] == record.url, out.stderr
+    loaded = running.live_records()[0].models[0]["fingerprint"]
+    served = metadata.read(tmp_path / "m.png")
+    assert loaded and served["fingerprint"] == loaded != record.fingerprint
+    settings, _ = load_settings(flags={"model": "demo-small"})
+    assert [(m.record.url, m.name, m.fingerprint) for m in running.matching(settings)] == [
+        (record.url, "small", loaded)]
+    assert running.matching(settings.model_copy(update={"dtype": "bfloat16"})) == []
+    here = generate(load(settings=settings), Request.model_validate(served["request"]))
+    assert np.array_equal(pixels(tmp_path / "m.png"), np.asarray(here.images[0]))
     proc.terminate()
     proc.wait(30)
     assert running.live_records() == []  # removed on shutdown

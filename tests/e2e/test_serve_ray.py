@@ -1,5 +1,6 @@
 """The Ray Serve app on a real local Ray (2 CPUs, small object store): 2 generator replicas
-of the demo model behind the same FastAPI app, deployed from deploy/serve.yaml, sharing a
+of the demo model (and a second named model, demo-small, loaded on first use) behind the
+same FastAPI app, deployed from deploy/serve.yaml, sharing a
 real redis-server. One cluster for the whole module (starting Ray costs seconds)."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"model": "demo", "width": 64, "height": 64, "steps": 2}
+MODELS = {"small": {"source": "demo-small"}}  # served beside the default (demo)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,8 @@ def fleet(redis_server, session_home):
     config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
     app_config = config["applications"][0]
     assert app_config["import_path"] == "zturbo.server.ray:app_builder"
-    args = {**app_config["args"], **SMALL, "redis_url": redis_server.url, "disk_cache_mb": 0,
-            "queue_depth": 4, "max_queued": 8}
+    args = {**app_config["args"], **SMALL, "models": MODELS, "redis_url": redis_server.url,
+            "disk_cache_mb": 0, "queue_depth": 4, "max_queued": 8}
     temp = tempfile.mkdtemp(prefix="zr", dir="/tmp")  # short: Ray's socket paths are bounded
     ray.init(num_cpus=2, object_store_memory=80 << 20, include_dashboard=False,
              _temp_dir=temp, log_to_driver=False)
@@ -121,6 +123,35 @@ def test_a_trajectory_from_replica_a_is_a_redis_hit_on_replica_b(fleet):
     assert again.replica != first.replica, "never routed to the second replica"
     assert again.teleport[0].hit is True and again.teleport[0].tier == "redis"
     assert np.array_equal(np.asarray(again.images[0]), np.asarray(first.images[0]))
+
+
+def test_a_second_model_loads_on_one_replica_and_its_requests_follow_it(fleet):
+    """Model-aware routing: the model's name is the multiplexed id, so once one replica has
+    loaded demo-small, the next requests for it wait for that replica (both are idle here;
+    plain routing would pick either) and find it loaded. Over HTTP the OpenAI body's model
+    picks it, with the pixels of this process's own demo-small engine."""
+    from zturbo.config import load_settings, make_request
+    from zturbo.generation.models import load
+    from zturbo.server.ray import RemotePool, remote_generate
+
+    handle = serve.get_deployment_handle("Generator", "zturbo")
+    settings = load_settings(flags={**SMALL, "models": MODELS})[0]
+    pool = RemotePool(handle, settings, affinity=True, model_routing=True)
+    with pool.acquire("small") as engine:
+        runs = [remote_generate(engine, make_request(settings, prompt=f"a small boat {i}",
+                                                     seed=i)) for i in range(3)]
+    assert [r.model_hit for r in runs] == [False, True, True]
+    assert len({r.replica for r in runs}) == 1 and "small" in runs[-1].pool["loaded"]
+    listed = httpx.get(fleet + "/v1/models", timeout=10).json()["data"]
+    assert [m["id"] for m in listed] == ["demo", "small"]
+    body = {"model": "small", "prompt": "a small boat 7", "seed": 7, "size": "64x64"}
+    answer = httpx.post(fleet + "/v1/images/generations", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    own = load(settings=load_settings(flags={**SMALL, "model": "demo-small"})[0])
+    with TestClient(app_for(own, model="demo-small")) as single:  # one model: no "model"
+        reference = single.post("/v1/images/generations", json={**body, "model": None})
+    assert np.array_equal(_pixels(answer.json()["data"][0]["b64_json"]),
+                          _pixels(reference.json()["data"][0]["b64_json"]))
 
 
 def test_a_job_is_followed_over_sse_and_found_in_the_history(fleet):

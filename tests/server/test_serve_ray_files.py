@@ -12,7 +12,7 @@ from zturbo.server.ray import Scale, app_builder, check_ingresses
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE_KEYS = {"replicas", "autoscale", "target_ongoing", "max_ongoing", "max_queued",
-              "affinity", "retry_after_s", "ingresses"}
+              "affinity", "model_routing", "model_wait_s", "retry_after_s", "ingresses"}
 
 
 def _apps(config: dict) -> list[dict]:
@@ -78,3 +78,46 @@ def test_adapter_sets_route_together_whatever_the_trajectory(engine, tmp_path):
     assert len({rid(loras=["a"]), rid(loras=["b"]), rid(loras=["a", "b"]), rid()}) == 4
     assert not rid(loras=["a:0"]).startswith("adapters-")  # routed by its trajectory
     assert rid() != rid(prompt="other")
+
+
+def test_the_router_prefers_the_affinity_s_replica_only_while_it_holds_the_model():
+    """The fine key (trajectory / adapter set) picks its last replica first only while that
+    replica still holds the request's model; the coarse key (the model) keeps a request on
+    the replicas that hold it until it has waited ``model_wait_s``, then lets Serve choose."""
+    from zturbo.server.rayrouting import Recent, holders_only, preferred
+
+    replicas = {"a": "replica a", "b": "replica b"}
+    recent = Recent(2)
+    recent.put("t1", "a")
+    assert preferred(recent, "t1", "small", replicas, holders={"a"}) == "replica a"
+    assert preferred(recent, "t1", "small", replicas, holders={"b"}) is None  # evicted it
+    assert preferred(recent, "t1", None, replicas, holders=set()) == "replica a"
+    assert preferred(recent, "t2", None, replicas, holders=set()) is None
+    recent.put("t2", "c")  # a replica that is gone
+    assert preferred(recent, "t2", None, replicas, holders=set()) is None
+    recent.put("t3", "b")  # the LRU holds 2: t1 is out
+    assert recent.get("t1") is None and recent.get("t3") == "b"
+    recent.forget("b")
+    assert recent.get("t3") is None
+    assert holders_only({"a"}, replicas, waited_s=1.0, wait_s=5.0) == ["replica a"]
+    assert holders_only({"a"}, replicas, waited_s=6.0, wait_s=5.0) is None
+    assert holders_only(set(), replicas, waited_s=0.0, wait_s=5.0) is None
+    assert holders_only({"gone"}, replicas, waited_s=0.0, wait_s=5.0) is None
+
+
+def test_a_replica_keeps_as_many_models_as_its_budget_holds_of_the_largest(session_home):
+    """max_num_models_per_replica from pool_memory and the cost model's estimate of the
+    largest model: one when only it fits, both when both do, both without a budget."""
+    from zturbo.generation.models import estimate_bytes
+    from zturbo.server.pool import EnginePool
+    from zturbo.server.ray import models_per_replica
+
+    models = {"tiny": {"source": "demo"}, "small": {"source": "demo-small"}}
+    base = Settings(model="tiny", models=models)
+    small = estimate_bytes(base.model_settings("small"))
+
+    def keeps(budget: float | None) -> int:
+        memory = None if budget is None else str(int(budget))
+        return models_per_replica(EnginePool(base.model_copy(update={"pool_memory": memory})))
+
+    assert (keeps(1.02 * small), keeps(2.5 * small), keeps(None)) == (1, 2, 2)

@@ -130,7 +130,8 @@ def generate(
         raise ZTurboError("no prompt: give PROMPT, --prompt-file or --from IMAGE")
     settings, _ = load_settings(profile, {**setting_flags(options),
                                           "model": model or stored_model})
-    settings = settings_for_model(settings)  # the model's own defaults where none were set
+    # --model NAME: a [models.NAME] table's settings; the model's own defaults where none set
+    settings = settings_for_model(settings.model_settings(settings.default_model()))
     if enhance_only:
         _enhance_only(settings, make_request(settings, **fields), as_json)
         return

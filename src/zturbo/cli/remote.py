@@ -1,8 +1,9 @@
 """``zturbo generate`` through a running ``zturbo serve``: no model load in the CLI.
 
-``pick`` finds a server: ``--server auto`` a trusted record in the state dir whose engine
-identity equals the one this process would load (zturbo.server.running), whose ``/api/ready``
-answers with the record's fingerprint; ``--server URL`` that server. The API key is sent
+``pick`` finds a server: ``--server auto`` a trusted record in the state dir with a model
+(any of its engine pool, loaded or not) whose engine identity equals the one this process
+would load (zturbo.server.running), whose ``/api/ready`` answers with the record's
+fingerprint; the request then names that model; ``--server URL`` that server. The API key is sent
 only to a server that requires one.
 ``run`` submits one Request as a job (``POST /api/jobs``), follows its Server-Sent Events
 for the progress bar (within an overall deadline), then fetches each PNG. Every answer is
@@ -50,6 +51,8 @@ class Server:
     url: str
     headers: dict[str, str]
     fingerprint: str | None = None  # its record's: every image must carry it (None: named)
+    model: str | None = None  # the model of its pool the request names (None: its default)
+    pid: int | None = None  # a recorded server's: its record names the model's fingerprint
 
 
 @dataclass
@@ -147,15 +150,18 @@ def named(settings: Settings) -> Server:
     return Server(url, headers)  # its images' engine is not checked: the user vouches for it
 
 
-def _recorded(record: running.ServerRecord, settings: Settings) -> Server:
+def _recorded(match: running.Match, settings: Settings) -> Server:
     """A recorded server, ready with the record's fingerprint, or Unavailable."""
+    record = match.record
     headers = _key(settings) if record.api_key_required else {}
     if record.api_key_required and not headers:
         raise Unavailable(f"{record.url} requires an API key (set ZTURBO_API_KEY)")
     fingerprint = _ready_fingerprint(record.url, *_readiness(record.url, headers))
     if fingerprint != record.fingerprint:
         raise Unavailable(f"{record.url} answers with another fingerprint than its record")
-    return Server(record.url, headers, fingerprint)
+    if match.name is None:
+        return Server(record.url, headers, fingerprint, pid=record.pid)
+    return Server(record.url, headers, match.fingerprint, match.name, record.pid)
 
 
 def pick(settings: Settings) -> Server | None:
@@ -167,9 +173,9 @@ def pick(settings: Settings) -> Server | None:
     if settings.server != "auto":
         return named(settings)
     reasons = []
-    for record in running.matching(settings):
+    for match in running.matching(settings):
         try:
-            return _recorded(record, settings)
+            return _recorded(match, settings)
         except Unavailable as exc:
             reasons.append(str(exc))
     if reasons:
@@ -179,6 +185,8 @@ def pick(settings: Settings) -> Server | None:
 
 def _submit(client: httpx.Client, server: Server, request: Request) -> str:
     body = request.model_dump(mode="json")
+    if server.model is not None:
+        body["model"] = server.model
     status, data, text = _exchange(client, "POST", f"{server.url}/api/jobs", server.url,
                                    json=body)
     if status == 202:
@@ -333,6 +341,18 @@ def check_png(png: bytes, seed: int, fingerprint: str | None, url: str) -> None:
         raise Unavailable(f"{url} was made by another engine than the server's")
 
 
+def loaded_fingerprint(server: Server) -> str:
+    """The fingerprint a recorded server's record names for ``server.model`` now that it
+    loaded it (the record is written again on every load), or Unavailable."""
+    for record in running.live_records():
+        if record.pid == server.pid and record.url == server.url:
+            for name, _, fingerprint in record.entries():
+                if name == server.model and fingerprint:
+                    return fingerprint
+    raise Unavailable(f"{server.url} does not record the fingerprint of its model "
+                      f"{server.model!r}")
+
+
 def run(server: Server, request: Request, on_step: Callable[[int, int], None],
         deadline_s: float) -> RemoteResult:
     """Generate ``request`` on ``server``: the PNG bytes, timings and teleport per image,
@@ -351,6 +371,8 @@ def run(server: Server, request: Request, on_step: Callable[[int, int], None],
         except httpx.HTTPError as exc:
             raise Unavailable(f"lost {server.url} during job {job_id} "
                               f"({type(exc).__name__})") from None
+        if server.pid is not None and server.fingerprint is None:
+            server.fingerprint = loaded_fingerprint(server)  # the model loaded for this job
         images = []
         for image in done.images:  # the URL is built here: never one the server names
             url = f"{server.url}/api/images/{image['id']}"

@@ -28,8 +28,7 @@ from zturbo.config.model_defaults import settings_for_model, with_model_defaults
 from zturbo.generation.measure import warmup
 from zturbo.generation.models import LoadedEngine
 from zturbo.server import errors
-from zturbo.server.announce import announce as write_record
-from zturbo.server.announce import engine_identity, watch, withdraw
+from zturbo.server.announce import Announcer, fingerprint_of, withdraw
 from zturbo.server.errors import ERROR_RESPONSES, TOO_LARGE, error_response
 from zturbo.server.jobs import JobQueue
 from zturbo.server.labjobs import LabJobs, records_dir
@@ -193,20 +192,12 @@ async def _load(st: ServerState) -> None:
         size = ((st.settings.width, st.settings.height),)
         log.warning("zturbo: compile warm-up: %s", await asyncio.to_thread(warmup, engine, size))
     if engine is not None:
-        st.fingerprint = await asyncio.to_thread(_fingerprint, engine)
+        st.fingerprint = await asyncio.to_thread(fingerprint_of, engine)
     st.jobs.start(pool, asyncio.get_running_loop())
     if st.announce and engine is not None:
-        own = pool.settings_of(None)  # the default model's: its source, not a table name
-        identity = await asyncio.to_thread(engine_identity, own, engine)
-        st.record = write_record(own, identity, st.fingerprint, st.announce)
-        if st.record is not None:  # until shutdown cancels this task
-            await watch(own, identity["files"], st.record)
-
-
-def _fingerprint(engine) -> str:
-    """The engine's fingerprint, read under its lock (extras change only under it)."""
-    with engine.lock:
-        return engine.fingerprint
+        st.record = Announcer(st.settings, pool, st.announce)
+        if await asyncio.to_thread(st.record.start) is not None:  # until shutdown cancels it
+            await st.record.watch()
 
 
 def _flush_caches(engine) -> None:

@@ -95,7 +95,8 @@ def fresh_numerics(settings: Settings) -> dict[str, Any]:
     GPU, the CPUs this process may run on, the engine settings), so only the first client
     in an environment imports torch to compare."""
     key = digest({**process_facts(os.environ), "settings": settings_key(settings),
-                  "model": [settings.model, settings.revision]})  # the canary's shapes
+                  "model": [settings.model, settings.revision,  # the canary's shapes, once
+                            str(model_folder(settings.model, settings.revision))]})  # there
     path = state_dir() / NUMERICS_MEMO
     memo = read_memo(path)
     if not isinstance(memo.get(key), dict):

@@ -11,11 +11,13 @@ Two deployments in one Serve application:
   and one torch thread). A run streams ``step`` events and ends with the PNGs (bytes) and
   the Result's JSON fields: only plain data crosses the process boundary.
 
-Cache-aware routing: the ingress names each request's trajectory (a digest of the Request),
-or for a request with LoRA adapters its adapter set (``affinity_id``), as a Serve
-*multiplexed model id*; a replica "loads" that id for free, so Serve's router
-sends the next identical request to the replica that served it (its memory tier) when that
-replica is free, and elsewhere otherwise (then the shared Redis tier answers).
+Routing (zturbo.server.rayrouting), two keys: the request's **model** (its pool name) is the
+Serve *multiplexed model id*: a replica loads that engine through ``@serve.multiplexed``
+(as many as its memory budget holds, least-recently-used out), and Serve's router sends the
+request to a replica that holds it. Within those, the request's trajectory (a digest of
+the Request), or for a request with LoRA adapters its adapter set (``affinity_id``), goes
+to the replica that served it last (its memory tier, its loaded adapters) when that replica
+is free, and elsewhere otherwise (then the shared Redis tier answers).
 
 Faults: a generator replica that dies under a job is retried once on another replica
 (runs are deterministic: the image is the same); if that fails too the job ends with an
@@ -39,7 +41,7 @@ from typing import Any
 import ray
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.config import BackpressureConfig
+from ray.serve.config import BackpressureConfig, RequestRouterConfig
 from ray.serve.exceptions import DeploymentUnavailableError
 
 from zturbo.caches.report import TeleportReport
@@ -47,14 +49,17 @@ from zturbo.config import Request, Settings, load_settings
 from zturbo.engine.lora import adapter_counts
 from zturbo.engine.steps import Cancelled
 from zturbo.errors import ZTurboError
+from zturbo.generation.models import estimate_bytes
 from zturbo.generation.orchestrator import Result
 from zturbo.hashing import digest
 from zturbo.server.jobs import DeviceLost
+from zturbo.server.pool import EnginePool, ModelFailed
+from zturbo.server.rayrouting import AFFINITY_KWARG, MODEL_WAIT_S
 
 log = logging.getLogger("zturbo.server.ray")
 APP = "zturbo"
 RETRIES = 1  # a job whose replica died runs once more elsewhere
-AFFINITY_KEYS = 64  # trajectory ids a replica stays "warm" for (its LRU affinity set)
+ROUTER = "zturbo.server.rayrouting:ModelAffinityRouter"  # the Generator's request router
 PASSED_ENV = ("ZTURBO_HOME", "HF_HOME", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
 
 
@@ -71,7 +76,9 @@ class Scale:
     target_ongoing: float = 1.0  # autoscaling: target ongoing requests per replica
     max_ongoing: int = 1  # one image at a time per engine
     max_queued: int = 64  # more wait at the handle -> 429
-    affinity: bool = True  # cache-aware routing (multiplexed trajectory ids)
+    affinity: bool = True  # cache-aware routing (a trajectory's last replica first)
+    model_routing: bool = True  # model-aware routing (the model's name as multiplexed id)
+    model_wait_s: float = MODEL_WAIT_S  # wait this long for a replica holding the model
     retry_after_s: int = 5
     ingresses: int = 1  # ingress replicas; more than one needs state_backend: redis
 
@@ -106,35 +113,74 @@ def affinity_id(request: Request) -> str:
 
 
 # -- the generator replica -------------------------------------------------------------------
+def models_per_replica(pool: EnginePool) -> int:
+    """How many engines a replica keeps for Serve's multiplex routing: as many of the largest
+    model as the pool budget holds (the cost model's footprint, before loading), at least
+    one; every model when there is no budget."""
+    names = pool.names()
+    if pool.budget is None:
+        return len(names)
+    largest = max(estimate_bytes(pool.settings_of(name)) for name in names)
+    return max(1, min(len(names), int(pool.budget // max(largest, 1.0))))
+
+
+def pool_counts(pool: EnginePool) -> dict[str, Any]:
+    """A replica's engine loads and evictions so far, and the models it holds now."""
+    records = pool.records()
+    return {"loads": sum(r["loads"] for r in records),
+            "evictions": sum(r["evictions"] for r in records),
+            "loaded": [r["name"] for r in records if r["state"] == "loaded"]}
+
+
 @serve.deployment(name="Generator")
 class Generator:
-    """One engine; ``run`` streams a generation's events (the Serve deployment's body)."""
+    """An engine pool (the default model loaded at start, the others on first use, least-
+    recently-used out under ``pool_memory``); ``run`` streams a generation's events."""
 
-    def __init__(self, settings: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    async def __init__(self, settings: dict[str, Any],  # type: ignore[misc]
+                       env: dict[str, str] | None = None) -> None:
         os.environ.update(env or {})
         import torch  # heavy: loaded with the engine
-
-        from zturbo.generation.models import load
 
         self.settings = Settings.model_validate(settings)
         if not torch.cuda.is_available():
             torch.set_num_threads(1)  # one CPU per replica; part of the numerics identity
-        self.engine = load(settings=self.settings)
+        self.pool = EnginePool(self.settings)
         self.name = ray.get_runtime_context().get_actor_name() or "local"
+        self.max_models = models_per_replica(self.pool)
 
-    def info(self) -> dict[str, Any]:
-        return {"model": self.engine.spec, "fingerprint": self.engine.fingerprint,
-                "replica": self.name}
+        async def engine_for(model: str) -> str:
+            """Serve's multiplexed load: the engine in this replica's pool (Serve's LRU
+            of ``max_models`` names is what its router knows this replica holds)."""
+            await asyncio.to_thread(self.pool.load, model)
+            return model
 
-    @serve.multiplexed(max_num_models_per_replica=AFFINITY_KEYS)
-    async def affinity(self, trajectory: str) -> str:
-        return trajectory  # "loading" a trajectory id costs nothing: the set is the map
+        self.engine_for = serve.multiplexed(max_num_models_per_replica=self.max_models)(
+            engine_for)
+        await self.engine_for(self.pool.default)  # ready = the default model is in, as ever
 
-    async def run(self, request: dict[str, Any]):
-        """Yield ``started``, ``step``... then ``done`` (PNGs + JSON) or ``error``."""
-        trajectory = serve.get_multiplexed_model_id()
-        if trajectory:
-            await self.affinity(trajectory)
+    def info(self, model: str | None = None) -> dict[str, Any]:
+        engine = self.pool.load(self.pool.resolve(model))
+        return {"model": engine.spec, "fingerprint": engine.fingerprint, "replica": self.name,
+                "max_models": self.max_models, "pool": pool_counts(self.pool)}
+
+    async def run(self, request: dict[str, Any], model: str | None = None,
+                  affinity: str | None = None):
+        """Yield ``started``, ``step``... then ``done`` (PNGs + JSON) or ``error``.
+        ``model``: the pool name (None: the default); ``affinity``: the router's key."""
+        try:
+            name = self.pool.resolve(model)
+        except ZTurboError as exc:
+            yield {"event": "error", "bad_input": True, "message": str(exc)}
+            return
+        warm = self.pool.ready(name)  # found loaded: a model hit
+        if serve.get_multiplexed_model_id() == name:
+            try:
+                await self.engine_for(name)  # loads it here (Serve's LRU), if need be
+            except ZTurboError as exc:  # failed (the others keep serving), or too large
+                yield {"event": "error", "bad_input": not isinstance(exc, ModelFailed),
+                       "message": str(exc)}
+                return
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -146,7 +192,8 @@ class Generator:
                                       {"event": "step", "done": done, "total": total})
 
         yield {"event": "started", "replica": self.name}
-        task = asyncio.ensure_future(asyncio.to_thread(self._generate, request, on_step))
+        task = asyncio.ensure_future(asyncio.to_thread(self._generate, request, name, warm,
+                                                       on_step))
         try:
             while not (task.done() and events.empty()):
                 getter = asyncio.ensure_future(events.get())
@@ -159,11 +206,16 @@ class Generator:
         finally:
             stop.set()  # cancelled by the caller (or done): the thread stops at its next step
 
-    def _generate(self, request: dict[str, Any], on_step) -> dict[str, Any]:
+    def _generate(self, request: dict[str, Any], name: str, warm: bool,
+                  on_step) -> dict[str, Any]:
         from zturbo.generation.orchestrator import generate
 
         try:
-            result = generate(self.engine, Request.model_validate(request), on_step=on_step)
+            with self.pool.acquire(name) as engine:  # pinned: never evicted while it runs
+                result = generate(engine, Request.model_validate(request), on_step=on_step)
+                adapters = dict(adapter_counts(engine))
+        except ModelFailed as exc:  # the others keep serving; the client may retry later
+            return {"event": "error", "bad_input": False, "message": str(exc)}
         except Cancelled as exc:
             return {"event": "cancelled", "message": str(exc)}
         except ZTurboError as exc:
@@ -172,8 +224,8 @@ class Generator:
             log.exception("generation failed")
             return {"event": "error", "bad_input": False,
                     "message": f"generation failed: {type(exc).__name__}: {exc}"}
-        return {"event": "done", "replica": self.name, **pack(result),
-                "adapters": dict(adapter_counts(self.engine))}
+        return {"event": "done", "replica": self.name, **pack(result), "adapters": adapters,
+                "pool_model": name, "model_hit": warm, "pool": pool_counts(self.pool)}
 
 
 def pack(result: Result) -> dict[str, Any]:
@@ -194,6 +246,8 @@ def pack(result: Result) -> dict[str, Any]:
 class RemoteResult(Result):
     replica: str = ""  # which generator replica made it (metrics label)
     adapters: dict[str, int] | None = None  # that replica's adapter loads/unloads so far
+    model_hit: bool = False  # its model was loaded on that replica when the run came
+    pool: dict[str, Any] | None = None  # that replica's engine loads/evictions so far
 
 
 def unpack(data: dict[str, Any]) -> RemoteResult:
@@ -208,29 +262,52 @@ def unpack(data: dict[str, Any]) -> RemoteResult:
                         fingerprint=data["fingerprint"], timings=data["timings"],
                         token_count=data["token_count"], warnings=data["warnings"],
                         teleport=[TeleportReport.from_dict(r) for r in data["teleport"]],
-                        replica=data["replica"], adapters=data.get("adapters"))
+                        replica=data["replica"], adapters=data.get("adapters"),
+                        model_hit=bool(data.get("model_hit")), pool=data.get("pool"))
 
 
 # -- the ingress side ------------------------------------------------------------------------
+class Serving:
+    """Which generator replica each ingress worker thread is running a job on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_thread: dict[int, str] = {}
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(set(self._by_thread.values()))
+
+    def mark(self, replica: str | None) -> None:
+        with self._lock:
+            if replica is None:
+                self._by_thread.pop(threading.get_ident(), None)
+            else:
+                self._by_thread[threading.get_ident()] = replica
+
+
 class RemoteEngine:
-    """What the ingress app holds instead of a loaded engine: the generator handle."""
+    """What the ingress app holds instead of a loaded engine: the generator handle, bound to
+    one model of the pool (``model``: its name; None: the default)."""
 
     pipe = None  # no text encoder here: /api/encode answers 409 (encode on a replica host)
     caches = None  # the caches live in the replicas (fleet view: the replica_* metrics)
 
-    def __init__(self, handle, settings: Settings, affinity: bool) -> None:
-        self.handle, self.spec, self.affinity = handle, settings.model, affinity
+    def __init__(self, handle, settings: Settings, affinity: bool, model_routing: bool = True,
+                 model: str | None = None, serving: Serving | None = None) -> None:
+        self.handle, self.affinity, self.model_routing = handle, affinity, model_routing
+        self.model = model or settings.default_model()
+        self.spec = settings.model_settings(self.model).model
         self._fingerprint: str | None = None  # the replicas', asked once, then from results
         self.lock = threading.Lock()  # create_app reads the fingerprint under the engine lock
-        self._lock = threading.Lock()
-        self._serving: dict[int, str] = {}  # worker thread -> replica running its job
+        self.serving = serving or Serving()
 
     @property
     def fingerprint(self) -> str:
-        """A replica's engine fingerprint (the first read asks one replica: blocking, so the
-        app reads it in a thread, as it does a local engine's)."""
+        """A replica's engine fingerprint of this model (the first read asks one replica:
+        blocking, so the app reads it in a thread, as it does a local engine's)."""
         if self._fingerprint is None:
-            self._fingerprint = self.handle.info.remote().result()["fingerprint"]
+            self._fingerprint = self.handle.info.remote(self.model).result()["fingerprint"]
         return self._fingerprint
 
     @fingerprint.setter
@@ -244,17 +321,24 @@ class RemoteEngine:
         """What only the loaded model can rule out is checked where the model is: the
         replica refuses such a request as bad input (the ingress has no layers to count)."""
 
-    def serving(self) -> list[str]:
-        """Replica actor names running a job now."""
-        with self._lock:
-            return sorted(set(self._serving.values()))
 
-    def _mark(self, replica: str | None) -> None:
-        with self._lock:
-            if replica is None:
-                self._serving.pop(threading.get_ident(), None)
-            else:
-                self._serving[threading.get_ident()] = replica
+class RemotePool(EnginePool):
+    """The ingress's engine pool: a model's "engine" is a RemoteEngine bound to its name, so
+    "loading" one is free; the replicas hold the real engines, each its own pool under
+    ``pool_memory`` (no budget here)."""
+
+    def __init__(self, handle, settings: Settings, affinity: bool, model_routing: bool) -> None:
+        self.serving = Serving()
+
+        def bind(model_settings: Settings, caches: Any) -> RemoteEngine:
+            name = next(n for n in self.names() if self.settings_of(n) is model_settings)
+            return RemoteEngine(handle, settings, affinity, model_routing, name, self.serving)
+
+        super().__init__(settings.model_copy(update={"pool_memory": None}), loader=bind,
+                         estimate=lambda _: 0.0, measure=lambda _: 0.0)
+
+    def _shared_caches(self) -> None:
+        return None  # no tier stack at the ingress: the replicas hold the caches
 
 
 def remote_generate(engine: RemoteEngine, request: Request, on_step=None,
@@ -272,22 +356,24 @@ def remote_generate(engine: RemoteEngine, request: Request, on_step=None,
         except (RayActorError, DeploymentUnavailableError) as exc:
             log.warning("generator replica lost (attempt %d): %s", attempt + 1, exc)
         finally:
-            engine._mark(None)
+            engine.serving.mark(None)
     raise ReplicaLost(f"the generator replica died {RETRIES + 1} times under this job: "
                       "retry the request")
 
 
 def _attempt(engine: RemoteEngine, request: Request, on_step, seen: dict) -> RemoteResult:
     options: dict[str, Any] = {"stream": True}
-    if engine.affinity:
-        options["multiplexed_model_id"] = affinity_id(request)
-    stream = engine.handle.options(**options).run.remote(request.model_dump(mode="json"))
+    if engine.model_routing:
+        options["multiplexed_model_id"] = engine.model
+    hint = {AFFINITY_KWARG: affinity_id(request)} if engine.affinity else {}
+    stream = engine.handle.options(**options).run.remote(request.model_dump(mode="json"),
+                                                         model=engine.model, **hint)
     steps = 0
     try:
         for event in stream:
             kind = event["event"]
             if kind == "started":
-                engine._mark(event["replica"])
+                engine.serving.mark(event["replica"])
             elif kind == "step":
                 steps += 1
                 if steps > seen["steps"] and on_step is not None:  # a retry repeats steps
@@ -315,21 +401,21 @@ class Ingress:
     """The HTTP front: the app of ``create_app`` with a RemoteEngine (Serve builds it)."""
 
     def __init__(self, generator, settings: dict[str, Any], workers: int, affinity: bool,
-                 env: dict[str, str] | None = None) -> None:
+                 model_routing: bool = True, env: dict[str, str] | None = None) -> None:
         os.environ.update(env or {})
         self.settings = Settings.model_validate(settings)
-        self.engine = RemoteEngine(generator, self.settings, affinity)
+        self.pool = RemotePool(generator, self.settings, affinity, model_routing)
         self.workers = workers
 
     def __serve_build_asgi_app__(self):
         from zturbo.server.app import create_app
 
-        return create_app(self.settings, engine=self.engine, runner=remote_generate,
+        return create_app(self.settings, pool=self.pool, runner=remote_generate,
                           workers=self.workers)
 
     def serving(self) -> list[str]:
         """Generator replicas running a job now (operators and the fault test use it)."""
-        return self.engine.serving()
+        return self.pool.serving.names()
 
 
 # -- building the application ----------------------------------------------------------------
@@ -346,6 +432,9 @@ def build(settings: Settings, scale: Scale, env: dict[str, str] | None = None):
         "ray_actor_options": ({"num_gpus": 1} if torch.cuda.is_available()
                               else {"num_cpus": 1}),
         "health_check_period_s": 2, "graceful_shutdown_timeout_s": 5,
+        "request_router_config": RequestRouterConfig(
+            request_router_class=ROUTER,
+            request_router_kwargs={"model_wait_s": scale.model_wait_s}),
     }
     if scale.autoscale:
         low, high = scale.autoscale
@@ -363,7 +452,8 @@ def build(settings: Settings, scale: Scale, env: dict[str, str] | None = None):
                                                retry_after_s=scale.retry_after_s),
     )
     payload = settings.model_dump(mode="json")
-    return ingress.bind(generator.bind(payload, env), payload, workers, scale.affinity, env)
+    return ingress.bind(generator.bind(payload, env), payload, workers, scale.affinity,
+                        scale.model_routing, env)
 
 
 def check_ingresses(settings: Settings, scale: Scale) -> None:
@@ -379,10 +469,11 @@ def check_ingresses(settings: Settings, scale: Scale) -> None:
 def app_builder(args: dict[str, Any]):
     """The import path of the Serve config (deploy/serve.yaml): ``args`` holds ``profile``,
     the Scale fields (``replicas``, ``autoscale: "1:4"``, ``max_ongoing``, ``max_queued``,
-    ``affinity``) and any Settings keys (``model``, ``redis_url``...)."""
+    ``affinity``, ``model_routing``, ``model_wait_s``) and any Settings keys (``model``,
+    ``models``, ``pool_memory``, ``redis_url``...)."""
     args = dict(args or {})
     scale_keys = ("replicas", "target_ongoing", "max_ongoing", "max_queued", "affinity",
-                  "retry_after_s", "ingresses")
+                  "model_routing", "model_wait_s", "retry_after_s", "ingresses")
     scale = Scale(**{k: args.pop(k) for k in scale_keys if k in args})
     if "autoscale" in args:
         scale.autoscale = parse_autoscale(str(args.pop("autoscale")))

@@ -18,7 +18,7 @@ import json
 import os
 import stat
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,10 +36,20 @@ class ServerRecord:
     fingerprint: str
     api_key_required: bool
     started: float
+    # the pool's other models: {"name", "identity", "fingerprint" (None: not loaded yet)}
+    models: list[dict[str, Any]] = field(default_factory=list)
+
+    def entries(self) -> list[tuple[str | None, dict[str, Any], str | None]]:
+        """``(name, identity, fingerprint)`` of every model it serves, the default first
+        (name None: a request without a model gets it)."""
+        return [(None, self.identity, self.fingerprint or None),
+                *((m["name"], m["identity"], m["fingerprint"]) for m in self.models)]
 
 
 _FIELD_TYPES = {"url": str, "pid": int, "model": str, "identity": dict, "fingerprint": str,
-                "api_key_required": bool, "started": (int, float)}
+                "api_key_required": bool, "started": (int, float), "models": list}
+_ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {"name": str, "identity": dict,
+                                                   "fingerprint": (str, type(None))}
 
 
 def servers_dir() -> Path:
@@ -107,7 +117,15 @@ def _parse(path: Path) -> ServerRecord | None:
         value = data[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return None
+    if not all(_entry(m) for m in data["models"]):
+        return None
     return ServerRecord(**data) if data["pid"] > 0 else None
+
+
+def _entry(model: Any) -> bool:
+    """One of a record's ``models``: exactly its fields, of their types."""
+    return isinstance(model, dict) and set(model) == set(_ENTRY_TYPES) and all(
+        isinstance(model[k], kind) for k, kind in _ENTRY_TYPES.items())
 
 
 def loopback_port(url: str) -> int | None:
@@ -196,7 +214,24 @@ def live_records() -> list[ServerRecord]:
     return sorted(records, key=lambda r: r.started, reverse=True)
 
 
-def matching(settings: Settings) -> list[ServerRecord]:
-    """Trusted running servers whose engine identity equals the one ``settings`` make here."""
+@dataclass(frozen=True)
+class Match:
+    """A running server and the model of its pool whose engine is the one ``settings`` make
+    here (``name`` None: its default model)."""
+
+    record: ServerRecord
+    name: str | None
+    fingerprint: str | None  # that engine's, once the server loaded it
+
+
+def matching(settings: Settings) -> list[Match]:
+    """Trusted running servers with a model (loaded or not) whose engine identity equals
+    the one ``settings`` make here, newest first; each server's first such model."""
     parts, known = client_parts(settings), {}
-    return [r for r in live_records() if same_identity(r.identity, parts, known)]
+    found = []
+    for record in live_records():
+        for name, identity, fingerprint in record.entries():
+            if same_identity(identity, parts, known):
+                found.append(Match(record, name, fingerprint))
+                break
+    return found

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 
 from zturbo.config import Settings
+from zturbo.server.announce import Announcer
 from zturbo.server.jobs import JobQueue
 from zturbo.server.metrics import Metrics
 from zturbo.server.pool import EnginePool
@@ -52,7 +52,7 @@ class ServerState:
     # read engine.extras while a request may change it (only under the engine lock)
     fingerprint: str | None = None
     announce: str | None = None  # the URL to record in the state dir once ready (zturbo serve)
-    record: Path | None = None  # that record (zturbo.server.running), removed at shutdown
+    record: Announcer | None = None  # writes that record (zturbo.server.running); withdrawn at shutdown
     streams: Slots = field(init=False)  # open event streams (max_event_streams)
 
     def __post_init__(self) -> None:
