@@ -149,6 +149,8 @@ ALTERNATIVES = {
     "passes": (Pass(scale=0.5, steps=4, strength=1.0), Pass(scale=1.0, steps=2, strength=0.5)),
     "loras": (LoraPick(name="style", scale=0.5, sha256="ab" * 32),),
     "cfg_normalization": True, "cfg_truncation": 0.5,
+    "control_image": "ef" * 32, "control_type": "canny", "control_scale": 1.2,
+    "canny_low": 50, "canny_high": 250, "tile_factor": 8,
 }
 
 
@@ -162,6 +164,11 @@ WHERE_IT_MATTERS = {
     "vae_tiling": {"image": "ab" * 32, "strength": 0.5},
     "vae_tile_size": {"image": "ab" * 32, "strength": 0.5, "vae_tiling": True},
     "vae_tile_overlap": {"image": "ab" * 32, "strength": 0.5, "vae_tiling": True},
+    "control_type": {"control_image": "ef" * 32},
+    "control_scale": {"control_image": "ef" * 32},
+    "canny_low": {"control_image": "ef" * 32, "control_type": "canny"},
+    "canny_high": {"control_image": "ef" * 32, "control_type": "canny"},
+    "tile_factor": {"control_image": "ef" * 32, "control_type": "tile"},
 }
 
 
