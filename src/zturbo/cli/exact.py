@@ -20,6 +20,7 @@ from zturbo.caches.repeats import Record, open_disk, read_image, read_record, re
 from zturbo.caches.report import TeleportReport
 from zturbo.caches.seal import cache_secret
 from zturbo.config import Request, Settings
+from zturbo.config.groups import fields_where
 from zturbo.generation.result import Result
 from zturbo.server.engine_identity import fresh_identity
 
@@ -36,7 +37,7 @@ def eligible(settings: Settings, request: Request) -> bool:
 
 
 # engine settings whose "auto" may be decided at load from the GPU's free memory
-MEASURED_AUTO = ("memory_plan", "text_encoder_quant")
+MEASURED_AUTO = fields_where(Settings, measured=True)
 
 
 def measured_placement(settings: Settings, device_type: str) -> bool:

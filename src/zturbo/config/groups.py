@@ -25,6 +25,7 @@ class Group:
     panel: str
     engine: bool = False  # decides the engine a process loads (weights, numerics, caching)
     request: bool = False  # the default of the Request field of the same name
+    measured: bool = False  # its "auto" may be decided at load from the GPU's free memory
 
     def __post_init__(self) -> None:
         if self.panel not in PANELS:
@@ -40,19 +41,14 @@ def group_of(model: type[BaseModel], name: str) -> Group | None:
 
 
 def fields_where(model: type[BaseModel], *, engine: bool | None = None,
-                 request: bool | None = None) -> tuple[str, ...]:
-    """``model``'s fields whose Group says ``engine`` / ``request``, in declaration order."""
-    out = []
-    for name in model.model_fields:
-        group = group_of(model, name)
-        if group is None:
-            continue
-        if engine is not None and group.engine != engine:
-            continue
-        if request is not None and group.request != request:
-            continue
-        out.append(name)
-    return tuple(out)
+                 request: bool | None = None, measured: bool | None = None) -> tuple[str, ...]:
+    """``model``'s fields whose Group says ``engine`` / ``request`` / ``measured``, in
+    declaration order."""
+    wanted = {"engine": engine, "request": request, "measured": measured}
+    return tuple(name for name in model.model_fields
+                 if (group := group_of(model, name)) is not None
+                 and all(getattr(group, flag) == value for flag, value in wanted.items()
+                         if value is not None))
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ MODELS = "models"  # the top-level config table of named models; no profile may 
 # Each field's Group (zturbo.config.groups): its --help panel; "ENGINE": it decides which
 # engine a process loads; "DEFAULT": it is the default of the Request field of its name.
 WEIGHTS, WEIGHTS_ENGINE = Group("Model and weights"), Group("Model and weights", engine=True)
+WEIGHTS_MEASURED = Group("Model and weights", engine=True, measured=True)  # auto: free memory
 WEIGHTS_DEFAULT = Group("Model and weights", request=True)
 IMAGE, IMAGE_DEFAULT = Group("Image"), Group("Image", request=True)
 PROMPT, PROMPT_DEFAULT = Group("Prompt"), Group("Prompt", request=True)
@@ -287,13 +288,13 @@ class Settings(BaseSettings):
         "the single .safetensors file of the release (requests then take a control image)"
     )
     text_encoder_quant: Annotated[Literal["none", "int8", "auto", "8bit", "4bit"],
-                                  WEIGHTS_ENGINE] = Field(
+                                  WEIGHTS_MEASURED] = Field(
         "none", description="text-encoder quantisation: int8 (torchao weight-only, CPU and "
         "CUDA), auto (int8 where the memory planner finds it faster within the budget), "
         "8bit or 4bit (bitsandbytes, CUDA only, a model folder)"
     )
     memory_plan: Annotated[Literal["auto", "resident", "encoder-swap", "dit-swap", "group"],
-                           WEIGHTS_ENGINE] = Field(
+                           WEIGHTS_MEASURED] = Field(
         "auto", description="where the weights live: resident (all on the device), "
         "encoder-swap (the text encoder streams in to encode), dit-swap (the DiT streams in "
         "block by block at every pass), group (both stream); auto: the fastest whose "
