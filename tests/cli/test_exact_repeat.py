@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zturbo.caches.tiers import drain_writers
 from zturbo.cli import exact
 from zturbo.cli import generate as generate_cli
 from zturbo.config import load_settings, make_request
@@ -29,6 +30,7 @@ def generate(model, out, *extra: str) -> dict:
                      "--steps", "2", "--seed", "7", "--server", "off", "--json", "-o", str(out),
                      *extra)
     assert result.returncode == 0, result.stderr
+    drain_writers()  # its entries are written, as when a zturbo process exits
     return json.loads(result.stdout.splitlines()[-1])
 
 
