@@ -21,13 +21,14 @@ lint: setup
 	.venv/bin/ruff check src tests benchmarks scripts
 	.venv/bin/mypy
 
+# two pytest workers (pytest-xdist): the tests are CPU-bound, one torch thread each
 test: setup lint
 	@scripts/system-deps
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2
 
 # the inner loop (under 2 minutes): no browser, no new processes, no long runs
 test-fast: setup
-	.venv/bin/python -m pytest -q -m "not browser and not subprocess and not slow"
+	.venv/bin/python -m pytest -q -n 2 -m "not browser and not subprocess and not slow"
 
 docs: setup
 	.venv/bin/python scripts/gen_cli_docs.py
