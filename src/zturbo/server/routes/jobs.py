@@ -49,9 +49,7 @@ async def submit(body: JobBody, request: Request):
     """Queue a generation; follow it at ``events``. 429 with Retry-After when the queue is full."""
     st = state(request)
     source, hashes, size = await body_source(st, {CONTROL_B64: body.control_image_b64})
-    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
-                                  extra=hashes, defaults=size)  # hashes LoRA files
-    return _accepted(st, await sync.queue(st, req, source, body.model))
+    return await _queue(st, body, source, hashes, size)
 
 
 @router.post("/edit", status_code=202)
@@ -71,9 +69,7 @@ async def submit_edit(
     control = await base64_control(st, body.control_image_b64)
     source, hashes, size = await pixels_source(
         st, source_upload.image, mask_upload.image if mask_upload else None, control)
-    req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
-                                  extra=hashes, defaults=size)
-    return _accepted(st, await sync.queue(st, req, source, body.model))
+    return await _queue(st, body, source, hashes, size)
 
 
 @router.post("/control", status_code=202)
@@ -94,6 +90,12 @@ async def submit_control(
     uploads = [await read_image(f, st.settings) if f is not None else None
                for f in (image, mask, control_image)]
     source, hashes, size = await pixels_source(st, *(u.image if u else None for u in uploads))
+    return await _queue(st, body, source, hashes, size)
+
+
+async def _queue(st: ServerState, body: JobBody, source, hashes: dict, size: dict) -> dict:
+    """Validate the body as a Request of its model (off the loop: it hashes LoRA files),
+    with the pixels' hashes and their size as defaults, and queue it."""
     req = await asyncio.to_thread(request_from_body, st.pool.settings_of(body.model), body,
                                   extra=hashes, defaults=size)
     return _accepted(st, await sync.queue(st, req, source, body.model))
