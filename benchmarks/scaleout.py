@@ -55,6 +55,14 @@ from zturbo.generation.measure import markdown_table, write_json  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "scaleout.json"
 
 
+def timed_map(one, items, clients: int) -> tuple[float, list]:
+    """``one`` over ``items`` from ``clients`` threads: the wall seconds and the results."""
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as threads:
+        done = list(threads.map(one, items))
+    return time.perf_counter() - started, done
+
+
 def run_workload(engine, requests, clients: int) -> dict:
     from zturbo.server.ray import remote_generate
 
@@ -63,10 +71,7 @@ def run_workload(engine, requests, clients: int) -> dict:
         result = remote_generate(engine, request)
         return time.perf_counter() - started, result
 
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        done = list(pool.map(one, requests))
-    wall = time.perf_counter() - started
+    wall, done = timed_map(one, requests, clients)
     latencies = [d[0] for d in done]
     tiers = [d[1].teleport[0].tier if d[1].teleport[0].hit else "miss"
              for d in done]
@@ -99,10 +104,7 @@ def run_lora_workload(engine, requests, clients: int, before: dict) -> tuple[dic
         result = remote_generate(engine, request)
         return time.perf_counter() - started, result
 
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        done = list(pool.map(one, requests))
-    wall = time.perf_counter() - started
+    wall, done = timed_map(one, requests, clients)
     for _, result in done:  # counters only grow: keep each replica's largest
         old = counters.get(result.replica, {"loads": -1})
         if result.adapters and result.adapters["loads"] >= old["loads"]:
@@ -141,10 +143,7 @@ def run_model_workload(pool, workload, clients: int, before: dict) -> dict:
             result = remote_generate(engine, request)
         return time.perf_counter() - started, result
 
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as threads:
-        done = list(threads.map(one, workload))
-    wall = time.perf_counter() - started
+    wall, done = timed_map(one, workload, clients)
     after = dict(before)
     for _, result in done:  # counters only grow: keep each replica's largest
         if result.pool["loads"] >= after.get(result.replica, {"loads": -1})["loads"]:
