@@ -107,4 +107,5 @@ def test_a_control_request_without_a_controlnet_keeps_nothing(zturbo_home, photo
     assert out.returncode == 2, out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("zturbo: error:")]
     assert len(errors) == 1 and "has no ControlNet" in errors[0], out.stderr
+    assert "loading" not in out.stderr  # refused before the model loads
     assert outputs(zturbo_home) == [] and not (zturbo_home / "inputs").exists()

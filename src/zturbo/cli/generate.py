@@ -141,6 +141,9 @@ def generate(
     seeds = seed or [fields.pop("seed", None)]
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
     check_total_images(len(requests), requests[0].num_images, settings.max_images)
+    if control is not None and not settings.controlnet:  # found before the model loads
+        raise ZTurboError("this request has a control image but the engine has no "
+                          "ControlNet: load one with --controlnet PATH (setting controlnet)")
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     feedback = Feedback()
     remaining = requests
