@@ -8,6 +8,11 @@ unless a test turns them on: most teleport tests check resumes at intermediate s
 a stored image would serve before they run. tests/caches/test_repeat.py, the oracle and the README
 test run with the product default ("image").
 
+Cache entries are stored before a result returns (``cache_write_queue = 0``) unless a test
+asks for the background writer (tests/caches/test_cache_writer.py does): a test that reads
+entries from another engine, another process or the disk must not race the writer, which
+runs at a low priority and lags on a loaded machine.
+
 Torch runs one intra-op thread here and in the processes tests start: the demo model's ops
 are tiny, and on a busy 2-core machine two spinning threads per process made them 10-20x
 slower. Tests check pixels, never speed.
@@ -32,6 +37,7 @@ import pytest
 from zturbo.engine import demo
 
 TEST_REPEAT = "off"  # see the module docstring
+TEST_WRITE_QUEUE = "0"  # see the module docstring
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +63,7 @@ def zturbo_home(tmp_path, monkeypatch, models_dir) -> Path:
         if name.startswith("ZTURBO_") or name == "LATENT_TELEPORT_START_STEP":
             monkeypatch.delenv(name)
     monkeypatch.setenv("ZTURBO_TELEPORT_REPEAT", TEST_REPEAT)
+    monkeypatch.setenv("ZTURBO_CACHE_WRITE_QUEUE", TEST_WRITE_QUEUE)
     home = tmp_path / "home"
     home.mkdir()
     (home / "models").symlink_to(models_dir)
@@ -82,6 +89,7 @@ def session_home(models_dir, tmp_path_factory) -> Path:
     old = os.environ.get("ZTURBO_HOME")
     os.environ["ZTURBO_HOME"] = str(home)
     os.environ["ZTURBO_TELEPORT_REPEAT"] = TEST_REPEAT
+    os.environ["ZTURBO_CACHE_WRITE_QUEUE"] = TEST_WRITE_QUEUE
     yield home
     if old is None:
         os.environ.pop("ZTURBO_HOME", None)

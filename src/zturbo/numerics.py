@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from zturbo.hashing import digest, read_memo, write_memo
-from zturbo.paths import state_dir
+from zturbo.paths import installed_distributions, state_dir
 
 CANARY_VERSION = 1  # bump when the canary's operations change: old memos are not reused
 
@@ -290,24 +290,10 @@ def run_canary(device: str, dtype: str, shapes: Shapes) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=1)
-def _installed() -> tuple[str, ...]:
-    """Every installed distribution with its version (the dist-info folder names on
-    sys.path: a directory listing, not metadata parsing)."""
-    names = []
-    for entry in sys.path:
-        try:
-            with os.scandir(entry or ".") as it:
-                names.extend(e.name for e in it if e.name.endswith((".dist-info", ".egg-info")))
-        except OSError:
-            continue
-    return tuple(sorted(names))
-
-
 @lru_cache(maxsize=8)
 def _process_digest(device: str) -> str:
     """What a process cannot change about itself: the packages, Python, the hardware."""
-    return digest({"packages": _installed(), "python": sys.version,
+    return digest({"packages": installed_distributions(), "python": sys.version,
                    "host": device_identity(device)})
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import site
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -64,3 +66,24 @@ def as_user_file(fd: int) -> None:
     would: 0666 less the umask. For what the user keeps (images, run folders, reports);
     cache entries and secrets stay private."""
     os.fchmod(fd, 0o666 & ~process_umask())
+
+
+@functools.cache
+def installed_distributions() -> tuple[str, ...]:
+    """Every installed distribution with its version: the dist-info / egg-info folder names
+    in the interpreter's install places (its site-packages, the user site, $PYTHONPATH).
+    Not whatever sys.path holds now: libraries add folders to it as they import (setuptools
+    its vendored packages), and two processes of one installation must agree."""
+    places = {*site.getsitepackages(), sysconfig.get_paths()["purelib"],
+              sysconfig.get_paths()["platlib"],
+              *os.environ.get("PYTHONPATH", "").split(os.pathsep)}
+    if site.ENABLE_USER_SITE:
+        places.add(site.getusersitepackages())
+    names: list[str] = []
+    for place in sorted(p for p in places if p):
+        try:
+            with os.scandir(place) as found:
+                names.extend(e.name for e in found if e.name.endswith((".dist-info", ".egg-info")))
+        except OSError:
+            continue
+    return tuple(sorted(set(names)))

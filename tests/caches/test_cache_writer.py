@@ -74,8 +74,9 @@ def test_close_writes_what_is_queued(tmp_path):
         [(f"data {i}".encode(), "disk") for i in range(3)]
 
 
-def load(**flags):
-    settings, _ = load_settings(flags={"teleport_repeat": "image", **flags})
+def load(**flags):  # the product's background writer (the suite stores inline)
+    settings, _ = load_settings(flags={"teleport_repeat": "image", "cache_write_queue": 8,
+                                       **flags})
     return zturbo.load("demo", settings=settings)
 
 

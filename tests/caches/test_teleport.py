@@ -7,6 +7,7 @@ import torch
 import zturbo
 from zturbo.caches import teleport
 from zturbo.caches.keys import NOT_IN_TRAJECTORY, teleport_key
+from zturbo.caches.tiers import drain_writers
 from zturbo.config import LoraPick, Pass, Request, load_settings, make_request
 from zturbo.engine.steps import decode, denoise, sigmas
 from zturbo.generation.orchestrator import embed_request
@@ -105,6 +106,7 @@ def test_disk_tier_replays_across_engines(zturbo_home):
 def test_a_corrupt_entry_is_a_miss_and_is_removed(zturbo_home):
     engine = load(memory_cache_mb=0)
     first = engine.generate("a tree", seed=6, **SIZE)
+    drain_writers()  # every entry is on disk before they are corrupted
     files = [p for p in (zturbo_home / "cache").rglob("*") if p.is_file()
              and p.stat().st_size > 4000]  # the 8x8x16 float32 latent entry, not the index
     assert files

@@ -101,7 +101,7 @@ def test_anything_else_in_the_identity_or_the_entries_steps_aside(model, tmp_pat
         m.setattr(engine_identity, "versions", lambda: {"torch": "0.0"})
         assert lookup(model) is None  # another library version
     with monkeypatch.context() as m:
-        m.setattr(engine_identity, "_installed", lambda: ["another-1.0.dist-info"])
+        m.setattr(engine_identity, "installed_distributions", lambda: ("another-1.0.dist-info",))
         assert lookup(model) is None  # other packages
     with monkeypatch.context() as m:
         m.setattr(engine_identity, "code_identity", lambda: "edited")

@@ -15,6 +15,7 @@ import torch
 
 import zturbo
 from zturbo import numerics
+from zturbo.caches.tiers import drain_writers
 from zturbo.numerics import Placement, Shapes, numerics_identity
 
 from conftest import pixels
@@ -107,6 +108,7 @@ def test_engines_share_teleport_entries_only_with_the_same_thread_count():
         torch.set_num_threads(1)
         first = a.generate("a lighthouse", seed=3, **SIZE)
         assert first.teleport[0].hit is False and first.teleport[0].stored
+        drain_writers()  # its entries are on disk (the writer runs in the background)
         same = b.generate("a lighthouse", seed=3, **SIZE)  # identical engine: shares
         assert same.teleport[0].hit is True and same.teleport[0].tier == "disk"
         assert np.array_equal(pixels(same.images[0]), pixels(first.images[0]))
@@ -115,6 +117,7 @@ def test_engines_share_teleport_entries_only_with_the_same_thread_count():
         assert b.fingerprint != one_thread
         other = b.generate("a lighthouse", seed=3, **SIZE)  # differs only in threads
         assert other.teleport[0].hit is False
+        drain_writers()
         again = a.generate("a lighthouse", seed=3, **SIZE)  # a at 2 threads: b's 2-thread entry
         assert again.teleport[0].hit is True
         assert np.array_equal(pixels(again.images[0]), pixels(other.images[0]))

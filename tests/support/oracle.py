@@ -402,7 +402,8 @@ def cache_settings(setup: str, lora_dir: Path, redis_url: str | None, cached: bo
     if cached:
         caches = {"memory_cache_mb": 64, "disk_cache_mb": 256, "redis_url": redis_url,
                   "teleport": True, "teleport_start_step": 2, "teleport_store_steps": [1, 3, 5],
-                  "teleport_repeat": repeat}
+                  "teleport_repeat": repeat,
+                  "cache_write_queue": 8}  # the product's background writer, not the suite's inline
     else:
         caches = {"memory_cache_mb": 0, "disk_cache_mb": 0, "redis_url": None, "teleport": False}
     engine = dict(SETUPS[setup])

@@ -38,6 +38,7 @@ from zturbo.hashing import (
     weights_identity,
     write_memo,
 )
+from zturbo.paths import installed_distributions
 
 CONTENT_FIELDS = ("model", "loras", "transformer_file", "controlnet")  # compared by content: ``files``
 NUMERIC_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "safetensors")
@@ -125,7 +126,7 @@ def process_facts(env: Mapping[str, str]) -> dict[str, Any]:
     working directory, the installed packages, Python, the CPU and GPU, the CPUs this
     process may run on."""
     return {"env": {k: v for k, v in env.items() if k not in SHELL_ONLY},
-            "packages": _installed(), "python": sys.version, "host": _host()}
+            "packages": installed_distributions(), "python": sys.version, "host": _host()}
 
 
 @functools.cache
@@ -138,18 +139,6 @@ def code_identity() -> str:
         stat = path.stat()
         files.append([path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns])
     return digest(files)
-
-
-def _installed() -> list[str]:
-    """Every installed distribution with its version (dist-info folder names on sys.path)."""
-    names = []
-    for entry in sys.path:
-        try:
-            with os.scandir(entry or ".") as found:
-                names.extend(e.name for e in found if e.name.endswith((".dist-info", ".egg-info")))
-        except OSError:
-            continue
-    return sorted(names)
 
 
 def _host() -> dict[str, Any]:
