@@ -350,3 +350,28 @@ def test_without_the_sdk_mcp_says_how_to_get_it():
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("zturbo: error: zturbo mcp needs the mcp package (mcp")
     assert last.endswith("pip install 'zturbo[mcp]'")
+
+
+def test_generate_and_edit_take_a_control_image(control_engine):
+    photo = Image.new("RGB", (64, 48), (30, 30, 30))
+    photo.paste((220, 220, 220), (16, 12, 48, 36))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    b64 = base64.b64encode(buffer.getvalue()).decode()
+    args = {"prompt": "a robot", "seed": 5, "steps": 2, "control_type": "canny",
+            "control_scale": 0.9}
+    with live_server(app_for(control_engine)) as base:
+        async def session():
+            async with http_client(base) as client:
+                made = await client.call_tool("generate", {**args, "control_image": b64})
+                broken = await client.call_tool("generate", {**args, "control_image": "eA=="})
+                return made, broken
+
+        made, broken = anyio.run(session)
+        same = http_pixels(base, **args, control_image_b64=b64)
+    assert not made.is_error, made.content[-1].text
+    request = made.structured_content["images"][0]["request"]
+    assert len(request["control_image"]) == 64 and request["control_type"] == "canny"
+    assert (request["width"], request["height"]) == (64, 48)  # the control image's size
+    assert np.array_equal(rgb(png_of(made)), same)  # the HTTP API's pixels
+    assert broken.is_error and "control_image" in broken.content[0].text

@@ -15,9 +15,12 @@ from zturbo.server.routes.lab import SweepBody
 from zturbo.server.schemas import BODY_CONFIG, JobBody, request_fields
 
 IMAGE_URI = "zturbo://images/"
-# Request names img2img pixels by hash; the edit tool takes the pixels themselves
-PIXEL_FIELDS = frozenset({"image", "mask"})
+# Request names img2img and control pixels by hash; the tools take the pixels themselves
+PIXEL_FIELDS = frozenset({"image", "mask", "control_image"})
 SOURCE_FIELDS = PIXEL_FIELDS | {"strength"}  # img2img: the edit tool's
+CONTROL_ARG = (str | None, Field(None, description="ControlNet: the control image (or a map "
+                                 f"made elsewhere); base64 or {IMAGE_URI}<id>; needs a server "
+                                 "loaded with a ControlNet"))
 
 
 def _sizing() -> dict[str, Any]:
@@ -28,7 +31,8 @@ def _sizing() -> dict[str, Any]:
 
 
 GenerateArgs = create_model(
-    "GenerateArgs", __config__=BODY_CONFIG, **request_fields(SOURCE_FIELDS), **_sizing())
+    "GenerateArgs", __config__=BODY_CONFIG, **request_fields(SOURCE_FIELDS), **_sizing(),
+    control_image=CONTROL_ARG)
 
 EditArgs = create_model(
     "EditArgs", __config__=BODY_CONFIG, **request_fields(PIXEL_FIELDS), **_sizing(),
@@ -36,6 +40,7 @@ EditArgs = create_model(
                                        f"too) or one of ours, {IMAGE_URI}<id>")),
     mask=(str | None, Field(None, description="inpaint: white where to repaint; base64 or "
                                               f"{IMAGE_URI}<id>")),
+    control_image=CONTROL_ARG,
 )
 
 

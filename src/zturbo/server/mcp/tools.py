@@ -19,8 +19,8 @@ from typing import Any
 
 import mcp_types as types
 
-from zturbo.generation.img2img import as_source, source_size
 from zturbo.server import sync
+from zturbo.server.control import pixels_source
 from zturbo.server.errors import ApiError
 from zturbo.server.jobs import Job, JobQueue, follow
 from zturbo.server.labjobs import LabJob, LabJobs
@@ -94,8 +94,12 @@ async def generate(call: Call, args) -> Answer:
     """Text to image: a job like POST /api/jobs, awaited, with progress."""
     st = call.st
     await until_ready(st)
-    request = await asyncio.to_thread(request_from_body, st.pool.settings_of(args.model), args)
-    return await _run(call, request, model=args.model)
+    control = await _pixels(call, args.control_image, "control_image") \
+        if args.control_image is not None else None
+    source, hashes, size = await pixels_source(st, control=control.image if control else None)
+    request = await asyncio.to_thread(request_from_body, st.pool.settings_of(args.model), args,
+                                      extra=hashes, defaults=size)
+    return await _run(call, request, source, args.model)
 
 
 async def edit(call: Call, args) -> Answer:
@@ -104,10 +108,12 @@ async def edit(call: Call, args) -> Answer:
     await until_ready(st)
     image = await _pixels(call, args.image, "image")
     mask = await _pixels(call, args.mask, "mask") if args.mask is not None else None
-    source, hashes = await asyncio.to_thread(
-        as_source, image.image, mask.image if mask else None, max_pixels=st.settings.max_pixels)
+    control = await _pixels(call, args.control_image, "control_image") \
+        if args.control_image is not None else None
+    source, hashes, size = await pixels_source(
+        st, image.image, mask.image if mask else None, control.image if control else None)
     request = await asyncio.to_thread(request_from_body, st.pool.settings_of(args.model), args,
-                                      extra=hashes, defaults=source_size(source))
+                                      extra=hashes, defaults=size)
     return await _run(call, request, source, args.model)
 
 
