@@ -100,13 +100,15 @@ def startup_rows(env: dict, cwd: Path, png: Path, repeat: int) -> list[dict]:
     return rows
 
 
-def repeated_rows(env: dict, cwd: Path, runs: int) -> list[dict]:
+def repeated_rows(env: dict, cwd: Path, runs: int, local_runs: int) -> list[dict]:
+    """New seeds without a server (``local_runs``: each loads the model) and through a
+    running one (``runs``)."""
     from zturbo.server import running
 
     from serverkit import free_port, wait_for
 
     local = [timed_process(RUN.format(args=[*GENERATE, "--seed", str(100 + i), "--server",
-                                            "off"]), env, cwd) for i in range(runs)]
+                                            "off"]), env, cwd) for i in range(local_runs)]
     port = free_port()
     started = time.perf_counter()
     server = subprocess.Popen([sys.executable, "-m", "zturbo.cli", "serve", "--model", "demo",
@@ -122,7 +124,7 @@ def repeated_rows(env: dict, cwd: Path, runs: int) -> list[dict]:
         server.terminate()
         server.wait(60)
     return [
-        {"mode": "no server (--server off: loads the model each run)", "runs": runs,
+        {"mode": "no server (--server off: loads the model each run)", "runs": local_runs,
          "median_s": round(statistics.median(local), 3), "total_s": round(sum(local), 3)},
         {"mode": "zturbo serve running (--server auto)", "runs": runs,
          "median_s": round(statistics.median(served), 3), "total_s": round(sum(served), 3),
@@ -192,7 +194,8 @@ def main() -> None:
                                            "--server", "off"]), env, cwd)  # the PNG for `info`
             startup = startup_rows(env, cwd, cwd / "out.png", repeat)
         if not args.startup:
-            repeated = [] if args.cold else repeated_rows(env, cwd, runs)
+            # quick: one model load without a server (the cold rows load it too)
+            repeated = [] if args.cold else repeated_rows(env, cwd, runs, 1 if args.quick else runs)
             cold = cold_rows(env, cwd, runs, new_seed=not args.quick)  # quick: repeats only
     if startup:
         print("## start-up (new process, median s)\n")

@@ -27,13 +27,14 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (CI)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, 256x256 (CI)")
     ap.add_argument("--model", default="demo-small")
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--size", type=int, help="pixels per side (default 512, quick 256)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     repeat = 2 if args.quick else args.repeat
+    args.size = args.size or (256 if args.quick else 512)
 
     import zturbo
     from zturbo.config import load_settings, make_request
