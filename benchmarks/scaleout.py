@@ -13,6 +13,7 @@
    replica keeps), distinct prompts, on 2 replicas, with adapter-set routing (the adapter
    set's digest as the multiplexed id) vs plain routing, each on freshly deployed
    replicas: adapter loads and unloads (evictions) summed over the replicas, and latency.
+   Full mode only (its two fresh deployments are most of ``--quick``'s time).
 
 4. Two models: the server holds two named models (``[models.*]``: ``tiny`` = demo, ``small``
    = demo-small) and each replica's ``pool_memory`` holds one of them; requests alternate
@@ -258,8 +259,9 @@ def main() -> None:
                 stats = run_model_workload(pool, workload, 2, pool_snapshot(handle, 2))
                 results[f"two_models_{'routed' if routed else 'plain'}"] = stats
                 rows.append(row(f"two models ({per_model} each), {name}", stats))
-            per_lora = 4 if args.quick else 8
-            for affinity in (False, True):
+            per_lora = 8
+            # the LoRA workload redeploys twice (fresh replicas per mode): full mode only
+            for affinity in () if args.quick else (False, True):
                 # fresh replicas for each mode: no adapter loaded, counters at zero
                 serve.delete(APP)
                 serve.run(build(settings, Scale(replicas=2)), name=APP, route_prefix=None)
