@@ -7,3 +7,12 @@ class ZTurboError(Exception):
 
 class ModelUnavailable(ZTurboError):
     """The weights asked for cannot be had (offline, wrong path, missing file)."""
+
+
+class NoControlNet(ZTurboError):
+    """A controlled request for an engine loaded without a ControlNet (refused by the CLI
+    before it loads one, and by the engine before any work)."""
+
+    def __init__(self) -> None:
+        super().__init__("this request has a control image but the engine has no "
+                         "ControlNet: load one with --controlnet PATH (setting controlnet)")

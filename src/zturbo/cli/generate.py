@@ -53,7 +53,7 @@ from zturbo.cli.options import (
 from zturbo.cli.prompt import embeddings_fields, layer_list
 from zturbo.config import bucket_size, load_settings, make_request
 from zturbo.config.model_defaults import settings_for_model
-from zturbo.errors import ZTurboError
+from zturbo.errors import NoControlNet, ZTurboError
 
 app = typer.Typer()
 # the environment this process started with (torch and others set variables as they load):
@@ -142,8 +142,7 @@ def generate(
     requests = [make_request(settings, **{**fields, "seed": s}) for s in seeds]  # validate all first
     check_total_images(len(requests), requests[0].num_images, settings.max_images)
     if control is not None and not settings.controlnet:  # found before the model loads
-        raise ZTurboError("this request has a control image but the engine has no "
-                          "ControlNet: load one with --controlnet PATH (setting controlnet)")
+        raise NoControlNet()
     pattern = output_pattern(output, settings)  # before the model loads: fail in seconds
     feedback = Feedback()
     remaining = requests

@@ -21,13 +21,9 @@ from zturbo.config import Request
 from zturbo.engine.control_maps import control_map
 from zturbo.engine.controlnet import Control
 from zturbo.engine.protocol import Engine
-from zturbo.errors import ZTurboError
+from zturbo.errors import NoControlNet, ZTurboError
 from zturbo.generation.img2img import Source, mask_latents
 from zturbo.hashing import digest
-
-
-class NoControlNet(ZTurboError):
-    """A controlled request on an engine loaded without a ControlNet."""
 
 
 def check_control(engine: Engine, request: Request) -> None:
@@ -36,8 +32,7 @@ def check_control(engine: Engine, request: Request) -> None:
         return
     controlnet = engine.controlnet
     if controlnet is None:
-        raise NoControlNet("this request has a control image but the engine has no "
-                           "ControlNet: load one with --controlnet PATH (setting controlnet)")
+        raise NoControlNet()
     channels = int(engine.pipe.transformer.config.in_channels)
     if request.mask is not None and int(controlnet.config.control_in_dim) == channels:
         raise ZTurboError("this ControlNet (the 1.0 layout, 16 control channels) cannot "
