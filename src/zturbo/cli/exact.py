@@ -19,7 +19,7 @@ from zturbo.caches.disk import DiskTier
 from zturbo.caches.repeats import Record, open_disk, read_image, read_record, record_key
 from zturbo.caches.report import TeleportReport
 from zturbo.caches.seal import cache_secret
-from zturbo.config import Request, Settings
+from zturbo.config import Request, Settings, pixel_fields
 from zturbo.config.groups import fields_where
 from zturbo.generation.result import Result
 from zturbo.server.engine_identity import fresh_identity
@@ -31,8 +31,7 @@ def eligible(settings: Settings, request: Request) -> bool:
     trajectory per seed (no source image, no control image, no embeddings file, no
     passes)."""
     return (settings.teleport and settings.teleport_repeat == "image" and request.teleport
-            and request.image is None and request.mask is None
-            and request.control_image is None
+            and all(getattr(request, name) is None for name in pixel_fields())
             and request.embeddings_sha256 is None and not request.passes)
 
 

@@ -23,6 +23,7 @@ from zturbo.config.request import (
     control_fields,
     img2img_start_step,
     make_request,
+    pixel_fields,
 )
 from zturbo.config.settings import Settings, config_path, first_error, load_settings, read_config
 from zturbo.config.sizes import (
@@ -50,6 +51,6 @@ __all__ = [
     "DypeMethod", "Float", "Int", "LongPromptMode", "LoraPick", "LoraPicks", "Pass", "Passes",
     "Request", "Settings", "ascii_digits", "ascii_int", "bucket_size", "check_text",
     "config_path", "control_fields", "first_error",
-    "img2img_start_step", "load_settings", "make_request", "nearest_multiples", "parse_passes",
+    "img2img_start_step", "load_settings", "make_request", "nearest_multiples", "parse_passes", "pixel_fields",
     "read_config", "state_dir",
 ]

@@ -363,6 +363,14 @@ def control_fields() -> tuple[str, ...]:
     return tuple(name for name in Request.model_fields if group_of(Request, name) == CONTROL)
 
 
+@functools.cache
+def pixel_fields() -> tuple[str, ...]:
+    """The Request fields that name pixels passed alongside, by their hash (a file on the
+    command line): the img2img source, the inpaint mask, the control image."""
+    return tuple(name for name, info in Request.model_fields.items()
+                 if any(isinstance(m, Flag) and m.type is Path for m in info.metadata))
+
+
 # Settings that are the defaults of the Request fields of the same name (Group request=True)
 REQUEST_DEFAULTS = fields_where(Settings, request=True)
 

@@ -9,14 +9,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
-from zturbo.config import Int
+from zturbo.config import Int, pixel_fields
 from zturbo.server.routes.images import MAX_OFFSET, MAX_PAGE
 from zturbo.server.routes.lab import SweepBody
 from zturbo.server.schemas import BODY_CONFIG, JobBody, request_fields
 
 IMAGE_URI = "zturbo://images/"
 # Request names img2img and control pixels by hash; the tools take the pixels themselves
-PIXEL_FIELDS = frozenset({"image", "mask", "control_image"})
+PIXEL_FIELDS = frozenset(pixel_fields())
 SOURCE_FIELDS = PIXEL_FIELDS | {"strength"}  # img2img: the edit tool's
 CONTROL_ARG = (str | None, Field(None, description="ControlNet: the control image (or a map "
                                  f"made elsewhere); base64 or {IMAGE_URI}<id>; needs a server "
